@@ -1,0 +1,17 @@
+"""remotemap: run one loop of Python calls in parallel, here, over SSH, or on a cluster."""
+
+from remotemap._version import __version__
+from remotemap.api import remote_map
+from remotemap.config import Config, load_config
+from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
+
+__all__ = [
+    "BackendUnavailable",
+    "Config",
+    "ConfigError",
+    "RemoteException",
+    "TaskFailure",
+    "__version__",
+    "load_config",
+    "remote_map",
+]

@@ -1,0 +1,41 @@
+"""Backends registered by name; a backend's module is imported only when it is asked for."""
+
+from __future__ import annotations
+
+import importlib
+
+from remotemap.backends.base import Backend
+
+# name -> "module:Class". Importing lazily keeps `import remotemap` (and the remote worker)
+# free of joblib, paramiko and soma-workflow until a mode that needs them is used.
+_REGISTRY: dict[str, str] = {
+    "serial": "remotemap.backends.serial:SerialBackend",
+    "local": "remotemap.backends.local:LocalBackend",
+    "local_with_dumps": "remotemap.backends.dumps:DumpsBackend",
+}
+
+
+def backend_names() -> list[str]:
+    """Every registered mode name, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    """The backend class for mode ``name``; ValueError listing the valid names otherwise."""
+    try:
+        target = _REGISTRY[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(repr(n) for n in _REGISTRY)
+        raise ValueError(f"unknown mode {name!r}: expected one of {valid}") from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def unavailable_reason(name: str) -> str | None:
+    """None when mode ``name`` can run here, else why not (an import failure counts)."""
+    try:
+        cls = get_backend_class(name)
+    except ImportError as exc:
+        return f"cannot import its module: {exc}"
+    return cls.unavailable_reason()

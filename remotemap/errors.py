@@ -1,0 +1,118 @@
+"""The errors remotemap raises, and the record of one failed task.
+
+Errors carry data (which task, which host, which config key) so callers can act on them
+without parsing messages.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: How many failures ``str(RemoteException)`` spells out before summarising the rest.
+_FAILURES_SHOWN = 3
+#: How many trailing traceback lines each shown failure quotes.
+_TRACEBACK_LINES = 6
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """One failed task: what went wrong, where, and the traceback as the worker saw it.
+
+    ``kind`` tells failures apart without parsing text: ``"exception"`` (the function raised),
+    ``"crash"`` (the process running it died), ``"pickling"`` (an argument or result could not
+    cross the process boundary), ``"timeout"``, ``"cancelled"``, ``"lost"`` (the worker
+    vanished without a word, e.g. a dropped connection).
+    """
+
+    index: int
+    exception_type: str
+    message: str
+    traceback: str = ""
+    host: str = "localhost"
+    kind: str = "exception"
+    #: The original exception, pickled by the worker when it could be; see :meth:`exception`.
+    exception_pickle: bytes | None = field(default=None, repr=False, compare=False)
+
+    def exception(self) -> BaseException | None:
+        """The original exception object, or None where it could not cross the boundary."""
+        if self.exception_pickle is None:
+            return None
+        try:
+            exc = pickle.loads(self.exception_pickle)
+        except Exception:
+            return None
+        return exc if isinstance(exc, BaseException) else None
+
+    def summary(self, traceback_lines: int = _TRACEBACK_LINES) -> str:
+        """A few readable lines: index, host, exception, and the tail of the traceback."""
+        head = f"task {self.index} on {self.host}: {self.exception_type}: {self.message}"
+        tail = [line for line in self.traceback.rstrip().splitlines() if line.strip()]
+        if not tail:
+            return head
+        shown = "\n".join("    " + line for line in tail[-traceback_lines:])
+        return f"{head}\n{shown}"
+
+
+class RemoteException(Exception):
+    """Raised after a run in which one or more tasks failed.
+
+    ``failures`` holds one :class:`TaskFailure` per failed task, in index order; ``results`` is the
+    full result list with every successful value at its index (``None`` where the task failed or
+    never ran), so work that succeeded is never thrown away.
+    """
+
+    def __init__(
+        self, failures: Sequence[TaskFailure], results: list[Any], n_tasks: int | None = None
+    ) -> None:
+        self.failures: list[TaskFailure] = sorted(failures, key=lambda f: f.index)
+        self.results = results
+        self.n_tasks = len(results) if n_tasks is None else n_tasks
+        super().__init__(self._describe())
+        if self.failures:
+            self.__cause__ = self.failures[0].exception()
+
+    @property
+    def failed_indices(self) -> list[int]:
+        return [f.index for f in self.failures]
+
+    def _describe(self) -> str:
+        n = len(self.failures)
+        lines = [f"{n} of {self.n_tasks} task{'s' if self.n_tasks != 1 else ''} failed"]
+        lines += [f.summary() for f in self.failures[:_FAILURES_SHOWN]]
+        if n > _FAILURES_SHOWN:
+            rest = ", ".join(str(i) for i in self.failed_indices[_FAILURES_SHOWN:][:20])
+            more = " ..." if n - _FAILURES_SHOWN > 20 else ""
+            lines.append(f"... and {n - _FAILURES_SHOWN} more (tasks {rest}{more}); see .failures")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.failures, self.results, self.n_tasks))
+
+
+class ConfigError(Exception):
+    """A configuration file or option that cannot be used, naming the file and the key."""
+
+    def __init__(self, message: str, path: Path | str | None = None, key: str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the message as built, so a pickled copy reads the same.
+        return (_rebuild_config_error, (str(self), self.path, self.key))
+
+
+def _rebuild_config_error(text: str, path: Path | None, key: str | None) -> ConfigError:
+    err = ConfigError.__new__(ConfigError)
+    Exception.__init__(err, text)
+    err.path, err.key = path, key
+    return err
+
+
+class BackendUnavailable(RuntimeError):
+    """A mode that exists but cannot run here, with the reason and how to fix it."""

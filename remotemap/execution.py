@@ -1,0 +1,157 @@
+"""Running a chunk of tasks inside a worker, and turning what happened into records.
+
+This module is imported by every worker (in this process, in joblib processes, in forked
+children, on remote hosts), so it depends on the standard library and cloudpickle only.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from remotemap.errors import TaskFailure
+from remotemap.tasks import Chunk, ChunkResult
+
+_HOST = socket.gethostname()
+
+
+def this_host() -> str:
+    return _HOST
+
+
+def failure_from_exception(
+    index: int, exc: BaseException, *, kind: str = "exception", host: str | None = None
+) -> TaskFailure:
+    """A record of ``exc`` raised by task ``index``, keeping the traceback as text."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        # Plain pickle, not cloudpickle: the exception must load on the caller's side without
+        # the worker's by-value classes; an exception that will not pickle is simply not chained.
+        blob: bytes | None = pickle.dumps(exc)
+        pickle.loads(blob)
+    except Exception:
+        blob = None
+    return TaskFailure(
+        index=index,
+        exception_type=type(exc).__qualname__,
+        message=str(exc),
+        traceback=text,
+        host=host or _HOST,
+        kind=kind,
+        exception_pickle=blob,
+    )
+
+
+def run_chunk(function: Callable[..., Any], chunk: Chunk) -> ChunkResult:
+    """Call ``function`` on every task of ``chunk``; an exception fails its task only.
+
+    KeyboardInterrupt is let through: in the caller's own process it must stop the run.
+    """
+    result = ChunkResult(chunk.id)
+    ok_indices, values, failures = result.indices, result.values, result.failures
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs):
+        try:
+            value = function(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit from a task is that task's failure too
+            # Drop this frame: the traceback should start in the user's function.
+            exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+            failures.append(failure_from_exception(index, exc))
+        else:
+            ok_indices.append(index)
+            values.append(value)
+    return result
+
+
+def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
+    """Pickle a chunk's result (with the run's token, if given).
+
+    A value that cannot be pickled fails its own task, not the whole chunk.
+    """
+    payload = result if token is None else (token, result)
+    try:
+        return cloudpickle.dumps(payload)
+    except Exception:
+        pass
+    kept_indices: list[int] = []
+    kept_values: list[Any] = []
+    for index, value in zip(result.indices, result.values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            result.failures.append(unpicklable_failure(index, "result", value, exc))
+        else:
+            kept_indices.append(index)
+            kept_values.append(value)
+    result.indices, result.values = kept_indices, kept_values
+    return cloudpickle.dumps(payload)
+
+
+def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) -> TaskFailure:
+    """The failure of a task whose argument or result cannot cross a process boundary."""
+    kind = type(obj).__module__ + "." + type(obj).__qualname__
+    failure = failure_from_exception(index, exc, kind="pickling")
+    message = f"the {what} of task {index} cannot be pickled ({kind}): {exc}"
+    return TaskFailure(
+        index=index,
+        exception_type=failure.exception_type,
+        message=message,
+        traceback=failure.traceback,
+        host=failure.host,
+        kind="pickling",
+        exception_pickle=failure.exception_pickle,
+    )
+
+
+def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
+    """Split out the tasks whose arguments cannot be pickled, each with a failure naming why."""
+    keep = Chunk(chunk.id, [], [], [])
+    failures: list[TaskFailure] = []
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs):
+        try:
+            cloudpickle.dumps((args, kwargs))
+        except Exception as exc:
+            culprit = _first_unpicklable([*args, *kwargs.values()])
+            failures.append(unpicklable_failure(index, "arguments", culprit, exc))
+        else:
+            keep.indices.append(index)
+            keep.largs.append(args)
+            keep.lkwargs.append(kwargs)
+    return keep, failures
+
+
+def _first_unpicklable(objects: list[Any]) -> object:
+    for obj in objects:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception:
+            return obj
+    return objects[0] if objects else None
+
+
+def lost_chunk_result(
+    chunk: Chunk, why: str, *, kind: str = "crash", host: str | None = None, log_tail: str = ""
+) -> ChunkResult:
+    """Every task of ``chunk`` failed because the process running it ended without an outcome.
+
+    ``why`` completes "the worker process ...", e.g. "was killed by SIGKILL (signal 9)".
+    """
+    exception_type = {"crash": "WorkerDied", "timeout": "TaskTimeout"}.get(kind, "WorkerLost")
+    failures = []
+    for index in chunk.indices:
+        message = f"the worker process running task {index} {why}"
+        trace = f"output of the worker (last lines):\n{log_tail}" if log_tail.strip() else ""
+        failures.append(TaskFailure(index=index, exception_type=exception_type,
+                                    message=message, traceback=trace,
+                                    host=host or _HOST, kind=kind))
+    return ChunkResult(chunk.id, failures=failures)
+
+
+def tail(text: bytes, lines: int = 20) -> str:
+    return "\n".join(text.decode(errors="replace").rstrip().splitlines()[-lines:])

@@ -1,0 +1,69 @@
+"""The caller's side of a worker server (``python -m remotemap.worker serve``).
+
+The same class drives a server started here as a subprocess and one started on another host
+over an SSH channel: all it needs is somewhere to write lines and somewhere to read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+class _Reader(Protocol):
+    def readline(self) -> bytes: ...
+
+
+class WorkerServerGone(RuntimeError):
+    """The server stopped answering: its process or the connection to it ended."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    python_version: str
+    remotemap_version: str
+
+
+class WorkerServer:
+    def __init__(self, stdin: _Writer, stdout: _Reader, where: str = "localhost") -> None:
+        self._stdin = stdin
+        self._stdout = stdout
+        self.where = where
+
+    def wait_ready(self) -> ServerInfo:
+        words = self._read_line()
+        if len(words) != 4 or words[0] != "ready":
+            raise WorkerServerGone(
+                f"worker server on {self.where} did not start properly: {' '.join(words)!r}"
+            )
+        return ServerInfo(int(words[1]), words[2], words[3])
+
+    def run(self, chunk_id: int, timeout: float | None = None) -> None:
+        line = f"run {chunk_id}" + (f" {timeout}" if timeout is not None else "") + "\n"
+        try:
+            self._stdin.write(line.encode())
+            self._stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise WorkerServerGone(f"worker server on {self.where} is gone: {exc}") from exc
+
+    def next_done(self) -> tuple[int, str]:
+        """Block until a chunk finishes; its id and status (``exit:0``, ``signal:9``, ...)."""
+        words = self._read_line()
+        if len(words) == 3 and words[0] == "done":
+            return int(words[1]), words[2]
+        raise WorkerServerGone(f"worker server on {self.where} said {' '.join(words)!r}")
+
+    def _read_line(self) -> list[str]:
+        try:
+            line = self._stdout.readline()
+        except (OSError, ValueError) as exc:
+            raise WorkerServerGone(f"worker server on {self.where} is gone: {exc}") from exc
+        if not line:
+            raise WorkerServerGone(f"worker server on {self.where} ended unexpectedly")
+        return line.decode(errors="replace").split()

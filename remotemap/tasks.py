@@ -1,0 +1,123 @@
+"""Tasks as remote_map sees them: argument lists, chunks of tasks, and what a chunk gives back.
+
+A chunk keeps its tasks as parallel lists rather than one object per task: on runs of many
+tiny tasks, building and pickling per-task objects would cost more than the tasks themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from remotemap.errors import TaskFailure
+
+
+@dataclass
+class Chunk:
+    """Consecutive tasks that one worker runs in turn."""
+
+    id: int
+    indices: list[int]
+    largs: list[tuple[Any, ...]]
+    lkwargs: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class ChunkResult:
+    """What came back for one chunk: values of the tasks that succeeded, and the failures.
+
+    ``indices[k]`` is the task whose return value is ``values[k]``; a task is in exactly one of
+    ``indices`` or ``failures``.
+    """
+
+    chunk_id: int
+    indices: list[int] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    failures: list[TaskFailure] = field(default_factory=list)
+
+
+def normalize_arguments(
+    largs: Sequence[Sequence[Any]] | None, lkwargs: Sequence[Mapping[str, Any]] | None
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """pyhrf's argument rules, checked: two lists of equal length, one entry per call.
+
+    ``largs=None`` means no positional arguments for each call, ``lkwargs=None`` no keyword
+    arguments; both None means a single call with no arguments.
+    """
+    if largs is not None:
+        _check_list("largs", largs)
+    if lkwargs is not None:
+        _check_list("lkwargs", lkwargs)
+    if largs is None and lkwargs is None:
+        return [()], [{}]
+    if largs is None:
+        assert lkwargs is not None
+        largs = [()] * len(lkwargs)
+    if lkwargs is None:
+        lkwargs = [{}] * len(largs)
+    if len(largs) != len(lkwargs):
+        raise ValueError(
+            f"largs and lkwargs must have the same length: len(largs) == {len(largs)}, "
+            f"len(lkwargs) == {len(lkwargs)}"
+        )
+    args_out: list[tuple[Any, ...]] = []
+    for i, args in enumerate(largs):
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise TypeError(
+                f"largs[{i}] must be a tuple or list of positional arguments, "
+                f"got {type(args).__name__}: {args!r:.80}"
+            )
+        args_out.append(args if isinstance(args, tuple) else tuple(args))
+    kwargs_out: list[dict[str, Any]] = []
+    for i, kwargs in enumerate(lkwargs):
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"lkwargs[{i}] must be a dict of keyword arguments, "
+                f"got {type(kwargs).__name__}: {kwargs!r:.80}"
+            )
+        bad = [k for k in kwargs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"lkwargs[{i}] has a keyword that is not a string: {bad[0]!r}")
+        kwargs_out.append(kwargs if type(kwargs) is dict else dict(kwargs))
+    return args_out, kwargs_out
+
+
+def _check_list(name: str, value: object) -> None:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a list (one entry per call), got {type(value).__name__}"
+        )
+
+
+def make_chunks(
+    largs: list[tuple[Any, ...]],
+    lkwargs: list[dict[str, Any]],
+    chunksize: int,
+    indices: Sequence[int] | None = None,
+) -> Iterator[Chunk]:
+    """Cut the tasks (all of them, or only ``indices``) into chunks of ``chunksize``."""
+    todo = range(len(largs)) if indices is None else indices
+    size = max(1, chunksize)
+    for chunk_id, start in enumerate(range(0, len(todo), size)):
+        part = list(todo[start : start + size])
+        if isinstance(todo, range):
+            yield Chunk(chunk_id, part, largs[part[0] : part[-1] + 1],
+                        lkwargs[part[0] : part[-1] + 1])
+        else:
+            yield Chunk(chunk_id, part, [largs[i] for i in part], [lkwargs[i] for i in part])
+
+
+def auto_chunksize(n_tasks: int, n_workers: int) -> int:
+    """The rule of ``multiprocessing.Pool.map``: about four chunks per worker.
+
+    Four chunks per worker keeps the per-task cost of many tiny tasks near a plain pool's while
+    leaving enough chunks for a slow one to be balanced by the others.
+    """
+    if n_tasks <= 0:
+        return 1
+    chunks_wanted = 4 * max(1, n_workers)
+    return max(1, -(-n_tasks // chunks_wanted))

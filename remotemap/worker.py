@@ -1,0 +1,252 @@
+"""The one worker every out-of-process backend runs: ``python -m remotemap.worker``.
+
+Two ways to run it:
+
+``python -m remotemap.worker run RUN_DIR CHUNK [CHUNK ...]``
+    Run the chunks one after the other in this process (a batch job does this).
+
+``python -m remotemap.worker serve RUN_DIR``
+    A preloaded server: it loads the function once (importing what the function needs), then
+    forks one child per chunk it is told to run, so each chunk gets its own process - a crash
+    kills one chunk, not the run - without paying for a fresh interpreter each time. It reads
+    ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
+    stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
+
+The worker imports only the standard library, cloudpickle and remotemap's protocol modules, so a
+remote host needs no more than that.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from remotemap._version import __version__
+from remotemap.execution import dumps_result, failure_from_exception, run_chunk
+from remotemap.protocol import RunLayout, decode_chunk, read_file, write_atomic
+from remotemap.tasks import ChunkResult
+
+_Function = Callable[..., Any]
+
+
+def load_function(layout: RunLayout) -> _Function:
+    function: _Function = cloudpickle.loads(read_file(layout.function))
+    return function
+
+
+def execute_chunk(layout: RunLayout, chunk_id: int, function: _Function | None) -> None:
+    """Run one chunk and write its outcome; any failure becomes a failed task, never silence."""
+    token, chunk = decode_chunk(read_file(layout.chunk(chunk_id)))
+    try:
+        if function is None:
+            function = load_function(layout)
+    except Exception as exc:
+        # The function cannot be loaded here (a module missing on this host, say): every task
+        # of the chunk fails with the reason rather than the worker dying without a word.
+        result = ChunkResult(chunk_id, failures=[failure_from_exception(i, exc)
+                                                 for i in chunk.indices])
+    else:
+        result = run_chunk(function, chunk)
+    write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
+
+
+def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> None:
+    function: _Function | None
+    try:
+        function = load_function(layout)
+    except Exception:
+        function = None  # execute_chunk reports the error against each task
+    for chunk_id in chunk_ids:
+        execute_chunk(layout, chunk_id, function)
+
+
+class _Server:
+    """The fork server: one child process per chunk, at most as many as the caller sends."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.layout = layout
+        # The protocol gets its own copy of stdout; fd 1 then points at stderr so that a stray
+        # print() in user code can never corrupt the protocol stream.
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        self.children: dict[int, tuple[int, float | None]] = {}  # pid -> (chunk, deadline)
+        self.timed_out: set[int] = set()
+        self.function: _Function | None
+        try:
+            self.function = load_function(layout)
+        except Exception:
+            self.function = None  # each child retries and reports the error per task
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides when to stop
+        selector = selectors.DefaultSelector()
+        selector.register(0, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        self.out.write(f"ready {os.getpid()} {sys.version.split()[0]} {__version__}\n")
+        pending = b""
+        stdin_open = True
+        try:
+            while stdin_open or self.children:
+                for key, _ in selector.select(self._next_timeout()):
+                    if key.fd == wake_r:
+                        _drain(wake_r)
+                        continue
+                    data = os.read(0, 65536)
+                    if not data:
+                        stdin_open = False
+                        selector.unregister(0)
+                        self.stop_children()
+                        continue
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        self.handle(line.decode())
+                self.reap()
+                self.enforce_deadlines()
+        finally:
+            self.stop_children()
+
+    def handle(self, line: str) -> None:
+        words = line.split()
+        if not words:
+            return
+        if words[0] != "run" or len(words) not in (2, 3):
+            self.out.write(f"error unknown command {line!r}\n")
+            return
+        chunk_id = int(words[1])
+        deadline = time.monotonic() + float(words[2]) if len(words) == 3 else None
+        pid = os.fork()
+        if pid == 0:
+            self._child(chunk_id)  # never returns
+        self.children[pid] = (chunk_id, deadline)
+
+    def _child(self, chunk_id: int) -> None:
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            os.setpgid(0, 0)  # its own group, so a timeout kills what the task spawned too
+            _die_with_parent()
+            log = os.open(self.layout.log(chunk_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            execute_chunk(self.layout, chunk_id, self.function)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 70  # EX_SOFTWARE: the outcome could not be written; the log says why
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            chunk_id, _ = self.children.pop(pid)
+            if pid in self.timed_out:
+                self.timed_out.discard(pid)
+                text = "timeout"
+            elif os.WIFSIGNALED(status):
+                text = f"signal:{os.WTERMSIG(status)}"
+            else:
+                text = f"exit:{os.WEXITSTATUS(status)}"
+            self.out.write(f"done {chunk_id} {text}\n")
+
+    def _next_timeout(self) -> float | None:
+        deadlines = [d for _, d in self.children.values() if d is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for pid, (_, deadline) in self.children.items():
+            if deadline is not None and now >= deadline and pid not in self.timed_out:
+                self.timed_out.add(pid)
+                _kill_group(pid, signal.SIGKILL)
+
+    def stop_children(self) -> None:
+        """Stop every child: SIGTERM first so tasks may clean up, SIGKILL if they linger."""
+        for pid in self.children:
+            _kill_group(pid, signal.SIGTERM)
+        give_up = time.monotonic() + 0.5
+        while self.children and time.monotonic() < give_up:
+            self.reap()
+            time.sleep(0.01)
+        for pid in self.children:
+            _kill_group(pid, signal.SIGKILL)
+        while self.children:
+            self.reap()
+            time.sleep(0.005)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+        try:
+            target()
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child if the server dies, so no task outlives its run."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 2 and args[0] == "serve":
+        _Server(RunLayout(args[1])).serve()
+        return 0
+    if len(args) >= 3 and args[0] == "run":
+        run_chunks(RunLayout(args[1]), [int(c) for c in args[2:]])
+        return 0
+    print("usage: python -m remotemap.worker serve RUN_DIR | run RUN_DIR CHUNK...",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
