@@ -44,8 +44,9 @@ def remote_map(
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
     if on_error not in _ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, "
-                         f"got {on_error!r}")
+        raise ValueError(
+            f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, got {on_error!r}"
+        )
     all_args, all_kwargs = normalize_arguments(largs, lkwargs)
     cfg = config if isinstance(config, Config) else load_config(config)
     mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
@@ -67,7 +68,7 @@ def remote_map(
     with Progress(n_tasks, progress, mode) as bar:
         try:
             for result in stream:
-                for index, value in zip(result.indices, result.values):
+                for index, value in zip(result.indices, result.values, strict=True):
                     results[index] = value
                 failures.extend(result.failures)
                 bar.update(len(result.indices) + len(result.failures))
@@ -75,8 +76,13 @@ def remote_map(
                     break
         finally:
             stream.close()  # stops the backend's workers if we leave early
-    log.debug("remote_map: %d tasks on %s in %.3f s, %d failed", n_tasks, mode,
-              time.monotonic() - started, len(failures))
+    log.debug(
+        "remote_map: %d tasks on %s in %.3f s, %d failed",
+        n_tasks,
+        mode,
+        time.monotonic() - started,
+        len(failures),
+    )
     if failures:
         raise RemoteException(failures, results)
     return results

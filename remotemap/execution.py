@@ -20,6 +20,16 @@ from remotemap.tasks import Chunk, ChunkResult
 _HOST = socket.gethostname()
 
 
+def dumps(obj: object) -> bytes:
+    """cloudpickle, typed: functions and classes defined in ``__main__`` travel by value."""
+    data: bytes = cloudpickle.dumps(obj)
+    return data
+
+
+def loads(data: bytes) -> Any:
+    return cloudpickle.loads(data)
+
+
 def this_host() -> str:
     return _HOST
 
@@ -33,7 +43,7 @@ def failure_from_exception(
         # Plain pickle, not cloudpickle: the exception must load on the caller's side without
         # the worker's by-value classes; an exception that will not pickle is simply not chained.
         blob: bytes | None = pickle.dumps(exc)
-        pickle.loads(blob)
+        pickle.loads(pickle.dumps(exc))
     except Exception:
         blob = None
     return TaskFailure(
@@ -54,7 +64,7 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk) -> ChunkResult:
     """
     result = ChunkResult(chunk.id)
     ok_indices, values, failures = result.indices, result.values, result.failures
-    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs):
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             value = function(*args, **kwargs)
         except KeyboardInterrupt:
@@ -69,6 +79,11 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk) -> ChunkResult:
     return result
 
 
+def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
+    """Every task of ``chunk`` failed with ``exc`` (the function could not even be loaded)."""
+    return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices])
+
+
 def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
     """Pickle a chunk's result (with the run's token, if given).
 
@@ -76,21 +91,21 @@ def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
     """
     payload = result if token is None else (token, result)
     try:
-        return cloudpickle.dumps(payload)
+        return dumps(payload)
     except Exception:
         pass
     kept_indices: list[int] = []
     kept_values: list[Any] = []
-    for index, value in zip(result.indices, result.values):
+    for index, value in zip(result.indices, result.values, strict=True):
         try:
-            cloudpickle.dumps(value)
+            dumps(value)
         except Exception as exc:
             result.failures.append(unpicklable_failure(index, "result", value, exc))
         else:
             kept_indices.append(index)
             kept_values.append(value)
     result.indices, result.values = kept_indices, kept_values
-    return cloudpickle.dumps(payload)
+    return dumps(payload)
 
 
 def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) -> TaskFailure:
@@ -113,9 +128,9 @@ def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     """Split out the tasks whose arguments cannot be pickled, each with a failure naming why."""
     keep = Chunk(chunk.id, [], [], [])
     failures: list[TaskFailure] = []
-    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs):
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
-            cloudpickle.dumps((args, kwargs))
+            dumps((args, kwargs))
         except Exception as exc:
             culprit = _first_unpicklable([*args, *kwargs.values()])
             failures.append(unpicklable_failure(index, "arguments", culprit, exc))
@@ -129,7 +144,7 @@ def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
 def _first_unpicklable(objects: list[Any]) -> object:
     for obj in objects:
         try:
-            cloudpickle.dumps(obj)
+            dumps(obj)
         except Exception:
             return obj
     return objects[0] if objects else None
@@ -147,9 +162,16 @@ def lost_chunk_result(
     for index in chunk.indices:
         message = f"the worker process running task {index} {why}"
         trace = f"output of the worker (last lines):\n{log_tail}" if log_tail.strip() else ""
-        failures.append(TaskFailure(index=index, exception_type=exception_type,
-                                    message=message, traceback=trace,
-                                    host=host or _HOST, kind=kind))
+        failures.append(
+            TaskFailure(
+                index=index,
+                exception_type=exception_type,
+                message=message,
+                traceback=trace,
+                host=host or _HOST,
+                kind=kind,
+            )
+        )
     return ChunkResult(chunk.id, failures=failures)
 
 

@@ -20,8 +20,15 @@ class Progress:
         if enabled and total > 0:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=description, unit="task", delay=_SHOW_AFTER,
-                             file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                desc=description,
+                unit="task",
+                delay=_SHOW_AFTER,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def update(self, n: int) -> None:
         if self._bar is not None and n:
@@ -35,8 +42,12 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
+from remotemap.execution import dumps, loads
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -72,17 +71,17 @@ def new_token() -> str:
 
 
 def encode_chunk(token: str, chunk: Chunk) -> bytes:
-    return cloudpickle.dumps((token, chunk))
+    return dumps((token, chunk))
 
 
 def decode_chunk(data: bytes) -> tuple[str, Chunk]:
-    token, chunk = cloudpickle.loads(data)
+    token, chunk = loads(data)
     return token, chunk
 
 
 def decode_outcome(data: bytes, token: str) -> ChunkResult | None:
     """The chunk result in ``data``, or None if it was written by another run."""
-    found_token, result = cloudpickle.loads(data)
+    found_token, result = loads(data)
     if found_token != token or not isinstance(result, ChunkResult):
         return None
     return result

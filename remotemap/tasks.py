@@ -6,7 +6,7 @@ tiny tasks, building and pickling per-task objects would cost more than the task
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,10 @@ class ChunkResult:
     indices: list[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)
+
+
+#: What a backend's ``run`` gives back: chunk results as they finish; closing it cancels the rest.
+Results = Generator[ChunkResult, None, None]
 
 
 def normalize_arguments(
@@ -88,9 +92,7 @@ def normalize_arguments(
 
 def _check_list(name: str, value: object) -> None:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"{name} must be a list (one entry per call), got {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be a list (one entry per call), got {type(value).__name__}")
 
 
 def make_chunks(
@@ -105,8 +107,9 @@ def make_chunks(
     for chunk_id, start in enumerate(range(0, len(todo), size)):
         part = list(todo[start : start + size])
         if isinstance(todo, range):
-            yield Chunk(chunk_id, part, largs[part[0] : part[-1] + 1],
-                        lkwargs[part[0] : part[-1] + 1])
+            yield Chunk(
+                chunk_id, part, largs[part[0] : part[-1] + 1], lkwargs[part[0] : part[-1] + 1]
+            )
         else:
             yield Chunk(chunk_id, part, [largs[i] for i in part], [lkwargs[i] for i in part])
 

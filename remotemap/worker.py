@@ -18,6 +18,7 @@ remote host needs no more than that.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -29,9 +30,8 @@ from typing import Any
 import cloudpickle
 
 from remotemap._version import __version__
-from remotemap.execution import dumps_result, failure_from_exception, run_chunk
+from remotemap.execution import chunk_failed, dumps_result, run_chunk
 from remotemap.protocol import RunLayout, decode_chunk, read_file, write_atomic
-from remotemap.tasks import ChunkResult
 
 _Function = Callable[..., Any]
 
@@ -50,8 +50,7 @@ def execute_chunk(layout: RunLayout, chunk_id: int, function: _Function | None) 
     except Exception as exc:
         # The function cannot be loaded here (a module missing on this host, say): every task
         # of the chunk fails with the reason rather than the worker dying without a word.
-        result = ChunkResult(chunk_id, failures=[failure_from_exception(i, exc)
-                                                 for i in chunk.indices])
+        result = chunk_failed(chunk, exc)
     else:
         result = run_chunk(function, chunk)
     write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
@@ -153,10 +152,8 @@ class _Server:
             code = 70  # EX_SOFTWARE: the outcome could not be written; the log says why
         finally:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(Exception):
                     stream.flush()
-                except Exception:
-                    pass
             os._exit(code)
 
     def reap(self) -> None:
@@ -206,12 +203,14 @@ class _Server:
 
 
 def _kill_group(pid: int, sig: int) -> None:
-    for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
-        try:
-            target()
-            return
-        except (ProcessLookupError, PermissionError):
-            continue
+    """Signal the child's process group (what the task spawned too), else the child alone."""
+    try:
+        os.killpg(pid, sig)
+        return
+    except (ProcessLookupError, PermissionError):
+        pass  # the child may not have made its group yet
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _die_with_parent() -> None:
@@ -222,7 +221,8 @@ def _die_with_parent() -> None:
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL))
     except Exception:
         pass
 
@@ -235,16 +235,28 @@ def _drain(fd: int) -> None:
         pass
 
 
+#: Set by a caller on this machine: its sys.path (JSON), so modules it imports from a script's
+#: folder or a notebook's directory import the same way in the worker.
+SYS_PATH_ENV = "REMOTEMAP_SYS_PATH"
+
+
+def _adopt_caller_sys_path() -> None:
+    import json
+
+    paths = json.loads(os.environ.pop(SYS_PATH_ENV, "[]"))
+    sys.path[:0] = [p for p in paths if isinstance(p, str) and p not in sys.path]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    _adopt_caller_sys_path()
     if len(args) >= 2 and args[0] == "serve":
         _Server(RunLayout(args[1])).serve()
         return 0
     if len(args) >= 3 and args[0] == "run":
         run_chunks(RunLayout(args[1]), [int(c) for c in args[2:]])
         return 0
-    print("usage: python -m remotemap.worker serve RUN_DIR | run RUN_DIR CHUNK...",
-          file=sys.stderr)
+    print("usage: python -m remotemap.worker serve RUN_DIR | run RUN_DIR CHUNK...", file=sys.stderr)
     return 2
 
 

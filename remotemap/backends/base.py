@@ -9,10 +9,10 @@ every worker it started and remove what it wrote: backends put that in ``finally
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from remotemap.tasks import Chunk, ChunkResult
+from remotemap.tasks import Chunk, Results
 
 
 class Backend(ABC):
@@ -35,5 +35,5 @@ class Backend(ABC):
         return 1
 
     @abstractmethod
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Iterator[ChunkResult]:
+    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
         """Run every chunk; yield each one's result as it finishes."""

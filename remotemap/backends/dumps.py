@@ -8,6 +8,7 @@ per task would cost tens of them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,11 +17,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import cloudpickle
-
 from remotemap.backends.base import Backend
 from remotemap.config import resolve_n_jobs
-from remotemap.execution import find_unpicklable, lost_chunk_result, tail
+from remotemap.execution import dumps, find_unpicklable, lost_chunk_result, tail
 from remotemap.protocol import (
     RunLayout,
     create_local_run_dir,
@@ -32,7 +31,8 @@ from remotemap.protocol import (
     write_atomic,
 )
 from remotemap.server_client import WorkerServer, WorkerServerGone
-from remotemap.tasks import Chunk, ChunkResult
+from remotemap.tasks import Chunk, ChunkResult, Results
+from remotemap.worker import SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
 
@@ -40,17 +40,18 @@ log = logging.getLogger("remotemap")
 def pickle_function(function: Callable[..., Any]) -> bytes:
     """The function as bytes, or a TypeError that says which function and why."""
     try:
-        return cloudpickle.dumps(function)
+        return dumps(function)
     except Exception as exc:
         name = getattr(function, "__qualname__", type(function).__name__)
-        raise TypeError(f"the function {name!r} cannot be pickled to send it to the "
-                        f"workers: {exc}") from exc
+        raise TypeError(
+            f"the function {name!r} cannot be pickled to send it to the workers: {exc}"
+        ) from exc
 
 
 class DumpsBackend(Backend):
     name = "local_with_dumps"
 
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Iterator[ChunkResult]:
+    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
         layout = create_local_run_dir(self.settings.get("run_dir") or None)
         log.debug("local_with_dumps run directory: %s", layout.root)
         runner = _LocalServerRun(layout, resolve_n_jobs(self.settings.get("n_jobs", 0)))
@@ -77,9 +78,12 @@ class _LocalServerRun:
 
     def start(self) -> WorkerServer:
         self.stop()
+        env = {**os.environ, SYS_PATH_ENV: json.dumps(sys.path)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             # Its own session: a Ctrl-C at the terminal reaches only the caller, which then
             # stops the server in order instead of every process dying at once.
             start_new_session=True,
@@ -89,7 +93,7 @@ class _LocalServerRun:
         self.server.wait_ready()
         return self.server
 
-    def run(self, chunks: Iterator[Chunk]) -> Iterator[ChunkResult]:
+    def run(self, chunks: Iterator[Chunk]) -> Results:
         server = self.start()
         in_flight: dict[int, Chunk] = {}
         while True:
@@ -142,8 +146,11 @@ class _LocalServerRun:
             result = decode_outcome(read_file(path), self.token)
         if result is not None and status == "exit:0":
             return result
-        log_tail = tail(read_file(self.layout.log(chunk.id))) if os.path.exists(
-            self.layout.log(chunk.id)) else ""
+        log_tail = (
+            tail(read_file(self.layout.log(chunk.id)))
+            if os.path.exists(self.layout.log(chunk.id))
+            else ""
+        )
         kind = "timeout" if status == "timeout" else "crash"
         return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
 

@@ -1,0 +1,20 @@
+"""Shared fixtures: an isolated config for every test, and the contract suite's backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.backends"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No test reads or writes the real ~/.config: each sees an empty XDG config home."""
+    home = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.delenv("REMOTEMAP_CONFIG", raising=False)
+    yield home

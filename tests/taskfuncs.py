@@ -1,0 +1,94 @@
+"""Task functions the tests send to workers (importable by workers; no pytest import here)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def foo(a: int, b: int = 2) -> int:
+    return a + b
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def echo_args(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def fail_on(x: int, bad: tuple[int, ...] = (2,)) -> int:
+    if x in bad:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+class CustomError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+
+
+def raise_custom(x: int) -> int:
+    raise CustomError(x, "custom detail")
+
+
+def crash_on(x: int, how: str = "exit") -> int:
+    """Kill this process in one of the ways real tasks die."""
+    if x == 3:
+        if how == "exit":
+            os._exit(3)
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segfault":
+            ctypes.string_at(0)
+    return x
+
+
+def return_lock(x: int) -> Any:
+    return threading.Lock() if x == 1 else x
+
+
+def touch_then_fail(marker_dir: str, x: int, fail_at: int = 0) -> int:
+    Path(marker_dir, f"{x}.ran").touch()
+    if x == fail_at:
+        raise RuntimeError("first task fails")
+    time.sleep(0.02)
+    return x
+
+
+def noisy(x: int) -> int:
+    print("stdout noise", x, "ready 1 2 3", flush=True)
+    print("done 5 exit:0")
+    os.write(1, b"raw fd noise\n")
+    return x
+
+
+def pid_and_sleep(path: str, x: int, seconds: float) -> int:
+    """Write this process's pid to ``path``.x, then sleep (so a test can kill it)."""
+    Path(f"{path}.{x}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{path}.{x}.tmp", f"{path}.{x}")
+    time.sleep(seconds)
+    return x
+
+
+def array_sum(a: Any) -> float:
+    return float(a.sum())
+
+
+def system_exit(x: int) -> int:
+    raise SystemExit(f"task {x} called exit")
