@@ -11,6 +11,7 @@ from typing import Any
 from remotemap.backends import get_backend_class
 from remotemap.config import Config, load_config
 from remotemap.errors import BackendUnavailable, RemoteException, TaskFailure
+from remotemap.interrupts import terminate_unwinds
 from remotemap.progress import Progress
 from remotemap.tasks import make_chunks, normalize_arguments
 
@@ -65,7 +66,7 @@ def remote_map(
     log.debug("remote_map: %d tasks on %s", n_tasks, mode)
     chunks = make_chunks(all_args, all_kwargs, backend.chunksize(n_tasks))
     stream = backend.run(func, chunks)
-    with Progress(n_tasks, progress, mode) as bar:
+    with terminate_unwinds(), Progress(n_tasks, progress, mode) as bar:
         try:
             for result in stream:
                 for index, value in zip(result.indices, result.values, strict=True):

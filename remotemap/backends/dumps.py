@@ -151,6 +151,9 @@ class _LocalServerRun:
             if os.path.exists(self.layout.log(chunk.id))
             else ""
         )
+        if status == "exit:0":  # the process ended normally but left no outcome of this run
+            return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
+                                     log_tail=log_tail)
         kind = "timeout" if status == "timeout" else "crash"
         return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
 

@@ -1,0 +1,83 @@
+"""Ctrl-C on a real ``python`` process running remote_map: it stops in time and leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from remotemap import remote_map
+
+    def task(marker_dir, i):
+        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
+        time.sleep(60)
+        return i
+
+    marker_dir, run_dir, mode = sys.argv[1:4]
+    options = {"run_dir": run_dir} if mode == "local_with_dumps" else {}
+    try:
+        remote_map(task, [(marker_dir, i) for i in range(8)], mode=mode, n_jobs=2,
+                   progress=False, **options)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not a leftover process, it only waits to be reaped
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: int) -> None:
+    markers, run_dir = tmp_path / "markers", tmp_path / "runs"
+    markers.mkdir()
+    script = tmp_path / "interrupted.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(markers), str(run_dir), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(markers.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline, "the tasks never started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        task_pids = [int(p.stem) for p in markers.glob("*.pid")]
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "KeyboardInterrupt reached the caller" in out
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM, err  # unwound, not killed outright
+    assert took < 5, f"took {took:.1f} s to stop"
+    give_up = time.monotonic() + 5
+    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert [pid for pid in task_pids if _alive(pid)] == [], "task processes left running"
+    if mode == "local_with_dumps":
+        assert list(run_dir.iterdir()) == [], "run directory left behind"

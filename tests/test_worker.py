@@ -1,0 +1,153 @@
+"""The worker server and the on-disk protocol, driven directly and through local_with_dumps."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from remotemap import RemoteException, remote_map
+from remotemap.backends.dumps import _LocalServerRun
+from remotemap.execution import dumps, dumps_result
+from remotemap.protocol import (
+    RunLayout,
+    create_local_run_dir,
+    decode_outcome,
+    encode_chunk,
+    write_atomic,
+)
+from remotemap.tasks import Chunk, ChunkResult
+from tests import taskfuncs as tf
+
+
+def _layout_with(function: object, chunks: list[Chunk], token: str = "tok") -> RunLayout:
+    layout = create_local_run_dir()
+    write_atomic(layout.function, dumps(function))
+    for chunk in chunks:
+        write_atomic(layout.chunk(chunk.id), encode_chunk(token, chunk))
+    return layout
+
+
+def _serve(layout: RunLayout) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "remotemap.worker", "serve", layout.root],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def test_run_directory_is_private_and_removed(tmp_path: Path) -> None:
+    seen: list[str] = []
+    assert remote_map(tf.square, [(2,)], mode="local_with_dumps", run_dir=str(tmp_path)) == [4]
+    seen = os.listdir(tmp_path)
+    assert seen == []
+
+
+def test_keep_files_keeps_every_protocol_file(tmp_path: Path) -> None:
+    assert remote_map(tf.noisy, [(0,), (1,)], mode="local_with_dumps", run_dir=str(tmp_path),
+                      keep_files=True, progress=False) == [0, 1]
+    (run,) = tmp_path.iterdir()
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700
+    layout = RunLayout(str(run))
+    for path in (layout.function, layout.chunk(0), layout.outcome(1), layout.log(0)):
+        assert os.path.exists(path), path
+    assert "stdout noise 1" in Path(layout.log(1)).read_text()
+    assert stat.S_IMODE(os.stat(layout.outcome(0)).st_mode) == 0o600
+
+
+def test_outcome_of_another_run_is_never_taken() -> None:
+    data = dumps_result(ChunkResult(0, [0], ["old"]), token="earlier-run")
+    assert decode_outcome(data, "earlier-run") is not None
+    assert decode_outcome(data, "this-run") is None
+
+
+def test_stale_outcome_file_is_ignored_by_collect() -> None:
+    layout = create_local_run_dir()
+    run = _LocalServerRun(layout, 1)
+    chunk = Chunk(0, [0], [(1,)], [{}])
+    write_atomic(layout.outcome(0), dumps_result(ChunkResult(0, [0], ["stale"]), "other"))
+    result = run.collect(chunk, "exit:0")
+    assert result.values == [] and result.failures[0].kind == "lost"
+    assert "without writing its outcome" in result.failures[0].message
+
+
+def test_server_answers_ready_then_done_and_stops_on_eof() -> None:
+    layout = _layout_with(tf.square, [Chunk(0, [0], [(7,)], [{}])])
+    proc = _serve(layout)
+    assert proc.stdin is not None and proc.stdout is not None
+    ready = proc.stdout.readline().split()
+    assert ready[0] == b"ready" and int(ready[1]) == proc.pid
+    proc.stdin.write(b"bogus\nrun 0\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith(b"error unknown command")
+    assert proc.stdout.readline() == b"done 0 exit:0\n"
+    result = decode_outcome(Path(layout.outcome(0)).read_bytes(), "tok")
+    assert result is not None and result.values == [49]
+    proc.stdin.close()
+    assert proc.wait(timeout=5) == 0
+
+
+def test_server_timeout_kills_the_task_and_says_so() -> None:
+    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [("/tmp/rm-none", 0, 30)], [{}])])
+    proc = _serve(layout)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.readline()
+    started = time.monotonic()
+    proc.stdin.write(b"run 0 0.3\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"done 0 timeout\n"
+    assert time.monotonic() - started < 10
+    proc.stdin.close()
+    proc.wait(timeout=5)
+
+
+def test_closing_stdin_kills_running_children(tmp_path: Path) -> None:
+    stem = str(tmp_path / "pid")
+    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 60)], [{}])])
+    proc = _serve(layout)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdin.write(b"run 0\n")
+    proc.stdin.flush()
+    while not os.path.exists(f"{stem}.0"):
+        time.sleep(0.01)
+    child = int(Path(f"{stem}.0").read_text())
+    proc.stdin.close()
+    assert proc.wait(timeout=5) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_function_that_cannot_load_on_the_worker_names_the_module(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    (tmp_path / "vanishing_mod_rm.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing_mod_rm  # type: ignore[import-not-found]
+
+    (tmp_path / "vanishing_mod_rm.py").unlink()
+    try:
+        with pytest.raises(RemoteException) as info:
+            remote_map(vanishing_mod_rm.f, [(1,), (2,)], mode="local_with_dumps")
+    finally:
+        sys.modules.pop("vanishing_mod_rm", None)
+    assert info.value.failed_indices == [0, 1]
+    assert "No module named 'vanishing_mod_rm'" in info.value.failures[0].message
+
+
+def _kill_server(x: int) -> int:
+    if x == 2:
+        os.kill(os.getppid(), 9)  # the parent of a task's process is the worker server
+        time.sleep(5)
+    return x
+
+
+def test_server_killed_mid_run_loses_only_what_it_was_running() -> None:
+    with pytest.raises(RemoteException) as info:
+        remote_map(_kill_server, [(i,) for i in range(6)], mode="local_with_dumps", n_jobs=1)
+    exc = info.value
+    assert exc.failed_indices == [2]
+    assert exc.failures[0].kind == "lost"
+    assert exc.results == [0, 1, None, 3, 4, 5]
