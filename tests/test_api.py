@@ -37,7 +37,7 @@ def test_func_must_be_callable() -> None:
 
 
 def test_unknown_mode_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown mode 'nope'.*'serial', 'local'"):
+    with pytest.raises(ValueError, match=r"unknown mode 'nope'.*'serial', 'local'"):
         remote_map(tf.foo, [(1,)], mode="nope")
 
 

@@ -68,7 +68,7 @@ def test_results_equal_serial_on_mixed_arguments(runner: Runner) -> None:
 
 def test_order_kept_whatever_finishes_first(runner: Runner) -> None:
     delays = [0.05 if i % 7 == 0 else 0.0 for i in range(30)]
-    got = runner.map(lambda i, d: (time.sleep(d), i)[1], list(zip(range(30), delays)))
+    got = runner.map(lambda i, d: (time.sleep(d), i)[1], list(zip(range(30), delays, strict=True)))
     assert got == list(range(30))
 
 
@@ -176,7 +176,7 @@ def test_unpicklable_function_is_a_clear_error(runner: Runner) -> None:
     if not runner.pickles:
         assert runner.map(holds_lock, [(1,)]) == [1]
         return
-    with pytest.raises(TypeError, match="holds_lock.*cannot be pickled"):
+    with pytest.raises(TypeError, match=r"holds_lock.*cannot be pickled"):
         runner.map(holds_lock, [(1,)])
 
 
