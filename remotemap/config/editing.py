@@ -1,0 +1,160 @@
+"""Changing the config file on disk without losing the user's comments and layout.
+
+Edits go through tomlkit (which round-trips comments and formatting), the result is validated
+as a whole before anything is written, and the write is atomic: a crash or a refused value
+never leaves a half-written or invalid file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+from tomlkit.container import Container
+from tomlkit.items import Item, Table
+
+from remotemap.config.loader import parse_toml, read_document, validate_document
+from remotemap.config.schema import lookup_key
+from remotemap.errors import ConfigError
+
+#: Mode of a config file we create: it may name hosts and accounts, so keep it private.
+NEW_FILE_MODE = 0o600
+NEW_DIR_MODE = 0o700
+
+
+def example_text() -> str:
+    """The commented example config shipped with the package."""
+    return resources.files("remotemap.config").joinpath("example.toml").read_text("utf-8")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path``'s content with ``text`` in one step, keeping the file's mode.
+
+    The temporary file sits in the same directory so ``os.replace`` is a rename on one
+    filesystem. A symlinked config (dotfile managers) is followed, not replaced by a file.
+    """
+    target = path.resolve() if path.is_symlink() else path
+    parent = target.parent
+    if not parent.exists():
+        parent.mkdir(mode=NEW_DIR_MODE, parents=True)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = NEW_FILE_MODE
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def parse_cli_value(raw: str) -> Any:
+    """``raw`` as a TOML value (``4``, ``true``, ``"x"``, ``["a", "b"]``), else as plain text.
+
+    Returns a tomlkit item when it parses, so the value is written the way the user typed it.
+    """
+    try:
+        doc = tomlkit.parse(f"value = {raw}\n")
+    except tomlkit.exceptions.ParseError:
+        return raw
+    # "1\nother = 2" parses too, into two keys: that is text, not one value.
+    if list(doc) != ["value"]:
+        return raw
+    return doc.item("value")
+
+
+def _load_document(path: Path) -> tomlkit.TOMLDocument:
+    text = read_document(path) if path.exists() else ""
+    parse_toml(text, path)  # tomllib's message names the line; tomlkit's is less helpful
+    return tomlkit.parse(text)
+
+
+def _validated_text(doc: tomlkit.TOMLDocument, path: Path) -> str:
+    text = tomlkit.dumps(doc)
+    validate_document(parse_toml(text, path), path)
+    return text
+
+
+def _container(doc: tomlkit.TOMLDocument, parts: list[str], create: bool) -> Any:
+    """The table that holds the last of ``parts``; None when absent and ``create`` is False."""
+    node: Any = doc
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node:
+            if not create:
+                return None
+            # Tables below a section ([ssh.hosts.NAME]) render as headers of their own;
+            # super tables keep tomlkit from writing an empty [ssh.hosts] header first.
+            node[part] = tomlkit.table(is_super_table=0 < depth < len(parts) - 2)
+        node = node[part]
+        if not isinstance(node, (dict, Table, Container)):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a table", key=part)
+    return node
+
+
+def set_value(path: Path, dotted: str, raw: str) -> Any:
+    """Set ``dotted`` to ``raw`` in the file at ``path`` (created if missing); the new value.
+
+    The key must be declared. For a string key the text is taken as it is (``run_dir 2024`` is
+    the directory "2024", not a number). Nothing is written unless the whole file then passes
+    validation.
+    """
+    _, key, tail = lookup_key(dotted)
+    if len(tail) == 2:  # a field of one entry of a table key: [section.key.NAME] field
+        key = key.field(tail[1]) or key
+    item: Any = parse_cli_value(raw)
+    if key.type == "str" and not isinstance(_plain(item), str):
+        item = raw
+    parts = dotted.split(".")
+    doc = _load_document(path)
+    _container(doc, parts, create=True)[parts[-1]] = item
+    text = _validated_text(doc, path)
+    atomic_write(path, text)
+    return _plain(item)
+
+
+def unset_value(path: Path, dotted: str) -> bool:
+    """Remove ``dotted`` from the file so its default applies; False if it was not set.
+
+    Unknown keys may be removed too, which is how a file that fails validation gets fixed.
+    Removing a key cannot make a valid file invalid, so this writes without re-validating.
+    """
+    parts = dotted.split(".")
+    if not path.exists():
+        lookup_key(dotted)
+        return False
+    doc = _load_document(path)
+    node = _container(doc, parts, create=False)
+    if node is None or parts[-1] not in node:
+        lookup_key(dotted)  # a typo in a name that is not in the file deserves an error
+        return False
+    del node[parts[-1]]
+    atomic_write(path, tomlkit.dumps(doc))
+    return True
+
+
+def init_file(path: Path, force: bool = False) -> None:
+    """Write the commented example to ``path``; refuse to overwrite unless ``force``."""
+    if path.exists() and not force:
+        raise ConfigError("already exists; use --force to overwrite it", path)
+    if path.is_dir():
+        raise ConfigError("is a directory", path)
+    atomic_write(path, example_text())
+
+
+def _plain(value: Any) -> Any:
+    """A tomlkit item as plain Python (str, int, list...), anything else unchanged."""
+    return value.unwrap() if isinstance(value, Item) else value
