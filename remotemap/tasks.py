@@ -68,26 +68,39 @@ def normalize_arguments(
             f"largs and lkwargs must have the same length: len(largs) == {len(largs)}, "
             f"len(lkwargs) == {len(lkwargs)}"
         )
-    args_out: list[tuple[Any, ...]] = []
-    for i, args in enumerate(largs):
-        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-            raise TypeError(
-                f"largs[{i}] must be a tuple or list of positional arguments, "
-                f"got {type(args).__name__}: {args!r:.80}"
-            )
-        args_out.append(args if isinstance(args, tuple) else tuple(args))
-    kwargs_out: list[dict[str, Any]] = []
-    for i, kwargs in enumerate(lkwargs):
-        if not isinstance(kwargs, Mapping):
-            raise TypeError(
-                f"lkwargs[{i}] must be a dict of keyword arguments, "
-                f"got {type(kwargs).__name__}: {kwargs!r:.80}"
-            )
-        bad = [k for k in kwargs if not isinstance(k, str)]
-        if bad:
-            raise TypeError(f"lkwargs[{i}] has a keyword that is not a string: {bad[0]!r}")
-        kwargs_out.append(kwargs if type(kwargs) is dict else dict(kwargs))
+    # The common case (tuples and plain dicts) is checked with exact type tests: on runs of many
+    # tiny tasks, ABC isinstance checks would cost more than the tasks.
+    if all(type(args) is tuple for args in largs):
+        args_out = list(largs)
+    else:
+        args_out = [_as_args(i, args) for i, args in enumerate(largs)]
+    if all(type(kwargs) is dict for kwargs in lkwargs):
+        kwargs_out = list(lkwargs)
+    else:
+        kwargs_out = [_as_kwargs(i, kwargs) for i, kwargs in enumerate(lkwargs)]
+    for i, kwargs in enumerate(kwargs_out):
+        if kwargs and not all(type(key) is str for key in kwargs):
+            bad = next(key for key in kwargs if not isinstance(key, str))
+            raise TypeError(f"lkwargs[{i}] has a keyword that is not a string: {bad!r}")
     return args_out, kwargs_out
+
+
+def _as_args(i: int, args: object) -> tuple[Any, ...]:
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise TypeError(
+            f"largs[{i}] must be a tuple or list of positional arguments, "
+            f"got {type(args).__name__}: {args!r:.80}"
+        )
+    return tuple(args)
+
+
+def _as_kwargs(i: int, kwargs: object) -> dict[str, Any]:
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"lkwargs[{i}] must be a dict of keyword arguments, "
+            f"got {type(kwargs).__name__}: {kwargs!r:.80}"
+        )
+    return dict(kwargs)
 
 
 def _check_list(name: str, value: object) -> None:
