@@ -14,6 +14,10 @@ class Progress:
     """Counts finished tasks; draws a tqdm bar on stderr when asked or when it is a terminal."""
 
     def __init__(self, total: int, enabled: bool | None, description: str) -> None:
+        # Asked for explicitly: shown at once and left on screen. By default: only on a
+        # terminal, only once the run has lasted long enough to be worth a bar, and erased
+        # when done so quick runs leave no trace.
+        explicit = bool(enabled)
         if enabled is None:
             enabled = _stderr_is_terminal()
         self._bar: Any = None
@@ -24,9 +28,9 @@ class Progress:
                 total=total,
                 desc=description,
                 unit="task",
-                delay=_SHOW_AFTER,
+                delay=0.0 if explicit else _SHOW_AFTER,
                 file=sys.stderr,
-                leave=False,
+                leave=explicit,
                 dynamic_ncols=True,
             )
 
