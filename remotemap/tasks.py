@@ -70,12 +70,14 @@ def normalize_arguments(
         )
     # The common case (tuples and plain dicts) is checked with exact type tests: on runs of many
     # tiny tasks, ABC isinstance checks would cost more than the tasks.
+    args_out: list[tuple[Any, ...]]
+    kwargs_out: list[dict[str, Any]]
     if all(type(args) is tuple for args in largs):
-        args_out = list(largs)
+        args_out = list(largs)  # type: ignore[arg-type]  # checked just above
     else:
         args_out = [_as_args(i, args) for i, args in enumerate(largs)]
     if all(type(kwargs) is dict for kwargs in lkwargs):
-        kwargs_out = list(lkwargs)
+        kwargs_out = list(lkwargs)  # type: ignore[arg-type]  # checked just above
     else:
         kwargs_out = [_as_kwargs(i, kwargs) for i, kwargs in enumerate(lkwargs)]
     for i, kwargs in enumerate(kwargs_out):

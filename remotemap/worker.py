@@ -77,6 +77,7 @@ class _Server:
         os.dup2(2, 1)
         self.children: dict[int, tuple[int, float | None]] = {}  # pid -> (chunk, deadline)
         self.timed_out: set[int] = set()
+        self.prctl = _load_prctl()
         self.function: _Function | None
         try:
             self.function = load_function(layout)
@@ -138,7 +139,7 @@ class _Server:
             for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             os.setpgid(0, 0)  # its own group, so a timeout kills what the task spawned too
-            _die_with_parent()
+            _die_with_parent(self.prctl)
             log = os.open(self.layout.log(chunk_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
@@ -213,18 +214,26 @@ def _kill_group(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child if the server dies, so no task outlives its run."""
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, loaded once in the server (importing ctypes in every child costs ms)."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
         import ctypes
 
-        pr_set_pdeathsig = 1
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
     except Exception:
-        pass
+        return None
+    return prctl
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(prctl: Callable[..., int] | None) -> None:
+    """Ask Linux to SIGKILL this child if the server dies, so no task outlives its run."""
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _drain(fd: int) -> None:
