@@ -6,6 +6,7 @@ A run directory holds everything one run needs, under names given here and nowhe
     RUN/chunks/000007.pkl     chunk 7: its tasks and the run's token
     RUN/outcomes/000007.pkl   what chunk 7 gave back, written atomically by the worker
     RUN/logs/000007.log       stdout and stderr of the process that ran chunk 7
+    RUN/work/42/              task 42's working directory (when tasks get their own)
     RUN/run.json              what the run is (mode, counts, times), for status and resume
 
 Every chunk file carries the run's random token and the worker copies it into the outcome:
@@ -15,7 +16,7 @@ Paths are POSIX strings so the same layout names files on a remote host.
 
 The worker side of the line protocol spoken over a worker server's stdin and stdout is also
 fixed here: the caller sends ``run CHUNK [TIMEOUT]`` lines; the server answers ``ready PID
-PYTHON VERSION`` once, then ``done CHUNK STATUS`` per chunk, STATUS being ``exit:N``,
+PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being ``exit:N``,
 ``signal:N`` or ``timeout``.
 """
 
@@ -37,6 +38,7 @@ CHUNKS = "chunks"
 OUTCOMES = "outcomes"
 LOGS = "logs"
 META = "run.json"
+WORK = "work"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class RunLayout:
 
     def outcome(self, chunk_id: int) -> str:
         return posixpath.join(self.root, OUTCOMES, f"{chunk_id:06d}.pkl")
+
+    def workdir(self, index: int) -> str:
+        """The working directory of task ``index`` when tasks run in their own directories."""
+        return posixpath.join(self.root, WORK, str(index))
 
     def log(self, chunk_id: int) -> str:
         return posixpath.join(self.root, LOGS, f"{chunk_id:06d}.log")

@@ -28,6 +28,7 @@ class ServerInfo:
     pid: int
     python_version: str
     remotemap_version: str
+    cpus: int
 
 
 class WorkerServer:
@@ -38,11 +39,11 @@ class WorkerServer:
 
     def wait_ready(self) -> ServerInfo:
         words = self._read_line()
-        if len(words) != 4 or words[0] != "ready":
+        if len(words) != 5 or words[0] != "ready":
             raise WorkerServerGone(
                 f"worker server on {self.where} did not start properly: {' '.join(words)!r}"
             )
-        return ServerInfo(int(words[1]), words[2], words[3])
+        return ServerInfo(int(words[1]), words[2], words[3], int(words[4]))
 
     def run(self, chunk_id: int, timeout: float | None = None) -> None:
         line = f"run {chunk_id}" + (f" {timeout}" if timeout is not None else "") + "\n"

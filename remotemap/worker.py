@@ -32,6 +32,7 @@ import cloudpickle
 from remotemap._version import __version__
 from remotemap.execution import chunk_failed, dumps_result, run_chunk
 from remotemap.protocol import RunLayout, decode_chunk, read_file, write_atomic
+from remotemap.tasks import Chunk, ChunkResult
 
 _Function = Callable[..., Any]
 
@@ -41,7 +42,9 @@ def load_function(layout: RunLayout) -> _Function:
     return function
 
 
-def execute_chunk(layout: RunLayout, chunk_id: int, function: _Function | None) -> None:
+def execute_chunk(
+    layout: RunLayout, chunk_id: int, function: _Function | None, task_dirs: bool = False
+) -> None:
     """Run one chunk and write its outcome; any failure becomes a failed task, never silence."""
     token, chunk = decode_chunk(read_file(layout.chunk(chunk_id)))
     try:
@@ -52,8 +55,28 @@ def execute_chunk(layout: RunLayout, chunk_id: int, function: _Function | None) 
         # of the chunk fails with the reason rather than the worker dying without a word.
         result = chunk_failed(chunk, exc)
     else:
-        result = run_chunk(function, chunk)
+        runner = run_in_task_dirs if task_dirs else _run_here
+        result = runner(layout, function, chunk)
     write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
+
+
+def _run_here(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
+    return run_chunk(function, chunk)
+
+
+def run_in_task_dirs(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
+    """Run each task in its own working directory, ``RUN/work/INDEX``, so the files it writes
+    can be found (and copied back) afterwards."""
+    result = ChunkResult(chunk.id)
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
+        workdir = layout.workdir(index)
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
+        os.chdir(workdir)
+        one = run_chunk(function, Chunk(chunk.id, [index], [args], [kwargs]))
+        result.indices += one.indices
+        result.values += one.values
+        result.failures += one.failures
+    return result
 
 
 def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> None:
@@ -69,8 +92,9 @@ def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> None:
 class _Server:
     """The fork server: one child process per chunk, at most as many as the caller sends."""
 
-    def __init__(self, layout: RunLayout) -> None:
+    def __init__(self, layout: RunLayout, task_dirs: bool = False) -> None:
         self.layout = layout
+        self.task_dirs = task_dirs
         # The protocol gets its own copy of stdout; fd 1 then points at stderr so that a stray
         # print() in user code can never corrupt the protocol stream.
         self.out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -94,7 +118,9 @@ class _Server:
         selector = selectors.DefaultSelector()
         selector.register(0, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
-        self.out.write(f"ready {os.getpid()} {sys.version.split()[0]} {__version__}\n")
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        python = sys.version.split()[0]
+        self.out.write(f"ready {os.getpid()} {python} {__version__} {cpus or 1}\n")
         pending = b""
         stdin_open = True
         try:
@@ -145,7 +171,7 @@ class _Server:
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            execute_chunk(self.layout, chunk_id, self.function)
+            execute_chunk(self.layout, chunk_id, self.function, self.task_dirs)
         except BaseException:
             import traceback
 
@@ -259,13 +285,14 @@ def _adopt_caller_sys_path() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _adopt_caller_sys_path()
-    if len(args) >= 2 and args[0] == "serve":
-        _Server(RunLayout(args[1])).serve()
+    if len(args) in (2, 3) and args[0] == "serve":
+        _Server(RunLayout(args[1]), task_dirs="--task-dirs" in args[2:]).serve()
         return 0
     if len(args) >= 3 and args[0] == "run":
         run_chunks(RunLayout(args[1]), [int(c) for c in args[2:]])
         return 0
-    print("usage: python -m remotemap.worker serve RUN_DIR | run RUN_DIR CHUNK...", file=sys.stderr)
+    usage = "serve RUN_DIR [--task-dirs] | run RUN_DIR CHUNK..."
+    print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
     return 2
 
 

@@ -194,7 +194,7 @@ def test_unknown_names_in_lookups_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=re.escape("valid keys in [local]: n_jobs, chunksize")):
         config.get("local.nope")
     with pytest.raises(ConfigError, match="valid sections"):
-        config.section("ssh")
+        config.section("sshh")
     with pytest.raises(ConfigError, match="is a section"):
         config.origin("local")
 

@@ -12,6 +12,7 @@ _REGISTRY: dict[str, str] = {
     "serial": "remotemap.backends.serial:SerialBackend",
     "local": "remotemap.backends.local:LocalBackend",
     "local_with_dumps": "remotemap.backends.dumps:DumpsBackend",
+    "ssh": "remotemap.backends.ssh:SSHBackend",
 }
 
 

@@ -1,0 +1,227 @@
+"""One run directory on one SSH host, and the worker server running in it.
+
+The same on-disk protocol as ``local_with_dumps``, with SFTP between the caller and the files:
+chunks are uploaded, outcomes and logs downloaded, and files that tasks wrote copied back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import posixpath
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from remotemap.execution import find_unpicklable, lost_chunk_result, tail
+from remotemap.protocol import (
+    RunLayout,
+    decode_outcome,
+    encode_chunk,
+    exit_status_text,
+    new_token,
+)
+from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
+from remotemap.tasks import Chunk, ChunkResult
+
+log = logging.getLogger("remotemap")
+
+
+class RemoteSetupError(RuntimeError):
+    """The host is reachable but cannot run remotemap's worker (no Python, no remotemap...)."""
+
+
+class _ProcessWriter:
+    def __init__(self, process: Any) -> None:
+        self._process = process
+
+    def write(self, data: bytes) -> None:
+        self._process.write(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _ProcessReader:
+    def __init__(self, process: Any) -> None:
+        self._process = process
+        self.timeout: float | None = None
+
+    def readline(self) -> bytes:
+        line: bytes = self._process.readline(self.timeout)
+        return line
+
+
+class RemoteRun:
+    """Context manager: connect, make the private run directory, start the worker server."""
+
+    def __init__(self, host: str, settings: Mapping[str, Any], function_blob: bytes) -> None:
+        self.host = host
+        self.settings = settings
+        self.function_blob = function_blob
+        self.token = new_token()
+        self.connection: Any = None
+        self.process: Any = None
+        self.layout: RunLayout | None = None
+        self.info: ServerInfo | None = None
+        self._reader: _ProcessReader | None = None
+        self.server: WorkerServer | None = None
+        #: Tasks of a staged chunk that failed to pickle, reported with the chunk's result.
+        self._pending_failures: dict[int, list[Any]] = {}
+
+    def __enter__(self) -> RemoteRun:
+        from remotemap.ssh import Connection
+
+        s = self.settings
+        self.connection = Connection(
+            self.host,
+            user=s.get("user") or None,
+            port=s.get("port") or None,
+            key_file=s.get("key_file") or None,
+            known_hosts=s.get("known_hosts") or None,
+            ssh_config=s.get("ssh_config") or None,
+            host_key_policy=s.get("host_key_policy") or None,
+            connect_timeout=s.get("connect_timeout") or None,
+        ).connect()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        conn = self.connection
+        root = posixpath.join(self.settings.get("remote_dir") or ".cache/remotemap/runs",
+                              f"run-{self.token}")
+        layout = self.layout = RunLayout(root)
+        conn.makedirs_private(root)
+        for sub in layout.subdirs():
+            conn.makedirs_private(sub)
+        conn.put_bytes(layout.function, self.function_blob)
+        python = self.settings.get("python") or "python3"
+        argv = [python, "-m", "remotemap.worker", "serve", root]
+        if self.settings.get("fetch"):
+            argv.append("--task-dirs")
+        self.process = conn.open_process(argv)
+        self._reader = _ProcessReader(self.process)
+        self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
+        self.server = WorkerServer(_ProcessWriter(self.process), self._reader, self.host)
+        try:
+            self.info = self.server.wait_ready()
+        except (WorkerServerGone, OSError) as exc:
+            err = self.process.stderr.decode(errors="replace").strip()
+            raise RemoteSetupError(
+                f"{self.host}: {python!r} cannot start remotemap's worker"
+                + (f": {err.splitlines()[-1]}" if err else f" ({exc})")
+                + " (install remotemap and cloudpickle for that interpreter, or set ssh.python)"
+            ) from exc
+        from remotemap._version import __version__
+
+        if self.info.remotemap_version != __version__:
+            log.warning("%s runs remotemap %s, this side %s", self.host,
+                        self.info.remotemap_version, __version__)
+        log.debug("ssh host %s ready: python %s, %d CPUs, run directory %s", self.host,
+                  self.info.python_version, self.info.cpus, root)
+
+    @property
+    def slots(self) -> int:
+        n_jobs = int(self.settings.get("n_jobs") or 0)
+        cpus = self.info.cpus if self.info is not None else 1
+        return n_jobs if n_jobs > 0 else max(1, cpus + n_jobs + 1 if n_jobs < 0 else cpus)
+
+    def stage(self, chunk: Chunk) -> ChunkResult | None:
+        """Upload the chunk and start it; tasks whose arguments cannot be pickled fail here."""
+        assert self.layout is not None and self.server is not None
+        failed: ChunkResult | None = None
+        try:
+            data = encode_chunk(self.token, chunk)
+        except Exception:
+            keep, failures = find_unpicklable(chunk)
+            failed = ChunkResult(chunk.id, failures=failures)
+            if not keep.indices:
+                return failed
+            chunk.indices, chunk.largs, chunk.lkwargs = keep.indices, keep.largs, keep.lkwargs
+            data = encode_chunk(self.token, chunk)
+        self.connection.put_bytes(self.layout.chunk(chunk.id), data)
+        self.server.run(chunk.id)
+        if failed is not None:
+            # The pickling failures come back with the chunk's result (see collect).
+            self._pending_failures[chunk.id] = failed.failures
+        return None
+
+    def next_done(self, timeout: float) -> tuple[int, str] | None:
+        """The next finished chunk, or None if none finished within ``timeout`` seconds."""
+        from remotemap.ssh import CommandTimeout
+
+        assert self._reader is not None and self.server is not None
+        self._reader.timeout = timeout
+        try:
+            return self.server.next_done()
+        except CommandTimeout:
+            return None
+
+    def collect(self, chunk: Chunk, status: str) -> ChunkResult:
+        assert self.layout is not None
+        result: ChunkResult | None = None
+        if status == "exit:0":
+            try:
+                result = decode_outcome(self.connection.get_bytes(self.layout.outcome(chunk.id)),
+                                        self.token)
+            except FileNotFoundError:
+                result = None
+        if result is None:
+            try:
+                log_tail = tail(self.connection.get_bytes(self.layout.log(chunk.id)))
+            except FileNotFoundError:
+                log_tail = ""
+            why = ("exited without writing its outcome" if status == "exit:0"
+                   else exit_status_text(status))
+            kind = "timeout" if status == "timeout" else ("lost" if status == "exit:0" else "crash")
+            result = lost_chunk_result(chunk, why, kind=kind, host=self.host, log_tail=log_tail)
+        result.failures += self._pending_failures.pop(chunk.id, [])
+        return result
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Stop the server (closing its stdin stops its children) and remove the run files."""
+        if self.process is not None:
+            try:
+                self.process.close_stdin()
+                self.process.wait(timeout=3)
+            except Exception:
+                pass
+            with contextlib.suppress(Exception):
+                self.process.__exit__(None, None, None)  # kills it if it still runs
+        if self.connection is not None:
+            if self.layout is not None and not self.settings.get("keep_remote_files"):
+                try:
+                    self.connection.remove_tree(self.layout.root)
+                except Exception as err:
+                    log.warning("could not remove %s on %s: %s", self.layout.root, self.host,
+                                err)
+            self.connection.close()
+
+
+def fetch_task_files(remote: RemoteRun, chunk: Chunk, result: ChunkResult,
+                     settings: Mapping[str, Any]) -> None:
+    """Copy the files matching ``fetch`` from each finished task's working directory to
+    ``fetch_dir/INDEX/``, pulled over SFTP from this side (the host never connects back)."""
+    assert remote.layout is not None
+    patterns = list(settings.get("fetch") or [])
+    dirs = [remote.layout.workdir(i) for i in result.indices]
+    if not dirs:
+        return
+    listing = remote.connection.run(["find", *dirs, "-maxdepth", "1", "-type", "f"])
+    local_root = os.path.expanduser(str(settings.get("fetch_dir") or "remotemap-files"))
+    for path in listing.stdout_text.splitlines():
+        folder, name = posixpath.split(path)
+        if not any(fnmatch.fnmatch(name, p) for p in patterns):
+            continue
+        index = posixpath.basename(folder)
+        target_dir = os.path.join(local_root, index)
+        os.makedirs(target_dir, exist_ok=True)
+        with open(os.path.join(target_dir, name), "wb") as f:
+            f.write(remote.connection.get_bytes(path))
