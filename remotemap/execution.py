@@ -6,7 +6,6 @@ children, on remote hosts), so it depends on the standard library and cloudpickl
 
 from __future__ import annotations
 
-import pickle
 import socket
 import traceback
 from collections.abc import Callable
@@ -40,10 +39,10 @@ def failure_from_exception(
     """A record of ``exc`` raised by task ``index``, keeping the traceback as text."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        # Plain pickle, not cloudpickle: the exception must load on the caller's side without
-        # the worker's by-value classes; an exception that will not pickle is simply not chained.
-        blob: bytes | None = pickle.dumps(exc)
-        pickle.loads(pickle.dumps(exc))
+        # cloudpickle, so an exception class that came by value (defined in __main__ or sent
+        # by value) goes back the same way; one that will not round-trip is not chained.
+        blob: bytes | None = dumps(exc)
+        loads(blob)  # type: ignore[arg-type]
     except Exception:
         blob = None
     return TaskFailure(

@@ -22,7 +22,9 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import posixpath
 import secrets
 import tempfile
@@ -77,12 +79,26 @@ def new_token() -> str:
 
 
 def encode_chunk(token: str, chunk: Chunk) -> bytes:
-    return dumps((token, chunk))
+    """Two pickles back to back: a header any worker can read, then the tasks' arguments.
+
+    Kept apart so that arguments which cannot be loaded where the task runs (a module missing
+    on that host, say) still leave the worker knowing which tasks to report as failed.
+    """
+    header = dumps((token, chunk.id, chunk.indices))
+    return header + dumps((chunk.largs, chunk.lkwargs))
+
+
+def decode_chunk_header(data: bytes) -> tuple[str, int, list[int], io.BytesIO]:
+    """The run's token, the chunk id and task indices; and the stream where the arguments are."""
+    stream = io.BytesIO(data)
+    token, chunk_id, indices = pickle.load(stream)
+    return token, chunk_id, indices, stream
 
 
 def decode_chunk(data: bytes) -> tuple[str, Chunk]:
-    token, chunk = loads(data)
-    return token, chunk
+    token, chunk_id, indices, stream = decode_chunk_header(data)
+    largs, lkwargs = pickle.load(stream)
+    return token, Chunk(chunk_id, indices, largs, lkwargs)
 
 
 def decode_outcome(data: bytes, token: str) -> ChunkResult | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import selectors
 import signal
 import sys
@@ -31,7 +32,7 @@ import cloudpickle
 
 from remotemap._version import __version__
 from remotemap.execution import chunk_failed, dumps_result, run_chunk
-from remotemap.protocol import RunLayout, decode_chunk, read_file, write_atomic
+from remotemap.protocol import RunLayout, decode_chunk_header, read_file, write_atomic
 from remotemap.tasks import Chunk, ChunkResult
 
 _Function = Callable[..., Any]
@@ -46,17 +47,18 @@ def execute_chunk(
     layout: RunLayout, chunk_id: int, function: _Function | None, task_dirs: bool = False
 ) -> None:
     """Run one chunk and write its outcome; any failure becomes a failed task, never silence."""
-    token, chunk = decode_chunk(read_file(layout.chunk(chunk_id)))
+    token, _, indices, stream = decode_chunk_header(read_file(layout.chunk(chunk_id)))
     try:
         if function is None:
             function = load_function(layout)
+        largs, lkwargs = pickle.load(stream)
     except Exception as exc:
-        # The function cannot be loaded here (a module missing on this host, say): every task
-        # of the chunk fails with the reason rather than the worker dying without a word.
-        result = chunk_failed(chunk, exc)
+        # The function or the arguments cannot be loaded here (a module missing on this host,
+        # say): every task of the chunk fails with the reason, not the worker without a word.
+        result = chunk_failed(Chunk(chunk_id, indices, [], []), exc)
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
-        result = runner(layout, function, chunk)
+        result = runner(layout, function, Chunk(chunk_id, indices, largs, lkwargs))
     write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
 
 

@@ -6,8 +6,11 @@ runs against it too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,8 @@ class Runner:
     isolates_crashes: bool = True
     #: Arguments and results cross a process boundary, so unpicklable ones fail their task.
     pickles: bool = True
+    #: Tasks see this process's sys.path and files (False: they run on another host).
+    same_host_python: bool = True
 
     def map(self, func: Callable[..., Any], largs: Sequence[Any] | None = None,
             lkwargs: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> list[Any]:
@@ -42,11 +47,35 @@ def _dumps(request: pytest.FixtureRequest) -> Runner:
     return Runner("local_with_dumps", {"n_jobs": 2})
 
 
+def _ssh(request: pytest.FixtureRequest) -> Runner:
+    server = request.getfixturevalue("sshd_host")
+    python = request.getfixturevalue("remote_python")
+    # The remote host has remotemap but not this test suite: send the tests' functions by value.
+    import cloudpickle
+
+    import tests.taskfuncs
+
+    cloudpickle.register_pickle_by_value(tests.taskfuncs)
+    options = {"hosts": [server.alias], "ssh_config": str(server.ssh_config),
+               "python": str(python), "n_jobs": 2}
+    return Runner("ssh", options, same_host_python=False)
+
+
 RUNNERS: dict[str, Callable[[pytest.FixtureRequest], Runner]] = {
     "serial": _serial,
     "local": _local,
     "local_with_dumps": _dumps,
+    "ssh": _ssh,
 }
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory that tasks may write to whichever user they run as (ssh: a test user)."""
+    path = Path(tempfile.mkdtemp(prefix="remotemap-shared-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=list(RUNNERS))

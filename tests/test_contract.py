@@ -79,6 +79,10 @@ def test_many_tiny_tasks(runner: Runner) -> None:
 
 def test_large_array_argument(runner: Runner) -> None:
     arrays = [np.full(2_000_000, i, dtype=np.float64) for i in range(3)]  # 16 MB each
+    if not runner.same_host_python:  # the test hosts have no numpy: a plain buffer then
+        blobs = [bytearray([i]) * 16_000_000 for i in range(3)]
+        assert runner.map(tf.byte_sum, [(b,) for b in blobs]) == [16_000_000 * i for i in range(3)]
+        return
     assert runner.map(tf.array_sum, [(a,) for a in arrays]) == [2_000_000.0 * i for i in range(3)]
 
 
@@ -116,12 +120,12 @@ def test_system_exit_in_a_task_fails_that_task(runner: Runner) -> None:
     assert "task 1 called exit" in info.value.failures[0].message
 
 
-def test_stop_at_first_failure(runner: Runner, tmp_path: Path) -> None:
+def test_stop_at_first_failure(runner: Runner, shared_dir: Path) -> None:
     n = 60
     with pytest.raises(RemoteException) as info:
-        runner.map(tf.touch_then_fail, [(str(tmp_path), i) for i in range(n)], on_error="stop")
+        runner.map(tf.touch_then_fail, [(str(shared_dir), i) for i in range(n)], on_error="stop")
     assert info.value.failed_indices == [0]
-    ran = len(list(tmp_path.glob("*.ran")))
+    ran = len(list(shared_dir.glob("*.ran")))
     assert 1 <= ran < n  # the rest were never started
 
 
@@ -186,6 +190,8 @@ def test_prints_in_tasks_do_not_disturb_the_run(runner: Runner) -> None:
 
 def test_module_found_through_callers_sys_path(runner: Runner, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if not runner.same_host_python:
+        pytest.skip(f"{runner.mode} runs tasks with another host's Python and sys.path")
     (tmp_path / "helper_mod_for_remotemap.py").write_text("def triple(x):\n    return 3 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import helper_mod_for_remotemap  # type: ignore[import-not-found]
@@ -196,11 +202,11 @@ def test_module_found_through_callers_sys_path(runner: Runner, tmp_path: Path,
         sys.modules.pop("helper_mod_for_remotemap", None)
 
 
-def test_worker_killed_from_outside(runner: Runner, tmp_path: Path) -> None:
+def test_worker_killed_from_outside(runner: Runner, shared_dir: Path) -> None:
     """A worker killed by someone else mid-task: no hang, no lost or stale result."""
     if not runner.isolates_crashes:
         pytest.skip(f"{runner.mode} has no worker process to kill")
-    stem = str(tmp_path / "pid")
+    stem = str(shared_dir / "pid")
     killed: list[int] = []
 
     def killer() -> None:
@@ -223,7 +229,7 @@ def test_worker_killed_from_outside(runner: Runner, tmp_path: Path) -> None:
     thread.join()
     assert killed, "the task never started"
     if isinstance(got, RemoteException):
-        # local_with_dumps: the task's own process died, so that task fails with the signal.
+        # local_with_dumps, ssh: the task's own process died, so it fails with the signal.
         assert got.failed_indices == [2]
         assert "SIGKILL" in got.failures[0].message
         assert got.results == [0, 1, None, 3, 4]
