@@ -288,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _adopt_caller_sys_path()
     if len(args) in (2, 3) and args[0] == "serve":
-        _Server(RunLayout(args[1]), task_dirs="--task-dirs" in args[2:]).serve()
+        # Absolute: tasks may change directory, and the run directory may be given relative to
+        # the remote home.
+        layout = RunLayout(os.path.abspath(args[1]))
+        _Server(layout, task_dirs="--task-dirs" in args[2:]).serve()
         return 0
     if len(args) >= 3 and args[0] == "run":
-        run_chunks(RunLayout(args[1]), [int(c) for c in args[2:]])
+        run_chunks(RunLayout(os.path.abspath(args[1])), [int(c) for c in args[2:]])
         return 0
     usage = "serve RUN_DIR [--task-dirs] | run RUN_DIR CHUNK..."
     print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
