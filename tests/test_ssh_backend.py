@@ -188,3 +188,29 @@ def test_files_written_by_tasks_are_copied_back(sshd_host: SSHServer, remote_pyt
     for i in range(3):
         assert (fetch_dir / str(i) / f"result-{i}.txt").read_text() == f"value {i * 10}"
         assert not (fetch_dir / str(i) / "scratch.tmp").exists()
+
+
+def test_status_lists_and_checks_hosts(sshd_host: SSHServer, remote_python: Path,
+                                       tmp_path: Path) -> None:
+    closed = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[ssh]\nhosts = ["{sshd_host.alias}", "127.0.0.1:{closed}"]\n'
+        f'ssh_config = "{sshd_host.ssh_config}"\npython = "{remote_python}"\n'
+        "connect_timeout = 3.0\n")
+    env = {**os.environ, "REMOTEMAP_CONFIG": str(config)}
+    listed = subprocess.run([sys.executable, "-m", "remotemap", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert sshd_host.alias in listed.stdout and f"127.0.0.1:{closed}" in listed.stdout
+    started = time.monotonic()
+    checked = subprocess.run([sys.executable, "-m", "remotemap", "status", "--check"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 15
+    assert checked.returncode == 1  # one host is unreachable
+    from remotemap._version import __version__
+
+    ok_line = next(line for line in checked.stdout.splitlines() if sshd_host.alias in line)
+    assert "ok: Python 3." in ok_line and f"remotemap {__version__}" in ok_line
+    bad_line = next(line for line in checked.stdout.splitlines() if f":{closed}" in line)
+    assert "unreachable" in bad_line

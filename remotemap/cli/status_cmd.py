@@ -80,7 +80,13 @@ def backends_block(ctx: StatusContext) -> bool:
     return ok
 
 
-REPORT_BLOCKS: list[ReportBlock] = [config_block, mode_block, backends_block]
+def _ssh_block(ctx: StatusContext) -> bool:
+    from remotemap.cli.ssh_status import ssh_block
+
+    return ssh_block(ctx)
+
+
+REPORT_BLOCKS: list[ReportBlock] = [config_block, mode_block, backends_block, _ssh_block]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -107,5 +113,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="Report which config file is used and whether it is valid, the default "
         "mode, and which modes can run here. Exit status 1 when the config is invalid or the "
         "default mode cannot run.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="connect to every configured SSH host and report whether it can run tasks "
+        "(reachable, authenticated, host key known, remote Python and remotemap versions)",
     )
     parser.set_defaults(handler=cmd_status)
