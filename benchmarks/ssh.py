@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with SSHServer(user) as server:
-        options = {"hosts": [server.alias], "ssh_config": str(server.ssh_config),
+        options: dict[str, Any] = {"hosts": [server.alias], "ssh_config": str(server.ssh_config),
                    "python": python, "progress": False}
         largs = [(i,) for i in range(args.tasks)]
         times = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -88,6 +89,12 @@ def pid_and_sleep(path: str, x: int, seconds: float) -> int:
 
 def array_sum(a: Any) -> float:
     return float(a.sum())
+
+
+def hostname_after(x: int, seconds: float = 0.0) -> tuple[int, str]:
+    """``x`` and the host that ran it, after ``seconds`` of sleep."""
+    time.sleep(seconds)
+    return x, socket.gethostname()
 
 
 def byte_sum(b: bytearray) -> int:
