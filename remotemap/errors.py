@@ -116,3 +116,7 @@ def _rebuild_config_error(text: str, path: Path | None, key: str | None) -> Conf
 
 class BackendUnavailable(RuntimeError):
     """A mode that exists but cannot run here, with the reason and how to fix it."""
+
+
+class TaskTimeout(Exception):
+    """A task ran past its ``timeout`` (raised inside the task where it runs in-process)."""

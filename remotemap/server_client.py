@@ -19,6 +19,14 @@ class _Reader(Protocol):
     def readline(self) -> bytes: ...
 
 
+def parse_done(line: bytes, where: str) -> tuple[int, str]:
+    """``done CHUNK STATUS`` -> (chunk, status); anything else means the server went wrong."""
+    words = line.decode(errors="replace").split()
+    if len(words) == 3 and words[0] == "done":
+        return int(words[1]), words[2]
+    raise WorkerServerGone(f"worker server on {where} said {' '.join(words)!r}")
+
+
 class WorkerServerGone(RuntimeError):
     """The server stopped answering: its process or the connection to it ended."""
 
@@ -56,9 +64,7 @@ class WorkerServer:
     def next_done(self) -> tuple[int, str]:
         """Block until a chunk finishes; its id and status (``exit:0``, ``signal:9``, ...)."""
         words = self._read_line()
-        if len(words) == 3 and words[0] == "done":
-            return int(words[1]), words[2]
-        raise WorkerServerGone(f"worker server on {self.where} said {' '.join(words)!r}")
+        return parse_done(" ".join(words).encode(), self.where)
 
     def _read_line(self) -> list[str]:
         try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.backends.dumps import _LocalServerRun
+from remotemap.backends.base import TaskOptions
+from remotemap.backends.dumps import DumpsSession
 from remotemap.execution import dumps, dumps_result
 from remotemap.protocol import (
     RunLayout,
@@ -64,11 +65,14 @@ def test_outcome_of_another_run_is_never_taken() -> None:
 
 
 def test_stale_outcome_file_is_ignored_by_collect() -> None:
-    layout = create_local_run_dir()
-    run = _LocalServerRun(layout, 1)
-    chunk = Chunk(0, [0], [(1,)], [{}])
-    write_atomic(layout.outcome(0), dumps_result(ChunkResult(0, [0], ["stale"]), "other"))
-    result = run.collect(chunk, "exit:0")
+    session = DumpsSession(dumps(tf.square), TaskOptions(), n_jobs=1)
+    try:
+        chunk = Chunk(0, [0], [(1,)], [{}])
+        write_atomic(session.layout.outcome(0),
+                     dumps_result(ChunkResult(0, [0], ["stale"]), "other"))
+        result = session.collect(0, chunk, "exit:0")
+    finally:
+        session.close()
     assert result.values == [] and result.failures[0].kind == "lost"
     assert "without writing its outcome" in result.failures[0].message
 

@@ -8,20 +8,22 @@ per task would cost tens of them.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from remotemap.backends.base import Backend
+from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import dumps, find_unpicklable, lost_chunk_result, tail
 from remotemap.protocol import (
-    RunLayout,
     create_local_run_dir,
     decode_outcome,
     encode_chunk,
@@ -30,8 +32,8 @@ from remotemap.protocol import (
     read_file,
     write_atomic,
 )
-from remotemap.server_client import WorkerServer, WorkerServerGone
-from remotemap.tasks import Chunk, ChunkResult, Results
+from remotemap.server_client import WorkerServer, parse_done
+from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
@@ -51,119 +53,90 @@ def pickle_function(function: Callable[..., Any]) -> bytes:
 class DumpsBackend(Backend):
     name = "local_with_dumps"
 
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
-        layout = create_local_run_dir(self.settings.get("run_dir") or None)
-        log.debug("local_with_dumps run directory: %s", layout.root)
-        runner = _LocalServerRun(layout, resolve_n_jobs(self.settings.get("n_jobs", 0)))
-        try:
-            write_atomic(layout.function, pickle_function(function))
-            yield from runner.run(iter(chunks))
-        finally:
-            runner.stop()
-            if self.settings.get("keep_files"):
-                log.info("kept the run directory %s", layout.root)
-            else:
-                shutil.rmtree(layout.root, ignore_errors=True)
+    def open(self, function: Callable[..., Any], options: TaskOptions) -> DumpsSession:
+        return DumpsSession(
+            pickle_function(function),
+            options,
+            n_jobs=resolve_n_jobs(self.settings.get("n_jobs", 0)),
+            run_dir=self.settings.get("run_dir") or None,
+            keep_files=bool(self.settings.get("keep_files")),
+        )
 
 
-class _LocalServerRun:
-    """Feeds chunks to a local worker server, at most ``n_jobs`` at a time."""
+class _FdLines:
+    """Complete lines from a pipe, read without blocking once ``select`` says there is data."""
 
-    def __init__(self, layout: RunLayout, n_jobs: int) -> None:
-        self.layout = layout
-        self.n_jobs = n_jobs
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def feed(self) -> None:
+        data = os.read(self.fd, 65536)
+        self.eof = self.eof or not data
+        self.buffer += data
+
+    def pop(self) -> bytes | None:
+        line, newline, rest = self.buffer.partition(b"\n")
+        if not newline:
+            return None
+        self.buffer = rest
+        return line + b"\n"
+
+    def readline(self) -> bytes:
+        """Blocking: the next line, or b"" at end of file."""
+        while (line := self.pop()) is None:
+            if self.eof:
+                return b""
+            self.feed()
+        return line
+
+
+class DumpsSession(Session):
+    """A local worker server and its run directory; at most ``n_jobs`` tasks at a time."""
+
+    def __init__(self, function_blob: bytes, options: TaskOptions, *, n_jobs: int,
+                 run_dir: str | None = None, keep_files: bool = False) -> None:
+        self.options = options
+        self.capacity = n_jobs
+        self.keep_files = keep_files
         self.token = new_token()
+        self.layout = create_local_run_dir(run_dir)
+        log.debug("local_with_dumps run directory: %s", self.layout.root)
+        self._seq = itertools.count()
+        self.running: dict[int, Chunk] = {}  # file number -> chunk
+        self.ready: list[ChunkResult] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.server: WorkerServer | None = None
+        self.lines: _FdLines | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        try:
+            write_atomic(self.layout.function, function_blob)
+        except BaseException:
+            self.close()
+            raise
 
-    def start(self) -> WorkerServer:
-        self.stop()
-        env = {**os.environ, SYS_PATH_ENV: json.dumps(sys.path)}
+    # -- the server ---------------------------------------------------------------------------
+
+    def _start(self) -> WorkerServer:
+        env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             # Its own session: a Ctrl-C at the terminal reaches only the caller, which then
             # stops the server in order instead of every process dying at once.
             start_new_session=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.server = WorkerServer(self.proc.stdin, self.proc.stdout)
+        self.lines = _FdLines(self.proc.stdout.fileno())
+        self.server = WorkerServer(self.proc.stdin, self.lines)
         self.server.wait_ready()
         return self.server
 
-    def run(self, chunks: Iterator[Chunk]) -> Results:
-        server = self.start()
-        in_flight: dict[int, Chunk] = {}
-        while True:
-            while len(in_flight) < self.n_jobs:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                chunk, failed = self.stage(chunk)
-                if failed is not None:
-                    yield failed
-                if chunk.indices:
-                    in_flight[chunk.id] = chunk
-                    server.run(chunk.id)
-            if not in_flight:
-                return
-            try:
-                chunk_id, status = server.next_done()
-            except WorkerServerGone as exc:
-                # The server itself died (killed, out of memory): what it was running is lost;
-                # a new server takes the chunks that were still to come.
-                why = self._server_death(exc)
-                for chunk in in_flight.values():
-                    yield lost_chunk_result(chunk, why, kind="lost")
-                in_flight.clear()
-                server = self.start()
-                continue
-            yield self.collect(in_flight.pop(chunk_id), status)
-
-    def stage(self, chunk: Chunk) -> tuple[Chunk, ChunkResult | None]:
-        """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
-        try:
-            data = encode_chunk(self.token, chunk)
-        except Exception:
-            chunk, failures = find_unpicklable(chunk)
-            data = encode_chunk(self.token, chunk)
-            failed: ChunkResult | None = ChunkResult(chunk.id, failures=failures)
-        else:
-            failed = None
-        for stale in (self.layout.outcome(chunk.id), self.layout.log(chunk.id)):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        if chunk.indices:
-            write_atomic(self.layout.chunk(chunk.id), data)
-        return chunk, failed
-
-    def collect(self, chunk: Chunk, status: str) -> ChunkResult:
-        path = self.layout.outcome(chunk.id)
-        result = None
-        if os.path.exists(path):
-            result = decode_outcome(read_file(path), self.token)
-        if result is not None and status == "exit:0":
-            return result
-        log_tail = (
-            tail(read_file(self.layout.log(chunk.id)))
-            if os.path.exists(self.layout.log(chunk.id))
-            else ""
-        )
-        if status == "exit:0":  # the process ended normally but left no outcome of this run
-            return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
-                                     log_tail=log_tail)
-        kind = "timeout" if status == "timeout" else "crash"
-        return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
-
-    def _server_death(self, exc: WorkerServerGone) -> str:
-        code = self.proc.wait(timeout=5) if self.proc is not None else None
-        return f"was lost: the worker server ended ({exc}; exit status {code})"
-
-    def stop(self) -> None:
+    def _stop_server(self) -> None:
         """Close the server's stdin (it then stops its children) and wait; kill if it lingers."""
-        proc, self.proc = self.proc, None
+        proc, self.proc, self.server, self.lines = self.proc, None, None, None
         if proc is None:
             return
         for stream in (proc.stdin, proc.stdout):
@@ -177,3 +150,101 @@ class _LocalServerRun:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    # -- Session --------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running) + len(self.ready)
+
+    def submit(self, chunk: Chunk) -> None:
+        number = next(self._seq)
+        staged, failed = self.stage(number, chunk)
+        if failed is not None:
+            self.ready.append(failed)
+        if staged is None:
+            return
+        server = self.server or self._start()
+        self.running[number] = staged
+        timeout = self.options.timeout
+        server.run(number, None if timeout is None else timeout * len(staged))
+
+    def stage(self, number: int, chunk: Chunk) -> tuple[Chunk | None, ChunkResult | None]:
+        """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
+        failed: ChunkResult | None = None
+        try:
+            data = encode_chunk(self.token, chunk)
+        except Exception:
+            keep, failures = find_unpicklable(chunk)
+            failed = ChunkResult(chunk.id, failures=failures)
+            if not keep.indices:
+                return None, failed
+            chunk, data = keep, encode_chunk(self.token, keep)
+        for stale in (self.layout.outcome(number), self.layout.log(number)):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        write_atomic(self.layout.chunk(number), data)
+        return chunk, failed
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        results, self.ready = self.ready, []
+        if results or not self.running:
+            return results
+        assert self.lines is not None
+        while True:
+            while (line := self.lines.pop()) is not None:
+                number, status = parse_done(line, "localhost")
+                results.append(self.collect(number, self.running.pop(number), status))
+            if results:
+                return results
+            if self.lines.eof:
+                return self._server_died()
+            readable, _, _ = select.select([self.lines.fd, self._wake_r], [], [], timeout)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 4096)
+                return results
+            if not readable:
+                return results
+            self.lines.feed()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (pipe full), or closed
+            os.write(self._wake_w, b"x")
+
+    def collect(self, number: int, chunk: Chunk, status: str) -> ChunkResult:
+        path = self.layout.outcome(number)
+        result = decode_outcome(read_file(path), self.token) if os.path.exists(path) else None
+        if result is not None and status == "exit:0":
+            result.chunk_id = chunk.id
+            return result
+        log_path = self.layout.log(number)
+        log_tail = tail(read_file(log_path)) if os.path.exists(log_path) else ""
+        if status == "exit:0":  # the process ended normally but left no outcome of this run
+            return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
+                                     log_tail=log_tail)
+        kind = "timeout" if status == "timeout" else "crash"
+        return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
+
+    def _server_died(self) -> list[ChunkResult]:
+        """The server itself died (killed, out of memory): what it ran is lost; the next
+        submission starts a new one."""
+        code = self.proc.wait(timeout=5) if self.proc is not None else None
+        why = f"was lost: the worker server ended (exit status {code})"
+        results = [lost_chunk_result(chunk, why, kind="lost") for chunk in self.running.values()]
+        self.running.clear()
+        self._stop_server()
+        return results
+
+    def close(self) -> None:
+        self._stop_server()
+        self.running.clear()
+        self.ready = []
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self.keep_files:
+            log.info("kept the run directory %s", self.layout.root)
+        else:
+            shutil.rmtree(self.layout.root, ignore_errors=True)
+

@@ -5,28 +5,29 @@ once per task. The function is pickled once per run and cached in each worker. T
 driven through its futures rather than ``joblib.Parallel``, whose result loop polls every
 10 ms: on a run of many tiny tasks that sleep costs more than the tasks.
 
-A task that kills its worker process breaks the whole pool. Then every task not yet finished
-runs again, each alone in its own process (the ``local_with_dumps`` machinery), so the task
-that crashes fails by itself with its exit code or signal and the others complete.
+Two things a pool of shared workers cannot do go to a ``local_with_dumps`` session, one
+process per task: tasks with a timeout (a task over it must be killed without killing the
+pool), and, after a task killed its worker (which breaks the whole pool), every task that had
+not finished - so the task that crashes fails by itself with its exit code or signal.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from remotemap.backends.base import Backend
-from remotemap.backends.dumps import DumpsBackend, pickle_function
+from remotemap.backends.base import Backend, Session, TaskOptions
+from remotemap.backends.dumps import DumpsSession, pickle_function
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import chunk_failed, dumps_result, find_unpicklable, loads, run_chunk
 from remotemap.protocol import new_token
-from remotemap.tasks import Chunk, ChunkResult, Results, auto_chunksize
+from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 log = logging.getLogger("remotemap")
 
@@ -59,69 +60,122 @@ class LocalBackend(Backend):
     def chunksize(self, n_tasks: int) -> int:
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, self.n_jobs))
 
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
-        from joblib.externals.loky import get_reusable_executor
+    def open(self, function: Callable[..., Any], options: TaskOptions) -> LocalSession:
+        return LocalSession(pickle_function(function), options, self.n_jobs)
 
-        blob = pickle_function(function)
-        token, sys_path, n_jobs = new_token(), list(sys.path), self.n_jobs
-        executor = get_reusable_executor(max_workers=n_jobs)
-        spill = BufferSpill()
-        source = iter(chunks)
-        in_flight: dict[Future[bytes], Chunk] = {}
-        unfinished: list[Chunk] = []  # chunks whose worker died under them
-        try:
-            while True:
-                # Two chunks per worker in flight: a worker never waits for the next one.
-                while len(in_flight) < 2 * n_jobs and not unfinished:
-                    chunk = next(source, None)
-                    if chunk is None:
-                        break
-                    packed, failed = self._pack(spill, chunk)
-                    if failed is not None:
-                        yield failed
-                    if packed is not None:
-                        future = executor.submit(_run_in_worker, token, blob, sys_path, packed)
-                        in_flight[future] = chunk
-                if not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    chunk = in_flight.pop(future)
-                    spill.release(chunk.id)
-                    try:
-                        data = future.result()
-                    except BrokenProcessPool as exc:
-                        if not unfinished:
-                            log.warning("a local worker process died (%s); the unfinished tasks "
-                                        "run again, one process each", _exit_codes(exc))
-                        unfinished.append(chunk)
-                        continue
-                    yield loads(data)
-        finally:
-            if in_flight:  # leaving early (fail fast, Ctrl-C): stop what is still running
-                for future in in_flight:
-                    future.cancel()
-                executor.shutdown(wait=False, kill_workers=True)
-            spill.close()
-        if unfinished:
-            yield from self._isolated(function, itertools.chain(unfinished, source))
 
-    @staticmethod
-    def _pack(spill: BufferSpill, chunk: Chunk) -> tuple[PackedChunk | None, ChunkResult | None]:
-        """The packed chunk; tasks whose arguments cannot be pickled fail here, alone."""
+def _singles(chunk: Chunk) -> Iterator[Chunk]:
+    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
+        yield Chunk(chunk.id, [index], [args], [kwargs])
+
+
+class LocalSession(Session):
+    def __init__(self, blob: bytes, options: TaskOptions, n_jobs: int) -> None:
+        self.blob = blob
+        self.options = options
+        self.n_jobs = n_jobs
+        # Two chunks per worker in flight: a worker never waits for the next one.
+        self.capacity = 2 * n_jobs
+        self.token = new_token()
+        self.sys_path = list(sys.path)
+        self.futures: dict[Future[bytes], Chunk] = {}
+        self.ready: list[ChunkResult] = []
+        self.spill = BufferSpill()
+        self.isolated: DumpsSession | None = None
+        self._executor: Any = None
+        self._wake: Future[None] = Future()
+        self._broken_logged = False
+
+    def _pool(self) -> Any:
+        if self._executor is None:
+            from joblib.externals.loky import get_reusable_executor
+
+            # env: loky restarts its workers when it changes, so they import with it set.
+            self._executor = get_reusable_executor(max_workers=self.n_jobs,
+                                                   env=dict(self.options.env) or None)
+        return self._executor
+
+    def _isolated(self) -> DumpsSession:
+        if self.isolated is None:
+            self.isolated = DumpsSession(self.blob, self.options, n_jobs=self.n_jobs)
+        return self.isolated
+
+    @property
+    def in_flight(self) -> int:
+        isolated = self.isolated.in_flight if self.isolated is not None else 0
+        return len(self.futures) + len(self.ready) + isolated
+
+    def submit(self, chunk: Chunk) -> None:
+        if self.options.timeout is not None:
+            for single in _singles(chunk):
+                self._isolated().submit(single)
+            return
         try:
-            return spill.pack(chunk), None
+            packed = self.spill.pack(chunk)
         except Exception:
             keep, failures = find_unpicklable(chunk)
-            failed = ChunkResult(chunk.id, failures=failures)
-            return (spill.pack(keep) if keep.indices else None), failed
+            self.ready.append(ChunkResult(chunk.id, failures=failures))
+            if not keep.indices:
+                return
+            chunk, packed = keep, self.spill.pack(keep)
+        future = self._pool().submit(_run_in_worker, self.token, self.blob, self.sys_path,
+                                     packed)
+        self.futures[future] = chunk
 
-    def _isolated(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
-        tasks = ((i, a, k) for chunk in chunks
-                 for i, a, k in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True))
-        singles: Iterator[Chunk] = (Chunk(n, [i], [a], [k]) for n, (i, a, k) in enumerate(tasks))
-        dumps = DumpsBackend({"n_jobs": self.settings.get("n_jobs", 0)})
-        yield from dumps.run(function, singles)
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        results, self.ready = self.ready, []
+        isolated = self.isolated if self.isolated is not None and self.isolated.in_flight else None
+        if isolated is not None:
+            results += isolated.wait(0 if (results or self.futures) else timeout)
+        if results or not self.futures:
+            return results
+        if isolated is not None:  # both kinds running: look at each in turn, briefly
+            timeout = 0.05 if timeout is None else min(timeout, 0.05)
+        watched: list[Future[Any]] = [*self.futures, self._wake]
+        done, _ = wait(watched, timeout, return_when=FIRST_COMPLETED)
+        if self._wake.done():
+            self._wake = Future()
+        for future in done:
+            chunk = self.futures.pop(future, None)
+            if chunk is None:
+                continue  # the wake-up
+            self.spill.release(chunk.id)
+            try:
+                data = future.result()
+            except BrokenProcessPool as exc:
+                self._worker_died(chunk, exc)
+                continue
+            results.append(loads(data))
+        return results
+
+    def _worker_died(self, chunk: Chunk, exc: BaseException) -> None:
+        if not self._broken_logged:
+            self._broken_logged = True
+            log.warning("a local worker process died (%s); the unfinished tasks run again, "
+                        "one process each", _exit_codes(exc))
+        self._executor = None  # the pool is broken; the next submission gets a new one
+        for single in _singles(chunk):
+            self._isolated().submit(single)
+
+    def wake(self) -> None:
+        wake = self._wake
+        if not wake.done():
+            with contextlib.suppress(Exception):  # set by another thread meanwhile
+                wake.set_result(None)
+        if self.isolated is not None:
+            self.isolated.wake()
+
+    def close(self) -> None:
+        if self.futures and self._executor is not None:
+            # Leaving early (fail fast, Ctrl-C): stop what is still running.
+            for future in self.futures:
+                future.cancel()
+            self._executor.shutdown(wait=False, kill_workers=True)
+        self.futures.clear()
+        self.ready = []
+        self.spill.close()
+        if self.isolated is not None:
+            self.isolated.close()
 
 
 def _exit_codes(exc: BaseException) -> str:

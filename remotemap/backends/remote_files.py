@@ -11,10 +11,12 @@ import fnmatch
 import logging
 import os
 import posixpath
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from remotemap.backends.base import TaskOptions
 from remotemap.execution import find_unpicklable, lost_chunk_result, tail
 from remotemap.protocol import (
     RunLayout,
@@ -57,8 +59,10 @@ class _ProcessReader:
 class RemoteRun:
     """Context manager: connect, make the private run directory, start the worker server."""
 
-    def __init__(self, host: str, settings: Mapping[str, Any], function_blob: bytes) -> None:
+    def __init__(self, host: str, settings: Mapping[str, Any], function_blob: bytes,
+                 options: TaskOptions) -> None:
         self.host = host
+        self.options = options
         self.settings = settings
         self.function_blob = function_blob
         self.token = new_token()
@@ -102,7 +106,9 @@ class RemoteRun:
             conn.makedirs_private(sub)
         conn.put_bytes(layout.function, self.function_blob)
         python = self.settings.get("python") or "python3"
-        argv = [python, "-m", "remotemap.worker", "serve", root]
+        # Environment variables for the tasks: set on the server, so its imports see them too.
+        env = [f"{name}={value}" for name, value in self.options.env.items()]
+        argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
         self.process = conn.open_process(argv)
@@ -112,7 +118,7 @@ class RemoteRun:
         try:
             self.info = self.server.wait_ready()
         except (WorkerServerGone, OSError) as exc:
-            err = self.process.stderr.decode(errors="replace").strip()
+            err = self._stderr_after_exit()
             raise RemoteSetupError(
                 f"{self.host}: {python!r} cannot start remotemap's worker"
                 + (f": {err.splitlines()[-1]}" if err else f" ({exc})")
@@ -125,6 +131,16 @@ class RemoteRun:
                         self.info.remotemap_version, __version__)
         log.debug("ssh host %s ready: python %s, %d CPUs, run directory %s", self.host,
                   self.info.python_version, self.info.cpus, root)
+
+    def _stderr_after_exit(self) -> str:
+        """The server's stderr once it has exited (its last bytes may trail its stdout's end)."""
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=5)
+        deadline = time.monotonic() + 1.0
+        while not self.process.stderr and time.monotonic() < deadline:
+            time.sleep(0.02)
+        text: str = self.process.stderr.decode(errors="replace").strip()
+        return text
 
     @property
     def slots(self) -> int:
@@ -146,7 +162,8 @@ class RemoteRun:
             chunk.indices, chunk.largs, chunk.lkwargs = keep.indices, keep.largs, keep.lkwargs
             data = encode_chunk(self.token, chunk)
         self.connection.put_bytes(self.layout.chunk(chunk.id), data)
-        self.server.run(chunk.id)
+        timeout = self.options.timeout
+        self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         if failed is not None:
             # The pickling failures come back with the chunk's result (see collect).
             self._pending_failures[chunk.id] = failed.failures

@@ -2,18 +2,104 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any, ClassVar
 
-from remotemap.backends.base import Backend
+from remotemap.backends.base import Backend, Session, TaskOptions
+from remotemap.errors import TaskTimeout
 from remotemap.execution import run_chunk
-from remotemap.tasks import Chunk, Results
+from remotemap.tasks import Chunk, ChunkResult
 
 
 class SerialBackend(Backend):
     name = "serial"
     isolates_crashes: ClassVar[bool] = False
 
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
-        for chunk in chunks:
-            yield run_chunk(function, chunk)
+    def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if options.timeout is not None and not in_main_thread:
+            raise ValueError("serial mode enforces timeouts with SIGALRM, which only works in "
+                             "the main thread; use mode='local' for timeouts elsewhere")
+        return _SerialSession(function, options)
+
+
+class _SerialSession(Session):
+    """Runs each chunk the moment it is submitted, in the submitting thread."""
+
+    capacity = 1
+
+    def __init__(self, function: Callable[..., Any], options: TaskOptions) -> None:
+        self.function = function
+        self.options = options
+        self.ready: list[ChunkResult] = []
+
+    def submit(self, chunk: Chunk) -> None:
+        with _environment(self.options.env):
+            if self.options.timeout is None:
+                self.ready.append(run_chunk(self.function, chunk))
+                return
+            result = ChunkResult(chunk.id)
+            for one in (Chunk(chunk.id, [i], [a], [k]) for i, a, k in
+                        zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True)):
+                with _alarm(self.options.timeout):
+                    part = run_chunk(self.function, one)
+                result.indices += part.indices
+                result.values += part.values
+                result.failures += [_as_timeout(f) for f in part.failures]
+            self.ready.append(result)
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        ready, self.ready = self.ready, []
+        return ready
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.ready)
+
+    def close(self) -> None:
+        self.ready = []
+
+
+def _as_timeout(failure: Any) -> Any:
+    if failure.exception_type != TaskTimeout.__qualname__:
+        return failure
+    import dataclasses
+
+    return dataclasses.replace(failure, kind="timeout")
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` for the duration of a task, then put back what was there."""
+    if not env:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TaskTimeout(f"the task ran longer than its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -18,16 +18,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from remotemap.backends.base import Backend
+from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dumps import pickle_function
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files
 from remotemap.errors import ConfigError
 from remotemap.execution import lost_chunk_result
 from remotemap.server_client import WorkerServerGone
-from remotemap.tasks import Chunk, ChunkResult, Results, auto_chunksize
+from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 log = logging.getLogger("remotemap")
 
@@ -38,60 +38,56 @@ RECONNECTS = 2
 
 
 class _Dispatch:
-    """The chunks of a run, shared by the host threads, with an account of each one."""
+    """The queue of chunks shared by the host threads, with an account of each one."""
 
-    def __init__(self, chunks: Iterable[Chunk]) -> None:
-        self._source: Iterator[Chunk] | None = iter(chunks)
-        self._returned: collections.deque[Chunk] = collections.deque()
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self._queue: collections.deque[Chunk] = collections.deque()
+        self._ready = threading.Condition()
         self._attempts: collections.Counter[int] = collections.Counter()
-        self.in_flight = 0
-        self.results: queue.Queue[ChunkResult | BaseException] = queue.Queue()
+        self.results: queue.Queue[ChunkResult | BaseException | None] = queue.Queue()
         self.stop = threading.Event()
 
-    def take(self) -> Chunk | None:
-        with self._lock:
-            chunk = self._returned.popleft() if self._returned else None
-            if chunk is None and self._source is not None:
-                chunk = next(self._source, None)
-                if chunk is None:
-                    self._source = None
-            if chunk is not None:
-                self.in_flight += 1
-            return chunk
+    def put(self, chunk: Chunk) -> None:
+        with self._ready:
+            self._queue.append(chunk)
+            self._ready.notify()
 
-    def done(self, result: ChunkResult) -> None:
-        with self._lock:
-            self.in_flight -= 1
-        self.results.put(result)
+    def take(self, wait: float = 0.0) -> Chunk | None:
+        """The next chunk to run; waits up to ``wait`` seconds for one."""
+        with self._ready:
+            if not self._queue and wait > 0:
+                self._ready.wait(wait)
+            return self._queue.popleft() if self._queue else None
+
+    def queued(self) -> list[Chunk]:
+        with self._ready:
+            chunks, self._queue = list(self._queue), collections.deque()
+            return chunks
 
     def give_back(self, chunks: Iterable[Chunk], why: str, host: str) -> None:
+        """Chunks whose host was lost go back to the queue, unless they were lost too often."""
         for chunk in chunks:
-            with self._lock:
+            with self._ready:
                 self._attempts[chunk.id] += 1
                 give_up = self._attempts[chunk.id] >= MAX_ATTEMPTS
-                if not give_up:
-                    self.in_flight -= 1
-                    self._returned.append(chunk)
             if give_up:
-                self.done(lost_chunk_result(chunk, f"was lost {MAX_ATTEMPTS} times ({why})",
-                                            kind="lost", host=host))
-
-    def finished(self) -> bool:
-        with self._lock:
-            return self._source is None and not self._returned and self.in_flight == 0
+                self.results.put(lost_chunk_result(
+                    chunk, f"was lost {MAX_ATTEMPTS} times ({why})", kind="lost", host=host))
+            else:
+                self.put(chunk)
 
 
 class _HostRunner(threading.Thread):
     """Runs chunks on one host until the queue is empty, reconnecting if the link drops."""
 
     def __init__(self, host: str, settings: Mapping[str, Any], blob: bytes,
-                 dispatch: _Dispatch) -> None:
+                 dispatch: _Dispatch, options: TaskOptions) -> None:
         super().__init__(name=f"remotemap-ssh-{host}", daemon=True)
         self.host = host
         self.settings = settings
         self.blob = blob
         self.dispatch = dispatch
+        self.options = options
         self.error: BaseException | None = None
         self.chunks_done = 0
 
@@ -99,10 +95,10 @@ class _HostRunner(threading.Thread):
         from remotemap.ssh import AuthenticationFailed, HostKeyError, SSHError
 
         drops = 0
-        while not self.dispatch.stop.is_set() and not self.dispatch.finished():
+        while not self.dispatch.stop.is_set():
             in_flight: dict[int, Chunk] = {}
             try:
-                with RemoteRun(self.host, self.settings, self.blob) as remote:
+                with RemoteRun(self.host, self.settings, self.blob, self.options) as remote:
                     self._serve(remote, in_flight)
                 return
             except (HostKeyError, AuthenticationFailed) as exc:
@@ -136,20 +132,17 @@ class _HostRunner(threading.Thread):
         slots = remote.slots
         while not self.dispatch.stop.is_set():
             while len(in_flight) < slots:
-                chunk = self.dispatch.take()
+                chunk = self.dispatch.take(wait=0.0 if in_flight else 0.1)
                 if chunk is None:
                     break
                 in_flight[chunk.id] = chunk
                 failed = remote.stage(chunk)
                 if failed is not None:
-                    self.dispatch.done(failed)
                     del in_flight[chunk.id]
+                    self.dispatch.results.put(failed)
             if not in_flight:
-                if self.dispatch.finished():
-                    return
-                time.sleep(0.05)  # another host may yet give chunks back
                 continue
-            done = remote.next_done(timeout=0.5)
+            done = remote.next_done(timeout=0.2)
             if done is None:
                 continue
             chunk_id, status = done
@@ -159,7 +152,7 @@ class _HostRunner(threading.Thread):
                 fetch_task_files(remote, chunk, result, self.settings)
             del in_flight[chunk_id]
             self.chunks_done += 1
-            self.dispatch.done(result)
+            self.dispatch.results.put(result)
 
 
 class SSHBackend(Backend):
@@ -189,47 +182,76 @@ class SSHBackend(Backend):
         slots = len(self.hosts) * (self.settings.get("n_jobs") or 2)
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, max(1, slots)))
 
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk]) -> Results:
-        hosts = self.hosts
-        blob = pickle_function(function)
-        dispatch = _Dispatch(chunks)
-        runners = [_HostRunner(host, self.settings, blob, dispatch) for host in hosts]
-        for runner in runners:
-            runner.start()
-        try:
-            while not dispatch.finished():
-                try:
-                    item = dispatch.results.get(timeout=0.1)
-                except queue.Empty:
-                    if not any(r.is_alive() for r in runners):
-                        yield from self._orphans(dispatch, runners)
-                        return
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            while not dispatch.results.empty():
-                item = dispatch.results.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            dispatch.stop.set()
-            for runner in runners:
-                runner.join(timeout=10)
+    def open(self, function: Callable[..., Any], options: TaskOptions) -> SSHSession:
+        return SSHSession(self.hosts, self.settings, pickle_function(function), options)
 
-    @staticmethod
-    def _orphans(dispatch: _Dispatch, runners: list[_HostRunner]) -> Results:
-        """Every host is gone: what they finished, then a failure for each chunk left."""
-        while not dispatch.results.empty():
-            item = dispatch.results.get()
+
+class SSHSession(Session):
+    """One thread (and connection) per host, all drawing chunks from one queue."""
+
+    def __init__(self, hosts: list[str], settings: Mapping[str, Any], blob: bytes,
+                 options: TaskOptions) -> None:
+        self.capacity = max(8, 4 * len(hosts) * int(settings.get("n_jobs") or 2))
+        self.dispatch = _Dispatch()
+        self.runners = [_HostRunner(h, settings, blob, self.dispatch, options) for h in hosts]
+        self._outstanding = 0
+        for runner in self.runners:
+            runner.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self._outstanding
+
+    def submit(self, chunk: Chunk) -> None:
+        self._outstanding += 1
+        self.dispatch.put(chunk)
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        if not self._outstanding:
+            return []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results: list[ChunkResult] = []
+        while not results:
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                break
+            try:
+                item = self.dispatch.results.get(timeout=left)
+            except queue.Empty:
+                if not any(r.is_alive() for r in self.runners):
+                    results += self._orphans()
+                continue
+            if item is None:  # wake()
+                break
             if isinstance(item, BaseException):
                 raise item
-            yield item
-        errors = [r.error for r in runners if r.error is not None]
-        if not any(r.chunks_done for r in runners) and errors:
+            results.append(item)
+        while True:  # and whatever else is already there
+            try:
+                item = self.dispatch.results.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if item is not None:
+                results.append(item)
+        self._outstanding -= len(results)
+        return results
+
+    def wake(self) -> None:
+        self.dispatch.results.put(None)
+
+    def _orphans(self) -> list[ChunkResult]:
+        """Every host is gone: a failure for each chunk left, or the reason if nothing ran."""
+        errors = [r.error for r in self.runners if r.error is not None]
+        if not any(r.chunks_done for r in self.runners) and errors:
             raise errors[0]  # nothing ran anywhere: the reason is the answer
-        why = "; ".join(f"{r.host}: {r.error}" for r in runners if r.error is not None)
-        while (chunk := dispatch.take()) is not None:
-            yield lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
-                                    kind="lost", host=runners[0].host)
+        why = "; ".join(f"{r.host}: {r.error}" for r in self.runners if r.error is not None)
+        return [lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
+                                  kind="lost", host=self.runners[0].host)
+                for chunk in self.dispatch.queued()]
+
+    def close(self) -> None:
+        self.dispatch.stop.set()
+        for runner in self.runners:
+            runner.join(timeout=10)
