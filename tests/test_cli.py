@@ -194,8 +194,8 @@ def test_set_refuses_invalid_values_and_leaves_the_file_alone(run: Run, xdg_file
 
 
 def test_set_string_key_takes_the_text_as_is(run: Run, xdg_file: Path) -> None:
-    assert run("config", "set", "local_with_dumps.run_dir", "2024").returncode == 0
-    assert run("config", "get", "local_with_dumps.run_dir").stdout == "2024\n"
+    assert run("config", "set", "local_with_dumps.temp_dir", "2024").returncode == 0
+    assert run("config", "get", "local_with_dumps.temp_dir").stdout == "2024\n"
 
 
 def test_set_creates_a_missing_file(run: Run, tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_missing_default_file_means_defaults(isolated_env: Path) -> None:
     config = load_config()
     assert not config.exists
     assert config.section("local") == {"n_jobs": 0, "chunksize": 0}
-    assert config.section("local_with_dumps") == {"n_jobs": 0, "keep_files": False, "run_dir": ""}
+    assert config.section("local_with_dumps") == {"n_jobs": 0, "keep_files": False, "temp_dir": ""}
     assert config.get("remotemap.mode") == "local"
     assert config.origin("local.n_jobs") == "default"
     assert not (isolated_env / ".config").exists()
@@ -118,8 +118,8 @@ INVALID = [
         ["local_with_dumps.keep_files", "expected boolean", "found integer 1"],
     ),
     (
-        '[local_with_dumps]\nrun_dir = ["a"]\n',
-        ["local_with_dumps.run_dir", "expected string", 'found array ["a"]'],
+        '[local_with_dumps]\ntemp_dir = ["a"]\n',
+        ["local_with_dumps.temp_dir", "expected string", 'found array ["a"]'],
     ),
     (
         '[remotemap]\nmode = "fast"\n',
@@ -173,7 +173,7 @@ def test_values_from_the_file_and_their_origins(tmp_path: Path) -> None:
         n_jobs = -2
         [local_with_dumps]
         keep_files = true
-        run_dir = "~/runs"
+        temp_dir = "~/runs"
         """,
     )
     config = load_config(path)
@@ -182,8 +182,8 @@ def test_values_from_the_file_and_their_origins(tmp_path: Path) -> None:
     assert config.origin("local.chunksize") == "default"
     assert config.get("local_with_dumps.keep_files") is True
     # "~" is expanded in path keys, against $HOME (the fixture's).
-    assert config.get("local_with_dumps.run_dir") == os.path.expanduser("~/runs")
-    assert not config.get("local_with_dumps.run_dir").startswith("~")
+    assert config.get("local_with_dumps.temp_dir") == os.path.expanduser("~/runs")
+    assert not config.get("local_with_dumps.temp_dir").startswith("~")
     # section() hands out copies: changing one must not change the config.
     config.section("local")["n_jobs"] = 99
     assert config.get("local.n_jobs") == -2
@@ -206,8 +206,8 @@ def test_settings_for_merges_and_checks_overrides(tmp_path: Path) -> None:
     config = load_config(write(tmp_path / "c.toml", "[local]\nchunksize = 5\n"))
     assert config.settings_for("local", {"n_jobs": 4}) == {"n_jobs": 4, "chunksize": 5}
     assert config.settings_for("local", {}) == {"n_jobs": 0, "chunksize": 5}
-    dumps = config.settings_for("local_with_dumps", {"run_dir": tmp_path, "keep_files": True})
-    assert dumps["run_dir"] == str(tmp_path)
+    dumps = config.settings_for("local_with_dumps", {"temp_dir": tmp_path, "keep_files": True})
+    assert dumps["temp_dir"] == str(tmp_path)
     assert dumps["keep_files"] is True
 
     with pytest.raises(TypeError, match="'n_job'") as info:
@@ -385,8 +385,8 @@ def test_atomic_write_keeps_mode_and_follows_symlinks(tmp_path: Path) -> None:
 
 def test_set_value_creates_private_file_and_dirs(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "config.toml"
-    assert set_value(path, "local_with_dumps.run_dir", "2024") == "2024"
-    assert load_config(path).get("local_with_dumps.run_dir") == "2024"
+    assert set_value(path, "local_with_dumps.temp_dir", "2024") == "2024"
+    assert load_config(path).get("local_with_dumps.temp_dir") == "2024"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 

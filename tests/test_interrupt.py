@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
         return i
 
     marker_dir, run_dir, mode = sys.argv[1:4]
-    options = {"run_dir": run_dir} if mode == "local_with_dumps" else {}
+    options = {"temp_dir": run_dir} if mode == "local_with_dumps" else {}
     try:
         remote_map(task, [(marker_dir, i) for i in range(8)], mode=mode, n_jobs=2,
                    progress=False, **options)

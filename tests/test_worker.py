@@ -41,13 +41,13 @@ def _serve(layout: RunLayout) -> subprocess.Popen[bytes]:
 
 def test_run_directory_is_private_and_removed(tmp_path: Path) -> None:
     seen: list[str] = []
-    assert remote_map(tf.square, [(2,)], mode="local_with_dumps", run_dir=str(tmp_path)) == [4]
+    assert remote_map(tf.square, [(2,)], mode="local_with_dumps", temp_dir=str(tmp_path)) == [4]
     seen = os.listdir(tmp_path)
     assert seen == []
 
 
 def test_keep_files_keeps_every_protocol_file(tmp_path: Path) -> None:
-    assert remote_map(tf.noisy, [(0,), (1,)], mode="local_with_dumps", run_dir=str(tmp_path),
+    assert remote_map(tf.noisy, [(0,), (1,)], mode="local_with_dumps", temp_dir=str(tmp_path),
                       keep_files=True, progress=False) == [0, 1]
     (run,) = tmp_path.iterdir()
     assert stat.S_IMODE(run.stat().st_mode) == 0o700

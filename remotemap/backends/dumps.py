@@ -58,7 +58,7 @@ class DumpsBackend(Backend):
             pickle_function(function),
             options,
             n_jobs=resolve_n_jobs(self.settings.get("n_jobs", 0)),
-            run_dir=self.settings.get("run_dir") or None,
+            temp_dir=self.settings.get("temp_dir") or None,
             keep_files=bool(self.settings.get("keep_files")),
         )
 
@@ -96,12 +96,12 @@ class DumpsSession(Session):
     """A local worker server and its run directory; at most ``n_jobs`` tasks at a time."""
 
     def __init__(self, function_blob: bytes, options: TaskOptions, *, n_jobs: int,
-                 run_dir: str | None = None, keep_files: bool = False) -> None:
+                 temp_dir: str | None = None, keep_files: bool = False) -> None:
         self.options = options
         self.capacity = n_jobs
         self.keep_files = keep_files
         self.token = new_token()
-        self.layout = create_local_run_dir(run_dir)
+        self.layout = create_local_run_dir(temp_dir)
         log.debug("local_with_dumps run directory: %s", self.layout.root)
         self._seq = itertools.count()
         self.running: dict[int, Chunk] = {}  # file number -> chunk

@@ -66,7 +66,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     value = load_config(args.config).get(args.key)
-    # Strings bare, so `$(remotemap config get local_with_dumps.run_dir)` is usable as is.
+    # Strings bare, so `$(remotemap config get local_with_dumps.temp_dir)` is usable as is.
     print(value if isinstance(value, str) else format_value(value))
     return 0
 

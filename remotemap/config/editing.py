@@ -108,7 +108,7 @@ def _container(doc: tomlkit.TOMLDocument, parts: list[str], create: bool) -> Any
 def set_value(path: Path, dotted: str, raw: str) -> Any:
     """Set ``dotted`` to ``raw`` in the file at ``path`` (created if missing); the new value.
 
-    The key must be declared. For a string key the text is taken as it is (``run_dir 2024`` is
+    The key must be declared. For a string key the text is taken as it is (``temp_dir 2024`` is
     the directory "2024", not a number). Nothing is written unless the whole file then passes
     validation.
     """

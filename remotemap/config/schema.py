@@ -97,7 +97,7 @@ _SECTIONS = (
             _N_JOBS,
             Key("keep_files", "bool", False, "keep the task and result files after the run"),
             Key(
-                "run_dir", "str", "", "where the files go; empty = a private temp dir", is_path=True
+                "temp_dir", "str", "", "where the files go; empty = a private temp dir", is_path=True
             ),
         ),
     ),
