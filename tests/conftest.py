@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.backends", "tests.ssh_fixtures"]
+pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.slurm_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,703 @@
+"""Prototype: drive a real SLURM from soma-workflow 6.0.13 in light mode, in-process.
+
+What it shows (see docs/notes-soma-workflow-slurm.md for the findings):
+
+* :class:`SacctSlurmScheduler`, a small subclass of soma-workflow's ``SlurmScheduler`` that
+  asks ``sacct`` only for fields every Slurm since 20.11 has (the stock class asks for
+  ``StdOut``, which Slurm 22.05 rejects, so it never sees a job finish), batches one ``sacct``
+  call for all watched jobs, and maps states/exit codes the way the local scheduler does;
+* :func:`light_controller`, a ``WorkflowController`` built from a ``Configuration`` made in
+  code, with all state (sqlite database, transfer dir) in a private directory;
+* a demo workflow (success, exit 3, SIGKILL, external ``scancel``, ``stop_jobs``, optional
+  walltime, dependents of a success and of a failure), a small benchmark, and a detach test
+  (submit in one process, resume in another).
+
+Run from the repository root, as root (it starts its own cluster)::
+
+    python -m tests.infra.swf_slurm_probe demo [--scheduler slurm|local|stock] [--walltime]
+    python -m tests.infra.swf_slurm_probe bench
+    python -m tests.infra.swf_slurm_probe detach
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from soma_workflow import constants
+from soma_workflow import engine as swf_engine
+from soma_workflow.client import Group, Job, Workflow, WorkflowController
+from soma_workflow.configuration import LIGHT_MODE, Configuration
+from soma_workflow.schedulers import slurm_scheduler
+
+from tests.infra.slurm import SingleNodeSlurm
+
+SACCT_FIELDS = (
+    "JobIDRaw",
+    "State",
+    "ExitCode",
+    "DerivedExitCode",
+    "Elapsed",
+    "TotalCPU",
+    "MaxRSS",
+    "Timelimit",
+    "NCPUS",
+)
+_PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING"})
+_RUNNING = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
+_SUSPENDED = frozenset({"SUSPENDED", "STOPPED"})
+_KILLED = frozenset({"CANCELLED", "REVOKED"})
+_SYSTEM_FAILURES = frozenset(
+    {"TIMEOUT", "DEADLINE", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+)
+_SACCT_BATCH = 200  # job ids per sacct call (keeps the command line short)
+
+
+# ------------------------------------------------------------------------------ sacct parsing
+@dataclass(frozen=True)
+class SacctRecord:
+    """A job's allocation line, plus the largest MaxRSS of its steps."""
+
+    job_id: str
+    state: str
+    exit_code: int
+    exit_signal: int
+    derived_code: int
+    derived_signal: int
+    elapsed: str = ""
+    total_cpu: str = ""
+    max_rss: str = ""
+    time_limit: str = ""
+    ncpus: str = ""
+    step_signal: int = 0  # a signal that ended a numbered step (an srun), e.g. "0:9"
+    steps: int = 0  # numbered steps seen (the command runs in step 0)
+
+    @property
+    def finished(self) -> bool:
+        return not (self.state in _PENDING or self.state in _RUNNING or self.state in _SUSPENDED)
+
+
+def _code_pair(text: str) -> tuple[int, int]:
+    """``"3:0"`` -> ``(3, 0)`` (sacct's ``exit code:signal``)."""
+    code, _, sig = text.partition(":")
+    try:
+        return int(code or 0), int(sig or 0)
+    except ValueError:
+        return 0, 0
+
+
+def parse_sacct(text: str) -> dict[str, SacctRecord]:
+    """Parse ``sacct -n -P -o <SACCT_FIELDS>`` output into one record per job id.
+
+    The allocation line gives state and exit code; numbered steps (``123.0``: the ``srun``
+    in soma-workflow's script) give the signal that killed the command: the allocation's
+    ``DerivedExitCode`` is not reliable for that (seen ``0:0`` for a step ended by signal 9).
+    """
+    records: dict[str, SacctRecord] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) != len(SACCT_FIELDS):
+            continue
+        raw_id, state, exit_code, derived, elapsed, cpu, rss, limit, ncpus = fields
+        job_id, dot, step = raw_id.partition(".")
+        if dot:
+            info = extra.setdefault(job_id, {"max_rss": "", "step_signal": 0, "steps": 0})
+            if rss and len(rss) >= len(info["max_rss"]):
+                info["max_rss"] = rss
+            if step.isdigit():
+                info["steps"] += 1
+                info["step_signal"] = info["step_signal"] or _code_pair(exit_code)[1]
+            continue
+        code, sig = _code_pair(exit_code)
+        dcode, dsig = _code_pair(derived)
+        records[job_id] = SacctRecord(
+            job_id=job_id,
+            state=state.split()[0] if state else "",  # "CANCELLED by 0" -> "CANCELLED"
+            exit_code=code,
+            exit_signal=sig,
+            derived_code=dcode,
+            derived_signal=dsig,
+            elapsed=elapsed,
+            total_cpu=cpu,
+            time_limit=limit,
+            ncpus=ncpus,
+        )
+    for job_id, info in extra.items():
+        if job_id in records:
+            records[job_id] = replace(records[job_id], **info)
+    return records
+
+
+# ---------------------------------------------------------------------------- the scheduler
+class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
+    """soma-workflow's ``SlurmScheduler`` with a status query that works on Slurm 22.05+.
+
+    Overrides the three status methods of soma-workflow's ``Scheduler`` API
+    (``get_job_extended_status``, ``get_job_status``, ``get_job_exit_info``) and
+    ``build_scheduler`` (the inherited one hard-codes ``SlurmScheduler(...)``). Submission
+    (``sbatch`` of a generated script that runs the command under ``srun``) and ``kill_job``
+    (``scancel``) are inherited unchanged.
+
+    One ``sacct`` call refreshes every job still watched, at most once per ``poll_interval``
+    seconds: the engine asks for each job separately once per tick.
+    """
+
+    poll_interval = 1.0
+    #: A job that ended before sacct shows its srun step (which holds the signal, if one
+    #: killed the command) reads as running for at most this long.
+    step_grace = 5.0
+
+    def __init__(self, *args: Any, poll_interval: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._records: dict[str, SacctRecord] = {}
+        self._watched: set[str] = set()
+        self._last_poll = 0.0
+        self._ended_without_step: dict[str, float] = {}
+        self.sacct_calls = 0
+
+    @classmethod
+    def build_scheduler(cls, config: Any) -> SacctSlurmScheduler:
+        return cls(
+            config.get_parallel_job_config(),
+            os.path.expanduser("~"),
+            configured_native_spec=config.get_native_specification(),
+        )
+
+    # -- status cache
+    def job_submission(self, jobs: Any, signal_end: bool = True) -> list[Any]:
+        ids = list(super().job_submission(jobs, signal_end))
+        with self._lock:
+            self._watched.update(i for i in ids if isinstance(i, str) and i.isdigit())
+        return ids
+
+    def _refresh(self, wanted: str) -> None:
+        """One sacct call for every watched job, at most once per ``poll_interval``.
+
+        A job sacct does not know yet (just submitted) reads as pending until the next poll.
+        """
+        self._watched.add(wanted)  # jobs of an adopted workflow were not submitted by us
+        if time.monotonic() - self._last_poll < self.poll_interval:
+            return
+        ids = sorted(self._watched, key=lambda j: (len(j), j))
+        found: dict[str, SacctRecord] = {}
+        for start in range(0, len(ids), _SACCT_BATCH):
+            chunk = ids[start : start + _SACCT_BATCH]
+            command = [
+                *self.sacct_command(),
+                "-n",
+                "-P",
+                "-j",
+                ",".join(chunk),
+                "-o",
+                ",".join(SACCT_FIELDS),
+            ]
+            self.sacct_calls += 1
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True, timeout=60
+            ).stdout
+            found.update(parse_sacct(output))
+        self._last_poll = time.monotonic()
+        self._records.update(found)
+        self._watched -= {
+            job_id
+            for job_id, rec in found.items()
+            if rec.finished and (rec.steps > 0 or not self._step_pending(job_id))
+        }
+
+    def record(self, scheduler_job_id: str) -> SacctRecord | None:
+        """The latest sacct record of a job (None while sacct does not know it yet)."""
+        job_id = str(scheduler_job_id)
+        with self._lock:
+            self._refresh(job_id)
+            return self._records.get(job_id)
+
+    # -- soma-workflow Scheduler API
+    def get_job_extended_status(self, scheduler_job_id: str) -> dict[str, Any]:
+        rec = self.record(scheduler_job_id)
+        if rec is None:
+            return {"job_state": "PENDING"}
+        return {
+            "job_state": rec.state,
+            "ExitCode": rec.exit_code,
+            "Signal": rec.exit_signal,
+            "DerivedExitCode": rec.derived_code,
+            "TotalCPU": rec.total_cpu,
+            "MaxRSS": rec.max_rss,
+            "TimeLimit": rec.time_limit,
+            "NCPUS": rec.ncpus,
+        }
+
+    def get_job_status(self, scheduler_job_id: Any) -> str:
+        if scheduler_job_id == self.FAKE_JOB:
+            return str(constants.DONE)
+        try:
+            rec = self.record(scheduler_job_id)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.logger.warning("sacct failed: %s", exc)
+            return str(constants.UNDETERMINED)
+        if rec is None or rec.state in _PENDING:
+            return str(constants.QUEUED_ACTIVE)
+        if rec.state in _RUNNING:
+            return str(constants.RUNNING)
+        if rec.state in _SUSPENDED:
+            return str(constants.USER_SYSTEM_SUSPENDED)
+        if rec.state in ("COMPLETED", "FAILED"):
+            if rec.steps == 0 and self._step_pending(rec.job_id):
+                return str(constants.RUNNING)
+            # Like the local scheduler: the command ran; its exit code tells the rest.
+            return str(constants.DONE)
+        # Cancelled, timed out, node failure, out of memory, unknown: did not end by itself.
+        return str(constants.FAILED)
+
+    def _step_pending(self, job_id: str) -> bool:
+        first_seen = self._ended_without_step.setdefault(job_id, time.monotonic())
+        return time.monotonic() - first_seen < self.step_grace
+
+    def get_job_exit_info(self, scheduler_job_id: Any) -> tuple[str, int | None, int | None, str]:
+        if scheduler_job_id == self.FAKE_JOB:
+            return (constants.FINISHED_REGULARLY, 0, None, "")
+        # The engine asks right after get_job_status said the job ended: use that record.
+        # No sacct call here: an exception from this method kills the engine thread.
+        with self._lock:
+            rec = self._records.get(str(scheduler_job_id))
+        if rec is None:
+            return (constants.EXIT_UNDETERMINED, None, None, "")
+        usage = (
+            f"cput={rec.total_cpu} mem={rec.max_rss} walltime={rec.elapsed} "
+            f"timelimit={rec.time_limit} ncpus={rec.ncpus} "
+            f"slurm_state={rec.state} slurm_job_id={rec.job_id}"
+        )
+        if rec.state in _KILLED:
+            return (constants.USER_KILLED, None, None, usage)
+        signum = rec.exit_signal or rec.step_signal or rec.derived_signal
+        if rec.state in _SYSTEM_FAILURES:
+            return (constants.EXIT_ABORTED, None, signum or None, usage)
+        # COMPLETED or FAILED. The batch script ends with `srun cmd`: ExitCode is srun's
+        # status; a command killed by a signal shows in the srun step's ExitCode ("0:9").
+        if signum:
+            return (constants.FINISHED_TERM_SIG, -signum, signum, usage)
+        return (constants.FINISHED_REGULARLY, rec.exit_code, None, usage)
+
+
+def use_sacct_scheduler() -> None:
+    """Make soma-workflow's ``slurm`` scheduler type build :class:`SacctSlurmScheduler`.
+
+    ``soma_workflow.scheduler.get_scheduler_implementation("slurm")`` imports
+    ``soma_workflow.schedulers.slurm_scheduler`` and returns its ``__main_scheduler__`` when
+    the module defines one (``local_scheduler`` uses this hook): set it, in memory only.
+    """
+    slurm_scheduler.__main_scheduler__ = SacctSlurmScheduler
+
+
+# ------------------------------------------------------------------------ the controller
+class QuietWorkflowController(WorkflowController):  # type: ignore[misc]
+    """``WorkflowController`` whose ``__init__``/``__del__`` print nothing to stdout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # It prints "soma-workflow starting in light mode" and "Workflow controller initialised".
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().__init__(*args, **kwargs)
+
+    def __del__(self) -> None:
+        # The base prints "del WorkflowController", then stops the engine.
+        self.stop_engine()
+
+
+def light_controller(
+    state_dir: Path, scheduler_type: str, *, tick: float = 0.1
+) -> WorkflowController:
+    """A light-mode WorkflowController with its database and files under ``state_dir``.
+
+    ``scheduler_type`` is a soma-workflow scheduler type ("slurm", "local_basic"). Nothing is
+    read from a soma-workflow config file: the Configuration is built here.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    transfers = state_dir / "transfered_files"
+    transfers.mkdir(exist_ok=True)
+    if scheduler_type == "slurm":
+        use_sacct_scheduler()
+    swf_engine.refreshment_interval = tick  # engine loop tick and wait_* polling period
+    config = Configuration(
+        "remotemap",
+        LIGHT_MODE,
+        scheduler_type,
+        str(state_dir / "soma_workflow.db"),
+        str(transfers),
+    )
+    return QuietWorkflowController("remotemap", config=config)
+
+
+def close_controller(wfc: WorkflowController) -> None:
+    """Stop the engine thread (joins it for at most 3 s)."""
+    wfc.stop_engine()
+
+
+# --------------------------------------------------------------------------- the workflows
+def _sh(script: str) -> list[str]:
+    return ["/bin/sh", "-c", script]
+
+
+@dataclass
+class Demo:
+    workflow: Workflow
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def demo_workflow(out_dir: Path, *, walltime: bool) -> Workflow:
+    ok = Job(_sh(f"echo hello > {out_dir}/ok.txt; echo note-on-stderr >&2"), name="ok")
+    exit3 = Job(_sh("echo about to fail >&2; exit 3"), name="exit3")
+    # Not "kill -9 $$": the batch script's bash would expand $$ to its own pid.
+    sigkill = Job(
+        ["/usr/bin/python3", "-c", "import os; os.write(2, b'bye\\n'); os.kill(os.getpid(), 9)"],
+        name="sigkill",
+    )
+    scancelled = Job(["sleep", "300"], name="scancelled")
+    stopped = Job(["sleep", "300"], name="stopped")
+    after_ok = Job(_sh(f"cat {out_dir}/ok.txt"), name="after_ok")
+    after_fail = Job(["true"], name="after_fail")
+    jobs = [ok, exit3, sigkill, scancelled, stopped, after_ok, after_fail]
+    if walltime:
+        jobs.append(Job(["sleep", "300"], name="walltime", native_specification="--time=1"))
+    return Workflow(
+        jobs,
+        dependencies=[(ok, after_ok), (exit3, after_fail)],
+        root_group=[Group(jobs, name="demo")],
+        name="probe-demo",
+    )
+
+
+def _elements(wfc: WorkflowController, wf_id: int) -> dict[str, tuple[Any, ...]]:
+    """job name -> (job_id, status, queue, exit_info, dates, drms_id)."""
+    wf = wfc.workflow(wf_id)
+    names = {wf.job_mapping[j].job_id: j.name for j in wf.jobs}
+    status = wfc.workflow_elements_status(wf_id, with_drms_id=True)
+    return {names[row[0]]: tuple(row) for row in status[0]}
+
+
+def _wait_running(wfc: WorkflowController, wf_id: int, name: str, timeout: float) -> Any:
+    """Wait until job ``name`` runs; return its SLURM id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = _elements(wfc, wf_id)[name]
+        if row[1] == constants.RUNNING:
+            return row[5]
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} did not start")
+
+
+def _stderr_tail(wfc: WorkflowController, job_id: int, tmp: Path) -> str:
+    out, err = tmp / f"{job_id}.out", tmp / f"{job_id}.err"
+    try:
+        wfc.retrieve_job_stdouterr(job_id, str(out), str(err))
+        text = err.read_text(errors="replace").strip()
+    except Exception as exc:  # report, do not hide the other jobs
+        return f"<{type(exc).__name__}: {exc}>"
+    return " | ".join(text.splitlines()[-2:])
+
+
+def run_demo(scheduler_type: str, state_dir: Path, *, walltime: bool, timeout: float) -> None:
+    wfc = light_controller(state_dir / "swf", scheduler_type)
+    out_dir = state_dir / "out"
+    out_dir.mkdir()
+    began = time.monotonic()
+    wf_id = wfc.submit_workflow(demo_workflow(out_dir, walltime=walltime), name="probe-demo")
+    print(f"submitted workflow {wf_id} ({scheduler_type})")
+    drms_id = _wait_running(wfc, wf_id, "scancelled", 30)
+    if scheduler_type == "local_basic":
+        os.kill(int(_pid_of_local_job(drms_id)), signal.SIGTERM)
+    else:
+        subprocess.run(["scancel", str(drms_id)], check=True)
+    stopped_id = _elements(wfc, wf_id)["stopped"][0]
+    _wait_running(wfc, wf_id, "stopped", 30)
+    wfc.stop_jobs(wf_id, [stopped_id])
+    wfc.wait_workflow(wf_id, timeout=timeout)
+    elapsed = time.monotonic() - began
+    rows = _elements(wfc, wf_id)
+    print(f"workflow status: {wfc.workflow_status(wf_id)} after {elapsed:.1f} s")
+    print(f"{'job':<11} {'status':<12} {'exit status':<22} {'value':>5} {'sig':>4}  stderr tail")
+    for name, row in rows.items():
+        job_id, status = row[0], row[1]
+        exit_status, value, sig, usage = wfc.job_termination_status(job_id)
+        tail = _stderr_tail(wfc, job_id, state_dir)
+        print(f"{name:<11} {status:<12} {exit_status!s:<22} {value!s:>5} {sig!s:>4}  {tail}")
+        if usage:
+            print(f"{'':<11} usage: {usage}")
+    close_controller(wfc)
+
+
+def _pid_of_local_job(drms_id: Any) -> int:
+    """The local scheduler's id is its own counter: find the `sleep 300` started by us."""
+    out = subprocess.run(
+        ["pgrep", "-f", "-P", str(os.getpid()), "^sleep 300"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return int(out[0])
+
+
+# ------------------------------------------------------------------------------ benchmark
+TASK = ["/usr/bin/python3", "-c", "pass"]
+
+
+def bench_workflow(n_jobs: int, tasks: int) -> Workflow:
+    per_job = tasks // n_jobs
+    loop = " ".join(TASK)
+    if per_job == 1:
+        jobs = [Job(list(TASK), name=f"t{i}") for i in range(n_jobs)]
+    else:
+        # No "$": soma-workflow puts each argument in double quotes in a bash script.
+        numbers = " ".join(str(i) for i in range(per_job))
+        jobs = [
+            Job(_sh(f"for i in {numbers}; do {loop}; done"), name=f"chunk{i}")
+            for i in range(n_jobs)
+        ]
+    return Workflow(jobs, name=f"bench-{n_jobs}")
+
+
+def run_bench(scheduler_type: str, state_dir: Path, n_jobs: int, tasks: int) -> float:
+    wfc = light_controller(state_dir, scheduler_type)
+    began = time.monotonic()
+    wf_id = wfc.submit_workflow(bench_workflow(n_jobs, tasks))
+    wfc.wait_workflow(wf_id, timeout=600)
+    elapsed = time.monotonic() - began
+    rows = wfc.workflow_elements_status(wf_id)[0]
+    bad = [r for r in rows if r[1] != constants.DONE or r[3][1] != 0]
+    sched = wfc._engine_proxy.engine_loop._scheduler  # probe only: read the call counter
+    calls = getattr(sched, "sacct_calls", "-")
+    print(
+        f"{scheduler_type:<12} {n_jobs:>4} jobs x {tasks // n_jobs:>3} tasks: "
+        f"{elapsed:6.1f} s  failed={len(bad)}  sacct calls={calls}"
+    )
+    close_controller(wfc)
+    return elapsed
+
+
+# ------------------------------------------------------------------------------ detach
+def detach_submit(state_dir: Path, *, crash: bool = False) -> None:
+    """Submit, wait until the first jobs are in SLURM, exit without waiting (or SIGKILL self)."""
+    wfc = light_controller(state_dir, "slurm")
+    first = [Job(["sleep", "4"], name=f"first{i}") for i in range(3)]
+    last = Job(_sh(f"echo all done > {state_dir}/last.txt"), name="last")
+    wf = Workflow([*first, last], dependencies=[(j, last) for j in first], name="detached")
+    wf_id = wfc.submit_workflow(wf)
+    time.sleep(1.5)
+    print(f"WF_ID={wf_id}")
+    print(f"submit: status {wfc.workflow_status(wf_id)}, jobs {_statuses(wfc, wf_id)}")
+    sys.stdout.flush()
+    if crash:
+        os.kill(os.getpid(), signal.SIGKILL)
+    # Process exits here; light mode's engine thread dies with it, SLURM keeps the jobs.
+
+
+def adopt_workflow(wfc: WorkflowController, wf_id: int) -> None:
+    """Hand an orphaned in-progress workflow (its engine died) to this controller's engine.
+
+    ``WorkflowController.restart_workflow`` cannot do it: the workflow it unpickles from the
+    database carries the status it had at submission (not started), so ``restart`` treats
+    every unfinished job as to-run, sbatches the queued/running ones a second time and, as
+    their old exit info is kept, never polls the new SLURM ids: the workflow hangs.
+    This reads the same database rows, keeps each job's SLURM id so the engine polls it,
+    sends back to the queue only the jobs that never reached SLURM, and submits the jobs
+    whose dependencies ended while no engine was alive. Uses engine internals (light mode).
+    """
+    loop = wfc._engine_proxy.engine_loop
+    db = loop._database_server
+    workflow = db.get_engine_workflow(wf_id, loop._user_id)
+    workflow._update_state_from_database_server(db)
+    never_sent = {}
+    for job in workflow.job_mapping.values():
+        if not job.is_done() and job.drmaa_id is None:
+            job.status = constants.NOT_SUBMITTED
+            never_sent[job.job_id] = constants.NOT_SUBMITTED
+    if never_sent:
+        db.set_jobs_status(never_sent)
+    workflow.cache = None
+    with loop._lock:
+        to_run, aborted, workflow.status = workflow.find_out_jobs_to_process()
+        if aborted:
+            db.set_jobs_status({job_id: job.status for job_id, job in aborted.items()})
+            db.set_jobs_exit_info(aborted)
+        loop._pend_for_submission(to_run)
+        loop._workflows[wf_id] = workflow
+
+
+def detach_resume(state_dir: Path, wf_id: int, *, use_restart: bool = False) -> None:
+    """A later process: reopen the same database, take the workflow over, wait."""
+    wfc = light_controller(state_dir, "slurm")
+    print(f"resume: before {wfc.workflow_status(wf_id)}, jobs {_statuses(wfc, wf_id)}")
+    began = time.monotonic()
+    if use_restart:
+        wfc.restart_workflow(wf_id)
+    else:
+        adopt_workflow(wfc, wf_id)
+    wfc.wait_workflow(wf_id, timeout=30 if use_restart else 120)
+    print(
+        f"resume: after {time.monotonic() - began:.1f} s {wfc.workflow_status(wf_id)}, "
+        f"jobs {_statuses(wfc, wf_id)}"
+    )
+    last = state_dir / "last.txt"
+    print(f"resume: last.txt = {last.read_text().strip() if last.exists() else None!r}")
+    close_controller(wfc)
+
+
+def _statuses(wfc: WorkflowController, wf_id: int) -> list[tuple[Any, Any, Any]]:
+    return [(r[1], r[3][1], r[5]) for r in wfc.workflow_elements_status(wf_id, True)[0]]
+
+
+def run_detach(
+    cluster: SingleNodeSlurm,
+    state_dir: Path,
+    *,
+    use_restart: bool,
+    gap: float = 6.0,
+    crash: bool = False,
+) -> None:
+    env = cluster.env()
+    command = [sys.executable, "-m", "tests.infra.swf_slurm_probe"]
+    sub = subprocess.run(
+        [*command, "detach-submit", str(state_dir), *(["--crash"] if crash else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(sub.stdout.strip(), sub.stderr.strip()[-500:], f"(exit {sub.returncode})")
+    wf_id = next(line.split("=")[1] for line in sub.stdout.splitlines() if "WF_ID=" in line)
+    queue = cluster.run(["squeue", "-h", "-o", "%i %T %j"]).stdout.strip()
+    print(f"squeue after the submitting process exited:\n{queue}")
+    time.sleep(gap)  # with the default, the first jobs (sleep 4) end while no engine runs
+    flags = ["--use-restart"] if use_restart else []
+    res = subprocess.run(
+        [*command, "detach-resume", str(state_dir), wf_id, *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(res.stdout.strip(), res.stderr.strip()[-500:], f"(exit {res.returncode})")
+
+
+# ---------------------------------------------------------------------------------- main
+@contextlib.contextmanager
+def cluster_env(needed: bool) -> Iterator[SingleNodeSlurm | None]:
+    """Start a private cluster and export its SLURM_CONF into os.environ for soma-workflow."""
+    if not needed:
+        yield None
+        return
+    with SingleNodeSlurm() as cluster:
+        print(f"SLURM started in {cluster.start_seconds:.2f} s")
+        old = os.environ.get("SLURM_CONF")
+        os.environ.update(cluster.client_env())
+        try:
+            yield cluster
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo")
+    demo.add_argument("--scheduler", choices=["slurm", "local", "stock"], default="slurm")
+    demo.add_argument("--walltime", action="store_true", help="add a --time=1 job (~90 s)")
+    bench = sub.add_parser("bench")
+    bench.add_argument("--scheduler", choices=["slurm", "local", "both"], default="both")
+    bench.add_argument("--tasks", type=int, default=200)
+    detach = sub.add_parser("detach")
+    resume = sub.add_parser("detach-resume")
+    resume.add_argument("state_dir", type=Path)
+    resume.add_argument("wf_id", type=int)
+    for parser_ in (detach, resume):
+        parser_.add_argument(
+            "--use-restart", action="store_true", help="resume with restart_workflow (hangs)"
+        )
+    detach.add_argument("--gap", type=float, default=6.0, help="seconds with no engine")
+    submit = sub.add_parser("detach-submit")
+    submit.add_argument("state_dir", type=Path)
+    for parser_ in (detach, submit):
+        parser_.add_argument("--crash", action="store_true", help="submitter dies by SIGKILL")
+    args = parser.parse_args(argv)
+
+    if args.command == "detach-submit":
+        detach_submit(args.state_dir, crash=args.crash)
+        return 0
+    if args.command == "detach-resume":
+        detach_resume(args.state_dir, args.wf_id, use_restart=args.use_restart)
+        return 0
+    uses_slurm = args.command == "detach" or getattr(args, "scheduler", "") != "local"
+    with (
+        tempfile.TemporaryDirectory(prefix="swf-probe-") as tmp,
+        cluster_env(uses_slurm) as cluster,
+    ):
+        state = Path(tmp)
+        if args.command == "demo":
+            if args.scheduler == "stock":
+                slurm_scheduler.__main_scheduler__ = slurm_scheduler.SlurmScheduler
+                swf_engine.refreshment_interval = 0.1
+                _run_stock(state)
+            else:
+                kind = "slurm" if args.scheduler == "slurm" else "local_basic"
+                run_demo(kind, state, walltime=args.walltime, timeout=240)
+        elif args.command == "bench":
+            kinds = ["slurm", "local_basic"] if args.scheduler == "both" else [args.scheduler]
+            for kind in kinds:
+                for n_jobs in (8, args.tasks):
+                    run_bench(
+                        kind if kind != "local" else "local_basic",
+                        state / f"{kind}{n_jobs}",
+                        n_jobs,
+                        args.tasks,
+                    )
+        else:
+            assert cluster is not None
+            run_detach(cluster, state, use_restart=args.use_restart, gap=args.gap, crash=args.crash)
+    return 0
+
+
+def _run_stock(state_dir: Path) -> None:
+    """The unmodified SlurmScheduler: the job completes in SLURM, soma-workflow never knows."""
+    transfers = state_dir / "tr"
+    transfers.mkdir()
+    config = Configuration(
+        "remotemap", LIGHT_MODE, "slurm", str(state_dir / "db.sqlite"), str(transfers)
+    )
+    wfc = QuietWorkflowController("remotemap", config=config)
+    print(f"scheduler class: {type(wfc._engine_proxy.engine_loop._scheduler).__name__}")
+    wf_id = wfc.submit_workflow(Workflow([Job(["true"], name="true")]))
+    wfc.wait_workflow(wf_id, timeout=10)
+    rows = wfc.workflow_elements_status(wf_id, with_drms_id=True)[0]
+    print(
+        f"after 10 s: workflow {wfc.workflow_status(wf_id)}; job (status, drms id): "
+        f"{[(r[1], r[5]) for r in rows]}"
+    )
+    for row in rows:
+        sacct = subprocess.run(
+            ["sacct", "-n", "-X", "-j", str(row[5]), "-o", "JobID,State,ExitCode"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(f"sacct says: {sacct.stdout.strip()}")
+    close_controller(wfc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
