@@ -1,7 +1,7 @@
 """remotemap: run one loop of Python calls in parallel, here, over SSH, or on a cluster."""
 
 from remotemap._version import __version__
-from remotemap.api import remote_map
+from remotemap.api import remote_imap, remote_map
 from remotemap.config import Config, load_config
 from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
 
@@ -13,5 +13,6 @@ __all__ = [
     "TaskFailure",
     "__version__",
     "load_config",
+    "remote_imap",
     "remote_map",
 ]

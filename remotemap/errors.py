@@ -36,6 +36,10 @@ class TaskFailure:
     kind: str = "exception"
     #: The original exception, pickled by the worker when it could be; see :meth:`exception`.
     exception_pickle: bytes | None = field(default=None, repr=False, compare=False)
+    #: How many times the task was tried (more than 1 with ``retries``).
+    attempts: int = 1
+    #: The failures of the earlier attempts, oldest first.
+    previous: tuple[TaskFailure, ...] = field(default=(), repr=False, compare=False)
 
     def exception(self) -> BaseException | None:
         """The original exception object, or None where it could not cross the boundary."""
@@ -49,7 +53,8 @@ class TaskFailure:
 
     def summary(self, traceback_lines: int = _TRACEBACK_LINES) -> str:
         """A few readable lines: index, host, exception, and the tail of the traceback."""
-        head = f"task {self.index} on {self.host}: {self.exception_type}: {self.message}"
+        tries = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
+        head = f"task {self.index} on {self.host}{tries}: {self.exception_type}: {self.message}"
         tail = [line for line in self.traceback.rstrip().splitlines() if line.strip()]
         if not tail:
             return head
@@ -66,11 +71,17 @@ class RemoteException(Exception):
     """
 
     def __init__(
-        self, failures: Sequence[TaskFailure], results: list[Any], n_tasks: int | None = None
+        self,
+        failures: Sequence[TaskFailure],
+        results: list[Any],
+        n_tasks: int | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.failures: list[TaskFailure] = sorted(failures, key=lambda f: f.index)
         self.results = results
         self.n_tasks = len(results) if n_tasks is None else n_tasks
+        #: The stored run (``run_dir=``/``resume=``), which ``remotemap retry`` can rerun.
+        self.run_dir = run_dir
         super().__init__(self._describe())
         if self.failures:
             self.__cause__ = self.failures[0].exception()
@@ -87,10 +98,13 @@ class RemoteException(Exception):
             rest = ", ".join(str(i) for i in self.failed_indices[_FAILURES_SHOWN:][:20])
             more = " ..." if n - _FAILURES_SHOWN > 20 else ""
             lines.append(f"... and {n - _FAILURES_SHOWN} more (tasks {rest}{more}); see .failures")
+        if self.run_dir is not None:
+            lines.append(f"the run is stored in {self.run_dir}: `remotemap retry {self.run_dir}` "
+                         "reruns the failed tasks")
         return "\n".join(lines)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.failures, self.results, self.n_tasks))
+        return (type(self), (self.failures, self.results, self.n_tasks, self.run_dir))
 
 
 class ConfigError(Exception):

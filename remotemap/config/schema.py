@@ -96,9 +96,8 @@ _SECTIONS = (
         (
             _N_JOBS,
             Key("keep_files", "bool", False, "keep the task and result files after the run"),
-            Key(
-                "temp_dir", "str", "", "where the files go; empty = a private temp dir", is_path=True
-            ),
+            Key("temp_dir", "str", "", "where the files go; empty = a private temp dir",
+                is_path=True),
         ),
     ),
 )

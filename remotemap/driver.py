@@ -1,0 +1,156 @@
+"""Driving a backend session through one run: retries, fail-fast, progress, stored outcomes.
+
+Everything here is the same for every backend: the backend only runs chunks (see
+``remotemap.backends.base``); what to submit, what to retry and when to stop is decided here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from remotemap.backends.base import Backend, TaskOptions
+from remotemap.errors import TaskFailure
+from remotemap.progress import Progress
+from remotemap.runs import RunStore
+from remotemap.tasks import Chunk, make_chunks
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a run treats failures."""
+
+    #: "continue": run every task, then report; "stop": stop at the first final failure.
+    on_error: str = "continue"
+    #: Further attempts for a failed task (an exception, crash, timeout...).
+    retries: int = 0
+    #: Seconds before the first retry of a task; doubled for each further one.
+    backoff: float = 0.5
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+
+@dataclass
+class Outcome:
+    """What a run ended with."""
+
+    results: list[Any]
+    failures: list[TaskFailure]
+    #: Tasks not run because the run stopped early.
+    not_run: int = 0
+
+
+class _Retries:
+    """Failed tasks waiting for their next attempt, earliest first."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.earlier: dict[int, list[TaskFailure]] = {}
+        self._due: list[tuple[float, int]] = []
+
+    def consider(self, failure: TaskFailure) -> TaskFailure | None:
+        """Schedule another attempt, or return the final failure (with its history)."""
+        history = self.earlier.setdefault(failure.index, [])
+        if len(history) < self.policy.retries and failure.kind != "pickling":
+            history.append(failure)
+            delay = self.policy.backoff * 2 ** (len(history) - 1)
+            heapq.heappush(self._due, (time.monotonic() + delay, failure.index))
+            return None
+        if not history:
+            return failure
+        return dataclasses.replace(failure, attempts=len(history) + 1, previous=tuple(history))
+
+    def due(self) -> list[int]:
+        now = time.monotonic()
+        ready = []
+        while self._due and self._due[0][0] <= now:
+            ready.append(heapq.heappop(self._due)[1])
+        return ready
+
+    def next_in(self) -> float | None:
+        return max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
+
+    def __bool__(self) -> bool:
+        return bool(self._due)
+
+
+@dataclass
+class Update:
+    """What one wait brought: values of tasks that succeeded, failures that are final."""
+
+    indices: list[int]
+    values: list[Any]
+    failures: list[TaskFailure]
+
+
+def drive(
+    backend: Backend,
+    function: Callable[..., Any],
+    largs: list[tuple[Any, ...]],
+    lkwargs: list[dict[str, Any]],
+    policy: Policy,
+    *,
+    progress: bool | None = None,
+    store: RunStore | None = None,
+) -> Iterator[Update]:
+    """Run every task (those ``store`` has no success for), yielding results as they come.
+
+    Closing the generator early stops the backend's workers. With ``on_error="stop"`` it ends
+    after the first final failure.
+    """
+    n_tasks = len(largs)
+    todo = list(range(n_tasks))
+    if store is not None:  # a resumed run: what succeeded before is kept, not run again
+        stored = store.load()
+        if stored.values:
+            yield Update(list(stored.values), list(stored.values.values()), [])
+        todo = [i for i in todo if i not in stored.values]
+    # A timeout is per task: give each task its own chunk so one slow task cannot take others'
+    # time, and a timed-out chunk kills only the task that overran.
+    size = 1 if policy.options.timeout is not None else backend.chunksize(len(todo))
+    source: Iterator[Chunk] = make_chunks(largs, lkwargs, size, indices=todo)
+    next_id = n_tasks  # retried tasks go out in chunks numbered after the first ones
+    retries = _Retries(policy)
+    with backend.open(function, policy.options) as session, \
+            Progress(n_tasks, progress, backend.name) as bar:
+        bar.update(n_tasks - len(todo))
+        exhausted = not todo
+        while True:
+            while session.in_flight < session.capacity:
+                due = retries.due()
+                if due:
+                    session.submit(Chunk(next_id, due, [largs[i] for i in due],
+                                         [lkwargs[i] for i in due]))
+                    next_id += 1
+                    continue
+                chunk = None if exhausted else next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                session.submit(chunk)
+            if exhausted and not retries and session.in_flight == 0:
+                return
+            for result in session.wait(retries.next_in() if retries else None):
+                if store is not None:
+                    store.record(result)
+                finals = [f for f in map(retries.consider, result.failures) if f is not None]
+                bar.update(len(result.indices) + len(finals))
+                yield Update(result.indices, result.values, finals)
+                if finals and policy.on_error == "stop":
+                    return
+
+
+def collect(updates: Iterator[Update], n_tasks: int) -> Outcome:
+    """Every result in input order, and the final failures by index."""
+    results: list[Any] = [None] * n_tasks
+    failures: list[TaskFailure] = []
+    done = 0
+    for update in updates:
+        for index, value in zip(update.indices, update.values, strict=True):
+            results[index] = value
+        failures += update.failures
+        done += len(update.indices) + len(update.failures)
+    return Outcome(results, sorted(failures, key=lambda f: f.index), n_tasks - done)
