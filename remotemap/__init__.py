@@ -4,14 +4,17 @@ from remotemap._version import __version__
 from remotemap.api import remote_imap, remote_map
 from remotemap.config import Config, load_config
 from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
+from remotemap.executor import Executor, as_completed
 
 __all__ = [
     "BackendUnavailable",
     "Config",
     "ConfigError",
+    "Executor",
     "RemoteException",
     "TaskFailure",
     "__version__",
+    "as_completed",
     "load_config",
     "remote_imap",
     "remote_map",

@@ -70,6 +70,9 @@ class _Retries:
             ready.append(heapq.heappop(self._due)[1])
         return ready
 
+    def due_now(self) -> bool:
+        return bool(self._due) and self._due[0][0] <= time.monotonic()
+
     def next_in(self) -> float | None:
         return max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
 
@@ -133,6 +136,9 @@ def drive(
                 session.submit(chunk)
             if exhausted and not retries and session.in_flight == 0:
                 return
+            if session.in_flight == 0 and retries:  # only retries left, none due yet
+                time.sleep(retries.next_in() or 0)
+                continue
             for result in session.wait(retries.next_in() if retries else None):
                 if store is not None:
                     store.record(result)

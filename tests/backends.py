@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from remotemap import remote_map
+from remotemap import Executor, remote_imap, remote_map
 
 
 @dataclass
@@ -33,6 +33,14 @@ class Runner:
             lkwargs: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> list[Any]:
         return remote_map(func, largs, lkwargs, mode=self.mode, progress=False,
                           **{**self.options, **options})
+
+    def imap(self, func: Callable[..., Any], largs: Sequence[Any] | None = None,
+             **options: Any) -> Iterator[tuple[int, Any]]:
+        return remote_imap(func, largs, mode=self.mode, progress=False,
+                           **{**self.options, **options})
+
+    def executor(self, **options: Any) -> Executor:
+        return Executor(self.mode, **{**self.options, **options})
 
 
 def _serial(request: pytest.FixtureRequest) -> Runner:

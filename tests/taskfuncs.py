@@ -103,3 +103,38 @@ def byte_sum(b: bytearray) -> int:
 
 def system_exit(x: int) -> int:
     raise SystemExit(f"task {x} called exit")
+
+
+def fail_until(counter_dir: str, x: int, failures: int) -> int:
+    """Fail the first ``failures`` attempts of task ``x`` (attempts counted in files)."""
+    attempt = len(list(Path(counter_dir).glob(f"{x}.*"))) + 1
+    Path(counter_dir, f"{x}.{attempt}").touch()
+    if attempt <= failures:
+        raise RuntimeError(f"attempt {attempt} of task {x} fails")
+    return attempt
+
+
+def sleep_for(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def read_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def allocate_beyond(limit_mb: int) -> int:
+    """Cap this process's address space, then ask for more than the cap."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    block = bytearray(2 * limit_mb << 20)
+    return len(block)
+
+
+def count_runs(counter_dir: str, x: int, fail_if_exists: str = "") -> int:
+    """Record that task ``x`` ran; fail while the file ``fail_if_exists`` exists."""
+    Path(counter_dir, f"{x}.{os.getpid()}.{time.monotonic_ns()}").touch()
+    if fail_if_exists and os.path.exists(fail_if_exists):
+        raise RuntimeError(f"task {x} fails while {fail_if_exists} exists")
+    return x * 10
