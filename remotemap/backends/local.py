@@ -35,6 +35,23 @@ log = logging.getLogger("remotemap")
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 
+def _watch_parent() -> None:
+    """Worker initializer: exit when the caller dies (even by SIGKILL, which leaves no chance
+    to stop the pool), instead of lingering as an orphan."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="remotemap-watch-parent", daemon=True).start()
+
+
 def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk) -> bytes:
     function = _FUNCTIONS.get(token)
     try:
@@ -92,7 +109,8 @@ class LocalSession(Session):
 
             # env: loky restarts its workers when it changes, so they import with it set.
             self._executor = get_reusable_executor(max_workers=self.n_jobs,
-                                                   env=dict(self.options.env) or None)
+                                                   env=dict(self.options.env) or None,
+                                                   initializer=_watch_parent)
         return self._executor
 
     def _isolated(self) -> DumpsSession:

@@ -1,0 +1,101 @@
+"""``remotemap runs | retry RUN | clean``: the stored runs (``run_dir=`` / ``resume=``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+from typing import Any
+
+from remotemap.runs import RunStore, list_runs, state_dir
+
+
+def _counts(store: RunStore) -> tuple[int, int, int]:
+    meta = store.meta()
+    stored = store.load()
+    ok, failed = len(stored.values), len(stored.failures)
+    return ok, failed, int(meta["n_tasks"]) - ok - failed
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    stores = list_runs()
+    if not stores:
+        print(f"no stored runs in {state_dir()}")
+        return 0
+    print(f"{'RUN':<24} {'MODE':<17} {'CREATED':<20} {'STATE':<8} {'OK':>6} {'FAILED':>6} "
+          f"{'PENDING':>7}  FUNCTION")
+    for store in stores:
+        meta = store.meta()
+        ok, failed, pending = _counts(store)
+        print(f"{meta['id']:<24} {meta['mode']:<17} {meta['created']:<20} {meta['state']:<8} "
+              f"{ok:>6} {failed:>6} {pending:>7}  {meta['function']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from remotemap.api import remote_map
+    from remotemap.errors import RemoteException
+
+    try:
+        store = RunStore.find(args.run)
+    except ValueError as exc:
+        print(f"remotemap: error: {exc}", file=sys.stderr)
+        return 1
+    meta = store.meta()
+    mode = args.mode or meta["mode"]
+    ok, failed, pending = _counts(store)
+    print(f"run {meta['id']}: {ok} ok, {failed} failed, {pending} never finished; "
+          f"rerunning {failed + pending} on {mode}")
+    largs, lkwargs = store.tasks()
+    try:
+        remote_map(store.function(), largs, lkwargs, mode=mode, config=args.config,
+                   resume=store.root)
+    except RemoteException as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"run {meta['id']}: all {meta['n_tasks']} tasks ok")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    cutoff = datetime.datetime.now() - datetime.timedelta(days=args.older_than)
+    removed = 0
+    for store in list_runs():
+        meta = store.meta()
+        created = datetime.datetime.fromisoformat(meta["created"])
+        if args.run and meta["id"] not in args.run:
+            continue
+        if not args.run and (created > cutoff or meta["state"] == "running"):
+            continue  # a running run might still be written to
+        link = state_dir() / meta["id"]
+        shutil.rmtree(store.root, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()
+        removed += 1
+        print(f"removed {meta['id']} ({store.root})")
+    print(f"{removed} run(s) removed")
+    return 0
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    runs = subparsers.add_parser(
+        "runs", parents=[common], help="list stored runs (mode, when, ok/failed/pending)",
+        description="List the runs stored with remote_map(..., run_dir=...) and where they "
+        f"are ({state_dir()}).")
+    runs.set_defaults(handler=cmd_runs)
+    retry = subparsers.add_parser(
+        "retry", parents=[common], help="rerun the failed and unfinished tasks of a run",
+        description="Rerun the tasks of a stored run that failed or never finished, with the "
+        "function and arguments stored in it. Exit status 1 if some still fail.")
+    retry.add_argument("run", metavar="RUN", help="run id (see `remotemap runs`) or directory")
+    retry.add_argument("--mode", help="run them on this mode (default: the run's own)")
+    retry.set_defaults(handler=cmd_retry)
+    clean = subparsers.add_parser(
+        "clean", parents=[common], help="remove stored runs",
+        description="Remove stored runs: the ones named, else every finished run older than "
+        "--older-than days.")
+    clean.add_argument("run", metavar="RUN", nargs="*", help="run ids to remove")
+    clean.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
+                       help="age in days of the finished runs to remove (default 7; 0 = all)")
+    clean.set_defaults(handler=cmd_clean)
