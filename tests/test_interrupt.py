@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,61 @@ def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: i
     assert [pid for pid in task_pids if _alive(pid)] == [], "task processes left running"
     if mode == "local_with_dumps":
         assert list(run_dir.iterdir()) == [], "run directory left behind"
+
+
+SSH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from remotemap import remote_map
+
+    def task(marker_dir, i):
+        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
+        time.sleep(60)
+        return i
+
+    marker_dir = sys.argv[1]
+    try:
+        remote_map(task, [(marker_dir, i) for i in range(8)], mode="ssh", n_jobs=2,
+                   progress=False)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+def test_interrupt_stops_remote_tasks_and_removes_remote_files(
+        sshd_host: Any, remote_python: Path, shared_dir: Path, tmp_path: Path) -> None:
+    remote_dir = f".cache/rm-interrupt-{os.getpid()}"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ssh]\nhosts = ["{sshd_host.alias}"]\nssh_config = '
+                      f'"{sshd_host.ssh_config}"\npython = "{remote_python}"\n'
+                      f'remote_dir = "{remote_dir}"\n')
+    script = tmp_path / "interrupted_ssh.py"
+    script.write_text(SSH_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(shared_dir)],
+                            env={**os.environ, "REMOTEMAP_CONFIG": str(config)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(shared_dir.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline, "the tasks never started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        task_pids = [int(p.stem) for p in shared_dir.glob("*.pid")]
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "KeyboardInterrupt reached the caller" in out
+    assert took < 5, f"took {took:.1f} s to stop"
+    give_up = time.monotonic() + 5
+    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert [pid for pid in task_pids if _alive(pid)] == [], "remote tasks left running"
+    assert list((sshd_host.user.home / remote_dir).iterdir()) == [], "remote run files left"
