@@ -140,3 +140,54 @@ def test_interrupt_stops_remote_tasks_and_removes_remote_files(
         time.sleep(0.05)
     assert [pid for pid in task_pids if _alive(pid)] == [], "remote tasks left running"
     assert list((sshd_host.user.home / remote_dir).iterdir()) == [], "remote run files left"
+
+
+EXECUTOR_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from remotemap import Executor
+
+    def task(marker_dir, i):
+        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
+        time.sleep(60)
+        return i
+
+    marker_dir, mode = sys.argv[1:3]
+    try:
+        with Executor(mode, n_jobs=2) as ex:
+            futures = [ex.submit(task, marker_dir, i) for i in range(6)]
+            print([f.result() for f in futures])
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
+def test_interrupt_while_waiting_on_futures(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "futures.py"
+    script.write_text(EXECUTOR_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        task_pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "KeyboardInterrupt reached the caller" in out
+    assert took < 5
+    give_up = time.monotonic() + 5
+    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert [pid for pid in task_pids if _alive(pid)] == []
