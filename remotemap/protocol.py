@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remotemap.execution import dumps, loads
+from remotemap.errors import TaskFailure
+from remotemap.execution import dumps, find_unpicklable, loads
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -86,6 +87,19 @@ def encode_chunk(token: str, chunk: Chunk) -> bytes:
     """
     header = dumps((token, chunk.id, chunk.indices))
     return header + dumps((chunk.largs, chunk.lkwargs))
+
+
+def encode_runnable(token: str, chunk: Chunk) -> tuple[Chunk, bytes | None, list[TaskFailure]]:
+    """The chunk's file content, leaving out tasks whose arguments cannot be pickled.
+
+    Returns the chunk that will run (maybe fewer tasks), its bytes (None when no task is left)
+    and a failure for each task left out, naming the object that could not be pickled.
+    """
+    try:
+        return chunk, encode_chunk(token, chunk), []
+    except Exception:
+        keep, failures = find_unpicklable(chunk)
+    return keep, (encode_chunk(token, keep) if keep.indices else None), failures
 
 
 def decode_chunk_header(data: bytes) -> tuple[str, int, list[int], io.BytesIO]:

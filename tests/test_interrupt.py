@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: int) -> None:
-    markers, run_dir = tmp_path / "markers", tmp_path / "runs"
-    markers.mkdir()
-    script = tmp_path / "interrupted.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(markers), str(run_dir), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@dataclass
+class Stopped:
+    """How a real caller process ended after a signal sent once its tasks were running."""
+
+    returncode: int
+    out: str
+    err: str
+    seconds: float  # from the signal to the exit
+    task_pids: list[int]
+
+    def leftover_tasks(self) -> list[int]:
+        """Task processes still alive (after giving them a few seconds to go)."""
+        give_up = time.monotonic() + 5
+        while any(_alive(pid) for pid in self.task_pids) and time.monotonic() < give_up:
+            time.sleep(0.05)
+        return [pid for pid in self.task_pids if _alive(pid)]
+
+
+def _signal_when_running(argv: list[str], markers: Path, sig: int,
+                         env: dict[str, str] | None = None) -> Stopped:
+    """Run ``argv``; once two tasks wrote their pid files in ``markers``, send ``sig``."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(list(markers.glob("*.pid"))) < 2:
             assert time.monotonic() < deadline, "the tasks never started"
             assert proc.poll() is None, proc.communicate()
@@ -64,22 +79,31 @@ def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: i
         task_pids = [int(p.stem) for p in markers.glob("*.pid")]
         sent = time.monotonic()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=20)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return Stopped(proc.returncode, out, err, took, task_pids)
+
+
+@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: int) -> None:
+    markers, run_dir = tmp_path / "markers", tmp_path / "runs"
+    markers.mkdir()
+    script = tmp_path / "interrupted.py"
+    script.write_text(SCRIPT)
+    stopped = _signal_when_running([sys.executable, str(script), str(markers), str(run_dir),
+                                    mode], markers, sig)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
-        assert "KeyboardInterrupt reached the caller" in out
+        assert stopped.returncode == 130, stopped.err
+        assert "KeyboardInterrupt reached the caller" in stopped.out
     else:
-        assert proc.returncode == 128 + signal.SIGTERM, err  # unwound, not killed outright
-    assert took < 5, f"took {took:.1f} s to stop"
-    give_up = time.monotonic() + 5
-    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
-        time.sleep(0.05)
-    assert [pid for pid in task_pids if _alive(pid)] == [], "task processes left running"
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.err  # unwound, not killed
+    assert stopped.seconds < 5, f"took {stopped.seconds:.1f} s to stop"
+    assert stopped.leftover_tasks() == [], "task processes left running"
     if mode == "local_with_dumps":
         assert list(run_dir.iterdir()) == [], "run directory left behind"
 
@@ -114,31 +138,13 @@ def test_interrupt_stops_remote_tasks_and_removes_remote_files(
                       f'remote_dir = "{remote_dir}"\n')
     script = tmp_path / "interrupted_ssh.py"
     script.write_text(SSH_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(shared_dir)],
-                            env={**os.environ, "REMOTEMAP_CONFIG": str(config)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(shared_dir.glob("*.pid"))) < 2:
-            assert time.monotonic() < deadline, "the tasks never started"
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        task_pids = [int(p.stem) for p in shared_dir.glob("*.pid")]
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "KeyboardInterrupt reached the caller" in out
-    assert took < 5, f"took {took:.1f} s to stop"
-    give_up = time.monotonic() + 5
-    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
-        time.sleep(0.05)
-    assert [pid for pid in task_pids if _alive(pid)] == [], "remote tasks left running"
+    stopped = _signal_when_running([sys.executable, str(script), str(shared_dir)], shared_dir,
+                                   signal.SIGINT,
+                                   env={**os.environ, "REMOTEMAP_CONFIG": str(config)})
+    assert stopped.returncode == 130, stopped.err
+    assert "KeyboardInterrupt reached the caller" in stopped.out
+    assert stopped.seconds < 5, f"took {stopped.seconds:.1f} s to stop"
+    assert stopped.leftover_tasks() == [], "remote tasks left running"
     assert list((sshd_host.user.home / remote_dir).iterdir()) == [], "remote run files left"
 
 
@@ -168,26 +174,9 @@ EXECUTOR_SCRIPT = textwrap.dedent(
 def test_interrupt_while_waiting_on_futures(tmp_path: Path, mode: str) -> None:
     script = tmp_path / "futures.py"
     script.write_text(EXECUTOR_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("*.pid"))) < 2:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        task_pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "KeyboardInterrupt reached the caller" in out
-    assert took < 5
-    give_up = time.monotonic() + 5
-    while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
-        time.sleep(0.05)
-    assert [pid for pid in task_pids if _alive(pid)] == []
+    stopped = _signal_when_running([sys.executable, str(script), str(tmp_path), mode], tmp_path,
+                                   signal.SIGINT)
+    assert stopped.returncode == 130, stopped.err
+    assert "KeyboardInterrupt reached the caller" in stopped.out
+    assert stopped.seconds < 5
+    assert stopped.leftover_tasks() == []

@@ -22,11 +22,11 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
-from remotemap.execution import dumps, find_unpicklable, lost_chunk_result, tail
+from remotemap.execution import dumps, lost_chunk_result, tail
 from remotemap.protocol import (
     create_local_run_dir,
     decode_outcome,
-    encode_chunk,
+    encode_runnable,
     exit_status_text,
     new_token,
     read_file,
@@ -171,15 +171,10 @@ class DumpsSession(Session):
 
     def stage(self, number: int, chunk: Chunk) -> tuple[Chunk | None, ChunkResult | None]:
         """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
-        failed: ChunkResult | None = None
-        try:
-            data = encode_chunk(self.token, chunk)
-        except Exception:
-            keep, failures = find_unpicklable(chunk)
-            failed = ChunkResult(chunk.id, failures=failures)
-            if not keep.indices:
-                return None, failed
-            chunk, data = keep, encode_chunk(self.token, keep)
+        chunk, data, failures = encode_runnable(self.token, chunk)
+        failed = ChunkResult(chunk.id, failures=failures) if failures else None
+        if data is None:
+            return None, failed
         for stale in (self.layout.outcome(number), self.layout.log(number)):
             if os.path.exists(stale):
                 os.unlink(stale)

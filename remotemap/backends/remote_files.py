@@ -17,11 +17,11 @@ from types import TracebackType
 from typing import Any
 
 from remotemap.backends.base import TaskOptions
-from remotemap.execution import find_unpicklable, lost_chunk_result, tail
+from remotemap.execution import lost_chunk_result, tail
 from remotemap.protocol import (
     RunLayout,
     decode_outcome,
-    encode_chunk,
+    encode_runnable,
     exit_status_text,
     new_token,
 )
@@ -56,6 +56,15 @@ class _ProcessReader:
         return line
 
 
+def connection_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[ssh]`` settings that say how to connect, as keyword arguments for
+    :class:`remotemap.ssh.Connection` and :func:`remotemap.ssh.resolve_host` (unset: None, so
+    the ssh config and the defaults apply)."""
+    keys = ("user", "port", "key_file", "known_hosts", "ssh_config", "host_key_policy",
+            "connect_timeout")
+    return {key: settings.get(key) or None for key in keys}
+
+
 class RemoteRun:
     """Context manager: connect, make the private run directory, start the worker server."""
 
@@ -78,17 +87,7 @@ class RemoteRun:
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection
 
-        s = self.settings
-        self.connection = Connection(
-            self.host,
-            user=s.get("user") or None,
-            port=s.get("port") or None,
-            key_file=s.get("key_file") or None,
-            known_hosts=s.get("known_hosts") or None,
-            ssh_config=s.get("ssh_config") or None,
-            host_key_policy=s.get("host_key_policy") or None,
-            connect_timeout=s.get("connect_timeout") or None,
-        ).connect()
+        self.connection = Connection(self.host, **connection_options(self.settings)).connect()
         try:
             self._start()
         except BaseException:
@@ -151,22 +150,18 @@ class RemoteRun:
     def stage(self, chunk: Chunk) -> ChunkResult | None:
         """Upload the chunk and start it; tasks whose arguments cannot be pickled fail here."""
         assert self.layout is not None and self.server is not None
-        failed: ChunkResult | None = None
-        try:
-            data = encode_chunk(self.token, chunk)
-        except Exception:
-            keep, failures = find_unpicklable(chunk)
-            failed = ChunkResult(chunk.id, failures=failures)
-            if not keep.indices:
-                return failed
-            chunk.indices, chunk.largs, chunk.lkwargs = keep.indices, keep.largs, keep.lkwargs
-            data = encode_chunk(self.token, chunk)
+        runnable, data, failures = encode_runnable(self.token, chunk)
+        if data is None:
+            return ChunkResult(chunk.id, failures=failures)
+        # The host reports on the tasks it ran; the caller's chunk must say the same.
+        chunk.indices, chunk.largs, chunk.lkwargs = (runnable.indices, runnable.largs,
+                                                     runnable.lkwargs)
         self.connection.put_bytes(self.layout.chunk(chunk.id), data)
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
-        if failed is not None:
+        if failures:
             # The pickling failures come back with the chunk's result (see collect).
-            self._pending_failures[chunk.id] = failed.failures
+            self._pending_failures[chunk.id] = failures
         return None
 
     def next_done(self, timeout: float) -> tuple[int, str] | None:

@@ -22,20 +22,12 @@ def ssh_block(ctx: StatusContext) -> bool:
             ctx.line(f"  {host}")
         ctx.line("  (remotemap status --check connects to each)")
         return True
+    from remotemap.backends.remote_files import connection_options
     from remotemap.ssh import probe, resolve_host
 
     def check(host: str) -> tuple[str, Any]:
         try:
-            spec = resolve_host(
-                host,
-                user=settings.get("user") or None,
-                port=settings.get("port") or None,
-                key_file=settings.get("key_file") or None,
-                known_hosts=settings.get("known_hosts") or None,
-                ssh_config=settings.get("ssh_config") or None,
-                host_key_policy=settings.get("host_key_policy") or None,
-                connect_timeout=settings.get("connect_timeout") or None,
-            )
+            spec = resolve_host(host, **connection_options(settings))
         except Exception as exc:
             return host, f"error: {exc}"
         timeout = float(settings.get("connect_timeout") or 10)
