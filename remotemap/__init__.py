@@ -5,16 +5,34 @@ from remotemap.api import remote_imap, remote_map
 from remotemap.config import Config, load_config
 from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
 from remotemap.executor import Executor, as_completed
+from remotemap.workflow import (
+    DispatchReport,
+    GraphError,
+    Result,
+    Treatment,
+    Workflow,
+    WorkflowFailed,
+    WorkflowReport,
+    dispatch,
+)
 
 __all__ = [
     "BackendUnavailable",
     "Config",
     "ConfigError",
+    "DispatchReport",
     "Executor",
+    "GraphError",
     "RemoteException",
+    "Result",
     "TaskFailure",
+    "Treatment",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowReport",
     "__version__",
     "as_completed",
+    "dispatch",
     "load_config",
     "remote_imap",
     "remote_map",

@@ -69,11 +69,29 @@ def _ssh(request: pytest.FixtureRequest) -> Runner:
     return Runner("ssh", options, same_host_python=False)
 
 
+def _cluster(request: pytest.FixtureRequest) -> Runner:
+    from tests.slurm_fixtures import require_soma_workflow
+
+    require_soma_workflow()
+    cluster = request.getfixturevalue("slurm_cluster")
+    tmp_path = request.getfixturevalue("tmp_path")
+    runs = tmp_path / "cluster-runs"
+    # The run registry goes to $XDG_STATE_HOME: keep the real one untouched.
+    request.getfixturevalue("monkeypatch").setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    options = {"scheduler": "slurm", "slurm_conf": str(cluster.conf_path),
+               "shared_dir": str(runs), "poll_interval": 0.5}
+    # Each task's process is a SLURM job's: a crash ends that job only. The jobs run on this
+    # machine with this interpreter, and get this process's sys.path.
+    return Runner("cluster", options, isolates_crashes=True, pickles=True,
+                  same_host_python=True)
+
+
 RUNNERS: dict[str, Callable[[pytest.FixtureRequest], Runner]] = {
     "serial": _serial,
     "local": _local,
     "local_with_dumps": _dumps,
     "ssh": _ssh,
+    "cluster": _cluster,
 }
 
 

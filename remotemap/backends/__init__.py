@@ -13,6 +13,7 @@ _REGISTRY: dict[str, str] = {
     "local": "remotemap.backends.local:LocalBackend",
     "local_with_dumps": "remotemap.backends.dumps:DumpsBackend",
     "ssh": "remotemap.backends.ssh:SSHBackend",
+    "cluster": "remotemap.backends.cluster:ClusterBackend",
 }
 
 

@@ -86,7 +86,14 @@ def _ssh_block(ctx: StatusContext) -> bool:
     return ssh_block(ctx)
 
 
-REPORT_BLOCKS: list[ReportBlock] = [config_block, mode_block, backends_block, _ssh_block]
+def _workflow_block(ctx: StatusContext) -> bool:
+    from remotemap.cli.workflow_status import workflow_block
+
+    return workflow_block(ctx)
+
+
+REPORT_BLOCKS: list[ReportBlock] = [config_block, mode_block, backends_block, _ssh_block,
+                                    _workflow_block]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

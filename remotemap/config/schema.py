@@ -132,8 +132,46 @@ _SSH = Section(
     ),
 )  # fmt: skip
 
+_CLUSTER = Section(
+    "cluster",
+    "mode 'cluster': tasks as batch jobs through soma-workflow (local scheduler, SLURM, ...)",
+    (
+        Key("scheduler", "str", "local", "local (soma-workflow's own), slurm, pbspro or drmaa",
+            choices=("local", "slurm", "pbspro", "drmaa")),
+        Key("host", "str", "", "submitting host (ssh alias or [user@]host[:port]); empty = here"),
+        Key("user", "str", "", "login user on the submitting host; empty = ssh config, local"),
+        Key("port", "int", 0, "SSH port of the submitting host; 0 = ssh config, else 22",
+            minimum=0),
+        Key("key_file", "str", "", "private key for the submitting host; empty = defaults",
+            is_path=True),
+        Key("known_hosts", "str", "", "extra known_hosts file (~/.ssh/known_hosts is read too)",
+            is_path=True),
+        Key("ssh_config", "str", "", "OpenSSH client config; empty = ~/.ssh/config",
+            is_path=True),
+        Key("host_key_policy", "str", "reject", "unknown host keys: reject, or accept-new",
+            choices=("reject", "accept-new")),
+        Key("connect_timeout", "float", 10.0, "seconds to connect to the submitting host",
+            minimum=0.1),
+        Key("queue", "str", "", "queue / partition; empty = the scheduler's default"),
+        Key("walltime", "str", "", "time limit per job (minutes, H:M:S, D-H:M...); empty = "
+            "the scheduler's default"),
+        Key("memory", "str", "", "memory per job (e.g. 4G); empty = the scheduler's default"),
+        Key("cpus_per_task", "int", 0, "CPUs per job; 0 = the scheduler's default", minimum=0),
+        Key("native_options", "list[str]", [], "extra scheduler options, one per entry"),
+        Key("shared_dir", "str", ".cache/remotemap/cluster",
+            "where run directories go on the submitting host (seen by the compute nodes; "
+            "relative = under the home)"),
+        Key("python", "str", "", "the Python on the cluster; empty = this one here, else python3"),
+        Key("tasks_per_job", "int", 0, "tasks per batch job; 0 = automatic", minimum=0),
+        Key("slurm_conf", "str", "", "slurm.conf on the submitting host; empty = $SLURM_CONF"),
+        Key("poll_interval", "float", 1.0, "seconds between two job-state queries (sacct...)",
+            minimum=0.1),
+        Key("keep_files", "bool", False, "keep the run directory after the run"),
+    ),
+)  # fmt: skip
+
 #: Every section by name, in the order ``config show`` lists them.
-SCHEMA: dict[str, Section] = {s.name: s for s in (*_SECTIONS, _SSH)}
+SCHEMA: dict[str, Section] = {s.name: s for s in (*_SECTIONS, _SSH, _CLUSTER)}
 
 
 def section_names() -> list[str]:

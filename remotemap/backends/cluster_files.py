@@ -1,0 +1,337 @@
+"""Where a cluster run's directory lives, and how remotemap reaches it.
+
+A cluster run directory (``shared_dir/RUN_ID``) sits on the submitting host, on a filesystem
+the compute nodes see. :class:`LocalFiles` reaches it when this machine submits;
+:class:`SSHFiles` when ``cluster.host`` names another host: files cross by SFTP (many small
+ones packed in one ``tar`` stream), commands run over the same SSH connection (host keys
+checked, see ``remotemap.ssh``). soma-workflow's own SSH mode is never used.
+
+The registry (``$XDG_STATE_HOME/remotemap/cluster/RUN_ID.json``) remembers where each run is,
+so ``remotemap status``, ``collect`` and ``cancel`` find it from any later process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import posixpath
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from remotemap.backends import cluster_engine as engine
+from remotemap.protocol import write_atomic
+
+#: The subdirectories of a run directory.
+SUBDIRS = ("chunks", "outcomes", "logs", "rounds", "swf")
+#: More files than this cross SFTP in one tar stream rather than one by one.
+_TAR_ABOVE = 16
+
+
+class ClusterError(RuntimeError):
+    """A cluster run could not start, or went wrong as a whole (not one task's failure)."""
+
+
+def new_run_id() -> str:
+    return f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def check_path(what: str, path: str) -> str:
+    """Refuse paths that a batch script could misread (they end up in job command lines)."""
+    bad = [c for c in ('"', "$", "`", "\\", "\n", "\0") if c in path]
+    if bad:
+        raise ClusterError(f"{what} {path!r} contains {bad[0]!r}: choose a path without "
+                           "quotes, '$', backquotes or backslashes")
+    return path
+
+
+class RunFiles(ABC):
+    """A run directory on the submitting host; paths given to methods are relative to it."""
+
+    #: The run directory, absolute, as the submitting host names it.
+    root: str
+    #: The submitting host, for messages ("localhost" for this machine).
+    label: str
+
+    @abstractmethod
+    def make(self) -> None:
+        """Create the (private) run directory and its subdirectories."""
+
+    @abstractmethod
+    def read(self, rel: str) -> bytes | None:
+        """The file's content, or None if it does not exist."""
+
+    @abstractmethod
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """The content of each of ``rels`` that exists."""
+
+    @abstractmethod
+    def write_many(self, files: Mapping[str, bytes]) -> None:
+        """Write each file atomically (private)."""
+
+    @abstractmethod
+    def listdir(self, rel: str) -> list[str]:
+        """Names in a subdirectory ([] if it does not exist)."""
+
+    @abstractmethod
+    def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        """Run ``python -m remotemap.backends.cluster_engine start ROOT ROUND`` there, with
+        ``env`` added to its environment; its output (``started``, ``running`` or ``ended``).
+        ClusterError with the reason if not."""
+
+    @abstractmethod
+    def engine_running(self, rnd: int) -> bool | None:
+        """Whether the round's engine is alive; None when only its heartbeat can tell."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Delete the run directory."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to close for local files
+        """Release the connection, if any."""
+
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        data = self.read(rel)
+        if data is None:
+            return None
+        try:
+            value: dict[str, Any] = json.loads(data)
+        except ValueError:
+            return None  # being written (non-atomic writers) or damaged: read again later
+        return value
+
+
+def _engine_error(label: str, python: str, code: int, out: str, err: str) -> ClusterError:
+    text = (err.strip() or out.strip()).splitlines()
+    last = text[-1] if text else f"exit status {code}"
+    if last.startswith("error: "):
+        return ClusterError(f"{label}: {last[len('error: '):]}")
+    hint = ""
+    if "No module named" in last:
+        hint = f" (install remotemap and soma-workflow for {python} on {label})"
+    elif code == 127:
+        hint = f" (set cluster.python to a Python interpreter on {label})"
+    return ClusterError(f"{label}: cannot start remotemap's cluster engine with {python!r}: "
+                        f"{last}{hint}")
+
+
+class LocalFiles(RunFiles):
+    def __init__(self, root: str) -> None:
+        self.root = check_path("the run directory", os.path.abspath(os.path.expanduser(root)))
+        self.label = "localhost"
+
+    def make(self) -> None:
+        Path(self.root).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.mkdir(self.root, 0o700)
+        for sub in SUBDIRS:
+            os.mkdir(os.path.join(self.root, sub), 0o700)
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            with open(os.path.join(self.root, rel), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        found = {rel: self.read(rel) for rel in rels}
+        return {rel: data for rel, data in found.items() if data is not None}
+
+    def write_many(self, files: Mapping[str, bytes]) -> None:
+        for rel, data in files.items():
+            write_atomic(os.path.join(self.root, rel), data)
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return os.listdir(os.path.join(self.root, rel))
+        except FileNotFoundError:
+            return []
+
+    def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        command = [python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
+                   str(rnd)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                  check=False, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, **env})
+        except OSError as exc:
+            raise ClusterError(f"cannot run {python!r}: {exc}") from exc
+        if done.returncode != 0:
+            raise _engine_error(self.label, python, done.returncode, done.stdout, done.stderr)
+        return done.stdout.strip()
+
+    def engine_running(self, rnd: int) -> bool | None:
+        return engine.engine_running(self.root, rnd)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SSHFiles(RunFiles):
+    """The run directory on ``host``, through one SSH connection (SFTP and commands)."""
+
+    def __init__(self, host: str, settings: Mapping[str, Any], root: str) -> None:
+        from remotemap.backends.remote_files import connection_options
+        from remotemap.ssh import Connection
+
+        self.label = host
+        self.connection = Connection(host, **connection_options(settings))
+        self.connection.connect()
+        self.root = root  # made absolute by make() / resolve()
+
+    def resolve(self) -> None:
+        """Turn ``root`` (relative = under the remote home, ``~/`` allowed) into an absolute
+        path (jobs and the engine need one)."""
+        from remotemap.ssh.quoting import remote_path
+
+        with self.connection._sftp_lock:
+            absolute = self.connection.sftp().normalize(remote_path(self.root))
+        self.root = check_path(f"the run directory on {self.label}", absolute)
+
+    def make(self) -> None:
+        from remotemap.ssh.quoting import remote_path
+
+        self.connection.makedirs_private(remote_path(posixpath.dirname(self.root) or "."))
+        self.connection.makedirs_private(remote_path(self.root))
+        self.resolve()
+        self._untar({f"{sub}/": None for sub in SUBDIRS})
+
+    def _path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            data: bytes = self.connection.get_bytes(self._path(rel))
+        except FileNotFoundError:
+            return None
+        return data
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        if len(rels) <= _TAR_ABOVE:
+            found = {rel: self.read(rel) for rel in rels}
+            return {rel: data for rel, data in found.items() if data is not None}
+        result = self.connection.run(["tar", "-C", self.root, "-cf", "-", "--", *rels])
+        files: dict[str, bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
+            for member in archive.getmembers():
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    files[member.name] = handle.read()
+        return files
+
+    def write_many(self, files: Mapping[str, bytes]) -> None:
+        if len(files) <= _TAR_ABOVE:
+            for rel, data in files.items():
+                self.connection.put_bytes(self._path(rel), data)
+        else:
+            self._untar(files)
+
+    def _untar(self, files: Mapping[str, bytes | None]) -> None:
+        """Write files (``None`` content = a directory) in one ``tar -x`` over SSH."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for rel, data in files.items():
+                info = tarfile.TarInfo(rel.rstrip("/"))
+                if data is None:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o700
+                    archive.addfile(info)
+                else:
+                    info.size, info.mode = len(data), 0o600
+                    archive.addfile(info, io.BytesIO(data))
+        self.connection.run(["tar", "-C", self.root, "-xf", "-"], stdin=buffer.getvalue(),
+                            check=True, timeout=600)
+
+    def listdir(self, rel: str) -> list[str]:
+        with self.connection._sftp_lock:
+            try:
+                names: list[str] = self.connection.sftp().listdir(self._path(rel))
+            except FileNotFoundError:
+                return []
+        return names
+
+    def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        result = self.connection.run(
+            [*prefix, python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
+             str(rnd)], timeout=120)
+        if result.exit_status != 0:
+            raise _engine_error(self.label, python, result.exit_status, result.stdout_text,
+                                result.stderr_text)
+        return result.stdout_text.strip()
+
+    def engine_running(self, rnd: int) -> bool | None:
+        return None
+
+    def remove(self) -> None:
+        self.connection.remove_tree(self.root)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def open_files(settings: Mapping[str, Any], root: str) -> RunFiles:
+    """The run directory ``root`` on the configured submitting host."""
+    host = str(settings.get("host") or "")
+    if not host:
+        return LocalFiles(root)
+    return SSHFiles(host, settings, root)
+
+
+# -- the registry of runs ------------------------------------------------------------------------
+def registry_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "remotemap" / "cluster"
+
+
+def register(entry: dict[str, Any]) -> None:
+    folder = registry_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(folder / f"{entry['run_id']}.json", json.dumps(entry, indent=1).encode())
+
+
+def unregister(run_id: str) -> None:
+    (registry_dir() / f"{run_id}.json").unlink(missing_ok=True)
+
+
+def registered() -> list[dict[str, Any]]:
+    entries = []
+    for path in sorted(registry_dir().glob("*.json")):
+        try:
+            entries.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return entries
+
+
+def lookup(run: str) -> dict[str, Any]:
+    """A registered run by id (or unique id prefix)."""
+    found = [e for e in registered() if str(e.get("run_id", "")).startswith(run)]
+    exact = [e for e in found if e.get("run_id") == run]
+    if exact or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        known = ", ".join(e["run_id"] for e in registered()) or "none"
+        raise ClusterError(f"no cluster run {run!r} (known runs: {known}; the registry is "
+                           f"{registry_dir()})")
+    raise ClusterError(f"{run!r} matches several runs: {', '.join(e['run_id'] for e in found)}")
+
+
+def engine_python(settings: Mapping[str, Any]) -> str:
+    """The interpreter that runs the engine: this one here, else ``cluster.python``."""
+    if not settings.get("host"):
+        return sys.executable
+    return str(settings.get("python") or "python3")
+
+
+def engine_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """What the engine process starts with (SLURM_CONF in its real environment, so tools that
+    look for a cluster's processes by it find the engine too)."""
+    return {"SLURM_CONF": str(settings["slurm_conf"])} if settings.get("slurm_conf") else {}

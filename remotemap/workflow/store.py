@@ -1,0 +1,179 @@
+"""Where a workflow run keeps its step outcomes, and the index ``remotemap status`` reads.
+
+A workflow run directory::
+
+    RUN/workflow.json        id, name, mode, state, times, and every step: key, state, reason
+    RUN/steps/KEY.pkl        the value of each finished step (cloudpickle), written atomically
+
+The ``steps/`` files are what a resumed run trusts: a step whose file is there (and loads) is
+not run again. ``workflow.json`` is a report for people and ``remotemap status``; it may lag
+behind the step files by a moment, never the other way round.
+
+Every run is listed in the index ``$XDG_STATE_HOME/remotemap/workflows/``: a run given a
+``run_dir`` is linked from there; a run without one gets a directory there that holds only
+its report (no values: such a run cannot be resumed, and keeps no large results around).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from remotemap.execution import dumps, loads, this_host
+from remotemap.protocol import write_atomic
+from remotemap.runs import new_run_id, state_dir
+
+log = logging.getLogger("remotemap")
+
+REPORT = "workflow.json"
+#: How many runs without a run directory the index keeps (their reports only).
+KEEP_REPORTS = 50
+STEPS = "steps"
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _owner() -> dict[str, Any]:
+    """Which process runs the workflow: lets ``status`` tell a run killed half-way."""
+    return {"pid": os.getpid(), "host": this_host()}
+
+
+def workflows_dir() -> Path:
+    """The index of workflow runs (next to the stored ``remote_map`` runs)."""
+    return state_dir().parent / "workflows"
+
+
+class WorkflowStore:
+    """One workflow run's directory."""
+
+    def __init__(self, root: Path, keep_values: bool) -> None:
+        self.root = root
+        self.keep_values = keep_values
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike[str] | None, name: str, mode: str) -> WorkflowStore:
+        """The run in ``run_dir`` (made, or reopened to resume), or a report-only run."""
+        if run_dir is None:
+            root = workflows_dir() / new_run_id()
+            root.mkdir(parents=True, mode=0o700)
+            store = cls(root, keep_values=False)
+            store.write_report({"id": root.name, "name": name, "mode": mode, "runs": 1,
+                                "created": _now(), "state": "running", "steps": [],
+                                **_owner()})
+            _prune_index()
+            return store
+        root = Path(run_dir).expanduser().resolve()
+        store = cls(root, keep_values=True)
+        if (root / REPORT).is_file():
+            report = store.read_report()
+            store.write_report({**report, "name": name, "mode": mode, "state": "running",
+                                "runs": int(report.get("runs", 1)) + 1, **_owner()})
+        else:
+            if root.is_dir() and any(root.iterdir()):
+                raise ValueError(f"{root} is not empty and holds no {REPORT}: it is not a "
+                                 "workflow run directory; give a new or empty directory")
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            store.write_report({"id": new_run_id(), "name": name, "mode": mode, "runs": 1,
+                                "created": _now(), "state": "running", "steps": [],
+                                **_owner()})
+        (root / STEPS).mkdir(exist_ok=True, mode=0o700)
+        store._register()
+        return store
+
+    def _register(self) -> None:
+        link = workflows_dir() / str(self.read_report()["id"])
+        if link.is_symlink() or link.exists():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            link.symlink_to(self.root)
+        except OSError as exc:  # the run still works; only `remotemap status` will miss it
+            log.warning("could not list the workflow run in %s: %s", link.parent, exc)
+
+    # -- the report -----------------------------------------------------------------------------
+
+    def read_report(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.root / REPORT).read_text())
+        return data
+
+    def write_report(self, report: Mapping[str, Any]) -> None:
+        body = {**report, "updated": _now()}
+        write_atomic(self.root / REPORT, json.dumps(body, indent=1).encode())
+
+    # -- step values ----------------------------------------------------------------------------
+
+    def _value_path(self, key: str) -> Path:
+        return self.root / STEPS / f"{key}.pkl"
+
+    def load_values(self, keys: Mapping[int, str]) -> dict[int, Any]:
+        """The stored value of every step (by id) that finished in an earlier run."""
+        values: dict[int, Any] = {}
+        if not self.keep_values:
+            return values
+        for step_id, key in keys.items():
+            path = self._value_path(key)
+            if not path.is_file():
+                continue
+            try:
+                values[step_id] = loads(path.read_bytes())
+            except Exception as exc:  # unreadable: run the step again rather than fail
+                log.warning("workflow %s: cannot load %s (%s); the step runs again",
+                            self.root, path, exc)
+        return values
+
+    def record_value(self, key: str, value: Any) -> bool:
+        """Keep a finished step's value; False when it cannot be pickled (it will rerun)."""
+        if not self.keep_values:
+            return True
+        try:
+            data = dumps(value)
+        except Exception as exc:
+            log.warning("workflow %s: step %s's value cannot be pickled (%s); a resumed run "
+                        "will run it again", self.root, key, exc)
+            return False
+        write_atomic(self._value_path(key), data)
+        return True
+
+
+def _prune_index(keep: int = KEEP_REPORTS) -> None:
+    """Forget all but the latest ``keep`` report-only runs, and links to removed runs: runs
+    without a ``run_dir`` would otherwise pile up for ever. Kept run directories (``run_dir``)
+    are the user's and are never removed, only unlinked once gone."""
+    index = workflows_dir()
+    report_only = []
+    for entry in index.iterdir():
+        if entry.is_symlink():
+            if not entry.exists():
+                entry.unlink(missing_ok=True)
+        elif entry.is_dir():
+            report_only.append((entry.stat().st_mtime_ns, entry))
+    report_only.sort(reverse=True)
+    for _, entry in report_only[keep:]:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def list_workflow_runs() -> list[tuple[Path, dict[str, Any]]]:
+    """Every indexed workflow run that can still be read, most recently updated first."""
+    index = workflows_dir()
+    if not index.is_dir():
+        return []
+    found: list[tuple[int, Path, dict[str, Any]]] = []
+    for entry in index.iterdir():
+        try:
+            path = entry / REPORT
+            report = json.loads(path.read_text())
+            written = path.stat().st_mtime_ns  # finer than the report's own times
+        except (OSError, ValueError):
+            continue  # a run directory removed by its owner, or half made
+        if isinstance(report, dict):
+            found.append((written, entry.resolve(), report))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [(root, report) for _, root, report in found]
