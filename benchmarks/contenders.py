@@ -74,12 +74,12 @@ def import_for(name: str) -> None:
 
 
 def _drop_foreign_loky_executor() -> bool:
-    """Shut loky's process-wide executor down if joblib did not make it (a workaround).
+    """Shut joblib's process-wide loky executor down if joblib did not make it.
 
-    ``remote_map(mode="local")`` may drive loky's reusable executor directly. joblib's
-    ``Parallel`` then picks that same process-wide executor up and fails with ``AttributeError:
-    '_ReusablePoolExecutor' object has no attribute '_temp_folder_manager'``. Shutting it down
-    makes joblib start its own (the warm-up call absorbs that start).
+    remotemap once drove joblib's own copy of loky, and joblib's ``Parallel`` then picked that
+    executor up and failed (``'_ReusablePoolExecutor' object has no attribute
+    '_temp_folder_manager'``). remotemap now uses the standalone loky package, so this should
+    never fire; it is kept, and counted in the results, to show that it does not.
     """
     from joblib.externals.loky import reusable_executor
 

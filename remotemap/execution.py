@@ -1,6 +1,6 @@
 """Running a chunk of tasks inside a worker, and turning what happened into records.
 
-This module is imported by every worker (in this process, in joblib processes, in forked
+This module is imported by every worker (in this process, in loky worker processes, in forked
 children, on remote hosts), so it depends on the standard library and cloudpickle only.
 """
 

@@ -96,3 +96,14 @@ def test_remote_exception_survives_pickling_and_summarises() -> None:
     copy = pickle.loads(pickle.dumps(exc))
     assert copy.failed_indices == [0, 1, 2, 3, 4] and copy.results == exc.results
     assert str(copy) == text
+
+
+def test_joblib_in_the_same_process_is_left_alone() -> None:
+    """remotemap's pool is its own: joblib's Parallel works before and after (and keeps its
+    workers), as a scikit-learn call with n_jobs would need."""
+    from joblib import Parallel, delayed
+
+    before = Parallel(n_jobs=2)(delayed(tf.square)(i) for i in range(4))
+    assert remote_map(tf.square, [(i,) for i in range(4)], mode="local", progress=False) == before
+    assert Parallel(n_jobs=2)(delayed(tf.square)(i) for i in range(4)) == [0, 1, 4, 9]
+    assert remote_map(tf.square, [(5,)], mode="local", progress=False) == [25]

@@ -232,9 +232,9 @@ def test_settings_for_a_mode_without_a_section() -> None:
 
 
 def test_resolve_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    import joblib
+    import loky
 
-    monkeypatch.setattr(joblib, "cpu_count", lambda *a, **k: 8)
+    monkeypatch.setattr(loky, "cpu_count", lambda *a, **k: 8)
     assert [resolve_n_jobs(n) for n in (0, -1, -2, -8, -50, 1, 3, 32)] == [
         8,
         8,

@@ -1,9 +1,14 @@
-"""``local``: joblib's worker processes (its loky executor) on this machine, tasks in chunks.
+"""``local``: worker processes on this machine (loky, the executor joblib runs on), in chunks.
 
 Chunking is what keeps tiny tasks cheap: the dispatch cost is paid once per chunk instead of
 once per task. The function is pickled once per run and cached in each worker. The executor is
 driven through its futures rather than ``joblib.Parallel``, whose result loop polls every
 10 ms: on a run of many tiny tasks that sleep costs more than the tasks.
+
+The standalone ``loky`` package, not the copy inside joblib: loky keeps one process-wide
+reusable pool per copy, and sharing joblib's broke the caller's own later ``joblib.Parallel``
+calls (and restarted their workers). Its workers also start without importing joblib and
+numpy, which cuts the first result of a run from ~0.6 s to ~0.15 s.
 
 Two things a pool of shared workers cannot do go to a ``local_with_dumps`` session, one
 process per task: tasks with a timeout (a task over it must be killed without killing the
@@ -105,7 +110,7 @@ class LocalSession(Session):
 
     def _pool(self) -> Any:
         if self._executor is None:
-            from joblib.externals.loky import get_reusable_executor
+            from loky import get_reusable_executor
 
             # env: loky restarts its workers when it changes, so they import with it set.
             self._executor = get_reusable_executor(max_workers=self.n_jobs,

@@ -255,11 +255,11 @@ def resolve_n_jobs(n_jobs: int) -> int:
         raise TypeError(f"n_jobs must be an integer, got {type(n_jobs).__name__} {n_jobs!r}")
     if n_jobs > 0:
         return n_jobs
-    # joblib's count honours CPU affinity and cgroup quotas (containers, SLURM); imported here
-    # because joblib is slow to import and most callers of this module never need it.
-    import joblib
+    # loky's count (the one joblib uses) honours CPU affinity and cgroup quotas (containers,
+    # SLURM); imported here because most callers of this module never need it.
+    from loky import cpu_count
 
-    cpus = max(1, int(joblib.cpu_count()))
+    cpus = max(1, int(cpu_count()))
     if n_jobs in (0, -1):
         return cpus
     return max(1, cpus + 1 + n_jobs)

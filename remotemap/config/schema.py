@@ -87,7 +87,7 @@ _SECTIONS = (
     ),
     Section(
         "local",
-        "mode 'local': worker processes on this machine (joblib/loky)",
+        "mode 'local': worker processes on this machine (loky, joblib's executor)",
         (_N_JOBS, Key("chunksize", "int", 0, "tasks per worker batch; 0 = automatic", minimum=0)),
     ),
     Section(
