@@ -180,3 +180,41 @@ def test_interrupt_while_waiting_on_futures(tmp_path: Path, mode: str) -> None:
     assert "KeyboardInterrupt reached the caller" in stopped.out
     assert stopped.seconds < 5
     assert stopped.leftover_tasks() == []
+
+
+CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from remotemap import remote_map
+
+    def task(marker_dir, i):
+        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
+        time.sleep(60)
+        return i
+
+    marker_dir, shared_dir = sys.argv[1:3]
+    try:
+        remote_map(task, [(marker_dir, i) for i in range(4)], mode="cluster",
+                   scheduler="local", shared_dir=shared_dir, progress=False)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+def test_interrupt_cancels_cluster_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.slurm_fixtures import require_soma_workflow
+
+    require_soma_workflow()
+    markers, shared = tmp_path / "markers", tmp_path / "shared"
+    markers.mkdir()
+    script = tmp_path / "cluster_job.py"
+    script.write_text(CLUSTER_SCRIPT)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    stopped = _signal_when_running([sys.executable, str(script), str(markers), str(shared)],
+                                   markers, signal.SIGINT, env=env)
+    assert stopped.returncode == 130, stopped.err
+    assert "KeyboardInterrupt reached the caller" in stopped.out
+    assert stopped.seconds < 15, f"took {stopped.seconds:.1f} s to stop"
+    assert stopped.leftover_tasks() == [], "cluster jobs left running"
