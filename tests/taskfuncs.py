@@ -138,3 +138,13 @@ def count_runs(counter_dir: str, x: int, fail_if_exists: str = "") -> int:
     if fail_if_exists and os.path.exists(fail_if_exists):
         raise RuntimeError(f"task {x} fails while {fail_if_exists} exists")
     return x * 10
+
+
+def allocate_in_cgroup(procs_file: str, x: int) -> int:
+    """Task ``x`` == 1 joins the memory-limited cgroup whose ``cgroup.procs`` is given, then
+    allocates past its limit: the kernel's OOM killer ends the process with SIGKILL."""
+    if x == 1:
+        Path(procs_file).write_text(str(os.getpid()))
+        block = bytearray(512 << 20)
+        return len(block)
+    return x

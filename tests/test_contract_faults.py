@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,45 @@ def test_resume_reruns_only_what_failed(runner: Runner, shared_dir: Path, tmp_pa
     assert got == [i * 10 for i in range(8)]
     runs = sorted(int(p.name.split(".")[0]) for p in counters.iterdir())
     assert runs == [0, 1, 2, 2, 3, 4, 5, 5, 6, 7]  # only 2 and 5 ran twice
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A child of this process's memory cgroup, limited to 64 MiB (cgroup v1 or v2)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a memory cgroup needs root")
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    v1 = [line.split(":", 2)[2] for line in lines if line.split(":")[1] == "memory"]
+    if v1:
+        base, limit_file = Path("/sys/fs/cgroup/memory" + v1[0]), "memory.limit_in_bytes"
+    else:
+        v2 = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+        base, limit_file = Path("/sys/fs/cgroup" + (v2[0] if v2 else "/")), "memory.max"
+    group = base / f"remotemap-oom-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / limit_file).write_text(str(64 << 20))
+    except OSError as exc:
+        pytest.skip(f"no memory cgroup can be made here ({exc}), so the OOM killer cannot be "
+                    "aimed at one task")
+    yield group
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)  # the killed process is still being reaped
+
+
+def test_task_killed_by_the_oom_killer_fails_alone(runner: Runner, memory_cgroup: Path) -> None:
+    if not runner.isolates_crashes or not runner.same_host_python:
+        pytest.skip(f"{runner.mode}: the task must be a process of this machine that root owns "
+                    "and that is not the caller")
+    with pytest.raises(RemoteException) as info:
+        runner.map(tf.allocate_in_cgroup, [(str(memory_cgroup / "cgroup.procs"), i)
+                                          for i in range(3)])
+    exc = info.value
+    assert exc.failed_indices == [1]
+    assert exc.failures[0].kind == "crash" and "SIGKILL" in exc.failures[0].message
+    assert exc.results == [0, None, 2]
