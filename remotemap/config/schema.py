@@ -102,6 +102,15 @@ _SECTIONS = (
     ),
 )
 
+#: How hosts are found and trusted, the same for [ssh] hosts and a [cluster] submitting host.
+_HOST_CHECKING = (
+    Key("known_hosts", "str", "", "extra known_hosts file (~/.ssh/known_hosts is read too)",
+        is_path=True),
+    Key("ssh_config", "str", "", "OpenSSH client config; empty = ~/.ssh/config", is_path=True),
+    Key("host_key_policy", "str", "reject", "unknown host keys: reject, or accept-new",
+        choices=("reject", "accept-new")),
+)
+
 _SSH = Section(
     "ssh",
     "mode 'ssh': tasks run on other hosts over SSH (paramiko), results copied back over SFTP",
@@ -111,12 +120,7 @@ _SSH = Section(
         Key("port", "int", 0, "SSH port; 0 = from ~/.ssh/config, else 22", minimum=0),
         Key("key_file", "str", "", "private key; empty = ~/.ssh/config, agent, default keys",
             is_path=True),
-        Key("known_hosts", "str", "", "extra known_hosts file (~/.ssh/known_hosts is read too)",
-            is_path=True),
-        Key("ssh_config", "str", "", "OpenSSH client config; empty = ~/.ssh/config",
-            is_path=True),
-        Key("host_key_policy", "str", "reject", "unknown host keys: reject, or accept-new",
-            choices=("reject", "accept-new")),
+        *_HOST_CHECKING,
         Key("connect_timeout", "float", 10.0, "seconds to connect before giving a host up",
             minimum=0.1),
         Key("python", "str", "python3", "the Python on the hosts (remotemap installed in it)"),
@@ -144,12 +148,7 @@ _CLUSTER = Section(
             minimum=0),
         Key("key_file", "str", "", "private key for the submitting host; empty = defaults",
             is_path=True),
-        Key("known_hosts", "str", "", "extra known_hosts file (~/.ssh/known_hosts is read too)",
-            is_path=True),
-        Key("ssh_config", "str", "", "OpenSSH client config; empty = ~/.ssh/config",
-            is_path=True),
-        Key("host_key_policy", "str", "reject", "unknown host keys: reject, or accept-new",
-            choices=("reject", "accept-new")),
+        *_HOST_CHECKING,
         Key("connect_timeout", "float", 10.0, "seconds to connect to the submitting host",
             minimum=0.1),
         Key("queue", "str", "", "queue / partition; empty = the scheduler's default"),
