@@ -214,3 +214,4 @@ def test_status_lists_and_checks_hosts(sshd_host: SSHServer, remote_python: Path
     assert "ok: Python 3." in ok_line and f"remotemap {__version__}" in ok_line
     bad_line = next(line for line in checked.stdout.splitlines() if f":{closed}" in line)
     assert "unreachable" in bad_line
+

@@ -92,6 +92,8 @@ class _HostRunner(threading.Thread):
         self.chunks_done = 0
 
     def run(self) -> None:
+        from paramiko import SSHException
+
         from remotemap.ssh import AuthenticationFailed, HostKeyError, SSHError
 
         drops = 0
@@ -105,7 +107,7 @@ class _HostRunner(threading.Thread):
                 self.error = exc  # no retry can fix these, and no other host should cover
                 self.dispatch.results.put(exc)
                 return
-            except (SSHError, WorkerServerGone, OSError, EOFError) as exc:
+            except (SSHError, SSHException, WorkerServerGone, OSError, EOFError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
                 self.dispatch.give_back(in_flight.values(), why, self.host)
                 drops += 1

@@ -12,7 +12,7 @@ import posixpath
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -320,13 +320,24 @@ class Connection:
         where = f"{self.spec.target}:{path}"
         return OSError(exc.errno, exc.strerror or str(exc), where)
 
+    @contextlib.contextmanager
+    def _link_errors(self, what: str) -> Iterator[None]:
+        """A connection that drops under an SFTP call is an :class:`SSHError` (which callers
+        treat as a lost link), not paramiko's own exception or a bare EOFError."""
+        import paramiko
+
+        try:
+            yield
+        except (paramiko.SSHException, EOFError) as exc:
+            raise error(SSHError, self.spec, f"connection lost during {what}: {exc}") from exc
+
     def put_bytes(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``data`` to ``path`` atomically: a temporary file in the same directory, made
         ``mode`` before any byte is written, then renamed over ``path``."""
         target = remote_path(path)
         folder, name = posixpath.split(target)
         temp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        with self._sftp_lock:
+        with self._link_errors(f"upload of {target}"), self._sftp_lock:
             sftp = self.sftp()
             try:
                 with sftp.open(temp, "wb") as f:
@@ -342,7 +353,7 @@ class Connection:
     def get_bytes(self, path: str) -> bytes:
         """The content of the remote file ``path``."""
         target = remote_path(path)
-        with self._sftp_lock:
+        with self._link_errors(f"download of {target}"), self._sftp_lock:
             try:
                 with self.sftp().open(target, "rb") as f:
                     f.prefetch()
@@ -356,7 +367,7 @@ class Connection:
 
         target = remote_path(path)
         prefix = "/" if target.startswith("/") else ""
-        with self._sftp_lock:
+        with self._link_errors(f"mkdir {target}"), self._sftp_lock:
             sftp = self.sftp()
             try:
                 for part in (p for p in target.split("/") if p and p != "."):
