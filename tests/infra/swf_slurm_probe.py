@@ -42,7 +42,7 @@ from soma_workflow.schedulers import slurm_scheduler
 
 # The fixed scheduler, the quiet controller and the light-mode controller builder are
 # remotemap's own now (remotemap/backends/cluster_swf.py); this probe drives them.
-from remotemap.backends.cluster_swf import QuietWorkflowController
+from remotemap.backends.cluster_swf import QuietWorkflowController, adopt_workflow
 from remotemap.backends.cluster_swf import (  # re-exported: tests/test_slurm_infra.py uses them
     SacctSlurmScheduler as SacctSlurmScheduler,
 )
@@ -211,38 +211,6 @@ def detach_submit(state_dir: Path, *, crash: bool = False) -> None:
     if crash:
         os.kill(os.getpid(), signal.SIGKILL)
     # Process exits here; light mode's engine thread dies with it, SLURM keeps the jobs.
-
-
-def adopt_workflow(wfc: WorkflowController, wf_id: int) -> None:
-    """Hand an orphaned in-progress workflow (its engine died) to this controller's engine.
-
-    ``WorkflowController.restart_workflow`` cannot do it: the workflow it unpickles from the
-    database carries the status it had at submission (not started), so ``restart`` treats
-    every unfinished job as to-run, sbatches the queued/running ones a second time and, as
-    their old exit info is kept, never polls the new SLURM ids: the workflow hangs.
-    This reads the same database rows, keeps each job's SLURM id so the engine polls it,
-    sends back to the queue only the jobs that never reached SLURM, and submits the jobs
-    whose dependencies ended while no engine was alive. Uses engine internals (light mode).
-    """
-    loop = wfc._engine_proxy.engine_loop
-    db = loop._database_server
-    workflow = db.get_engine_workflow(wf_id, loop._user_id)
-    workflow._update_state_from_database_server(db)
-    never_sent = {}
-    for job in workflow.job_mapping.values():
-        if not job.is_done() and job.drmaa_id is None:
-            job.status = constants.NOT_SUBMITTED
-            never_sent[job.job_id] = constants.NOT_SUBMITTED
-    if never_sent:
-        db.set_jobs_status(never_sent)
-    workflow.cache = None
-    with loop._lock:
-        to_run, aborted, workflow.status = workflow.find_out_jobs_to_process()
-        if aborted:
-            db.set_jobs_status({job_id: job.status for job_id, job in aborted.items()})
-            db.set_jobs_exit_info(aborted)
-        loop._pend_for_submission(to_run)
-        loop._workflows[wf_id] = workflow
 
 
 def detach_resume(state_dir: Path, wf_id: int, *, use_restart: bool = False) -> None:
