@@ -2,8 +2,10 @@
 
 Two ways to run it:
 
-``python -m remotemap.worker run RUN_DIR CHUNK [CHUNK ...]``
-    Run the chunks one after the other in this process (a batch job does this).
+``python -m remotemap.worker run RUN_DIR [--fail-exit] CHUNK [CHUNK ...]``
+    Run the chunks one after the other in this process (a batch job does this). With
+    ``--fail-exit`` it exits with status 3 when a task failed, so a batch system holding
+    jobs that depend on this one does not start them (a workflow's steps on ``cluster``).
 
 ``python -m remotemap.worker serve RUN_DIR``
     A preloaded server: it loads the function once (importing what the function needs), then
@@ -43,10 +45,15 @@ def load_function(layout: RunLayout) -> _Function:
     return function
 
 
+#: ``run --fail-exit``'s status when a task failed.
+TASK_FAILED_EXIT = 3
+
+
 def execute_chunk(
     layout: RunLayout, chunk_id: int, function: _Function | None, task_dirs: bool = False
-) -> None:
-    """Run one chunk and write its outcome; any failure becomes a failed task, never silence."""
+) -> bool:
+    """Run one chunk and write its outcome; any failure becomes a failed task, never silence.
+    True when every task succeeded."""
     token, _, indices, stream = decode_chunk_header(read_file(layout.chunk(chunk_id)))
     try:
         if function is None:
@@ -60,6 +67,7 @@ def execute_chunk(
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(layout, function, Chunk(chunk_id, indices, largs, lkwargs))
     write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
+    return not result.failures
 
 
 def _run_here(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
@@ -81,14 +89,17 @@ def run_in_task_dirs(layout: RunLayout, function: _Function, chunk: Chunk) -> Ch
     return result
 
 
-def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> None:
+def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> bool:
+    """Run the chunks here, one after the other; True when every task succeeded."""
     function: _Function | None
     try:
         function = load_function(layout)
     except Exception:
         function = None  # execute_chunk reports the error against each task
+    ok = True
     for chunk_id in chunk_ids:
-        execute_chunk(layout, chunk_id, function)
+        ok = execute_chunk(layout, chunk_id, function) and ok
+    return ok
 
 
 class _Server:
@@ -294,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         _Server(layout, task_dirs="--task-dirs" in args[2:]).serve()
         return 0
     if len(args) >= 3 and args[0] == "run":
-        run_chunks(RunLayout(os.path.abspath(args[1])), [int(c) for c in args[2:]])
-        return 0
-    usage = "serve RUN_DIR [--task-dirs] | run RUN_DIR CHUNK..."
+        fail_exit = "--fail-exit" in args[2:]
+        chunks = [int(c) for c in args[2:] if c != "--fail-exit"]
+        ok = run_chunks(RunLayout(os.path.abspath(args[1])), chunks)
+        return TASK_FAILED_EXIT if fail_exit and not ok else 0
+    usage = "serve RUN_DIR [--task-dirs] | run RUN_DIR [--fail-exit] CHUNK..."
     print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
     return 2
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 from collections.abc import Iterator
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -23,6 +25,7 @@ REQUIRE_ENV = "REMOTEMAP_REQUIRE_SLURM"
 __all__ = [
     "REQUIRE_ENV",
     "require_soma_workflow",
+    "rmtest_can_submit",
     "skip_or_fail",
     "slurm_cluster",
     "slurm_env",
@@ -71,3 +74,31 @@ def slurm_env(slurm_cluster: SingleNodeSlurm, monkeypatch: pytest.MonkeyPatch) -
     for name, value in slurm_cluster.client_env().items():
         monkeypatch.setenv(name, value)
     return slurm_cluster
+
+
+@pytest.fixture
+def rmtest_can_submit(slurm_cluster: SingleNodeSlurm, ssh_test_user: Any,
+                      remote_python: Path) -> Iterator[Path]:
+    """Let the ssh test user submit to the private SLURM: it must read slurm.conf and reach the
+    job scripts in slurmd's spool (the munge socket is open to all); soma-workflow must be in
+    its venv."""
+    from tests.infra.sshd import run_as
+
+    user = ssh_test_user
+    check = [str(remote_python), "-c", "import soma_workflow, psutil"]
+    try:
+        run_as(user.uid, user.gid, user.home, check)
+    except subprocess.CalledProcessError:
+        run_as(user.uid, user.gid, user.home,
+               [str(remote_python), "-m", "pip", "install", "--quiet", "--no-input",
+                "--disable-pip-version-check", "soma-workflow", "psutil"], timeout=600)
+    state = slurm_cluster.state_dir
+    dirs = [state / "etc", state / "spool", state / "spool" / "slurmd-localhost"]
+    modes = [d.stat().st_mode & 0o777 for d in dirs]
+    for d in dirs:
+        d.chmod(0o711)
+    try:
+        yield remote_python
+    finally:
+        for d, mode in zip(dirs, modes, strict=True):
+            d.chmod(mode)

@@ -484,34 +484,6 @@ def test_cancel_a_detached_run(slurm: dict[str, Any], slurm_cluster: SingleNodeS
 
 
 # -- a remote submitting host over SSH ------------------------------------------------------------
-@pytest.fixture
-def rmtest_can_submit(slurm_cluster: SingleNodeSlurm, ssh_test_user: Any,
-                      remote_python: Path) -> Iterator[Path]:
-    """Let the test user submit to the private SLURM: it must read slurm.conf and reach the
-    job scripts in slurmd's spool (the munge socket is open to all); soma-workflow must be in
-    its venv."""
-    from tests.infra.sshd import run_as
-
-    user = ssh_test_user
-    check = [str(remote_python), "-c", "import soma_workflow, psutil"]
-    try:
-        run_as(user.uid, user.gid, user.home, check)
-    except subprocess.CalledProcessError:
-        run_as(user.uid, user.gid, user.home,
-               [str(remote_python), "-m", "pip", "install", "--quiet", "--no-input",
-                "--disable-pip-version-check", "soma-workflow", "psutil"], timeout=600)
-    state = slurm_cluster.state_dir
-    dirs = [state / "etc", state / "spool", state / "spool" / "slurmd-localhost"]
-    modes = [d.stat().st_mode & 0o777 for d in dirs]
-    for d in dirs:
-        d.chmod(0o711)
-    try:
-        yield remote_python
-    finally:
-        for d, mode in zip(dirs, modes, strict=True):
-            d.chmod(mode)
-
-
 @pytest.mark.slurm
 @pytest.mark.ssh
 def test_remote_submitting_host_over_ssh(swf: None, slurm_cluster: SingleNodeSlurm,

@@ -26,8 +26,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from remotemap.backends import cluster_engine
 from remotemap.backends.base import Backend, Session, TaskOptions
@@ -43,6 +43,10 @@ from remotemap.backends.cluster_runs import ClusterRun
 from remotemap.backends.dumps import pickle_function
 from remotemap.errors import BackendUnavailable, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
+
+if TYPE_CHECKING:
+    from remotemap.driver import Policy
+    from remotemap.workflow.schedule import GraphPlan, StepOutcome
 
 log = logging.getLogger("remotemap")
 
@@ -217,6 +221,12 @@ class ClusterBackend(Backend):
         return ClusterSession(settings, pickle_function(function), options,
                               function_name(function))
 
+    def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
+        """A workflow's steps as soma-workflow jobs with dependencies (see cluster_graph)."""
+        from remotemap.backends.cluster_graph import run_graph
+
+        return run_graph(cluster_settings(self.settings), plan, policy)
+
 
 class ClusterSession(Session):
     """Chunks collected until ``wait``, then submitted as one round; results as they come."""
@@ -301,23 +311,26 @@ class ClusterSession(Session):
             return
         self._closed = True
         run, self.run = self.run, None
-        if run is None:
-            return
-        try:
-            if run.pending:
-                run.cancel()
-            if not run.wait_ended(CLOSE_TIMEOUT):
-                log.warning("cluster run %s: its jobs did not all stop within %.0f s; the run "
-                            "is kept in %s:%s (remotemap cancel %s)", run.run_id, CLOSE_TIMEOUT,
-                            run.files.label, run.files.root, run.run_id)
-            elif self.settings["keep_files"]:
-                log.info("kept the cluster run directory %s:%s", run.files.label,
-                         run.files.root)
-            else:
-                run.files.remove()
-                unregister(run.run_id)
-        finally:
-            run.files.close()
+        if run is not None:
+            close_run(run, self.settings)
+
+
+def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
+    """Stop the run's jobs still out, then remove its directory (unless ``keep_files``)."""
+    try:
+        if run.pending:
+            run.cancel()
+        if not run.wait_ended(CLOSE_TIMEOUT):
+            log.warning("cluster run %s: its jobs did not all stop within %.0f s; the run "
+                        "is kept in %s:%s (remotemap cancel %s)", run.run_id, CLOSE_TIMEOUT,
+                        run.files.label, run.files.root, run.run_id)
+        elif settings["keep_files"]:
+            log.info("kept the cluster run directory %s:%s", run.files.label, run.files.root)
+        else:
+            run.files.remove()
+            unregister(run.run_id)
+    finally:
+        run.files.close()
 
 
 from remotemap.backends.cluster_detach import cancel, collect, list_runs, submit  # noqa: E402

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -177,6 +178,9 @@ class ClusterRun:
         self.next_file = 0
         self.cancelled = False
         self.env: dict[str, str] = dict(meta.get("env") or {})
+        #: Whether tasks whose job never reached them go to a new round. A workflow's run
+        #: says no: there, a job not run was held back by a failed prerequisite.
+        self.requeue = True
 
     # -- making and reopening -----------------------------------------------------------------
     @classmethod
@@ -218,37 +222,67 @@ class ClusterRun:
                   *, task_timeout: float | None = None) -> list[TaskFailure]:
         """Stage each task as a chunk file and start a round with them; tasks whose
         arguments cannot be pickled fail here instead."""
-        blobs: dict[str, bytes] = {}
-        failures: list[TaskFailure] = []
-        files: list[tuple[int, int]] = []
-        for index, args, kwargs in tasks:
-            _, data, unpicklable = encode_runnable(
-                self.token, Chunk(self.next_file, [index], [args], [kwargs]))
-            failures += unpicklable
-            if data is None:
-                continue
-            blobs[f"chunks/{self.next_file:06d}.pkl"] = data
-            files.append((self.next_file, index))
-            self.next_file += 1
+        tasks = list(tasks)
+        staged = [(file, *task) for file, task in zip(self.reserve(len(tasks)), tasks,
+                                                      strict=True)]
+        blobs, files, failures = self.stage(staged)
         if files:
             self.files.write_many(blobs)
             self.start_round(files, task_timeout=task_timeout)
         return failures
 
-    def start_round(self, files: list[tuple[int, int]], *,
-                    task_timeout: float | None = None) -> None:
+    def reserve(self, count: int) -> list[int]:
+        """Numbers for ``count`` new chunk files (a task's outcome file has its number)."""
+        numbers = list(range(self.next_file, self.next_file + count))
+        self.next_file += count
+        return numbers
+
+    def outcome_path(self, file: int) -> str:
+        return posixpath.join(self.files.root, "outcomes", f"{file:06d}.pkl")
+
+    def stage(self, tasks: Iterable[tuple[int, int, tuple[Any, ...], dict[str, Any]]]
+              ) -> tuple[dict[str, bytes], list[tuple[int, int]], list[TaskFailure]]:
+        """Encode ``(file, index, args, kwargs)`` tasks: the chunk files to write, the
+        ``(file, index)`` pairs encoded, and the failures of tasks that cannot be pickled."""
+        blobs: dict[str, bytes] = {}
+        failures: list[TaskFailure] = []
+        files: list[tuple[int, int]] = []
+        for file, index, args, kwargs in tasks:
+            _, data, unpicklable = encode_runnable(self.token,
+                                                   Chunk(file, [index], [args], [kwargs]))
+            failures += unpicklable
+            if data is not None:
+                blobs[f"chunks/{file:06d}.pkl"] = data
+                files.append((file, index))
+        return blobs, files, failures
+
+    def start_round(self, files: list[tuple[int, int]], *, task_timeout: float | None = None,
+                    dependencies: list[tuple[int, int]] | None = None) -> None:
+        """Start a round running ``files``. With ``dependencies`` (pairs of positions in
+        ``files``: the second runs once the first ended well) each file is its own job, and a
+        job whose task failed holds back the jobs after it."""
         from remotemap.backends.cluster import round_spec
 
         number = max(self.rounds, default=-1) + 1
         spec = round_spec(self.settings, run_id=self.run_id, number=number, files=files,
                           env=self.env, task_timeout=task_timeout,
                           function=str(self.meta.get("function", "")))
-        spec["canary"] = len(spec["jobs"]) > CANARY_ABOVE
+        if dependencies is None:
+            spec["canary"] = len(spec["jobs"]) > CANARY_ABOVE
+        else:
+            spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
+                        dependencies=[list(pair) for pair in dependencies])
         self.files.write_many({f"rounds/{number}.json": json.dumps(spec).encode()})
         self._add_round(spec)
         self.files.engine(engine_python(self.settings), number, engine_env(self.settings))
         log.debug("cluster run %s: round %d, %d tasks in %d jobs", self.run_id, number,
                   len(files), len(spec["jobs"]))
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Stop waiting for these tasks: their jobs will not run them (a workflow's steps
+        after a failed one). A task staged again later is followed in its new job."""
+        for index in indices:
+            self.pending.pop(index, None)
 
     # -- following ----------------------------------------------------------------------------
     def poll(self) -> tuple[list[tuple[int, Any]], list[TaskFailure]]:
@@ -326,7 +360,8 @@ class ClusterRun:
                                               host=host, log_tail=tail).failures
             for file in rest:
                 index = self.file_index[file]
-                if end.resubmit and len(self.file_rounds[file]) < MAX_ROUNDS and not cancelled:
+                if (end.resubmit and self.requeue and len(self.file_rounds[file]) < MAX_ROUNDS
+                        and not cancelled):
                     requeue.append((file, index))
                     continue
                 del self.pending[index]

@@ -359,7 +359,10 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
     ``spec["jobs"]``, each ``python -m remotemap.worker run ROOT FILE...``, all in one group.
 
     With ``spec["canary"]``, every job but the first depends on the first: a failure that
-    would hit every job (no Python, remotemap missing on the nodes) then costs one job.
+    would hit every job (no Python, remotemap missing on the nodes) then costs one job. A
+    workflow's round gives its own ``spec["dependencies"]`` (pairs of job numbers: the second
+    starts once the first ended well) and ``spec["fail_exit"]`` (a job whose task failed
+    exits non-zero, so soma-workflow starts none of the jobs after it).
     """
     env = dict(spec.get("env") or {})
     native = list(spec.get("native") or [])
@@ -369,13 +372,17 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
         seconds = _job_seconds(spec, len(files))
         wrapper = ["timeout", "-k", "5", f"{seconds:g}"] if seconds else []
         command = [*wrapper, spec["python"], "-m", "remotemap.worker", "run", root,
+                   *(["--fail-exit"] if spec.get("fail_exit") else []),
                    *(str(f) for f in files)]
         name = f"rm-{spec['run_id']}-{spec['round']}-{number}"
         stem = os.path.join(logs, f"job-{spec['round']}-{number}")
         jobs.append(Job(command, name=name, stdout_file=f"{stem}.out",
                         stderr_file=f"{stem}.err", working_directory=root,
                         native_specification=native or None, env=env or None))
-    dependencies = [(jobs[0], job) for job in jobs[1:]] if spec.get("canary") else []
+    if spec.get("dependencies") is not None:
+        dependencies = [(jobs[before], jobs[after]) for before, after in spec["dependencies"]]
+    else:
+        dependencies = [(jobs[0], job) for job in jobs[1:]] if spec.get("canary") else []
     label = f"remotemap {spec.get('function', 'run')} ({spec['run_id']}, round {spec['round']})"
     workflow = Workflow(jobs, dependencies=dependencies, root_group=[Group(jobs, name=label)],
                         name=f"remotemap-{spec['run_id']}-{spec['round']}")

@@ -64,18 +64,19 @@ def find_results(obj: Any) -> set[int]:
     return set()
 
 
-def resolve(obj: Any, values: Mapping[int, Any]) -> Any:
-    """``obj`` with every :class:`Result` replaced by the value it stands for."""
+def resolve(obj: Any, values: Mapping[int, Any], *, partly: bool = False) -> Any:
+    """``obj`` with every :class:`Result` replaced by the value it stands for; ``partly``:
+    leave the Results of steps ``values`` does not hold (another process resolves them)."""
     if isinstance(obj, Result):
-        return obj.pick(values[obj.step])
+        return obj if partly and obj.step not in values else obj.pick(values[obj.step])
     if isinstance(obj, list):
-        return [resolve(item, values) for item in obj]
+        return [resolve(item, values, partly=partly) for item in obj]
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(resolve(item, values) for item in obj)
+        return tuple(resolve(item, values, partly=partly) for item in obj)
     if isinstance(obj, tuple):  # a namedtuple: rebuild it as its own type
-        return type(obj)(*(resolve(item, values) for item in obj))
+        return type(obj)(*(resolve(item, values, partly=partly) for item in obj))
     if isinstance(obj, dict):
-        return {key: resolve(item, values) for key, item in obj.items()}
+        return {key: resolve(item, values, partly=partly) for key, item in obj.items()}
     return obj
 
 

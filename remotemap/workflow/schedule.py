@@ -84,7 +84,7 @@ def _failure_of(step_id: int, exc: BaseException) -> TaskFailure:
     return failure_from_exception(step_id, exc, kind="backend")
 
 
-class _Graph:
+class GraphState:
     """Which steps may run now, given which have ended and how."""
 
     def __init__(self, plan: GraphPlan) -> None:
@@ -118,7 +118,7 @@ def run_on_executor(plan: GraphPlan,
                     executor: concurrent.futures.Executor) -> Iterator[StepOutcome]:
     """Run the plan's steps on ``executor`` (a :class:`remotemap.Executor`, or any other
     ``concurrent.futures`` executor), each ready step at once up to ``max_parallel``."""
-    graph = _Graph(plan)
+    graph = GraphState(plan)
     values: dict[int, Any] = dict(plan.reused)
     running: dict[concurrent.futures.Future[Any], int] = {}
     # Client steps get one thread of their own, so a step writing a result here does not

@@ -1,0 +1,43 @@
+"""A workflow step run by a batch job: its prerequisites' values read from the shared disk.
+
+When a workflow's steps go to the batch system as jobs with dependencies (``cluster``),
+the process that submitted them does not see a prerequisite's value before the job after it
+starts. So each step travels as ``call_step(func, args, kwargs, sources, token)``: the
+:class:`~remotemap.workflow.graph.Result` placeholders left in ``args`` and ``kwargs`` are
+resolved in the job, from the outcome files (``sources``: step id -> path) the prerequisites'
+jobs wrote. Imported by the worker: standard library and remotemap's protocol only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from remotemap.protocol import decode_outcome, read_file
+from remotemap.workflow.graph import resolve
+
+
+class PrerequisiteUnavailable(RuntimeError):
+    """A prerequisite's outcome file is missing, from another run, or holds a failure."""
+
+
+def prerequisite_value(step: int, path: str, token: str) -> Any:
+    try:
+        data = read_file(path)
+    except OSError as exc:
+        raise PrerequisiteUnavailable(f"step {step}'s outcome cannot be read from {path}: "
+                                      f"{exc}") from None
+    result = decode_outcome(data, token)
+    if result is None:
+        raise PrerequisiteUnavailable(f"{path} is not step {step}'s outcome in this run")
+    if not result.values:
+        what = result.failures[0].message if result.failures else "no value"
+        raise PrerequisiteUnavailable(f"step {step} has no value in {path}: {what}")
+    return result.values[0]
+
+
+def call_step(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              sources: Mapping[int, str], token: str) -> Any:
+    """Call ``func`` with the Results of the steps in ``sources`` replaced by their values."""
+    values = {step: prerequisite_value(step, path, token) for step, path in sources.items()}
+    return func(*resolve(args, values), **resolve(kwargs, values))
