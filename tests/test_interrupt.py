@@ -203,14 +203,40 @@ CLUSTER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_interrupt_cancels_cluster_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+CLUSTER_WORKFLOW_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from remotemap import Result, Workflow
+
+    def task(marker_dir, i):
+        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
+        time.sleep(60)
+        return i
+
+    marker_dir, shared_dir = sys.argv[1:3]
+    wf = Workflow("interrupted")
+    first = wf.add_step(task, marker_dir, 0, prerequisites=[])
+    second = wf.add_step(task, marker_dir, 1, prerequisites=[])
+    wf.add_step(task, marker_dir, Result(first), prerequisites=[first, second])
+    try:
+        wf.run("cluster", scheduler="local", shared_dir=shared_dir)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+@pytest.mark.parametrize("script_text", [CLUSTER_SCRIPT, CLUSTER_WORKFLOW_SCRIPT],
+                         ids=["remote_map", "workflow"])
+def test_interrupt_cancels_cluster_jobs(tmp_path: Path, script_text: str) -> None:
     from tests.slurm_fixtures import require_soma_workflow
 
     require_soma_workflow()
     markers, shared = tmp_path / "markers", tmp_path / "shared"
     markers.mkdir()
     script = tmp_path / "cluster_job.py"
-    script.write_text(CLUSTER_SCRIPT)
+    script.write_text(script_text)
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     stopped = _signal_when_running([sys.executable, str(script), str(markers), str(shared)],
                                    markers, signal.SIGINT, env=env)
@@ -218,3 +244,4 @@ def test_interrupt_cancels_cluster_jobs(tmp_path: Path, monkeypatch: pytest.Monk
     assert "KeyboardInterrupt reached the caller" in stopped.out
     assert stopped.seconds < 15, f"took {stopped.seconds:.1f} s to stop"
     assert stopped.leftover_tasks() == [], "cluster jobs left running"
+    assert list(shared.iterdir()) == [], "the cluster run directory was left behind"

@@ -95,6 +95,18 @@ def meet(folder: str, me: str, other: str, limit: float = 60.0) -> bool:
     return False
 
 
+def fail_once_noted(log: str, name: str, marker: str) -> str:
+    note(log, name)
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise RuntimeError(f"{name}: the first attempt fails")
+    return name
+
+
+def environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
 def calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
@@ -204,6 +216,26 @@ def test_resume_reruns_only_what_did_not_finish(runner: Runner, shared_dir: Path
     third = run(build(), runner, run_dir=tmp_path / "run")
     assert all(s.reused for s in third)
     assert Counter(calls(shared_dir / "calls")) == {"a": 1, "b": 2, "c": 1, "d": 1}
+
+
+def test_timeout_retries_and_env_apply_to_every_step(runner: Runner, shared_dir: Path) -> None:
+    log = str(shared_dir / "calls")
+    wf = Workflow("options")
+    slow = wf.add_step(time.sleep, 60, prerequisites=[])
+    flaky = wf.add_step(fail_once_noted, log, "flaky", str(shared_dir / "once"),
+                        prerequisites=[])
+    env = wf.add_step(environment, "RM_STEP_ENV", prerequisites=[])
+    after = wf.add_step(note, log, "after", prerequisites=[slow])
+    began = time.monotonic()
+    report = run(wf, runner, timeout=2.0, retries=1, backoff=0.0,
+                 env={"RM_STEP_ENV": "a b $c"})
+    assert time.monotonic() - began < 45
+    assert [s.state for s in report] == ["failed", "done", "done", "not run"]
+    failure = report[slow].failure
+    assert failure is not None and failure.kind == "timeout" and failure.attempts == 2
+    assert report.value(flaky) == "flaky" and report.value(env) == "a b $c"
+    assert report[after].reason == "step 1 'sleep' failed"
+    assert calls(shared_dir / "calls") == ["flaky", "flaky"]
 
 
 def test_max_parallel_one_runs_steps_one_after_another(runner: Runner,

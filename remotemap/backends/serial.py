@@ -8,12 +8,16 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.errors import TaskTimeout
 from remotemap.execution import run_chunk
 from remotemap.tasks import Chunk, ChunkResult
+
+if TYPE_CHECKING:
+    from remotemap.driver import Policy
+    from remotemap.workflow.schedule import GraphPlan, StepOutcome
 
 
 class SerialBackend(Backend):
@@ -26,6 +30,12 @@ class SerialBackend(Backend):
             raise ValueError("serial mode enforces timeouts with SIGALRM, which only works in "
                              "the main thread; use mode='local' for timeouts elsewhere")
         return _SerialSession(function, options)
+
+    def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
+        """A workflow's steps in turn, in this thread (so a step's timeout works here too)."""
+        from remotemap.workflow.schedule import run_in_turn
+
+        return run_in_turn(self, plan, policy)
 
 
 class _SerialSession(Session):

@@ -76,7 +76,7 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
                 backend = make_backend(mode, cfg, options)
             else:
                 executor = stack.enter_context(Executor(
-                    mode, max_workers=1 if mode == "serial" else max_parallel, config=cfg,
+                    mode, max_workers=max_parallel, config=cfg,
                     timeout=timeout, retries=retries, backoff=backoff, env=env, **options))
         else:
             mode = str(getattr(executor, "mode", None) or type(executor).__name__)

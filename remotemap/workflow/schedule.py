@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from remotemap.driver import Policy
 from remotemap.errors import RemoteException, TaskFailure
 from remotemap.execution import failure_from_exception
 from remotemap.workflow.graph import Step, Workflow, resolve
+
+if TYPE_CHECKING:
+    from remotemap.backends.base import Backend
 
 
 @dataclass
@@ -145,6 +148,38 @@ def run_on_executor(plan: GraphPlan,
                     outcome = StepOutcome(step_id, failure=_failure_of(step_id, error))
                 graph.ended[step_id] = outcome.ok
                 yield outcome
+
+
+def run_in_turn(backend: Backend, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
+    """Run the plan's steps one at a time in this thread, lowest ready id first, each through
+    ``backend`` with ``policy`` (the ``serial`` mode: its timeouts need the main thread)."""
+    from remotemap.driver import collect, drive
+
+    graph = GraphState(plan)
+    values: dict[int, Any] = dict(plan.reused)
+    while True:
+        graph.drop_blocked()
+        ready = graph.ready()
+        if not ready:
+            return
+        step = plan.step(ready[0])
+        graph.waiting.remove(step.id)
+        if step.on_client:
+            outcome = run_here(step, values)
+        else:
+            try:
+                args, kwargs = resolve(step.args, values), resolve(step.kwargs, values)
+            except Exception as exc:
+                outcome = StepOutcome(step.id, failure=failure_from_exception(step.id, exc))
+            else:
+                ran = collect(drive(backend, step.func, [args], [kwargs], policy,
+                                    progress=False), 1)
+                outcome = (StepOutcome(step.id, ran.results[0]) if not ran.failures else
+                           StepOutcome(step.id, failure=replace(ran.failures[0], index=step.id)))
+        if outcome.ok:
+            values[step.id] = outcome.value
+        graph.ended[step.id] = outcome.ok
+        yield outcome
 
 
 def _submit(step: Step, values: Mapping[int, Any], executor: concurrent.futures.Executor,
