@@ -39,7 +39,12 @@ from remotemap.workflow import (
 )
 from remotemap.workflow.keys import step_keys
 from remotemap.workflow.schedule import run_on_executor
-from remotemap.workflow.store import _prune_index, list_workflow_runs, workflows_dir
+from remotemap.workflow.store import (
+    RunDirectoryBusy,
+    _prune_index,
+    list_workflow_runs,
+    workflows_dir,
+)
 from tests.backends import Runner
 
 # The ssh host has remotemap but not the tests: their step functions travel by value.
@@ -525,6 +530,39 @@ def test_ctrl_c_leaves_a_resumable_run_marked_interrupted(tmp_path: Path) -> Non
     flag.unlink()
     assert build().run("serial", run_dir=tmp_path / "run").ok
     assert calls(tmp_path / "calls").count("after") == 1
+
+
+def wait_for_file(path: str, limit: float = 60.0) -> str:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
+def test_one_run_directory_takes_one_run_at_a_time(tmp_path: Path) -> None:
+    go, started = tmp_path / "go", tmp_path / "started"
+
+    def build() -> Workflow:
+        wf = Workflow("shared dir")
+        wf.add_step(Path.touch, started)
+        wf.add_step(wait_for_file, str(go))
+        return wf
+
+    first: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: first.append(build().run("local", run_dir=tmp_path / "run")))
+    thread.start()
+    try:
+        wait_for_file(str(started))
+        with pytest.raises(RunDirectoryBusy, match=rf"{tmp_path / 'run'} is in use by "
+                                                   rf"process {os.getpid()} on "):
+            build().run("local", run_dir=tmp_path / "run")
+    finally:
+        go.touch()
+        thread.join(60)
+    assert first[0].ok
+    again = build().run("local", run_dir=tmp_path / "run")  # free again once it ended
+    assert again.ok and all(step.reused for step in again)
 
 
 def test_a_step_with_unpicklable_arguments_runs_on_serial_and_is_never_reused(

@@ -15,6 +15,7 @@ from remotemap.workflow.schedule import (
     run_here,
     run_on_executor,
 )
+from remotemap.workflow.store import RunDirectoryBusy
 from remotemap.workflow.treatment import (
     DispatchReport,
     SubjectOutcome,
@@ -30,6 +31,7 @@ __all__ = [
     "GraphError",
     "GraphPlan",
     "Result",
+    "RunDirectoryBusy",
     "Step",
     "StepOutcome",
     "StepReport",

@@ -81,7 +81,7 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
         else:
             mode = str(getattr(executor, "mode", None) or type(executor).__name__)
         keys = step_keys(workflow, order)
-        store = WorkflowStore.open(run_dir, workflow.name, mode)
+        store = stack.enter_context(WorkflowStore.open(run_dir, workflow.name, mode))
         plan = GraphPlan(workflow, order, keys,
                          _reusable(workflow, order, store.load_values(keys)),
                          1 if mode == "serial" else max_parallel)

@@ -4,6 +4,7 @@ A workflow run directory::
 
     RUN/workflow.json        id, name, mode, state, times, and every step: key, state, reason
     RUN/steps/KEY.pkl        the value of each finished step (cloudpickle), written atomically
+    RUN/lock                 held (flock) by the process running the workflow: one at a time
 
 The ``steps/`` files are what a resumed run trusts: a step whose file is there (and loads) is
 not run again. ``workflow.json`` is a report for people and ``remotemap status``; it may lag
@@ -17,6 +18,7 @@ its report (no values: such a run cannot be resumed, and keeps no large results 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from remotemap.runs import new_run_id, state_dir
 log = logging.getLogger("remotemap")
 
 REPORT = "workflow.json"
+LOCK = "lock"
 #: How many runs without a run directory the index keeps (their reports only).
 KEEP_REPORTS = 50
 STEPS = "steps"
@@ -51,12 +54,47 @@ def workflows_dir() -> Path:
     return state_dir().parent / "workflows"
 
 
+class RunDirectoryBusy(RuntimeError):
+    """Another process runs a workflow in this run directory now."""
+
+
 class WorkflowStore:
-    """One workflow run's directory."""
+    """One workflow run's directory; ``close`` lets another process run in it."""
 
     def __init__(self, root: Path, keep_values: bool) -> None:
         self.root = root
         self.keep_values = keep_values
+        self._lock: int | None = None
+
+    def _take_lock(self) -> None:
+        """Two runs in one directory would each rerun the other's steps and mix their
+        reports: the second is refused, naming the first."""
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = self.read_report()
+                who = (f"process {holder.get('pid')} on {holder.get('host')} (workflow "
+                       f"{holder.get('name')!r}, since {holder.get('updated')})")
+            except (OSError, ValueError):
+                who = "another process"
+            raise RunDirectoryBusy(f"the workflow run directory {self.root} is in use by "
+                                   f"{who}; wait for it to end, or give another run_dir"
+                                   ) from None
+        self._lock = fd
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> WorkflowStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str] | None, name: str, mode: str) -> WorkflowStore:
@@ -72,21 +110,32 @@ class WorkflowStore:
             return store
         root = Path(run_dir).expanduser().resolve()
         store = cls(root, keep_values=True)
+        try:
+            store._start(name, mode)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _start(self, name: str, mode: str) -> None:
+        """Lock the run directory (made if need be) and mark the run as running."""
+        root = self.root
         if (root / REPORT).is_file():
-            report = store.read_report()
-            store.write_report({**report, "name": name, "mode": mode, "state": "running",
-                                "runs": int(report.get("runs", 1)) + 1, **_owner()})
+            self._take_lock()
+            report = self.read_report()
+            self.write_report({**report, "name": name, "mode": mode, "state": "running",
+                               "runs": int(report.get("runs", 1)) + 1, **_owner()})
         else:
-            if root.is_dir() and any(root.iterdir()):
+            if root.is_dir() and any(p.name != LOCK for p in root.iterdir()):
                 raise ValueError(f"{root} is not empty and holds no {REPORT}: it is not a "
                                  "workflow run directory; give a new or empty directory")
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            store.write_report({"id": new_run_id(), "name": name, "mode": mode, "runs": 1,
-                                "created": _now(), "state": "running", "steps": [],
-                                **_owner()})
+            self._take_lock()
+            self.write_report({"id": new_run_id(), "name": name, "mode": mode, "runs": 1,
+                               "created": _now(), "state": "running", "steps": [],
+                               **_owner()})
         (root / STEPS).mkdir(exist_ok=True, mode=0o700)
-        store._register()
-        return store
+        self._register()
 
     def _register(self) -> None:
         link = workflows_dir() / str(self.read_report()["id"])
