@@ -71,14 +71,14 @@ def subjects_in(folder: Path) -> list[str]:
 # -- the fMRI example ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["serial", "local", "ssh"])
+@pytest.mark.parametrize("mode", ["serial", "local", "ssh", "cluster"])
 def test_example_equals_the_one_piece_computation(mode: str, request: pytest.FixtureRequest,
                                                   shared_dir: Path, tmp_path: Path) -> None:
     runner: Runner = RUNNERS[mode](request)
     if mode == "ssh":
         request.getfixturevalue("remote_numpy")
     subjects = subjects_in(shared_dir)
-    # serial: the parts travel as values; local and ssh: as files in a scratch directory.
+    # serial: the parts travel as values; the others: as files in a scratch directory.
     scratch = None if mode == "serial" else shared_dir / "scratch"
     treatment = TemporalStats(n_parts=3, output_dir=tmp_path / "out", scratch=scratch)
     report = dispatch(treatment, subjects, runner.mode, **runner.options)
