@@ -6,11 +6,13 @@ ended), never runs a step after a failed prerequisite, and decides nothing else:
 reasons, storage and resume are the caller's (``remotemap.workflow.run``), the same for every
 runner.
 
-:func:`run_on_executor` is the runner for every mode: it submits each ready step to a
+:func:`run_on_executor` is the generic runner: it submits each ready step to a
 :class:`remotemap.Executor` (or any ``concurrent.futures`` executor) as its own task,
-resolving :class:`Result` placeholders here with the values that came back. A backend able to
-take a whole graph at once (a batch system with job dependencies, such as soma-workflow)
-defines ``run_graph`` (see :class:`GraphBackend`) and is given the plan instead.
+resolving :class:`Result` placeholders here with the values that came back. A backend that
+runs a graph its own way defines ``run_graph`` (see :class:`GraphBackend`) and is given the
+plan instead: ``serial`` runs the steps in turn in this thread (:func:`run_in_turn`), and
+``cluster`` hands the graph to soma-workflow as job dependencies
+(``remotemap.backends.cluster_graph``).
 """
 
 from __future__ import annotations
