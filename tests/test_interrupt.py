@@ -14,26 +14,37 @@ from typing import Any
 
 import pytest
 
-SCRIPT = textwrap.dedent(
+_TASK = textwrap.dedent(
     """
-    import os, sys, time
-    from remotemap import remote_map
-
     def task(marker_dir, i):
         open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
         time.sleep(60)
         return i
 
-    marker_dir, run_dir, mode = sys.argv[1:4]
-    options = {"temp_dir": run_dir} if mode == "local_with_dumps" else {}
-    try:
-        remote_map(task, [(marker_dir, i) for i in range(8)], mode=mode, n_jobs=2,
-                   progress=False, **options)
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt reached the caller", flush=True)
-        sys.exit(130)
     """
 )
+
+
+def caller_script(setup: str, call: str, *, imports: str = "from remotemap import remote_map"
+                  ) -> str:
+    """A caller whose tasks leave a pid file in ``marker_dir`` and sleep: ``setup`` reads the
+    command line, ``call`` runs the tasks; Ctrl-C reaching it is printed, and exits with 130."""
+    return (f"import os, sys, time\n{imports}\n" + _TASK + textwrap.dedent(setup).lstrip()
+            + "try:\n" + textwrap.indent(textwrap.dedent(call).lstrip(), "    ")
+            + "except KeyboardInterrupt:\n"
+            + '    print("KeyboardInterrupt reached the caller", flush=True)\n'
+            + "    sys.exit(130)\n")
+
+
+SCRIPT = caller_script(
+    """
+    marker_dir, run_dir, mode = sys.argv[1:4]
+    options = {"temp_dir": run_dir} if mode == "local_with_dumps" else {}
+    """,
+    """
+    remote_map(task, [(marker_dir, i) for i in range(8)], mode=mode, n_jobs=2,
+               progress=False, **options)
+    """)
 
 
 def _alive(pid: int) -> bool:
@@ -108,25 +119,14 @@ def test_interrupt_stops_workers_and_cleans_up(tmp_path: Path, mode: str, sig: i
         assert list(run_dir.iterdir()) == [], "run directory left behind"
 
 
-SSH_SCRIPT = textwrap.dedent(
+SSH_SCRIPT = caller_script(
     """
-    import os, sys, time
-    from remotemap import remote_map
-
-    def task(marker_dir, i):
-        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
-        time.sleep(60)
-        return i
-
     marker_dir = sys.argv[1]
-    try:
-        remote_map(task, [(marker_dir, i) for i in range(8)], mode="ssh", n_jobs=2,
-                   progress=False)
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt reached the caller", flush=True)
-        sys.exit(130)
+    """,
     """
-)
+    remote_map(task, [(marker_dir, i) for i in range(8)], mode="ssh", n_jobs=2,
+               progress=False)
+    """)
 
 
 def test_interrupt_stops_remote_tasks_and_removes_remote_files(
@@ -148,26 +148,15 @@ def test_interrupt_stops_remote_tasks_and_removes_remote_files(
     assert list((sshd_host.user.home / remote_dir).iterdir()) == [], "remote run files left"
 
 
-EXECUTOR_SCRIPT = textwrap.dedent(
+EXECUTOR_SCRIPT = caller_script(
     """
-    import os, sys, time
-    from remotemap import Executor
-
-    def task(marker_dir, i):
-        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
-        time.sleep(60)
-        return i
-
     marker_dir, mode = sys.argv[1:3]
-    try:
-        with Executor(mode, n_jobs=2) as ex:
-            futures = [ex.submit(task, marker_dir, i) for i in range(6)]
-            print([f.result() for f in futures])
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt reached the caller", flush=True)
-        sys.exit(130)
+    """,
     """
-)
+    with Executor(mode, n_jobs=2) as ex:
+        futures = [ex.submit(task, marker_dir, i) for i in range(6)]
+        print([f.result() for f in futures])
+    """, imports="from remotemap import Executor")
 
 
 @pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
@@ -182,49 +171,27 @@ def test_interrupt_while_waiting_on_futures(tmp_path: Path, mode: str) -> None:
     assert stopped.leftover_tasks() == []
 
 
-CLUSTER_SCRIPT = textwrap.dedent(
+CLUSTER_SCRIPT = caller_script(
     """
-    import os, sys, time
-    from remotemap import remote_map
-
-    def task(marker_dir, i):
-        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
-        time.sleep(60)
-        return i
-
     marker_dir, shared_dir = sys.argv[1:3]
-    try:
-        remote_map(task, [(marker_dir, i) for i in range(4)], mode="cluster",
-                   scheduler="local", shared_dir=shared_dir, progress=False)
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt reached the caller", flush=True)
-        sys.exit(130)
+    """,
     """
-)
+    remote_map(task, [(marker_dir, i) for i in range(4)], mode="cluster",
+               scheduler="local", shared_dir=shared_dir, progress=False)
+    """)
 
 
-CLUSTER_WORKFLOW_SCRIPT = textwrap.dedent(
+CLUSTER_WORKFLOW_SCRIPT = caller_script(
     """
-    import os, sys, time
-    from remotemap import Result, Workflow
-
-    def task(marker_dir, i):
-        open(os.path.join(marker_dir, f"{os.getpid()}.pid"), "w").close()
-        time.sleep(60)
-        return i
-
     marker_dir, shared_dir = sys.argv[1:3]
     wf = Workflow("interrupted")
     first = wf.add_step(task, marker_dir, 0, prerequisites=[])
     second = wf.add_step(task, marker_dir, 1, prerequisites=[])
     wf.add_step(task, marker_dir, Result(first), prerequisites=[first, second])
-    try:
-        wf.run("cluster", scheduler="local", shared_dir=shared_dir)
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt reached the caller", flush=True)
-        sys.exit(130)
+    """,
     """
-)
+    wf.run("cluster", scheduler="local", shared_dir=shared_dir)
+    """, imports="from remotemap import Result, Workflow")
 
 
 @pytest.mark.parametrize("script_text", [CLUSTER_SCRIPT, CLUSTER_WORKFLOW_SCRIPT],
