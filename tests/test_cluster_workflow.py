@@ -24,6 +24,7 @@ from remotemap import Result, Workflow
 from remotemap.protocol import decode_chunk
 from tests.infra.slurm import SingleNodeSlurm
 from tests.slurm_fixtures import require_soma_workflow
+from tests.test_workflow import add_noted, calls, fail_noted, fail_once_noted, note
 
 # The ssh test user has remotemap but not the tests: their step functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -50,35 +51,8 @@ def slurm(slurm_cluster: SingleNodeSlurm, tmp_path: Path) -> dict[str, Any]:
 
 
 # -- step functions -------------------------------------------------------------------------------
-def note(log: str, name: str, value: Any = None) -> Any:
-    with open(log, "a") as f:
-        f.write(name + "\n")
-    return value
-
-
-def add(log: str, name: str, a: int, b: int) -> int:
-    return int(note(log, name, a + b))
-
-
-def fail_once(log: str, name: str, marker: str, value: int) -> int:
-    note(log, name)
-    if not os.path.exists(marker):
-        Path(marker).touch()
-        raise RuntimeError(f"{name}: first attempt fails")
-    return value
-
-
-def fail(log: str, name: str) -> None:
-    note(log, name)
-    raise ValueError(f"{name} was told to fail")
-
-
 def where(value: Any) -> tuple[int, Any]:
     return os.getpid(), value
-
-
-def calls(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def the_run(options: dict[str, Any]) -> Path:
@@ -105,10 +79,10 @@ def test_a_whole_graph_is_one_round_of_dependent_slurm_jobs(slurm: dict[str, Any
                                                             tmp_path: Path) -> None:
     log = str(tmp_path / "calls")
     wf = Workflow("diamond")
-    top = wf.add_step(add, log, "top", 1, 1)
-    left = wf.add_step(add, log, "left", Result(top), 10, prerequisites=[top])
-    right = wf.add_step(add, log, "right", Result(top), 100, prerequisites=[top])
-    bottom = wf.add_step(add, log, "bottom", Result(left), Result(right))
+    top = wf.add_step(add_noted, log, "top", 1, 1)
+    left = wf.add_step(add_noted, log, "left", Result(top), 10, prerequisites=[top])
+    right = wf.add_step(add_noted, log, "right", Result(top), 100, prerequisites=[top])
+    bottom = wf.add_step(add_noted, log, "bottom", Result(left), Result(right))
     report = wf.run("cluster", **slurm)
     assert report.ok, report
     assert report.value(bottom) == 12 + 102
@@ -124,7 +98,7 @@ def test_a_whole_graph_is_one_round_of_dependent_slurm_jobs(slurm: dict[str, Any
     # was sent holds the placeholders and the paths, not the values.
     _, chunk = decode_chunk((run / "chunks" / "000003.pkl").read_bytes())
     func, args, _, sources, _ = chunk.largs[0]
-    assert func is add or func.__name__ == "add"
+    assert func is add_noted or func.__name__ == "add_noted"
     assert args[2:] == (Result(left), Result(right))
     assert sources == {left: str(run / "outcomes" / "000001.pkl"),
                        right: str(run / "outcomes" / "000002.pkl")}
@@ -135,13 +109,13 @@ def test_the_job_after_a_failed_step_is_never_submitted(slurm: dict[str, Any],
                                                         tmp_path: Path) -> None:
     log = str(tmp_path / "calls")
     wf = Workflow("failing")
-    first = wf.add_step(fail, log, "first")
+    first = wf.add_step(fail_noted, log, "first")
     after = wf.add_step(note, log, "after")
     alone = wf.add_step(note, log, "alone", 7, prerequisites=[])
     report = wf.run("cluster", **slurm)
     assert [s.state for s in report] == ["failed", "not run", "done"]
     assert report[first].reason.startswith("ValueError: first was told to fail")
-    assert report[after].reason == "step 1 'fail' failed"
+    assert report[after].reason == "step 1 'fail_noted' failed"
     assert report.value(alone) == 7
     assert sorted(calls(tmp_path / "calls")) == ["alone", "first"]
     run = the_run(slurm)
@@ -155,11 +129,11 @@ def test_client_and_always_steps_go_out_in_later_rounds(local: dict[str, Any],
                                                         tmp_path: Path) -> None:
     log = str(tmp_path / "calls")
     wf = Workflow("rounds")
-    a = wf.add_step(add, log, "a", 1, 2)
-    b = wf.add_step(add, log, "b", Result(a), 10)
+    a = wf.add_step(add_noted, log, "a", 1, 2)
+    b = wf.add_step(add_noted, log, "b", Result(a), 10)
     here = wf.add_step(where, Result(b), on_client=True)
-    c = wf.add_step(add, log, "c", Result(here)[1], 100)
-    bad = wf.add_step(fail, log, "bad", prerequisites=[a])
+    c = wf.add_step(add_noted, log, "c", Result(here)[1], 100)
+    bad = wf.add_step(fail_noted, log, "bad", prerequisites=[a])
     clean = wf.add_step(note, log, "clean", "cleaned", prerequisites=[c, bad], always=True)
     report = wf.run("cluster", **local)
     assert [s.state for s in report] == ["done", "done", "done", "done", "failed", "done"]
@@ -179,11 +153,11 @@ def test_client_and_always_steps_go_out_in_later_rounds(local: dict[str, Any],
 def test_a_retried_step_holds_its_followers_back(local: dict[str, Any], tmp_path: Path) -> None:
     log = str(tmp_path / "calls")
     wf = Workflow("retried")
-    flaky = wf.add_step(fail_once, log, "flaky", str(tmp_path / "failed-once"), 5)
-    after = wf.add_step(add, log, "after", Result(flaky), 1)
+    flaky = wf.add_step(fail_once_noted, log, "flaky", str(tmp_path / "failed-once"))
+    after = wf.add_step(note, log, "after", Result(flaky))
     report = wf.run("cluster", retries=1, backoff=0.0, **local)
     assert report.ok, report
-    assert report.value(after) == 6
+    assert report.value(after) == "flaky"
     assert calls(tmp_path / "calls") == ["flaky", "flaky", "after"]
     # Round 0 ran both (the follower held back); round 1 the retry with its follower.
     assert [spec["jobs"] for spec in rounds(the_run(local))] == [[[0], [1]], [[2], [3]]]
@@ -208,9 +182,9 @@ def test_a_step_timeout_fails_that_step_and_its_followers_only(local: dict[str, 
 def test_max_parallel_sends_only_ready_steps(local: dict[str, Any], tmp_path: Path) -> None:
     log = str(tmp_path / "calls")
     wf = Workflow("bounded")
-    first = wf.add_step(add, log, "first", 1, 1)
-    wf.add_step(add, log, "second", Result(first), 1)
-    wf.add_step(add, log, "other", 2, 2, prerequisites=[])
+    first = wf.add_step(add_noted, log, "first", 1, 1)
+    wf.add_step(add_noted, log, "second", Result(first), 1)
+    wf.add_step(add_noted, log, "other", 2, 2, prerequisites=[])
     assert wf.run("cluster", max_parallel=2, **local).ok
     # A batch system has no bound per workflow: remotemap holds steps back itself.
     assert [spec["jobs"] for spec in rounds(the_run(local))] == [[[0], [1]], [[2]]]
