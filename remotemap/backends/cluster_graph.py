@@ -154,15 +154,15 @@ class _GraphRun:
         failures += unpicklable
         # A step whose prerequisite in the batch could not go out waits for its outcome.
         sent = {step_id for _, step_id in encoded}
-        kept: list[int] = []
+        job: dict[int, int] = {}  # each step that goes out -> its job's number in the round
         for step_id in batch:
             in_batch = [p for p in self.plan.step(step_id).prerequisites if p in files]
-            if step_id in sent and all(p in kept for p in in_batch):
-                kept.append(step_id)
+            if step_id in sent and all(p in job for p in in_batch):
+                job[step_id] = len(job)
             elif step_id in sent:
                 self._wait_again([step_id])
+        kept = list(job)
         if kept:
-            job = {step_id: n for n, step_id in enumerate(kept)}
             dependencies = [(job[p], job[step_id]) for step_id in kept
                             for p in self.plan.step(step_id).prerequisites if p in job]
             names = {f"chunks/{files[s]:06d}.pkl" for s in kept}

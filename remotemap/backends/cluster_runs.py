@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -36,7 +35,13 @@ from typing import Any
 from remotemap.backends.cluster_files import ClusterError, RunFiles, engine_env, engine_python
 from remotemap.errors import TaskFailure
 from remotemap.execution import lost_chunk_result
-from remotemap.protocol import decode_outcome, encode_runnable, exit_status_text, new_token
+from remotemap.protocol import (
+    RunLayout,
+    decode_outcome,
+    encode_runnable,
+    exit_status_text,
+    new_token,
+)
 from remotemap.tasks import Chunk
 
 log = logging.getLogger("remotemap")
@@ -238,7 +243,7 @@ class ClusterRun:
         return numbers
 
     def outcome_path(self, file: int) -> str:
-        return posixpath.join(self.files.root, "outcomes", f"{file:06d}.pkl")
+        return RunLayout(self.files.root).outcome(file)
 
     def stage(self, tasks: Iterable[tuple[int, int, tuple[Any, ...], dict[str, Any]]]
               ) -> tuple[dict[str, bytes], list[tuple[int, int]], list[TaskFailure]]:
