@@ -134,3 +134,28 @@ class BackendUnavailable(RuntimeError):
 
 class TaskTimeout(Exception):
     """A task ran past its ``timeout`` (raised inside the task where it runs in-process)."""
+
+
+class UnsafePath(Exception):
+    """A directory or file that another user could change, so nothing in it is trusted."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"refusing to use {self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+class TamperedFile(Exception):
+    """A file whose authentication tag does not match: written by someone without the run's
+    key (another user, another run), or damaged. It is never unpickled."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path} failed its integrity check (not written by this run, or "
+                         "altered since): it was not loaded")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path,))
