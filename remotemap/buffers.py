@@ -18,8 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
+from remotemap.execution import dumps
 from remotemap.tasks import Chunk
 
 #: Buffers smaller than this stay inside the pickle: a file per small buffer costs more.
@@ -61,8 +60,7 @@ class BufferSpill:
             return False
 
         try:
-            data = cloudpickle.dumps((chunk.largs, chunk.lkwargs), protocol=5,
-                                     buffer_callback=spill)
+            data = dumps((chunk.largs, chunk.lkwargs), protocol=5, buffer_callback=spill)
         except BaseException:
             _unlink(files)
             raise

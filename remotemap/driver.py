@@ -15,6 +15,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, TaskOptions
 from remotemap.errors import TaskFailure
+from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
 from remotemap.runs import RunStore
 from remotemap.tasks import Chunk, make_chunks
@@ -43,6 +44,12 @@ class Outcome:
     not_run: int = 0
 
 
+def localize(failure: TaskFailure) -> TaskFailure:
+    """``failure`` with the source lines its traceback lacks, from this process's files."""
+    text = fill_source_lines(failure.traceback) if failure.traceback else ""
+    return failure if text == failure.traceback else dataclasses.replace(failure, traceback=text)
+
+
 class _Retries:
     """Failed tasks waiting for their next attempt, earliest first."""
 
@@ -53,6 +60,7 @@ class _Retries:
 
     def consider(self, failure: TaskFailure) -> TaskFailure | None:
         """Schedule another attempt, or return the final failure (with its history)."""
+        failure = localize(failure)
         history = self.earlier.setdefault(failure.index, [])
         if len(history) < self.policy.retries and failure.kind != "pickling":
             history.append(failure)

@@ -6,10 +6,15 @@ children, on remote hosts), so it depends on the standard library and cloudpickl
 
 from __future__ import annotations
 
+import io
+import linecache
+import re
 import socket
 import traceback
+import types
+from collections import ChainMap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -19,14 +24,72 @@ from remotemap.tasks import Chunk, ChunkResult
 _HOST = socket.gethostname()
 
 
-def dumps(obj: object) -> bytes:
+#: How cloudpickle itself reduces a code object (public through the pickler's dispatch table).
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.CloudPickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return _code_with_filename, (rebuild, args, code.co_filename)
+
+
+def _code_with_filename(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...],
+                        filename: str) -> types.CodeType:
+    return rebuild(*args).replace(co_filename=filename)
+
+
+class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle is untyped
+    """cloudpickle, except that code sent by value keeps the name of the file it came from.
+
+    cloudpickle 3.1.3 started naming every such code object ``<dynamic-code>`` (to make its
+    payloads deterministic), which left remote tracebacks of ``__main__`` functions, lambdas
+    and notebook cells without a file or a source line. The file name costs a few bytes and
+    gives them back: the worker's linecache finds the file where it exists, and the caller
+    fills in the lines where it does not (:func:`fill_source_lines`).
+    """
+
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap({types.CodeType: _reduce_code},
+                              cloudpickle.CloudPickler.dispatch_table)
+
+
+def dumps(obj: object, protocol: int | None = None,
+          buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
     """cloudpickle, typed: functions and classes defined in ``__main__`` travel by value."""
-    data: bytes = cloudpickle.dumps(obj)
-    return data
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+        return file.getvalue()
 
 
 def loads(data: bytes) -> Any:
     return cloudpickle.loads(data)
+
+
+#: A frame line of a formatted traceback, and the source line that should follow it.
+_FRAME = re.compile(r'^(?P<indent> *)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def fill_source_lines(text: str) -> str:
+    """``text``, a formatted traceback, with the source lines the worker could not read.
+
+    A function sent by value may come from a file the worker's host does not have (an ssh
+    host, a notebook cell): its frames arrive with a file and line number but no source. This
+    process defined the function, so its linecache usually has the lines.
+    """
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        frame = _FRAME.match(line)
+        if frame is None:
+            continue
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        indent = frame["indent"]
+        if following.startswith(indent + "  ") and not _FRAME.match(following):
+            continue  # the worker found the source
+        source = linecache.getline(frame["file"], int(frame["line"])).strip()
+        if source:
+            out.append(f"{indent}  {source}\n")
+    return "".join(out)
 
 
 def this_host() -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,3 +110,29 @@ def test_joblib_in_the_same_process_is_left_alone() -> None:
     assert remote_map(tf.square, [(i,) for i in range(4)], mode="local", progress=False) == before
     assert Parallel(n_jobs=2)(delayed(tf.square)(i) for i in range(4)) == [0, 1, 4, 9]
     assert remote_map(tf.square, [(5,)], mode="local", progress=False) == [25]
+
+
+_MAIN_SCRIPT = '''
+from remotemap import RemoteException, remote_map
+
+def fail_in_main(x):
+    if x == 1:
+        raise ValueError("failed in __main__")
+    return x
+
+if __name__ == "__main__":
+    try:
+        remote_map(fail_in_main, [(0,), (1,)], mode=MODE, progress=False)
+    except RemoteException as exc:
+        print(exc.failures[0].traceback)
+'''
+
+
+@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
+def test_traceback_of_a_main_function_names_the_script(mode: str, tmp_path: Path) -> None:
+    script = tmp_path / "analysis.py"
+    script.write_text(_MAIN_SCRIPT.replace("MODE", repr(mode)))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert f'File "{script}", line 6, in fail_in_main' in out
+    assert 'raise ValueError("failed in __main__")' in out

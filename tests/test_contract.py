@@ -6,6 +6,7 @@ Serial mode is the reference: every other backend must give what it gives.
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import signal
 import sys
@@ -104,6 +105,35 @@ def test_failures_are_collected_with_partial_results(runner: Runner) -> None:
     text = str(exc)
     assert text.startswith("2 of 6 tasks failed")
     assert "task 2 on" in text and "ValueError: bad value 2" in text
+
+
+#: Where a notebook cell's code says it comes from: a file no host has, only linecache.
+_CELL = "/nonexistent/notebook-cell-7.py"
+
+
+def _cell_function() -> Any:
+    """A function as a notebook defines one: compiled from a cell whose source only this
+    process's linecache holds, in a module that cannot be imported (so it travels by value)."""
+    source = ("def from_cell(x):\n"
+              "    if x == 1:\n"
+              "        raise KeyError('raised in the cell')\n"
+              "    return x\n")
+    linecache.cache[_CELL] = (len(source), None, source.splitlines(True), _CELL)
+    namespace: dict[str, Any] = {"__name__": "notebook_cell"}
+    exec(compile(source, _CELL, "exec"), namespace)
+    return namespace["from_cell"]
+
+
+def test_traceback_of_code_sent_by_value_names_its_file_and_source_line(runner: Runner) -> None:
+    # cloudpickle >= 3.1.3 renames such code "<dynamic-code>"; no host has the cell's file, so
+    # the line comes from the caller's linecache.
+    with pytest.raises(RemoteException) as info:
+        runner.map(_cell_function(), [(0,), (1,)])
+    text = info.value.failures[0].traceback
+    assert f'File "{_CELL}", line 3, in from_cell' in text
+    assert "raise KeyError('raised in the cell')" in text
+    assert "<dynamic-code>" not in text
+    assert "raise KeyError('raised in the cell')" in str(info.value)
 
 
 def test_exception_with_custom_constructor_is_chained(runner: Runner) -> None:
