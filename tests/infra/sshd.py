@@ -228,9 +228,24 @@ def _password_locked(name: str) -> bool:
     return False
 
 
+def pip_version_args(source: Path) -> list[str]:
+    """The pip options that install the versions the test command chose: the repo's pins
+    (constraints.txt), those ``REMOTEMAP_CONSTRAINTS`` names (``scripts/test.sh --oldest``), or
+    the newest releases when it is empty (``--newest``). A constraints file is copied to
+    ``source`` first, since the test user may not read the checkout."""
+    chosen = os.environ.get("REMOTEMAP_CONSTRAINTS", str(REPO / "constraints.txt"))
+    if not chosen:
+        return ["--upgrade", "--upgrade-strategy", "eager"]
+    copy = source / "constraints.txt"
+    shutil.copy2(chosen, copy)
+    copy.chmod(0o644)
+    return ["-c", str(copy)]
+
+
 def _checkout_digest(checkout: Path) -> str:
     digest = hashlib.sha256()
-    files = [checkout / "pyproject.toml"]
+    digest.update(os.environ.get("REMOTEMAP_CONSTRAINTS", "pinned").encode() + b"\0")
+    files = [checkout / "pyproject.toml", checkout / "constraints.txt"]
     files += sorted(p for p in (checkout / "remotemap").rglob("*") if p.is_file())
     for path in files:
         if "__pycache__" in path.parts or not path.exists():
@@ -245,7 +260,8 @@ def install_remotemap_for_user(
     """pip-install ``checkout`` (non-editable) into the user's venv; returns its Python.
 
     The checkout may be unreadable to the user (under /root): a temporary copy owned by the user
-    is installed. Dependencies come from PyPI. Skipped when this same source was installed
+    is installed. Dependencies come from PyPI, at the versions the test command chose
+    (:func:`pip_version_args`). Skipped when this same source was installed
     last time (a digest of pyproject.toml and remotemap/ is kept in the user's home).
     """
     stamp = user.home / ".remotemap-install-digest"
@@ -267,7 +283,7 @@ def install_remotemap_for_user(
                 os.chown(path, user.uid, user.gid)
             # pip always rebuilds and reinstalls a local directory, even at the same version.
             pip = [str(user.python), "-m", "pip", "install", "--quiet", "--no-input"]
-            pip += ["--disable-pip-version-check", str(source)]
+            pip += ["--disable-pip-version-check", *pip_version_args(source), str(source)]
             run_as(user.uid, user.gid, user.home, pip, timeout=600)
         finally:
             shutil.rmtree(source, ignore_errors=True)
