@@ -190,7 +190,8 @@ def test_set_refuses_invalid_values_and_leaves_the_file_alone(run: Run, xdg_file
     assert result.returncode == 1
     assert "valid values" in result.stderr
     assert xdg_file.read_bytes() == before
-    assert not [p for p in xdg_file.parent.iterdir() if p.name != "config.toml"]
+    # No temp file left behind (the lock file beside it stays, by design).
+    assert sorted(p.name for p in xdg_file.parent.iterdir()) == ["config.toml", "config.toml.lock"]
 
 
 def test_set_string_key_takes_the_text_as_is(run: Run, xdg_file: Path) -> None:

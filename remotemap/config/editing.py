@@ -21,6 +21,7 @@ from tomlkit.container import Container
 from tomlkit.items import Item, Table
 
 from remotemap.config.loader import parse_toml, read_document, validate_document
+from remotemap.config.lock import locked
 from remotemap.config.schema import lookup_key
 from remotemap.errors import ConfigError
 
@@ -119,10 +120,13 @@ def set_value(path: Path, dotted: str, raw: str) -> Any:
     if key.type == "str" and not isinstance(_plain(item), str):
         item = raw
     parts = dotted.split(".")
-    doc = _load_document(path)
-    _container(doc, parts, create=True)[parts[-1]] = item
-    text = _validated_text(doc, path)
-    atomic_write(path, text)
+    # Read, change and write under the lock: two `config set` at once would otherwise each
+    # write their own change over the file the other read, and one change would be lost.
+    with locked(path):
+        doc = _load_document(path)
+        _container(doc, parts, create=True)[parts[-1]] = item
+        text = _validated_text(doc, path)
+        atomic_write(path, text)
     return _plain(item)
 
 
@@ -136,23 +140,25 @@ def unset_value(path: Path, dotted: str) -> bool:
     if not path.exists():
         lookup_key(dotted)
         return False
-    doc = _load_document(path)
-    node = _container(doc, parts, create=False)
-    if node is None or parts[-1] not in node:
-        lookup_key(dotted)  # a typo in a name that is not in the file deserves an error
-        return False
-    del node[parts[-1]]
-    atomic_write(path, tomlkit.dumps(doc))
+    with locked(path):  # see set_value
+        doc = _load_document(path)
+        node = _container(doc, parts, create=False)
+        if node is None or parts[-1] not in node:
+            lookup_key(dotted)  # a typo in a name that is not in the file deserves an error
+            return False
+        del node[parts[-1]]
+        atomic_write(path, tomlkit.dumps(doc))
     return True
 
 
 def init_file(path: Path, force: bool = False) -> None:
     """Write the commented example to ``path``; refuse to overwrite unless ``force``."""
-    if path.exists() and not force:
-        raise ConfigError("already exists; use --force to overwrite it", path)
-    if path.is_dir():
-        raise ConfigError("is a directory", path)
-    atomic_write(path, example_text())
+    with locked(path):  # so a `config set` running now is not silently overwritten
+        if path.exists() and not force:
+            raise ConfigError("already exists; use --force to overwrite it", path)
+        if path.is_dir():
+            raise ConfigError("is a directory", path)
+        atomic_write(path, example_text())
 
 
 def _plain(value: Any) -> Any:
