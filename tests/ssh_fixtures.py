@@ -2,7 +2,7 @@
 
 Load with ``pytest_plugins = [..., "tests.ssh_fixtures"]`` in tests/conftest.py.
 
-- ``ssh_test_user``: the non-root login user with its venv (session).
+- ``ssh_test_user``: the non-root login user (session).
 - ``sshd_host``: an :class:`~tests.infra.sshd.SSHServer` on 127.0.0.1 (session).
 - ``netns_host``: a :class:`~tests.infra.sshd.NetnsHost`, sshd in a network namespace (session).
 - ``remote_python``: the user's venv Python with this checkout pip-installed (session; slow

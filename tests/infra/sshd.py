@@ -1,7 +1,8 @@
 """Real OpenSSH servers for tests and benchmarks (not pytest-specific).
 
-- :func:`ensure_test_user`: a non-root login user (``rmtest``) with a venv of Debian's Python.
-- :func:`install_remotemap_for_user`: this checkout, pip-installed into that venv.
+- :func:`ensure_test_user`: a non-root login user (``rmtest``).
+- :func:`install_remotemap_for_user`: this checkout, pip-installed into a venv of that user
+  (Debian's Python), one venv per digest of the checkout.
 - :class:`SSHServer`: ``sshd -D`` on 127.0.0.1 and a free port, with its own host key, a client
   key, a known_hosts file and an ssh client config naming it by an alias.
 - :class:`NetnsHost`: a second host: sshd inside a network namespace, reached through a
@@ -188,19 +189,11 @@ class TestUser:
     gid: int
     home: Path
 
-    @property
-    def venv(self) -> Path:
-        return self.home / "venv"
-
-    @property
-    def python(self) -> Path:
-        """The venv's interpreter: give it as the remote Python."""
-        return self.venv / "bin" / "python"
-
 
 def ensure_test_user(name: str = TEST_USER) -> TestUser:
-    """Create ``name`` if missing: home dir, bash, unlocked (no password), and a venv made by
-    Debian's Python (the pyenv one under /root is unreadable to other users)."""
+    """Create ``name`` if missing: home dir, bash, unlocked (no password). Its venvs, made by
+    Debian's Python (the pyenv one under /root is unreadable to other users), come from
+    :func:`install_remotemap_for_user`."""
     reason = unavailable_reason()
     if reason:
         raise InfraUnavailable(reason)
@@ -214,10 +207,7 @@ def ensure_test_user(name: str = TEST_USER) -> TestUser:
             # useradd leaves "!" (locked): with UsePAM no, sshd refuses locked accounts even
             # for keys. "*" means "no password" without locking.
             run(["usermod", "-p", "*", name])
-        user = TestUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
-        if not user.python.exists():
-            run_as(user.uid, user.gid, user.home, [SYSTEM_PYTHON, "-m", "venv", str(user.venv)])
-    return user
+        return TestUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
 def _password_locked(name: str) -> bool:
@@ -257,38 +247,62 @@ def _checkout_digest(checkout: Path) -> str:
 def install_remotemap_for_user(
     user: TestUser, checkout: Path = REPO, *, force: bool = False
 ) -> Path:
-    """pip-install ``checkout`` (non-editable) into the user's venv; returns its Python.
+    """A venv of the user's with ``checkout`` pip-installed (non-editable); returns its Python.
 
-    The checkout may be unreadable to the user (under /root): a temporary copy owned by the user
-    is installed. Dependencies come from PyPI, at the versions the test command chose
-    (:func:`pip_version_args`). Skipped when this same source was installed
-    last time (a digest of pyproject.toml and remotemap/ is kept in the user's home).
+    One venv per digest of the sources and the chosen versions, so test runs of two checkouts
+    (or of --oldest and --newest) at once never swap the remote code under each other. The
+    checkout may be unreadable to the user (under /root): a temporary copy owned by the user is
+    installed. Dependencies come from PyPI, at the versions the test command chose
+    (:func:`pip_version_args`).
     """
-    stamp = user.home / ".remotemap-install-digest"
     digest = _checkout_digest(checkout)
+    venv = user.home / "venvs" / digest[:16]
+    done = venv / ".installed"
     with _machine_lock():
-        if not force and stamp.exists() and stamp.read_text() == digest:
-            return user.python
-        source = Path(tempfile.mkdtemp(prefix="remotemap-src-"))
-        try:
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            shutil.copytree(checkout / "remotemap", source / "remotemap", ignore=ignore)
-            for name in ("pyproject.toml", "README.md", "LICENSE"):
-                if (checkout / name).exists():
-                    shutil.copy2(checkout / name, source / name)
-            if not (source / "README.md").exists():
-                (source / "README.md").write_text("remotemap\n")  # pyproject names a readme
-            # The build writes next to the sources (egg-info): the copy is the user's.
-            for path in [source, *source.rglob("*")]:
-                os.chown(path, user.uid, user.gid)
-            # pip always rebuilds and reinstalls a local directory, even at the same version.
-            pip = [str(user.python), "-m", "pip", "install", "--quiet", "--no-input"]
-            pip += ["--disable-pip-version-check", *pip_version_args(source), str(source)]
-            run_as(user.uid, user.gid, user.home, pip, timeout=600)
-        finally:
-            shutil.rmtree(source, ignore_errors=True)
-        stamp.write_text(digest)
-    return user.python
+        if not force and done.exists():
+            done.touch()  # in use: keep it from being pruned
+            return venv / "bin" / "python"
+        (user.home / "venvs").mkdir(mode=0o755, exist_ok=True)
+        os.chown(user.home / "venvs", user.uid, user.gid)
+        if not (venv / "bin" / "python").exists():
+            run_as(user.uid, user.gid, user.home, [SYSTEM_PYTHON, "-m", "venv", str(venv)])
+        _pip_install_copy(user, checkout, venv / "bin" / "python")
+        done.write_text(digest)
+        _prune_venvs(user, keep=venv)
+    return venv / "bin" / "python"
+
+
+def _pip_install_copy(user: TestUser, checkout: Path, python: Path) -> None:
+    source = Path(tempfile.mkdtemp(prefix="remotemap-src-"))
+    try:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(checkout / "remotemap", source / "remotemap", ignore=ignore)
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (checkout / name).exists():
+                shutil.copy2(checkout / name, source / name)
+        if not (source / "README.md").exists():
+            (source / "README.md").write_text("remotemap\n")  # pyproject names a readme
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--no-input"]
+        pip += ["--disable-pip-version-check", *pip_version_args(source), str(source)]
+        # The build writes next to the sources (egg-info): the copy is the user's.
+        for path in [source, *source.rglob("*")]:
+            os.chown(path, user.uid, user.gid)
+        # pip always rebuilds and reinstalls a local directory, even at the same version.
+        run_as(user.uid, user.gid, user.home, pip, timeout=600)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
+#: A test venv unused this long is removed when another is made.
+_VENV_UNUSED = 6 * 3600
+
+
+def _prune_venvs(user: TestUser, keep: Path) -> None:
+    for venv in (user.home / "venvs").iterdir():
+        stamp = venv / ".installed"
+        unused = time.time() - stamp.stat().st_mtime if stamp.exists() else _VENV_UNUSED
+        if venv != keep and unused >= _VENV_UNUSED:
+            shutil.rmtree(venv, ignore_errors=True)
 
 
 # -- keys and files ----------------------------------------------------------------------------
