@@ -4,8 +4,9 @@
     scripts/constraints.py refresh   rewrite constraints.txt with today's newest releases
                                      (a fresh venv, then pip freeze); run the suite after
     scripts/constraints.py oldest    print constraints that pin remotemap's own dependencies
-                                     (and its ssh and cluster extras) to the lower bounds
-                                     pyproject.toml declares, the rest as constraints.txt has them
+                                     (with its extras, the test libraries included) to the lower
+                                     bounds pyproject.toml declares, the rest (the checking tools
+                                     among them) as constraints.txt has them
 
 Standard library only (Python >= 3.11 for tomllib): it runs before any venv exists.
 """
@@ -28,6 +29,9 @@ HEADER = """\
 # Refresh: scripts/constraints.py refresh (then run the suite).
 # scripts/test.sh --newest and --oldest test without this file.
 """
+#: Tools that check remotemap's code rather than run it: their oldest releases say nothing
+#: about what users may have installed, so --oldest keeps them as pinned.
+CHECKERS = {"pytest", "ruff", "mypy", "types-paramiko"}
 #: ``name>=version`` (with an optional environment marker) in a requirement string.
 _LOWER_BOUND = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*>=\s*([^,;\s]+)[^;]*(;.*)?$")
 
@@ -40,12 +44,12 @@ def lower_bounds() -> dict[str, str]:
     """``name -> "name==X[; marker]"`` for each runtime requirement declared as ``>=X``."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in ("ssh", "cluster"):
-        requirements += project["optional-dependencies"].get(extra, [])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
     pins = {}
     for requirement in requirements:
         found = _LOWER_BOUND.match(requirement)
-        if found:
+        if found and normalize(found[1]) not in CHECKERS:
             name, version, marker = found.groups()
             pins[normalize(name)] = f"{name}=={version}{marker or ''}"
     return pins
