@@ -25,7 +25,7 @@ def dumps(obj: object) -> bytes:
     return data
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     return cloudpickle.loads(data)
 
 
