@@ -25,6 +25,19 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def prepare_parent(parent: str) -> str:
+    """``parent`` made (0700 where missing) and absolute; UnsafePath, before anything is made,
+    if another user could rename away a directory made in it."""
+    parent = os.path.abspath(os.path.expanduser(parent))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check_parent_for_new_dir(existing)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    check_parent_for_new_dir(parent)
+    return parent
+
+
 class LocalRunDir:
     """An open run directory: ``root`` names it in messages, ``fd`` is how it is reached."""
 
@@ -39,13 +52,7 @@ class LocalRunDir:
                prefix: str = "remotemap-") -> LocalRunDir:
         """A fresh private (0700) directory in ``parent`` (default: the system's temp dir),
         with ``subdirs``; UnsafePath if another user could rename it away there."""
-        parent = os.path.abspath(os.path.expanduser(parent or tempfile.gettempdir()))
-        existing = parent
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        check_parent_for_new_dir(existing)  # before making anything in it
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        check_parent_for_new_dir(parent)
+        parent = prepare_parent(parent or tempfile.gettempdir())
         root = tempfile.mkdtemp(prefix=prefix, dir=parent)  # mkdtemp makes it 0700
         run = cls.enter(root)
         try:
@@ -122,6 +129,17 @@ class LocalRunDir:
             current = f"{current}/{part}" if current else part
             with contextlib.suppress(FileExistsError):
                 os.mkdir(current, 0o700, dir_fd=self.fd)
+
+    def listdir(self, name: str) -> list[str]:
+        """The names in the subdirectory ``name`` ([] if there is none)."""
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        except FileNotFoundError:
+            return []
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
 
     def chdir(self, name: str) -> None:
         """Make the directory ``name`` (under the run directory) this process's working one."""

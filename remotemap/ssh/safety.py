@@ -14,7 +14,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from remotemap.errors import UnsafePath
-from remotemap.integrity import unsafe_reason
+from remotemap.integrity import KEY_SIZE, unsafe_reason
 from remotemap.ssh.quoting import remote_path
 
 if TYPE_CHECKING:
@@ -64,6 +64,38 @@ def check_remote_private(conn: Connection, path: str, uid: int) -> None:
         reason = f"{path} is not a directory"
     if reason is not None:
         raise UnsafePath(f"{conn.spec.target}:{path}", f"on {conn.spec.target}, {reason}")
+
+
+def write_remote_key(conn: Connection, uid: int, folder: str, run_id: str, key: bytes) -> str:
+    """Store ``key`` in a 0600 file ``RUN_ID.key`` of the private ``folder`` (made if missing,
+    under the remote home if relative); the file's absolute path on the host."""
+    folder = check_remote_parent(conn, folder, uid)
+    conn.makedirs_private(folder)
+    check_remote_private(conn, folder, uid)
+    path = posixpath.join(folder, f"{run_id}.key")
+    conn.put_bytes(path, key.hex().encode() + b"\n", mode=0o600)
+    return path
+
+
+def read_remote_key(conn: Connection, uid: int, path: str) -> bytes:
+    """The key in ``path`` on the host: UnsafePath unless only ``uid`` could read or write it."""
+    folder = posixpath.dirname(path)
+    check_remote_parent(conn, folder, uid)
+    check_remote_private(conn, folder, uid)
+    with conn._sftp_lock:
+        attrs = conn.sftp().lstat(remote_path(path))
+    mode = attrs.st_mode or 0
+    if _uid(attrs.st_uid) != uid or mode & 0o077 or not stat.S_ISREG(mode):
+        raise UnsafePath(f"{conn.spec.target}:{path}",
+                         f"on {conn.spec.target}, {path} is not a private file of uid {uid} "
+                         f"(mode {stat.S_IMODE(mode):04o}, owner uid {attrs.st_uid})")
+    try:
+        key = bytes.fromhex(conn.get_bytes(path).decode().strip())
+    except ValueError:
+        key = b""
+    if len(key) != KEY_SIZE:
+        raise UnsafePath(f"{conn.spec.target}:{path}", f"{path} does not hold a run key")
+    return key
 
 
 def _uid(value: int | None) -> int:
