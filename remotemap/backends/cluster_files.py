@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import io
 import json
+import logging
 import os
 import posixpath
 import secrets
@@ -37,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.backends import cluster_engine as engine
-from remotemap.integrity import read_key_file, write_key_file
+from remotemap.integrity import check_same_dir, read_key_file, write_key_file
 from remotemap.protocol import write_atomic
 from remotemap.rundir import LocalRunDir, prepare_parent
+
+log = logging.getLogger("remotemap")
 
 #: The subdirectories of a run directory.
 SUBDIRS = ("chunks", "outcomes", "logs", "rounds", "swf")
@@ -207,6 +210,8 @@ class LocalFiles(RunFiles):
         return self._rundir().listdir(rel)
 
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        # The engine and its jobs find the run by its name: refuse one put in place of ours.
+        check_same_dir(self.root, self._rundir().identity)
         command = [python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
                    str(rnd)]
         try:
@@ -226,7 +231,8 @@ class LocalFiles(RunFiles):
         if self._dir is None:
             shutil.rmtree(self.root, ignore_errors=True)
         elif not self._dir.remove():
-            raise ClusterError(f"{self.root} was replaced by another directory: left as it is")
+            log.warning("%s was replaced by another directory while the run went on: left as "
+                        "it is", self.root)
 
     def close(self) -> None:
         if self._dir is not None:
