@@ -47,16 +47,25 @@ def seal(key: bytes, data: bytes) -> bytes:
     return _tag(key, data) + data
 
 
+def tag(key: bytes, data: bytes | memoryview) -> bytes:
+    """The tag :func:`seal` puts in front of ``data``: to write the two without joining them
+    (a copy of a large file), then :func:`check_tag` when reading them apart."""
+    return _tag(key, data)
+
+
+def check_tag(key: bytes, found: bytes, data: bytes | memoryview, path: str) -> None:
+    """TamperedFile (naming ``path``) unless ``found`` is the tag of ``data``."""
+    if len(found) != TAG_SIZE or not hmac.compare_digest(found, _tag(key, data)):
+        raise TamperedFile(path)
+
+
 def unseal(key: bytes, blob: bytes, path: str) -> memoryview:
     """The data sealed in ``blob`` (read from ``path``); TamperedFile if the tag is wrong.
 
     Returns a view, not a copy: chunks and outcomes can be hundreds of MB.
     """
     view = memoryview(blob)
-    if len(view) < TAG_SIZE or not hmac.compare_digest(
-        bytes(view[:TAG_SIZE]), _tag(key, view[TAG_SIZE:])
-    ):
-        raise TamperedFile(path)
+    check_tag(key, bytes(view[:TAG_SIZE]), view[TAG_SIZE:], path)
     return view[TAG_SIZE:]
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from remotemap.errors import TaskFailure
 from remotemap.execution import dumps, find_unpicklable, loads
-from remotemap.integrity import file_key, seal, unseal
+from remotemap.integrity import TAG_SIZE, check_tag, file_key, seal, tag, unseal
 from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -106,6 +106,21 @@ def log_name(chunk_id: int) -> str:
 def seal_file(key: bytes, name: str, data: bytes) -> bytes:
     """``data`` sealed for the file ``name`` of the run (relative to its directory)."""
     return seal(file_key(key, name), data)
+
+
+def seal_parts(key: bytes, name: str, data: bytes) -> tuple[bytes, bytes]:
+    """What ``seal_file`` gives, as the tag and ``data`` to write one after the other."""
+    return tag(file_key(key, name), data), data
+
+
+def read_sealed(rundir: LocalRunDir, key: bytes, name: str) -> bytes:
+    """The checked content of the sealed file ``name`` of a local run directory, as bytes of
+    its own (no copy); FileNotFoundError if missing, TamperedFile if not sealed by the run."""
+    parts = rundir.read_split(name, TAG_SIZE)
+    if parts is None:
+        raise FileNotFoundError(2, "no such file", rundir.path(name))
+    check_tag(file_key(key, name), *parts, rundir.path(name))
+    return parts[1]
 
 
 def unseal_file(key: bytes, name: str, blob: bytes, path: str) -> memoryview:

@@ -100,15 +100,29 @@ class LocalRunDir:
                 raise UnsafePath(self.path(name), f"{self.path(name)} is not a regular file")
             return f.read()
 
-    def write(self, name: str, data: bytes, mode: int = 0o600) -> None:
-        """Write ``name`` so that readers see the whole file or none of it."""
+    def read_split(self, name: str, head: int) -> tuple[bytes, bytes] | None:
+        """The file's first ``head`` bytes and the rest, each a bytes object of its own (the
+        rest is not copied again to be unpickled); None if there is no such file."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(self.path(name), f"{self.path(name)} is not a regular file")
+            return f.read(head), f.read()
+
+    def write(self, name: str, *parts: bytes, mode: int = 0o600) -> None:
+        """Write ``parts`` one after the other to ``name``, so that readers see the whole file
+        or none of it."""
         tmp = f"{name}.tmp-{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode, dir_fd=self.fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for data in parts:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)

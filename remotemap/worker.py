@@ -50,9 +50,9 @@ from remotemap.protocol import (
     decode_chunk_header,
     log_name,
     outcome_name,
-    seal_file,
+    read_sealed,
+    seal_parts,
     set_worker_key,
-    unseal_file,
 )
 from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
@@ -69,12 +69,9 @@ class WorkerRun:
         self.layout = RunLayout(rundir.root)
         set_worker_key(key)  # for workflow steps reading their prerequisites' outcomes
 
-    def load(self, name: str) -> memoryview:
+    def load(self, name: str) -> bytes:
         """The checked content of the sealed file ``name``: FileNotFoundError, TamperedFile."""
-        blob = self.rundir.read(name)
-        if blob is None:
-            raise FileNotFoundError(2, "no such file", self.rundir.path(name))
-        return unseal_file(self.key, name, blob, self.rundir.path(name))
+        return read_sealed(self.rundir, self.key, name)
 
 
 def load_function(run: WorkerRun) -> _Function:
@@ -104,7 +101,7 @@ def execute_chunk(
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(run, function, Chunk(chunk_id, indices, largs, lkwargs))
     name = outcome_name(chunk_id)
-    run.rundir.write(name, seal_file(run.key, name, dumps_result(result, token)))
+    run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
     return not result.failures
 
 

@@ -35,6 +35,7 @@ from remotemap.protocol import (
     open_outcome,
     outcome_name,
     seal_file,
+    seal_parts,
 )
 from remotemap.server_client import WorkerServer, parse_done
 from remotemap.tasks import Chunk, ChunkResult
@@ -193,7 +194,7 @@ class DumpsSession(Session):
         self.rundir.unlink(outcome_name(number))
         self.rundir.unlink(log_name(number))
         name = chunk_name(number)
-        self.rundir.write(name, seal_file(self.key, name, data))
+        self.rundir.write(name, *seal_parts(self.key, name, data))  # not joined: no copy
         return chunk, failed
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
