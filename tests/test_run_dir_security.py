@@ -192,6 +192,38 @@ def test_planted_chunk_is_refused_by_the_worker_server(tmp_path: Path) -> None:
     assert "000000.pkl failed its integrity check" in log
 
 
+@pytest.mark.ssh
+def test_planted_function_is_refused_on_the_ssh_host(sshd_host: Any, remote_python: Path
+                                                     ) -> None:
+    """The worker server on the host checks what it loads too (the host's side of a run)."""
+    from remotemap.ssh import Connection
+
+    marks = Path(tempfile.mkdtemp(dir="/tmp"))
+    marks.chmod(0o777)  # the ssh user's planted pickle could leave its mark here
+    marker = marks / "pwned"
+    root = ".cache/remotemap/planted-test/run-x"
+    try:
+        with Connection(sshd_host.alias, ssh_config=str(sshd_host.ssh_config)).connect() as conn:
+            for sub in ("", "chunks", "outcomes", "logs"):
+                conn.makedirs_private(f"{root}/{sub}".rstrip("/"))
+            conn.put_bytes(f"{root}/{FUNCTION}", planted(marker))
+            conn.put_bytes(f"{root}/{chunk_name(0)}", _sealed_chunk(0, 3))
+            with conn.open_process([str(remote_python), "-m", "remotemap.worker", "serve",
+                                    root]) as proc:
+                proc.write(f"key {KEY.hex()}\nrun 0\n".encode())
+                lines = [proc.readline(timeout=30) for _ in range(2)]
+                proc.close_stdin()
+            data = conn.get_bytes(f"{root}/{outcome_name(0)}")
+            conn.remove_tree(".cache/remotemap/planted-test")
+        assert lines[0].startswith(b"ready") and lines[1] == b"done 0 exit:0\n"
+        assert not marker.exists()
+        result = open_outcome(KEY, 0, data, "tok", "outcome")
+        assert result is not None and result.values == []
+        assert "function.pkl failed its integrity check" in result.failures[0].message
+    finally:
+        shutil.rmtree(marks)
+
+
 def test_batch_worker_refuses_a_planted_function_and_a_key_others_can_read(
         tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
