@@ -25,7 +25,8 @@ class TaskFailure:
     ``kind`` tells failures apart without parsing text: ``"exception"`` (the function raised),
     ``"crash"`` (the process running it died), ``"pickling"`` (an argument or result could not
     cross the process boundary), ``"timeout"``, ``"cancelled"``, ``"lost"`` (the worker
-    vanished without a word, e.g. a dropped connection).
+    vanished without a word, e.g. a dropped connection), ``"tampered"`` (its outcome file failed
+    its integrity check - written by someone without the run's key - and was not loaded).
     """
 
     index: int

@@ -60,7 +60,7 @@ def dumps(obj: object, protocol: int | None = None,
         return file.getvalue()
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     return cloudpickle.loads(data)
 
 

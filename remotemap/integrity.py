@@ -47,17 +47,63 @@ def seal(key: bytes, data: bytes) -> bytes:
     return _tag(key, data) + data
 
 
+def tag(key: bytes, data: bytes | memoryview) -> bytes:
+    """The tag :func:`seal` puts in front of ``data``: to write the two without joining them
+    (a copy of a large file), then :func:`check_tag` when reading them apart."""
+    return _tag(key, data)
+
+
+def check_tag(key: bytes, found: bytes, data: bytes | memoryview, path: str) -> None:
+    """TamperedFile (naming ``path``) unless ``found`` is the tag of ``data``."""
+    if len(found) != TAG_SIZE or not hmac.compare_digest(found, _tag(key, data)):
+        raise TamperedFile(path)
+
+
 def unseal(key: bytes, blob: bytes, path: str) -> memoryview:
     """The data sealed in ``blob`` (read from ``path``); TamperedFile if the tag is wrong.
 
     Returns a view, not a copy: chunks and outcomes can be hundreds of MB.
     """
     view = memoryview(blob)
-    if len(view) < TAG_SIZE or not hmac.compare_digest(
-        bytes(view[:TAG_SIZE]), _tag(key, view[TAG_SIZE:])
-    ):
-        raise TamperedFile(path)
+    check_tag(key, bytes(view[:TAG_SIZE]), view[TAG_SIZE:], path)
     return view[TAG_SIZE:]
+
+
+def file_key(key: bytes, name: str) -> bytes:
+    """The key that seals the file called ``name`` in a run: a sealed file moved to another
+    name (an old outcome put in place of another chunk's) then fails its check."""
+    return _tag(key, name.encode())
+
+
+def write_key_file(path: str, key: bytes) -> None:
+    """Store ``key`` (hex) in a new 0600 file in a private directory (made 0700 if missing)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    check_private_dir(folder)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+
+
+def read_key_file(path: str) -> bytes:
+    """The key in ``path``: UnsafePath unless only this user could have written or read it."""
+    check_private_dir(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        reason = unsafe_reason(path, st.st_mode, st.st_uid, me=os.geteuid(), ancestor=False)
+        if reason is None and st.st_mode & 0o077:
+            reason = f"{path} can be read by others (mode {stat.S_IMODE(st.st_mode):04o})"
+        if reason is not None:
+            raise UnsafePath(path, reason)
+        text = f.read().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_SIZE:
+        raise UnsafePath(path, f"{path} does not hold a run key")
+    return key
 
 
 def unsafe_reason(path: str, mode: int, uid: int, *, me: int, ancestor: bool) -> str | None:
@@ -90,7 +136,9 @@ def check_parent_for_new_dir(parent: str, *, me: int | None = None) -> None:
 
 def _check_chain(path: str, me: int | None, *, ancestor: bool) -> None:
     me = os.geteuid() if me is None else me
-    current = os.path.abspath(path)
+    # The real path: a symbolic link on the way would otherwise hide the directories that
+    # hold its target.
+    current = os.path.realpath(path)
     while True:
         st = os.stat(current)
         reason = unsafe_reason(current, st.st_mode, st.st_uid, me=me, ancestor=ancestor)

@@ -12,6 +12,12 @@ A run directory holds everything one run needs, under names given here and nowhe
 Every chunk file carries the run's random token and the worker copies it into the outcome:
 an outcome whose token differs belongs to another run and is never taken as a result.
 
+The function, chunk and outcome files are sealed (``seal_file``): an HMAC tag made with the
+run's secret key and the file's name in the run directory goes in front of the pickle, and
+nothing is unpickled before its tag checks out (``unseal_file``). The key never sits in the run
+directory: the caller hands it to a worker server on its stdin (``key HEX [DEV INO]``, the
+first line) and to a batch job as a private key file named on its command line.
+
 Paths are POSIX strings so the same layout names files on a remote host.
 
 The worker side of the line protocol spoken over a worker server's stdin and stdout is also
@@ -27,13 +33,13 @@ import os
 import pickle
 import posixpath
 import secrets
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from remotemap.errors import TaskFailure
 from remotemap.execution import dumps, find_unpicklable, loads
+from remotemap.integrity import TAG_SIZE, check_tag, file_key, seal, tag, unseal
+from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -42,6 +48,8 @@ OUTCOMES = "outcomes"
 LOGS = "logs"
 META = "run.json"
 WORK = "work"
+#: The subdirectories made with every run directory.
+SUBDIRS = (CHUNKS, OUTCOMES, LOGS)
 
 
 @dataclass(frozen=True)
@@ -54,29 +62,95 @@ class RunLayout:
     def function(self) -> str:
         return posixpath.join(self.root, FUNCTION)
 
+    def name(self, path: str) -> str:
+        """``path`` (one of this layout's) relative to the run directory."""
+        return posixpath.relpath(path, self.root)
+
     @property
     def meta(self) -> str:
         return posixpath.join(self.root, META)
 
     def subdirs(self) -> list[str]:
-        return [posixpath.join(self.root, d) for d in (CHUNKS, OUTCOMES, LOGS)]
+        return [posixpath.join(self.root, d) for d in SUBDIRS]
 
     def chunk(self, chunk_id: int) -> str:
-        return posixpath.join(self.root, CHUNKS, f"{chunk_id:06d}.pkl")
+        return posixpath.join(self.root, chunk_name(chunk_id))
 
     def outcome(self, chunk_id: int) -> str:
-        return posixpath.join(self.root, OUTCOMES, f"{chunk_id:06d}.pkl")
+        return posixpath.join(self.root, outcome_name(chunk_id))
 
     def workdir(self, index: int) -> str:
         """The working directory of task ``index`` when tasks run in their own directories."""
         return posixpath.join(self.root, WORK, str(index))
 
     def log(self, chunk_id: int) -> str:
-        return posixpath.join(self.root, LOGS, f"{chunk_id:06d}.log")
+        return posixpath.join(self.root, log_name(chunk_id))
 
 
 def new_token() -> str:
     return secrets.token_hex(8)
+
+
+def chunk_name(chunk_id: int) -> str:
+    return posixpath.join(CHUNKS, f"{chunk_id:06d}.pkl")
+
+
+def outcome_name(chunk_id: int) -> str:
+    return posixpath.join(OUTCOMES, f"{chunk_id:06d}.pkl")
+
+
+def log_name(chunk_id: int) -> str:
+    return posixpath.join(LOGS, f"{chunk_id:06d}.log")
+
+
+def seal_file(key: bytes, name: str, data: bytes) -> bytes:
+    """``data`` sealed for the file ``name`` of the run (relative to its directory)."""
+    return seal(file_key(key, name), data)
+
+
+def seal_parts(key: bytes, name: str, data: bytes) -> tuple[bytes, bytes]:
+    """What ``seal_file`` gives, as the tag and ``data`` to write one after the other."""
+    return tag(file_key(key, name), data), data
+
+
+def read_sealed(rundir: LocalRunDir, key: bytes, name: str) -> bytes:
+    """The checked content of the sealed file ``name`` of a local run directory, as bytes of
+    its own (no copy); FileNotFoundError if missing, TamperedFile if not sealed by the run."""
+    parts = rundir.read_split(name, TAG_SIZE)
+    if parts is None:
+        raise FileNotFoundError(2, "no such file", rundir.path(name))
+    check_tag(file_key(key, name), *parts, rundir.path(name))
+    return parts[1]
+
+
+def unseal_file(key: bytes, name: str, blob: bytes, path: str) -> memoryview:
+    """The data sealed in ``blob``, read from ``path`` (the file ``name`` of the run);
+    TamperedFile, naming ``path``, if it was not sealed by this run for this name."""
+    return unseal(file_key(key, name), blob, path)
+
+
+#: The run's key in a worker process (set by ``remotemap.worker``), for what its tasks read of
+#: the run: a workflow step's prerequisites (``remotemap.workflow.remote_step``).
+_worker_key: bytes | None = None
+
+
+def set_worker_key(key: bytes) -> None:
+    global _worker_key
+    _worker_key = key
+
+
+def worker_key() -> bytes:
+    if _worker_key is None:
+        raise RuntimeError("no run key: this is not a remotemap worker process")
+    return _worker_key
+
+
+def open_outcome(key: bytes, chunk_id: int, blob: bytes, token: str, path: str
+                 ) -> ChunkResult | None:
+    """The chunk result in the outcome file read from ``path``: checked, then unpickled.
+    TamperedFile if the seal is wrong; None if a run with the same key but another token
+    wrote it."""
+    return decode_outcome(unseal_file(key, outcome_name(chunk_id), blob, path), token)
 
 
 def encode_chunk(token: str, chunk: Chunk) -> bytes:
@@ -102,21 +176,22 @@ def encode_runnable(token: str, chunk: Chunk) -> tuple[Chunk, bytes | None, list
     return keep, (encode_chunk(token, keep) if keep.indices else None), failures
 
 
-def decode_chunk_header(data: bytes) -> tuple[str, int, list[int], io.BytesIO]:
+def decode_chunk_header(data: bytes | memoryview) -> tuple[str, int, list[int], io.BytesIO]:
     """The run's token, the chunk id and task indices; and the stream where the arguments are."""
     stream = io.BytesIO(data)
     token, chunk_id, indices = pickle.load(stream)
     return token, chunk_id, indices, stream
 
 
-def decode_chunk(data: bytes) -> tuple[str, Chunk]:
+def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
     token, chunk_id, indices, stream = decode_chunk_header(data)
     largs, lkwargs = pickle.load(stream)
     return token, Chunk(chunk_id, indices, largs, lkwargs)
 
 
-def decode_outcome(data: bytes, token: str) -> ChunkResult | None:
-    """The chunk result in ``data``, or None if it was written by another run."""
+def decode_outcome(data: bytes | memoryview, token: str) -> ChunkResult | None:
+    """The chunk result in ``data`` (unsealed: see ``open_outcome``), or None if it was
+    written by another run."""
     found_token, result = loads(data)
     if found_token != token or not isinstance(result, ChunkResult):
         return None
@@ -137,15 +212,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     os.replace(tmp, target)
 
 
-def create_local_run_dir(parent: str | None = None, prefix: str = "remotemap-") -> RunLayout:
-    """A fresh private (0700) run directory with its subdirectories."""
-    if parent:
-        Path(parent).mkdir(parents=True, exist_ok=True, mode=0o700)
-    root = tempfile.mkdtemp(prefix=prefix, dir=parent or None)  # mkdtemp makes it 0700
-    layout = RunLayout(root)
-    for sub in layout.subdirs():
-        os.mkdir(sub, 0o700)
-    return layout
+def create_local_run_dir(parent: str | None = None, prefix: str = "remotemap-"
+                         ) -> tuple[RunLayout, LocalRunDir]:
+    """A fresh private (0700) run directory with its subdirectories, and the descriptor to
+    reach it by; UnsafePath if ``parent`` lets another user replace it."""
+    run = LocalRunDir.create(parent, SUBDIRS, prefix)
+    return RunLayout(run.root), run
 
 
 def read_file(path: str) -> bytes:

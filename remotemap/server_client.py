@@ -6,6 +6,7 @@ over an SSH channel: all it needs is somewhere to write lines and somewhere to r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +25,16 @@ def parse_done(line: bytes, where: str) -> tuple[int, str]:
     words = line.decode(errors="replace").split()
     if len(words) == 3 and words[0] == "done":
         return int(words[1]), words[2]
-    raise WorkerServerGone(f"worker server on {where} said {' '.join(words)!r}")
+    said = " ".join(words)
+    hint = ""
+    if "unknown command 'key" in said:
+        hint = " (it predates run keys: install the same remotemap version there)"
+    raise WorkerServerGone(f"worker server on {where} said {_redacted(said)!r}{hint}")
+
+
+def _redacted(text: str) -> str:
+    """``text`` without anything that looks like a run key (an old server echoes its line)."""
+    return re.sub(r"\b[0-9a-f]{64}\b", "<run key>", text)
 
 
 class WorkerServerGone(RuntimeError):

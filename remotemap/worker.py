@@ -2,17 +2,24 @@
 
 Two ways to run it:
 
-``python -m remotemap.worker run RUN_DIR [--fail-exit] CHUNK [CHUNK ...]``
-    Run the chunks one after the other in this process (a batch job does this). With
+``python -m remotemap.worker run RUN_DIR --key-file PATH [--fail-exit] CHUNK [CHUNK ...]``
+    Run the chunks one after the other in this process (a batch job does this), with the
+    run's key read from ``PATH`` (a private file outside the run directory). With
     ``--fail-exit`` it exits with status 3 when a task failed, so a batch system holding
     jobs that depend on this one does not start them (a workflow's steps on ``cluster``).
 
 ``python -m remotemap.worker serve RUN_DIR``
-    A preloaded server: it loads the function once (importing what the function needs), then
-    forks one child per chunk it is told to run, so each chunk gets its own process - a crash
-    kills one chunk, not the run - without paying for a fresh interpreter each time. It reads
+    A preloaded server: it reads the run's key from the first line of its stdin (``key HEX``,
+    plus ``DEV INO`` when the caller knows which directory it made), then loads the function
+    once (importing what the function needs), then forks one child per chunk it is told to
+    run, so each chunk gets its own process - a crash kills one chunk, not the run - without
+    paying for a fresh interpreter each time. It reads
     ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
+
+Either way the worker enters the run directory only if no other user can change it, reaches
+its files through a descriptor opened once (``remotemap.rundir``), unpickles only files whose
+seal the run's key checks, and seals the outcomes it writes (see ``remotemap.protocol``).
 
 The worker imports only the standard library, cloudpickle and remotemap's protocol modules, so a
 remote host needs no more than that.
@@ -33,15 +40,42 @@ from typing import Any
 import cloudpickle
 
 from remotemap._version import __version__
+from remotemap.errors import UnsafePath
 from remotemap.execution import chunk_failed, dumps_result, run_chunk
-from remotemap.protocol import RunLayout, decode_chunk_header, read_file, write_atomic
+from remotemap.integrity import read_key_file
+from remotemap.protocol import (
+    FUNCTION,
+    RunLayout,
+    chunk_name,
+    decode_chunk_header,
+    log_name,
+    outcome_name,
+    read_sealed,
+    seal_parts,
+    set_worker_key,
+)
+from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
 
 _Function = Callable[..., Any]
 
 
-def load_function(layout: RunLayout) -> _Function:
-    function: _Function = cloudpickle.loads(read_file(layout.function))
+class WorkerRun:
+    """The run directory this worker serves, and the run's key."""
+
+    def __init__(self, rundir: LocalRunDir, key: bytes) -> None:
+        self.rundir = rundir
+        self.key = key
+        self.layout = RunLayout(rundir.root)
+        set_worker_key(key)  # for workflow steps reading their prerequisites' outcomes
+
+    def load(self, name: str) -> bytes:
+        """The checked content of the sealed file ``name``: FileNotFoundError, TamperedFile."""
+        return read_sealed(self.rundir, self.key, name)
+
+
+def load_function(run: WorkerRun) -> _Function:
+    function: _Function = cloudpickle.loads(run.load(FUNCTION))
     return function
 
 
@@ -50,14 +84,14 @@ TASK_FAILED_EXIT = 3
 
 
 def execute_chunk(
-    layout: RunLayout, chunk_id: int, function: _Function | None, task_dirs: bool = False
+    run: WorkerRun, chunk_id: int, function: _Function | None, task_dirs: bool = False
 ) -> bool:
     """Run one chunk and write its outcome; any failure becomes a failed task, never silence.
     True when every task succeeded."""
-    token, _, indices, stream = decode_chunk_header(read_file(layout.chunk(chunk_id)))
+    token, _, indices, stream = decode_chunk_header(run.load(chunk_name(chunk_id)))
     try:
         if function is None:
-            function = load_function(layout)
+            function = load_function(run)
         largs, lkwargs = pickle.load(stream)
     except Exception as exc:
         # The function or the arguments cannot be loaded here (a module missing on this host,
@@ -65,23 +99,24 @@ def execute_chunk(
         result = chunk_failed(Chunk(chunk_id, indices, [], []), exc)
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
-        result = runner(layout, function, Chunk(chunk_id, indices, largs, lkwargs))
-    write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
+        result = runner(run, function, Chunk(chunk_id, indices, largs, lkwargs))
+    name = outcome_name(chunk_id)
+    run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
     return not result.failures
 
 
-def _run_here(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
+def _run_here(run: WorkerRun, function: _Function, chunk: Chunk) -> ChunkResult:
     return run_chunk(function, chunk)
 
 
-def run_in_task_dirs(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
+def run_in_task_dirs(run: WorkerRun, function: _Function, chunk: Chunk) -> ChunkResult:
     """Run each task in its own working directory, ``RUN/work/INDEX``, so the files it writes
     can be found (and copied back) afterwards."""
     result = ChunkResult(chunk.id)
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
-        workdir = layout.workdir(index)
-        os.makedirs(workdir, mode=0o700, exist_ok=True)
-        os.chdir(workdir)
+        workdir = run.layout.name(run.layout.workdir(index))
+        run.rundir.makedirs(workdir)
+        run.rundir.chdir(workdir)
         one = run_chunk(function, Chunk(chunk.id, [index], [args], [kwargs]))
         result.indices += one.indices
         result.values += one.values
@@ -89,24 +124,24 @@ def run_in_task_dirs(layout: RunLayout, function: _Function, chunk: Chunk) -> Ch
     return result
 
 
-def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> bool:
+def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
     """Run the chunks here, one after the other; True when every task succeeded."""
     function: _Function | None
     try:
-        function = load_function(layout)
+        function = load_function(run)
     except Exception:
         function = None  # execute_chunk reports the error against each task
     ok = True
     for chunk_id in chunk_ids:
-        ok = execute_chunk(layout, chunk_id, function) and ok
+        ok = execute_chunk(run, chunk_id, function) and ok
     return ok
 
 
 class _Server:
     """The fork server: one child process per chunk, at most as many as the caller sends."""
 
-    def __init__(self, layout: RunLayout, task_dirs: bool = False) -> None:
-        self.layout = layout
+    def __init__(self, run: WorkerRun, task_dirs: bool = False) -> None:
+        self.run = run
         self.task_dirs = task_dirs
         # The protocol gets its own copy of stdout; fd 1 then points at stderr so that a stray
         # print() in user code can never corrupt the protocol stream.
@@ -117,7 +152,7 @@ class _Server:
         self.prctl = _load_prctl()
         self.function: _Function | None
         try:
-            self.function = load_function(layout)
+            self.function = load_function(run)
         except Exception:
             self.function = None  # each child retries and reports the error per task
 
@@ -179,12 +214,12 @@ class _Server:
                 signal.signal(sig, signal.SIG_DFL)
             os.setpgid(0, 0)  # its own group, so a timeout kills what the task spawned too
             _die_with_parent(self.prctl)
-            log = os.open(self.layout.log(chunk_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            log = self.run.rundir.open_for_writing(log_name(chunk_id))
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            execute_chunk(self.layout, chunk_id, self.function, self.task_dirs)
+            execute_chunk(self.run, chunk_id, self.function, self.task_dirs)
         except BaseException:
             import traceback
 
@@ -295,21 +330,56 @@ def _adopt_caller_sys_path() -> None:
     sys.path[:0] = [p for p in paths if isinstance(p, str) and p not in sys.path]
 
 
+def read_key_line() -> tuple[bytes, tuple[int, int] | None]:
+    """The first line of stdin, ``key HEX [DEV INO]``: the run's key and, when the caller made
+    the directory on this machine, its identity. Read a byte at a time: the rest of stdin is
+    the server's, read unbuffered by its loop."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 256:
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    words = line.decode(errors="replace").split()
+    try:
+        if words[0] != "key" or len(words) not in (2, 4):
+            raise ValueError
+        key = bytes.fromhex(words[1])
+        identity = (int(words[2]), int(words[3])) if len(words) == 4 else None
+    except (IndexError, ValueError):
+        raise SystemExit("remotemap.worker serve: the first line of stdin must be "
+                         "'key HEX [DEV INO]'") from None
+    return key, identity
+
+
+def _enter(root: str, expected: tuple[int, int] | None = None) -> LocalRunDir:
+    # Absolute: tasks may change directory, and the run directory may be given relative to
+    # the remote home.
+    try:
+        return LocalRunDir.enter(os.path.abspath(root), expected)
+    except UnsafePath as exc:
+        raise SystemExit(f"remotemap.worker: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _adopt_caller_sys_path()
     if len(args) in (2, 3) and args[0] == "serve":
-        # Absolute: tasks may change directory, and the run directory may be given relative to
-        # the remote home.
-        layout = RunLayout(os.path.abspath(args[1]))
-        _Server(layout, task_dirs="--task-dirs" in args[2:]).serve()
+        key, identity = read_key_line()
+        run = WorkerRun(_enter(args[1], identity), key)
+        _Server(run, task_dirs="--task-dirs" in args[2:]).serve()
         return 0
-    if len(args) >= 3 and args[0] == "run":
-        fail_exit = "--fail-exit" in args[2:]
-        chunks = [int(c) for c in args[2:] if c != "--fail-exit"]
-        ok = run_chunks(RunLayout(os.path.abspath(args[1])), chunks)
+    if len(args) >= 5 and args[0] == "run" and args[2] == "--key-file":
+        try:
+            key = read_key_file(args[3])
+        except (OSError, UnsafePath) as exc:
+            raise SystemExit(f"remotemap.worker: the run key {args[3]}: {exc}") from None
+        fail_exit = "--fail-exit" in args[4:]
+        chunks = [int(c) for c in args[4:] if c != "--fail-exit"]
+        ok = run_chunks(WorkerRun(_enter(args[1]), key), chunks)
         return TASK_FAILED_EXIT if fail_exit and not ok else 0
-    usage = "serve RUN_DIR [--task-dirs] | run RUN_DIR [--fail-exit] CHUNK..."
+    usage = ("serve RUN_DIR [--task-dirs] (key line on stdin) | "
+             "run RUN_DIR --key-file PATH [--fail-exit] CHUNK...")
     print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
     return 2
 

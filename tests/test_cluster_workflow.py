@@ -21,13 +21,22 @@ import cloudpickle
 import pytest
 
 from remotemap import Result, Workflow
-from remotemap.protocol import decode_chunk
+from remotemap.integrity import read_key_file
+from remotemap.protocol import chunk_name, decode_chunk, unseal_file
+from remotemap.tasks import Chunk
 from tests.infra.slurm import SingleNodeSlurm
 from tests.slurm_fixtures import require_soma_workflow
 from tests.test_workflow import add_noted, calls, fail_noted, fail_once_noted, note
 
 # The ssh test user has remotemap but not the tests: their step functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def read_chunk(run: Path, file: int) -> Chunk:
+    """A chunk file of the run, checked with the run's key (its key file is named in run.json)."""
+    key = read_key_file(json.loads((run / "run.json").read_text())["key_file"])
+    path = run / chunk_name(file)
+    return decode_chunk(unseal_file(key, chunk_name(file), path.read_bytes(), str(path)))[1]
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +105,7 @@ def test_a_whole_graph_is_one_round_of_dependent_slurm_jobs(slurm: dict[str, Any
     assert all(row["drms"] for row in job_rows(run))  # four real SLURM jobs
     # The last step's job read its prerequisites' values from their outcome files: what it
     # was sent holds the placeholders and the paths, not the values.
-    _, chunk = decode_chunk((run / "chunks" / "000003.pkl").read_bytes())
+    chunk = read_chunk(run, 3)
     func, args, _, sources, _ = chunk.largs[0]
     assert func is add_noted or func.__name__ == "add_noted"
     assert args[2:] == (Result(left), Result(right))
@@ -146,7 +155,7 @@ def test_client_and_always_steps_go_out_in_later_rounds(local: dict[str, Any],
     assert [len(spec["jobs"]) for spec in specs] == [3, 1, 1]
     assert sorted(map(tuple, specs[0]["dependencies"])) == [(0, 1), (0, 2)]
     # The client step's value went in c's arguments; c's job had nothing to read.
-    _, chunk = decode_chunk((the_run(local) / "chunks" / "000003.pkl").read_bytes())
+    chunk = read_chunk(the_run(local), 3)
     assert chunk.largs[0][1][2:] == (13, 100) and chunk.largs[0][3] == {}
 
 

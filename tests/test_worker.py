@@ -16,27 +16,40 @@ from remotemap.backends.base import TaskOptions
 from remotemap.backends.dumps import DumpsSession
 from remotemap.execution import dumps, dumps_result
 from remotemap.protocol import (
+    FUNCTION,
     RunLayout,
+    chunk_name,
     create_local_run_dir,
     decode_outcome,
     encode_chunk,
-    write_atomic,
+    open_outcome,
+    outcome_name,
+    seal_file,
 )
 from remotemap.tasks import Chunk, ChunkResult
 from tests import taskfuncs as tf
 
+#: The run key the tests' hand-made run directories are sealed with.
+KEY = bytes(range(32))
+
 
 def _layout_with(function: object, chunks: list[Chunk], token: str = "tok") -> RunLayout:
-    layout = create_local_run_dir()
-    write_atomic(layout.function, dumps(function))
+    layout, rundir = create_local_run_dir()
+    rundir.write(FUNCTION, seal_file(KEY, FUNCTION, dumps(function)))
     for chunk in chunks:
-        write_atomic(layout.chunk(chunk.id), encode_chunk(token, chunk))
+        name = chunk_name(chunk.id)
+        rundir.write(name, seal_file(KEY, name, encode_chunk(token, chunk)))
+    rundir.close()
     return layout
 
 
 def _serve(layout: RunLayout) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "remotemap.worker", "serve", layout.root],
+    proc = subprocess.Popen([sys.executable, "-m", "remotemap.worker", "serve", layout.root],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(f"key {KEY.hex()}\n".encode())
+    proc.stdin.flush()
+    return proc
 
 
 def test_run_directory_is_private_and_removed(tmp_path: Path) -> None:
@@ -68,8 +81,10 @@ def test_stale_outcome_file_is_ignored_by_collect() -> None:
     session = DumpsSession(dumps(tf.square), TaskOptions(), n_jobs=1)
     try:
         chunk = Chunk(0, [0], [(1,)], [{}])
-        write_atomic(session.layout.outcome(0),
-                     dumps_result(ChunkResult(0, [0], ["stale"]), "other"))
+        name = outcome_name(0)
+        session.rundir.write(name, seal_file(session.key, name,
+                                             dumps_result(ChunkResult(0, [0], ["stale"]),
+                                                          "other")))
         result = session.collect(0, chunk, "exit:0")
     finally:
         session.close()
@@ -87,7 +102,8 @@ def test_server_answers_ready_then_done_and_stops_on_eof() -> None:
     proc.stdin.flush()
     assert proc.stdout.readline().startswith(b"error unknown command")
     assert proc.stdout.readline() == b"done 0 exit:0\n"
-    result = decode_outcome(Path(layout.outcome(0)).read_bytes(), "tok")
+    result = open_outcome(KEY, 0, Path(layout.outcome(0)).read_bytes(), "tok",
+                          layout.outcome(0))
     assert result is not None and result.values == [49]
     proc.stdin.close()
     assert proc.wait(timeout=5) == 0

@@ -327,7 +327,7 @@ def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
         elif settings["keep_files"]:
             log.info("kept the cluster run directory %s:%s", run.files.label, run.files.root)
         else:
-            run.files.remove()
+            run.remove()
             unregister(run.run_id)
     finally:
         run.files.close()

@@ -59,7 +59,7 @@ def submit(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None = Non
         tasks = list(zip(range(len(all_args)), all_args, all_kwargs, strict=True))
         failures = run.add_tasks(tasks, task_timeout=timeout)
         if failures:
-            run.files.write_many({_SUBMIT_FAILURES: dumps(failures)})
+            run.write_sealed(_SUBMIT_FAILURES, dumps(failures))
     finally:
         run.files.close()
     return run.run_id
@@ -91,7 +91,7 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
         if n_tasks is None:  # a run of a session whose process died: the tasks it staged
             n_tasks = max(run.file_index.values(), default=-1) + 1
         results: list[Any] = [None] * int(n_tasks)
-        blob = run.files.read(_SUBMIT_FAILURES)
+        blob = run.read_sealed(_SUBMIT_FAILURES)
         failures: list[TaskFailure] = list(loads(blob)) if blob else []
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.05 if run.files.label == "localhost" else 0.3
@@ -108,7 +108,7 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
             time.sleep(interval)
         if remove:
             run.wait_ended(30.0)
-            run.files.remove()
+            run.remove()
             unregister(run.run_id)
     finally:
         run.files.close()

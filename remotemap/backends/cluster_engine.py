@@ -326,6 +326,14 @@ def engine_running(root: str, rnd: int) -> bool:
 
 def start(root: str, rnd: int, *, foreground: bool = False) -> int:
     """Check, then detach an engine for the round (unless one runs, or the round is over)."""
+    from remotemap.errors import UnsafePath
+    from remotemap.integrity import check_private_dir
+
+    try:
+        check_private_dir(root)  # the round's spec says what to run: only from a safe place
+    except UnsafePath as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     spec = read_json(spec_path(root, rnd))
     if spec is None:
         print(f"error: no round {rnd} in {root}", file=sys.stderr)

@@ -8,13 +8,23 @@ checked, see ``remotemap.ssh``). soma-workflow's own SSH mode is never used.
 
 The registry (``$XDG_STATE_HOME/remotemap/cluster/RUN_ID.json``) remembers where each run is,
 so ``remotemap status``, ``collect`` and ``cancel`` find it from any later process.
+
+A run directory is made only where no other user could rename it away, and used only while no
+other user can change it (``remotemap.integrity``; over SFTP, ``remotemap.ssh.safety``). Its
+pickles are sealed with the run's key, kept on the submitting host in a private key file
+outside the shared directory (``$XDG_STATE_HOME/remotemap/keys/RUN_ID.key`` here,
+``~/.local/state/remotemap/keys/RUN_ID.key`` on ``cluster.host``), whose path each job gets on
+its command line: a batch job has no stdin to take it from, and a file in the user's own state
+directory is readable by the user's jobs on every node that mounts the home, by no one else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
+import logging
 import os
 import posixpath
 import secrets
@@ -28,12 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.backends import cluster_engine as engine
+from remotemap.integrity import check_same_dir, read_key_file, write_key_file
 from remotemap.protocol import write_atomic
+from remotemap.rundir import LocalRunDir, prepare_parent
+
+log = logging.getLogger("remotemap")
 
 #: The subdirectories of a run directory.
 SUBDIRS = ("chunks", "outcomes", "logs", "rounds", "swf")
 #: More files than this cross SFTP in one tar stream rather than one by one.
 _TAR_ABOVE = 16
+#: Where run keys are kept on ``cluster.host``, under the remote home.
+_REMOTE_KEYS = ".local/state/remotemap/keys"
 
 
 class ClusterError(RuntimeError):
@@ -64,6 +80,22 @@ class RunFiles(ABC):
     @abstractmethod
     def make(self) -> None:
         """Create the (private) run directory and its subdirectories."""
+
+    @abstractmethod
+    def verify(self) -> None:
+        """UnsafePath unless the existing run directory is safe from other users."""
+
+    @abstractmethod
+    def write_key(self, run_id: str, key: bytes) -> str:
+        """Store the run's key in a private file of the submitting host; its path there."""
+
+    @abstractmethod
+    def read_key(self, path: str) -> bytes:
+        """The key in ``path`` (UnsafePath unless only this user could read or write it)."""
+
+    @abstractmethod
+    def remove_key(self, path: str) -> None:
+        """Delete the key file (no error if it is gone)."""
 
     @abstractmethod
     def read(self, rel: str) -> bytes | None:
@@ -123,39 +155,63 @@ def _engine_error(label: str, python: str, code: int, out: str, err: str) -> Clu
                         f"{last}{hint}")
 
 
+def key_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "remotemap" / "keys"
+
+
 class LocalFiles(RunFiles):
+    """The run directory on this machine, reached through a descriptor once made or checked."""
+
     def __init__(self, root: str) -> None:
         self.root = check_path("the run directory", os.path.abspath(os.path.expanduser(root)))
         self.label = "localhost"
+        self._dir: LocalRunDir | None = None
 
     def make(self) -> None:
-        Path(self.root).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_parent(os.path.dirname(self.root))
         os.mkdir(self.root, 0o700)
+        self._dir = LocalRunDir.enter(self.root)
         for sub in SUBDIRS:
-            os.mkdir(os.path.join(self.root, sub), 0o700)
+            os.mkdir(sub, 0o700, dir_fd=self._dir.fd)
+
+    def verify(self) -> None:
+        self._rundir()
+
+    def _rundir(self) -> LocalRunDir:
+        if self._dir is None:
+            self._dir = LocalRunDir.enter(self.root)
+        return self._dir
+
+    def write_key(self, run_id: str, key: bytes) -> str:
+        path = str(key_dir() / f"{run_id}.key")
+        write_key_file(path, key)
+        return path
+
+    def read_key(self, path: str) -> bytes:
+        return read_key_file(path)
+
+    def remove_key(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
 
     def read(self, rel: str) -> bytes | None:
-        try:
-            with open(os.path.join(self.root, rel), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        return self._rundir().read(rel)
 
     def read_many(self, rels: list[str]) -> dict[str, bytes]:
         found = {rel: self.read(rel) for rel in rels}
         return {rel: data for rel, data in found.items() if data is not None}
 
     def write_many(self, files: Mapping[str, bytes]) -> None:
+        rundir = self._rundir()
         for rel, data in files.items():
-            write_atomic(os.path.join(self.root, rel), data)
+            rundir.write(rel, data)
 
     def listdir(self, rel: str) -> list[str]:
-        try:
-            return os.listdir(os.path.join(self.root, rel))
-        except FileNotFoundError:
-            return []
+        return self._rundir().listdir(rel)
 
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        # The engine and its jobs find the run by its name: refuse one put in place of ours.
+        check_same_dir(self.root, self._rundir().identity)
         command = [python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
                    str(rnd)]
         try:
@@ -172,7 +228,16 @@ class LocalFiles(RunFiles):
         return engine.engine_running(self.root, rnd)
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self._dir is None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif not self._dir.remove():
+            log.warning("%s was replaced by another directory while the run went on: left as "
+                        "it is", self.root)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.close()
+            self._dir = None
 
 
 class SSHFiles(RunFiles):
@@ -186,6 +251,16 @@ class SSHFiles(RunFiles):
         self.connection = Connection(host, **connection_options(settings))
         self.connection.connect()
         self.root = root  # made absolute by make() / resolve()
+        self._uid: int | None = None
+
+    @property
+    def uid(self) -> int:
+        """The remote login's uid, which must own the run directory and the key file."""
+        from remotemap.ssh.safety import remote_uid
+
+        if self._uid is None:
+            self._uid = remote_uid(self.connection)
+        return self._uid
 
     def resolve(self) -> None:
         """Turn ``root`` (relative = under the remote home, ``~/`` allowed) into an absolute
@@ -198,11 +273,35 @@ class SSHFiles(RunFiles):
 
     def make(self) -> None:
         from remotemap.ssh.quoting import remote_path
+        from remotemap.ssh.safety import check_remote_parent, check_remote_private
 
-        self.connection.makedirs_private(remote_path(posixpath.dirname(self.root) or "."))
+        parent = check_remote_parent(self.connection, posixpath.dirname(self.root) or ".",
+                                     self.uid)
+        self.connection.makedirs_private(parent)
         self.connection.makedirs_private(remote_path(self.root))
         self.resolve()
+        check_remote_private(self.connection, self.root, self.uid)
         self._untar({f"{sub}/": None for sub in SUBDIRS})
+
+    def verify(self) -> None:
+        from remotemap.ssh.safety import check_remote_parent, check_remote_private
+
+        check_remote_parent(self.connection, posixpath.dirname(self.root) or ".", self.uid)
+        check_remote_private(self.connection, self.root, self.uid)
+
+    def write_key(self, run_id: str, key: bytes) -> str:
+        from remotemap.ssh.safety import write_remote_key
+
+        return write_remote_key(self.connection, self.uid, _REMOTE_KEYS, run_id, key)
+
+    def read_key(self, path: str) -> bytes:
+        from remotemap.ssh.safety import read_remote_key
+
+        return read_remote_key(self.connection, self.uid, path)
+
+    def remove_key(self, path: str) -> None:
+        with self.connection._sftp_lock, contextlib.suppress(FileNotFoundError):
+            self.connection.sftp().remove(path)
 
     def _path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)

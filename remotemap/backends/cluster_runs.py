@@ -33,14 +33,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remotemap.backends.cluster_files import ClusterError, RunFiles, engine_env, engine_python
-from remotemap.errors import TaskFailure
+from remotemap.errors import TamperedFile, TaskFailure
 from remotemap.execution import lost_chunk_result
+from remotemap.integrity import new_key
 from remotemap.protocol import (
+    FUNCTION,
     RunLayout,
-    decode_outcome,
+    chunk_name,
     encode_runnable,
     exit_status_text,
     new_token,
+    open_outcome,
+    seal_file,
+    unseal_file,
 )
 from remotemap.tasks import Chunk
 
@@ -168,9 +173,11 @@ def stderr_tail(data: bytes | None, lines: int = 20) -> str:
 class ClusterRun:
     """A run directory and everything known about its rounds (see the module docstring)."""
 
-    def __init__(self, files: RunFiles, meta: dict[str, Any]) -> None:
+    def __init__(self, files: RunFiles, meta: dict[str, Any], key: bytes) -> None:
         self.files = files
         self.meta = meta
+        #: The run's secret, which seals its pickles (see ``cluster_files``).
+        self.key = key
         self.run_id: str = meta["run_id"]
         self.token: str = meta["token"]
         self.settings: dict[str, Any] = meta["settings"]
@@ -192,18 +199,24 @@ class ClusterRun:
     def create(cls, files: RunFiles, run_id: str, settings: dict[str, Any], blob: bytes, *,
                function: str, env: Mapping[str, str], n_tasks: int | None) -> ClusterRun:
         files.make()
+        key = new_key()
         meta = {"run_id": run_id, "token": new_token(), "settings": settings, "env": dict(env),
                 "function": function, "n_tasks": n_tasks, "root": files.root,
-                "created": time.time()}
-        files.write_many({"function.pkl": blob, "run.json": json.dumps(meta).encode()})
-        return cls(files, meta)
+                "created": time.time(), "key_file": files.write_key(run_id, key)}
+        files.write_many({FUNCTION: seal_file(key, FUNCTION, blob),
+                          "run.json": json.dumps(meta).encode()})
+        return cls(files, meta, key)
 
     @classmethod
     def open(cls, files: RunFiles) -> ClusterRun:
+        files.verify()  # UnsafePath if another user could have changed what is in it
         meta = files.read_json("run.json")
         if meta is None:
             raise ClusterError(f"{files.label}:{files.root} holds no cluster run")
-        run = cls(files, meta)
+        if not meta.get("key_file"):
+            raise ClusterError(f"{files.label}:{files.root} was made by an older remotemap "
+                               "(no run key): collect it with that version")
+        run = cls(files, meta, files.read_key(str(meta["key_file"])))
         names = [n for n in files.listdir("rounds") if re.fullmatch(r"\d+\.json", n)]
         for name in sorted(names, key=lambda n: int(n.split(".")[0])):
             spec = files.read_json(f"rounds/{name}")
@@ -257,7 +270,7 @@ class ClusterRun:
                                                    Chunk(file, [index], [args], [kwargs]))
             failures += unpicklable
             if data is not None:
-                blobs[f"chunks/{file:06d}.pkl"] = data
+                blobs[chunk_name(file)] = seal_file(self.key, chunk_name(file), data)
                 files.append((file, index))
         return blobs, files, failures
 
@@ -272,6 +285,7 @@ class ClusterRun:
         spec = round_spec(self.settings, run_id=self.run_id, number=number, files=files,
                           env=self.env, task_timeout=task_timeout,
                           function=str(self.meta.get("function", "")))
+        spec["key_file"] = self.meta["key_file"]  # the jobs' key: its path, never the key
         if dependencies is None:
             spec["canary"] = len(spec["jobs"]) > CANARY_ABOVE
         else:
@@ -314,7 +328,15 @@ class ClusterRun:
             index = self.file_index.get(file)
             if index is None or self.pending.get(index) != file:
                 continue
-            result = decode_outcome(data, self.token)
+            try:
+                result = open_outcome(self.key, file, data, self.token,
+                                      f"{self.files.label}:{self.outcome_path(file)}")
+            except TamperedFile as exc:  # never unpickled: the task fails, naming the file
+                del self.pending[index]
+                failures += lost_chunk_result(
+                    Chunk(file, [index], [], []), f"left an outcome that was refused: {exc}",
+                    kind="tampered", host=self.files.label).failures
+                continue
             if result is None:
                 continue
             del self.pending[index]
@@ -415,6 +437,21 @@ class ClusterRun:
         log.warning("cluster run %s: the engine of round %d is gone; starting another "
                     "(it adopts the submitted jobs)", self.run_id, rnd.number)
         self.files.engine(engine_python(self.settings), rnd.number, engine_env(self.settings))
+
+    # -- sealed files of the caller's own, and removal ------------------------------------------
+    def write_sealed(self, rel: str, data: bytes) -> None:
+        self.files.write_many({rel: seal_file(self.key, rel, data)})
+
+    def read_sealed(self, rel: str) -> memoryview | None:
+        """The checked content of ``rel`` (None if missing; TamperedFile if not sealed here)."""
+        blob = self.files.read(rel)
+        return None if blob is None else unseal_file(self.key, rel, blob,
+                                                     f"{self.files.label}:{self.files.root}/{rel}")
+
+    def remove(self) -> None:
+        """Delete the run directory and the run's key file."""
+        self.files.remove()
+        self.files.remove_key(str(self.meta["key_file"]))
 
     # -- stopping -----------------------------------------------------------------------------
     def cancel(self) -> None:

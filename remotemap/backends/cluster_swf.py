@@ -356,7 +356,8 @@ def light_controller(state_dir: Path, scheduler_type: str, *, tick: float = 0.1,
 # --------------------------------------------------------------------------- the workflow
 def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]]:
     """One round of a run as a soma-workflow ``Workflow``: a job per entry of
-    ``spec["jobs"]``, each ``python -m remotemap.worker run ROOT FILE...``, all in one group.
+    ``spec["jobs"]``, each ``python -m remotemap.worker run ROOT --key-file KEY FILE...``, all
+    in one group.
 
     With ``spec["canary"]``, every job but the first depends on the first: a failure that
     would hit every job (no Python, remotemap missing on the nodes) then costs one job. A
@@ -372,6 +373,7 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
         seconds = _job_seconds(spec, len(files))
         wrapper = ["timeout", "-k", "5", f"{seconds:g}"] if seconds else []
         command = [*wrapper, spec["python"], "-m", "remotemap.worker", "run", root,
+                   "--key-file", spec["key_file"],
                    *(["--fail-exit"] if spec.get("fail_exit") else []),
                    *(str(f) for f in files)]
         name = f"rm-{spec['run_id']}-{spec['round']}-{number}"

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,15 +21,21 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
+from remotemap.errors import TamperedFile
 from remotemap.execution import dumps, lost_chunk_result, tail
+from remotemap.integrity import check_same_dir, new_key
 from remotemap.protocol import (
+    FUNCTION,
+    chunk_name,
     create_local_run_dir,
-    decode_outcome,
     encode_runnable,
     exit_status_text,
+    log_name,
     new_token,
-    read_file,
-    write_atomic,
+    open_outcome,
+    outcome_name,
+    seal_file,
+    seal_parts,
 )
 from remotemap.server_client import WorkerServer, parse_done
 from remotemap.tasks import Chunk, ChunkResult
@@ -101,7 +106,10 @@ class DumpsSession(Session):
         self.capacity = n_jobs
         self.keep_files = keep_files
         self.token = new_token()
-        self.layout = create_local_run_dir(temp_dir)
+        #: The run's secret: it seals every file of the run and never goes to disk.
+        self.key = new_key()
+        # Every file of the run is reached through this descriptor, never by its path again.
+        self.layout, self.rundir = create_local_run_dir(temp_dir)
         log.debug("local_with_dumps run directory: %s", self.layout.root)
         self._seq = itertools.count()
         self.running: dict[int, Chunk] = {}  # file number -> chunk
@@ -112,7 +120,7 @@ class DumpsSession(Session):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         try:
-            write_atomic(self.layout.function, function_blob)
+            self.rundir.write(FUNCTION, seal_file(self.key, FUNCTION, function_blob))
         except BaseException:
             self.close()
             raise
@@ -120,6 +128,8 @@ class DumpsSession(Session):
     # -- the server ---------------------------------------------------------------------------
 
     def _start(self) -> WorkerServer:
+        # A server starts by the directory's name: refuse one put in the place of ours.
+        check_same_dir(self.layout.root, self.rundir.identity)
         env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root],
@@ -129,6 +139,12 @@ class DumpsSession(Session):
             start_new_session=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        # The key through the pipe, never argv, the environment or a file; the identity so
+        # that the server too refuses a directory put in the place of ours.
+        dev, ino = self.rundir.identity
+        with contextlib.suppress(OSError):  # a server that died at once says so below
+            self.proc.stdin.write(f"key {self.key.hex()} {dev} {ino}\n".encode())
+            self.proc.stdin.flush()
         self.lines = _FdLines(self.proc.stdout.fileno())
         self.server = WorkerServer(self.proc.stdin, self.lines)
         self.server.wait_ready()
@@ -175,10 +191,10 @@ class DumpsSession(Session):
         failed = ChunkResult(chunk.id, failures=failures) if failures else None
         if data is None:
             return None, failed
-        for stale in (self.layout.outcome(number), self.layout.log(number)):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        write_atomic(self.layout.chunk(number), data)
+        self.rundir.unlink(outcome_name(number))
+        self.rundir.unlink(log_name(number))
+        name = chunk_name(number)
+        self.rundir.write(name, *seal_parts(self.key, name, data))  # not joined: no copy
         return chunk, failed
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
@@ -207,13 +223,17 @@ class DumpsSession(Session):
             os.write(self._wake_w, b"x")
 
     def collect(self, number: int, chunk: Chunk, status: str) -> ChunkResult:
-        path = self.layout.outcome(number)
-        result = decode_outcome(read_file(path), self.token) if os.path.exists(path) else None
+        blob = self.rundir.read(outcome_name(number))
+        try:
+            result = None if blob is None else open_outcome(
+                self.key, number, blob, self.token, self.layout.outcome(number))
+        except TamperedFile as exc:  # never unpickled: the chunk's tasks fail, naming the file
+            return lost_chunk_result(chunk, f"left an outcome that was refused: {exc}",
+                                     kind="tampered")
         if result is not None and status == "exit:0":
             result.chunk_id = chunk.id
             return result
-        log_path = self.layout.log(number)
-        log_tail = tail(read_file(log_path)) if os.path.exists(log_path) else ""
+        log_tail = tail(self.rundir.read(log_name(number)) or b"")
         if status == "exit:0":  # the process ended normally but left no outcome of this run
             return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
                                      log_tail=log_tail)
@@ -238,8 +258,12 @@ class DumpsSession(Session):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+        if self.rundir.fd < 0:
+            return  # closed already
         if self.keep_files:
             log.info("kept the run directory %s", self.layout.root)
-        else:
-            shutil.rmtree(self.layout.root, ignore_errors=True)
+        elif not self.rundir.remove():
+            log.warning("%s is no longer the run directory made there (replaced while the run "
+                        "went on): left as it is", self.layout.root)
+        self.rundir.close()
 

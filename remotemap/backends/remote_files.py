@@ -2,6 +2,9 @@
 
 The same on-disk protocol as ``local_with_dumps``, with SFTP between the caller and the files:
 chunks are uploaded, outcomes and logs downloaded, and files that tasks wrote copied back.
+The run directory is made only where no other user of the host could rename it away
+(``remotemap.ssh.safety``); every file is sealed with the run's key, which reaches the worker
+server on its stdin and never touches the host's disk.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from types import TracebackType
 from typing import Any
 
 from remotemap.backends.base import TaskOptions
+from remotemap.errors import TamperedFile
 from remotemap.execution import lost_chunk_result, tail
+from remotemap.integrity import new_key
 from remotemap.protocol import (
+    FUNCTION,
     RunLayout,
-    decode_outcome,
+    chunk_name,
     encode_runnable,
     exit_status_text,
     new_token,
+    open_outcome,
+    seal_file,
 )
 from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
 from remotemap.tasks import Chunk, ChunkResult
@@ -75,6 +83,8 @@ class RemoteRun:
         self.settings = settings
         self.function_blob = function_blob
         self.token = new_token()
+        #: The run's secret: it seals every file of the run and never goes to the host's disk.
+        self.key = new_key()
         self.connection: Any = None
         self.process: Any = None
         self.layout: RunLayout | None = None
@@ -95,15 +105,26 @@ class RemoteRun:
             raise
         return self
 
-    def _start(self) -> None:
+    def _make_run_dir(self) -> RunLayout:
+        """The private run directory, made where no other user of the host could replace it."""
+        from remotemap.ssh.safety import check_remote_parent, check_remote_private, remote_uid
+
         conn = self.connection
-        root = posixpath.join(self.settings.get("remote_dir") or ".cache/remotemap/runs",
-                              f"run-{self.token}")
-        layout = self.layout = RunLayout(root)
-        conn.makedirs_private(root)
+        uid = remote_uid(conn)
+        parent = check_remote_parent(conn, self.settings.get("remote_dir")
+                                     or ".cache/remotemap/runs", uid)
+        layout = RunLayout(posixpath.join(parent, f"run-{self.token}"))
+        conn.makedirs_private(layout.root)
+        check_remote_private(conn, layout.root, uid)
         for sub in layout.subdirs():
             conn.makedirs_private(sub)
-        conn.put_bytes(layout.function, self.function_blob)
+        return layout
+
+    def _start(self) -> None:
+        conn = self.connection
+        layout = self.layout = self._make_run_dir()
+        root = layout.root
+        conn.put_bytes(layout.function, seal_file(self.key, FUNCTION, self.function_blob))
         python = self.settings.get("python") or "python3"
         # Environment variables for the tasks: set on the server, so its imports see them too.
         env = [f"{name}={value}" for name, value in self.options.env.items()]
@@ -111,6 +132,8 @@ class RemoteRun:
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
         self.process = conn.open_process(argv)
+        with contextlib.suppress(Exception):  # a server that died at once says so below
+            self.process.write(f"key {self.key.hex()}\n".encode())  # never on the host's disk
         self._reader = _ProcessReader(self.process)
         self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
         self.server = WorkerServer(_ProcessWriter(self.process), self._reader, self.host)
@@ -156,7 +179,8 @@ class RemoteRun:
         # The host reports on the tasks it ran; the caller's chunk must say the same.
         chunk.indices, chunk.largs, chunk.lkwargs = (runnable.indices, runnable.largs,
                                                      runnable.lkwargs)
-        self.connection.put_bytes(self.layout.chunk(chunk.id), data)
+        self.connection.put_bytes(self.layout.chunk(chunk.id),
+                                  seal_file(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         if failures:
@@ -179,11 +203,15 @@ class RemoteRun:
         assert self.layout is not None
         result: ChunkResult | None = None
         if status == "exit:0":
+            path = self.layout.outcome(chunk.id)
             try:
-                result = decode_outcome(self.connection.get_bytes(self.layout.outcome(chunk.id)),
-                                        self.token)
+                result = open_outcome(self.key, chunk.id, self.connection.get_bytes(path),
+                                      self.token, f"{self.host}:{path}")
             except FileNotFoundError:
                 result = None
+            except TamperedFile as exc:  # never unpickled: the chunk fails, naming the file
+                result = lost_chunk_result(chunk, f"left an outcome that was refused: {exc}",
+                                           kind="tampered", host=self.host)
         if result is None:
             try:
                 log_tail = tail(self.connection.get_bytes(self.layout.log(chunk.id)))

@@ -5,15 +5,18 @@ the process that submitted them does not see a prerequisite's value before the j
 starts. So each step travels as ``call_step(func, args, kwargs, sources, token)``: the
 :class:`~remotemap.workflow.graph.Result` placeholders left in ``args`` and ``kwargs`` are
 resolved in the job, from the outcome files (``sources``: step id -> path) the prerequisites'
-jobs wrote. Imported by the worker: standard library and remotemap's protocol only.
+jobs wrote, each checked against the run's key (held by the worker running the step) before it
+is unpickled. Imported by the worker: standard library and remotemap's protocol only.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from remotemap.protocol import decode_outcome, read_file
+from remotemap.errors import TamperedFile
+from remotemap.protocol import OUTCOMES, decode_outcome, read_file, unseal_file, worker_key
 from remotemap.workflow.graph import resolve
 
 
@@ -27,7 +30,11 @@ def prerequisite_value(step: int, path: str, token: str) -> Any:
     except OSError as exc:
         raise PrerequisiteUnavailable(f"step {step}'s outcome cannot be read from {path}: "
                                       f"{exc}") from None
-    result = decode_outcome(data, token)
+    name = posixpath.join(OUTCOMES, posixpath.basename(path))
+    try:
+        result = decode_outcome(unseal_file(worker_key(), name, data, path), token)
+    except TamperedFile as exc:
+        raise PrerequisiteUnavailable(f"step {step}'s outcome was refused: {exc}") from None
     if result is None:
         raise PrerequisiteUnavailable(f"{path} is not step {step}'s outcome in this run")
     if not result.values:
