@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,13 +48,19 @@ def remote_numpy(ssh_test_user: infra.TestUser, remote_python: Path) -> Path:
         return remote_python
     except infra.CommandFailed:
         pass
+    # The versions this process has: numpy arrays pickled by numpy 2 name modules numpy 1
+    # lacks, so a host with another numpy sends results this process cannot load.
+    pins = Path(tempfile.mkdtemp(prefix="remotemap-pins-"))
+    pins.chmod(0o755)
     pip = [str(remote_python), "-m", "pip", "install", "--quiet", "--no-input",
-           "--disable-pip-version-check", "numpy", "nibabel"]
+           "--disable-pip-version-check", *infra.pip_version_args(pins), "numpy", "nibabel"]
     try:
         infra.run_as(user.uid, user.gid, user.home, pip, timeout=600)
     except (infra.CommandFailed, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"cannot pip-install numpy and nibabel for the ssh test user (is PyPI "
                     f"reachable?): {exc}")
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
     return remote_python
 
 
