@@ -23,15 +23,16 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from remotemap.api import make_backend, make_policy
-from remotemap.backends.base import Session
+from remotemap.backends.base import Backend, Session
 from remotemap.config import Config, load_config
-from remotemap.driver import _Retries
+from remotemap.driver import Policy, _Retries
 from remotemap.errors import RemoteException, TaskFailure
 from remotemap.tasks import Chunk
 
@@ -73,8 +74,8 @@ def task_exception(failure: TaskFailure) -> BaseException:
 
 _exit_lock = threading.Lock()
 _exiting = False
-#: Executors whose dispatcher thread runs (it holds the executor; so may this set).
-_running: set[Executor] = set()
+#: The dispatchers whose thread runs.
+_running: set[_Dispatcher] = set()
 _last_hook: Callable[[], None] | None = None
 
 
@@ -83,9 +84,9 @@ def _finish_all() -> None:
     global _exiting
     with _exit_lock:
         _exiting = True
-        executors = list(_running)
-    for executor in executors:
-        executor.shutdown(wait=True)
+        dispatchers = list(_running)
+    for dispatcher in dispatchers:
+        dispatcher.stop(wait=True)
 
 
 def _register_exit_hook() -> None:
@@ -157,7 +158,8 @@ class Executor(concurrent.futures.Executor):
 
     ``max_workers`` bounds how many chunks are out at once (default: as many as the backend
     keeps busy); ``timeout``, ``retries``, ``backoff``, ``env`` and the mode's own ``options``
-    mean what they mean for :func:`remotemap.remote_map`.
+    mean what they mean for :func:`remotemap.remote_map`. An executor dropped without
+    ``shutdown`` still finishes its work, then frees its workers.
     """
 
     def __init__(self, mode: str | None = None, *, max_workers: int | None = None,
@@ -166,35 +168,27 @@ class Executor(concurrent.futures.Executor):
                  env: Mapping[str, str] | None = None, **options: Any) -> None:
         cfg = config if isinstance(config, Config) else load_config(config)
         self.mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-        self._policy = make_policy("continue", timeout, retries, backoff, env)
-        self._backend = make_backend(self.mode, cfg, options)
+        policy = make_policy("continue", timeout, retries, backoff, env)
+        self._dispatcher = _Dispatcher(make_backend(self.mode, cfg, options), policy)
         self.max_workers = max_workers
-        self._lock = threading.Condition()
-        #: Submitted, not yet handed to the backend: one list of tasks per chunk.
-        self._pending: collections.deque[list[_Task]] = collections.deque()
-        self._tasks: dict[int, _Task] = {}
-        self._count = 0
-        self._shutdown = False
-        self._abort = False
-        self._session: Session | None = None
-        self._thread: threading.Thread | None = None
-        #: Set once the backend has its first chunk (or failed to start).
-        self._started = threading.Event()
+        # The dispatcher thread holds the dispatcher, never this object: dropping the last
+        # reference to an executor shuts it down as shutdown(wait=False) would.
+        weakref.finalize(self, self._dispatcher.stop, False).atexit = False
 
     @property
     def max_workers(self) -> int | None:
-        return self._max_workers
+        return self._dispatcher.max_workers
 
     @max_workers.setter
     def max_workers(self, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ValueError(f"max_workers must be None or a whole number >= 1, got {value!r}")
-        self._max_workers = value
+        self._dispatcher.max_workers = value
 
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
-        return self._enqueue(fn, [(args, kwargs)], 1)[0]
+        return self._dispatcher.enqueue(fn, [(args, kwargs)], 1)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
@@ -207,83 +201,107 @@ class Executor(concurrent.futures.Executor):
         # Shortest iterable wins, as for the built-in map.
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (args, {}) for args in zip(*iterables, strict=False)]
-        return _in_order(self._enqueue(fn, calls, chunksize), end)
+        return _in_order(self._dispatcher.enqueue(fn, calls, chunksize), end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                while self._pending:
-                    for task in self._pending.popleft():
-                        task.future.cancel()
-                        del self._tasks[task.index]
-            self._lock.notify()
-        if self._session is not None:
-            self._session.wake()
-        if wait and self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._dispatcher.stop(wait, cancel_futures=cancel_futures)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool | None:
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or exit while waiting: stop everything now rather than finish the work.
-            self._abort = True
-            self.shutdown(wait=True, cancel_futures=True)
+            self._dispatcher.stop(True, cancel_futures=True, abort=True)
             return None
         self.shutdown(wait=True)
         return None
 
-    def _enqueue(self, fn: Callable[..., Any],
-                 calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                 chunksize: int) -> list[concurrent.futures.Future[Any]]:
+
+class _Dispatcher:
+    """An executor's state and its one thread: submissions in, the backend session, futures
+    resolved. Its thread starts with the first submission and ends after shutdown."""
+
+    def __init__(self, backend: Backend, policy: Policy) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.max_workers: int | None = None
+        self.lock = threading.Condition()
+        #: Submitted, not yet handed to the backend: one list of tasks per chunk.
+        self.pending: collections.deque[list[_Task]] = collections.deque()
+        self.tasks: dict[int, _Task] = {}
+        self.count = 0
+        self.shutdown = False
+        self.abort = False
+        self.session: Session | None = None
+        self.thread: threading.Thread | None = None
+        #: Set once the backend has its first chunk (or failed to start).
+        self.started = threading.Event()
+
+    def enqueue(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                chunksize: int) -> list[concurrent.futures.Future[Any]]:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         futures: list[concurrent.futures.Future[Any]] = []
-        with self._lock:
-            if self._shutdown:
+        with self.lock:
+            if self.shutdown:
                 raise RuntimeError("cannot submit to an Executor that was shut down")
             with _exit_lock:  # checked and recorded together, so _finish_all sees this one
                 if _exiting:
                     raise RuntimeError("cannot submit to an Executor after interpreter shutdown")
-                starting = self._thread is None and bool(calls)
+                starting = self.thread is None and bool(calls)
                 if starting:
                     _running.add(self)
             for start in range(0, len(calls), chunksize):
-                batch = [_Task(self._count + i, fn, args, kwargs, concurrent.futures.Future())
+                batch = [_Task(self.count + i, fn, args, kwargs, concurrent.futures.Future())
                          for i, (args, kwargs) in enumerate(calls[start:start + chunksize])]
-                self._count += len(batch)
-                self._pending.append(batch)
-                self._tasks.update((task.index, task) for task in batch)
+                self.count += len(batch)
+                self.pending.append(batch)
+                self.tasks.update((task.index, task) for task in batch)
                 futures += [task.future for task in batch]
             if starting:
-                self._thread = threading.Thread(target=self._dispatch, daemon=True,
-                                                name=f"remotemap-executor-{self.mode}")
-                self._thread.start()
-            self._lock.notify()
-        if self._session is not None:
-            self._session.wake()
+                self.thread = threading.Thread(target=self.run, daemon=True,
+                                               name=f"remotemap-executor-{self.backend.name}")
+                self.thread.start()
+            self.lock.notify()
+        self.wake()
         if starting:
             # As ProcessPoolExecutor starts its processes in submit(): a caller that ends
             # right away still finds the backend started (its own exit hook set up).
-            self._started.wait()
+            self.started.wait()
             _register_exit_hook()
         return futures
 
-    # -- the dispatcher thread --------------------------------------------------------------
+    def stop(self, wait: bool, *, cancel_futures: bool = False, abort: bool = False) -> None:
+        with self.lock:
+            self.shutdown = True
+            self.abort = self.abort or abort
+            if cancel_futures:
+                while self.pending:
+                    for task in self.pending.popleft():
+                        task.future.cancel()
+                        del self.tasks[task.index]
+            self.lock.notify()
+        self.wake()
+        if wait and self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
 
-    def _dispatch(self) -> None:
-        retries = _Retries(self._policy)
+    def wake(self) -> None:
+        session = self.session
+        if session is not None:
+            session.wake()
+
+    def run(self) -> None:
+        retries = _Retries(self.policy)
         try:
-            with self._backend.open(_call, self._policy.options) as session:
-                self._session = session
+            with self.backend.open(_call, self.policy.options) as session:
+                self.session = session
                 while self._step(session, retries):
                     pass
         except BaseException as exc:  # the backend itself failed: every open future fails
             error = exc
             self._fail_open(lambda task: error)
         finally:
-            self._session = None
-            self._started.set()
+            self.session = None
+            self.started.set()
             self._fail_open(lambda task: RemoteException([TaskFailure(
                 task.index, "Cancelled", "the executor stopped before the task finished",
                 kind="cancelled")], [None]))
@@ -291,31 +309,31 @@ class Executor(concurrent.futures.Executor):
                 _running.discard(self)
 
     def _fail_open(self, error: Callable[[_Task], BaseException]) -> None:
-        with self._lock:
-            tasks, self._pending = list(self._tasks.values()), collections.deque()
-            self._tasks.clear()
+        with self.lock:
+            tasks, self.pending = list(self.tasks.values()), collections.deque()
+            self.tasks.clear()
         for task in tasks:
             if not task.future.done():
                 task.future.set_exception(error(task))
 
     def _next_chunks(self, session: Session, retries: _Retries) -> list[Chunk] | None:
         """Wait for work, then take the chunks that may go out now; None when all is done."""
-        with self._lock:
-            while not self._pending and session.in_flight == 0 and not self._shutdown:
+        with self.lock:
+            while not self.pending and session.in_flight == 0 and not self.shutdown:
                 if retries and retries.due_now():
                     break
-                self._lock.wait(retries.next_in() if retries else None)
-            if self._abort or (self._shutdown and not self._pending
-                               and session.in_flight == 0 and not retries):
+                self.lock.wait(retries.next_in() if retries else None)
+            if self.abort or (self.shutdown and not self.pending
+                              and session.in_flight == 0 and not retries):
                 return None
-            limit = min(session.capacity, self._max_workers or session.capacity)
+            limit = min(session.capacity, self.max_workers or session.capacity)
             chunks: list[Chunk] = []
-            while self._pending and session.in_flight + len(chunks) < limit:
-                batch = self._pending.popleft()
+            while self.pending and session.in_flight + len(chunks) < limit:
+                batch = self.pending.popleft()
                 kept = [task for task in batch if task.future.set_running_or_notify_cancel()]
                 for task in batch:
                     if task.future.cancelled():
-                        del self._tasks[task.index]
+                        del self.tasks[task.index]
                 if kept:
                     chunks.append(_chunk(kept))
             return chunks
@@ -325,14 +343,14 @@ class Executor(concurrent.futures.Executor):
         chunks = self._next_chunks(session, retries)
         if chunks is None:
             return False
-        if not self._backend.isolates_crashes:
-            self._started.set()  # tasks run in this process: nothing to start first
+        if not self.backend.isolates_crashes:
+            self.started.set()  # tasks run in this process: nothing to start first
         for chunk in chunks:
             session.submit(chunk)
         del chunks  # the tasks' functions and arguments are not held while waiting
         for index in retries.due():
-            session.submit(_chunk([self._tasks[index]]))
-        self._started.set()
+            session.submit(_chunk([self.tasks[index]]))
+        self.started.set()
         for result in session.wait(retries.next_in() if retries else None):
             for index, value in zip(result.indices, result.values, strict=True):
                 self._resolve(index).set_result(value)
@@ -343,5 +361,5 @@ class Executor(concurrent.futures.Executor):
         return True
 
     def _resolve(self, index: int) -> concurrent.futures.Future[Any]:
-        with self._lock:
-            return self._tasks.pop(index).future
+        with self.lock:
+            return self.tasks.pop(index).future
