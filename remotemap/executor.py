@@ -231,6 +231,8 @@ class _Dispatcher:
         self.count = 0
         self.shutdown = False
         self.abort = False
+        #: Why the backend failed, if it did: then nothing more can be submitted.
+        self.broken: BaseException | None = None
         self.session: Session | None = None
         self.thread: threading.Thread | None = None
         #: Set once the backend has its first chunk (or failed to start).
@@ -242,11 +244,15 @@ class _Dispatcher:
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         futures: list[concurrent.futures.Future[Any]] = []
         with self.lock:
-            if self.shutdown:
-                raise RuntimeError("cannot submit to an Executor that was shut down")
             with _exit_lock:  # checked and recorded together, so _finish_all sees this one
-                if _exiting:
+                if _exiting:  # first: the exit hook shut this executor down too
                     raise RuntimeError("cannot submit to an Executor after interpreter shutdown")
+                if self.broken is not None:
+                    raise concurrent.futures.BrokenExecutor(
+                        f"the {self.backend.name} backend of this Executor failed, so it takes "
+                        f"no more work: {self.broken!r}") from self.broken
+                if self.shutdown:
+                    raise RuntimeError("cannot submit to an Executor that was shut down")
                 starting = self.thread is None and bool(calls)
                 if starting:
                     _running.add(self)
@@ -298,6 +304,8 @@ class _Dispatcher:
                     pass
         except BaseException as exc:  # the backend itself failed: every open future fails
             error = exc
+            with self.lock:  # from now on submit() refuses, rather than queue work never run
+                self.broken = error
             self._fail_open(lambda task: error)
         finally:
             self.session = None
