@@ -11,7 +11,10 @@ One dispatcher thread owns the backend session: it moves submissions into the se
 most ``max_workers`` chunks at a time, changeable for later submissions), collects results,
 retries failed attempts, and resolves the futures. As ``concurrent.futures`` promises, work
 submitted is done before the interpreter exits, even after ``shutdown(wait=False)``: an exit
-hook run before threads are joined shuts every executor down and waits for it.
+hook run before threads are joined shuts every executor down and waits for it. So that a
+script ending right after ``submit`` loses nothing, the first ``submit`` returns once the
+backend has started (ProcessPoolExecutor too starts its processes in ``submit``). An executor
+dropped without ``shutdown`` finishes its work, then frees its workers.
 """
 
 from __future__ import annotations
