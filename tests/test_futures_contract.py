@@ -67,6 +67,16 @@ def worker_pid(_: int) -> int:
     return os.getpid()
 
 
+class MarksWhenFreed:
+    """Leaves ``<pid>.freed`` in ``directory`` when the process holding it frees it."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __del__(self) -> None:
+        Path(self.directory, f"{os.getpid()}.freed").touch()
+
+
 # -- test_executor ----------------------------------------------------------------------------
 
 def test_submit(executor: Executor) -> None:
@@ -88,6 +98,7 @@ def test_map(executor: Executor, chunksize: int) -> None:
     expected = list(map(pow, range(40), range(40)))
     assert list(executor.map(pow, range(40), range(40), chunksize=chunksize)) == expected
     assert list(executor.map(pow, range(3), range(10), chunksize=chunksize)) == [1, 1, 4]
+    assert list(executor.map(pow, [], [], chunksize=chunksize)) == []
 
 
 @pytest.mark.parametrize("chunksize", [0, -1, 1.5])
@@ -153,6 +164,21 @@ def test_free_reference(executor: Executor) -> None:
             gc.collect()
             time.sleep(0.01)
         assert ref() is None, "a result is kept after it was handed over"
+
+
+def test_arguments_are_freed_where_the_task_ran(mode_runner: Runner, tmp_path: Path) -> None:
+    if not mode_runner.pickles:
+        pytest.skip(f"{mode_runner.mode} passes the caller's own object "
+                    "(test_no_stale_references covers that)")
+    with mode_runner.executor() as ex:
+        marker = MarksWhenFreed(str(tmp_path))
+        assert ex.submit(id, marker).result() > 0
+        deadline = time.monotonic() + 10
+        while not list(tmp_path.glob("*.freed")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [p.name for p in tmp_path.glob("*.freed")] != [], "the worker kept the argument"
+        assert not (tmp_path / f"{os.getpid()}.freed").exists()  # the caller's copy is alive
+        del marker
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -95,6 +95,15 @@ def test_all_completed(executor: Executor) -> None:
     assert (finished, pending) == ({*already, future1, future2}, set())
 
 
+def test_wait_on_many_futures_released_at_once(executor: Executor,
+                                               release: Callable[[str], str]) -> None:
+    gate = release("gate")
+    fs = {executor.submit(wait_for, gate) for _ in range(100)}
+    touch(gate)
+    finished, pending = futures.wait(fs, timeout=120, return_when=futures.ALL_COMPLETED)
+    assert (finished, pending) == (fs, set())
+
+
 def test_wait_timeout(executor: Executor, release: Callable[[str], str]) -> None:
     already = {done_future(42), cancelled_future(notified=True), done_future(exception=OSError())}
     future = executor.submit(wait_for, release("gate"))
