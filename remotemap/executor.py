@@ -115,7 +115,15 @@ def _register_exit_hook() -> None:
         _last_hook = hook
 
 
+def _forget_after_fork() -> None:
+    """In a forked child the parents' dispatcher threads do not exist: nothing to wait for."""
+    global _exit_lock
+    _exit_lock = threading.Lock()
+    _running.clear()
+
+
 _register_exit_hook()  # so that even an executor never used refuses work at exit
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
