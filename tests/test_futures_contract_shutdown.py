@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import faulthandler
 import gc
+import os
 import subprocess
 import sys
 import textwrap
@@ -182,11 +183,14 @@ _ENDINGS = {
 }
 
 
-def _run_caller(tmp_path: Path, body: str, *argv: str) -> subprocess.CompletedProcess[str]:
+def _run_caller(tmp_path: Path, body: str, *argv: str, markers: Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` after :data:`_CALLER`; the tasks leave their markers in ``markers``
+    (default: ``tmp_path``)."""
     script = tmp_path / "caller.py"
     script.write_text(_CALLER + body)
-    return subprocess.run([sys.executable, str(script), str(tmp_path), *argv],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(script), str(markers or tmp_path), *argv],
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -197,6 +201,19 @@ def test_work_submitted_runs_before_the_interpreter_exits(tmp_path: Path, mode: 
     ran = _run_caller(tmp_path, body, mode, how)
     assert (ran.returncode, ran.stderr) == (0, "")
     assert sorted(p.name for p in tmp_path.glob("*.done")) == [f"{i}.done" for i in range(8)]
+
+
+@pytest.mark.parametrize("how", ["end", "shutdown(wait=False)"])
+def test_work_submitted_runs_before_the_interpreter_exits_on_ssh(
+        sshd_host: Any, remote_python: Path, shared_dir: Path, tmp_path: Path, how: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ssh]\nhosts = ["{sshd_host.alias}"]\nssh_config = '
+                      f'"{sshd_host.ssh_config}"\npython = "{remote_python}"\n')
+    body = "for i in range(8):\n    ex.submit(touch, marker_dir, i)\n" + _ENDINGS[how]
+    ran = _run_caller(tmp_path, body, "ssh", how, markers=shared_dir,
+                      env={**os.environ, "REMOTEMAP_CONFIG": str(config)})
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert sorted(p.name for p in shared_dir.glob("*.done")) == [f"{i}.done" for i in range(8)]
 
 
 @pytest.mark.parametrize("mode", MODES)
