@@ -183,7 +183,7 @@ def test_arguments_are_freed_where_the_task_ran(mode_runner: Runner, tmp_path: P
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("number", [0, -1, 2.0])
-def test_max_workers_below_one(mode: str, number: Any) -> None:
+def test_max_workers_must_be_a_whole_number_of_at_least_one(mode: str, number: Any) -> None:
     with pytest.raises(ValueError, match="max_workers"):
         Executor(mode, max_workers=number)
 
