@@ -4,7 +4,7 @@ from remotemap._version import __version__
 from remotemap.api import remote_imap, remote_map
 from remotemap.config import Config, load_config
 from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
-from remotemap.executor import Executor, as_completed
+from remotemap.executor import Executor, RemoteTraceback, as_completed
 from remotemap.workflow import (
     DispatchReport,
     GraphError,
@@ -24,6 +24,7 @@ __all__ = [
     "Executor",
     "GraphError",
     "RemoteException",
+    "RemoteTraceback",
     "Result",
     "TaskFailure",
     "Treatment",

@@ -1,31 +1,129 @@
 """``Executor``: concurrent.futures' interface on any remotemap mode.
 
-``submit`` returns a :class:`concurrent.futures.Future` at once; ``result()`` blocks until the
-task is done and re-raises its failure as a :class:`RemoteException` holding that one
-:class:`TaskFailure`. One dispatcher thread owns the backend session: it moves submissions
-into the session (at most ``max_workers`` at a time, changeable for later submissions),
-collects results, retries failed attempts, and resolves the futures.
+``submit`` returns a :class:`concurrent.futures.Future`; ``result()`` blocks until the task is
+done. A task that raised re-raises its own exception, its own type, rebuilt here, with a
+:class:`RemoteTraceback` chained as ``__cause__``: the traceback as the worker saw it, and the
+whole :class:`TaskFailure` as ``.failure`` (:func:`failure_of` finds it). Where the exception
+cannot be rebuilt here (the task's process died, it timed out, its exception does not
+unpickle), a :class:`RemoteException` holding that one failure stands in.
+
+One dispatcher thread owns the backend session: it moves submissions into the session (at
+most ``max_workers`` chunks at a time, changeable for later submissions), collects results,
+retries failed attempts, and resolves the futures. As ``concurrent.futures`` promises, work
+submitted is done before the interpreter exits, even after ``shutdown(wait=False)``: an exit
+hook run before threads are joined shuts every executor down and waits for it. So that a
+script ending right after ``submit`` loses nothing, the first ``submit`` returns once the
+backend has started (ProcessPoolExecutor too starts its processes in ``submit``). An executor
+dropped without ``shutdown`` finishes its work, then frees its workers.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
+import functools
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from remotemap.api import make_backend, make_policy
-from remotemap.backends.base import Session
+from remotemap.backends.base import Backend, Session
 from remotemap.config import Config, load_config
-from remotemap.driver import _Retries
+from remotemap.driver import Policy, _Retries
 from remotemap.errors import RemoteException, TaskFailure
 from remotemap.tasks import Chunk
 
 as_completed = concurrent.futures.as_completed
+
+
+class RemoteTraceback(Exception):
+    """The ``__cause__`` of an exception that ``Future.result()`` re-raises: its text is the
+    traceback as the worker saw it; ``failure`` is the task's whole :class:`TaskFailure`."""
+
+    def __init__(self, failure: TaskFailure) -> None:
+        super().__init__(failure)
+        self.failure = failure
+
+    def __str__(self) -> str:
+        where = f"task {self.failure.index} on {self.failure.host}"
+        return f'{where}, remote traceback:\n"""\n{self.failure.traceback.rstrip()}\n"""'
+
+
+def failure_of(exc: BaseException) -> TaskFailure | None:
+    """The :class:`TaskFailure` behind an exception a future of :class:`Executor` raised."""
+    if isinstance(exc, RemoteException) and exc.failures:
+        return exc.failures[0]
+    cause = exc.__cause__
+    return cause.failure if isinstance(cause, RemoteTraceback) else None
+
+
+def task_exception(failure: TaskFailure) -> BaseException:
+    """What ``result()`` raises for ``failure``: the task's own exception, rebuilt, with the
+    remote traceback as cause; or a :class:`RemoteException` where it cannot be rebuilt."""
+    exc = failure.exception()
+    if exc is None:
+        return RemoteException([failure], [None])
+    exc.__cause__ = RemoteTraceback(failure)
+    return exc
+
+
+# -- finishing the work at interpreter exit --------------------------------------------------
+
+_exit_lock = threading.Lock()
+_exiting = False
+#: The dispatchers whose thread runs.
+_running: set[_Dispatcher] = set()
+_last_hook: Callable[[], None] | None = None
+
+
+def _finish_all() -> None:
+    """At exit: refuse new work, then let every executor finish what it was given."""
+    global _exiting
+    with _exit_lock:
+        _exiting = True
+        dispatchers = list(_running)
+    for dispatcher in dispatchers:
+        dispatcher.stop(wait=True)
+
+
+def _register_exit_hook() -> None:
+    """Have :func:`_finish_all` run before threads are joined, and before any hook registered
+    so far: those run last-registered first, and a backend's pool registers its own hook
+    (loky's stops taking work) when it first starts, which must come after ours has run."""
+    global _last_hook
+    register = getattr(threading, "_register_atexit", None)
+    with _exit_lock:
+        if register is None:  # not CPython >= 3.9: plain atexit (dispatchers are daemons)
+            if _last_hook is None:
+                _last_hook = _finish_all
+                atexit.register(_finish_all)
+            return
+        hooks = getattr(threading, "_threading_atexits", None)
+        if _last_hook is not None and hooks and hooks[-1] is _last_hook:
+            return  # ours is still the last one registered
+        hook = functools.partial(_finish_all)
+        try:
+            register(hook)
+        except RuntimeError:  # the interpreter is exiting already: an earlier hook runs
+            return
+        _last_hook = hook
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the parents' dispatcher threads do not exist: nothing to wait for."""
+    global _exit_lock
+    _exit_lock = threading.Lock()
+    _running.clear()
+
+
+_register_exit_hook()  # so that even an executor never used refuses work at exit
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -40,16 +138,39 @@ class _Task:
     kwargs: dict[str, Any]
     future: concurrent.futures.Future[Any]
 
-    def chunk(self) -> Chunk:
-        return Chunk(self.index, [self.index], [(self.fn, self.args, self.kwargs)], [{}])
+
+def _chunk(tasks: list[_Task]) -> Chunk:
+    return Chunk(tasks[0].index, [t.index for t in tasks],
+                 [(t.fn, t.args, t.kwargs) for t in tasks], [{}] * len(tasks))
+
+
+def _take(future: concurrent.futures.Future[Any], end: float | None) -> Any:
+    """``future``'s result by ``end``; cancelled if the caller stops waiting for it."""
+    try:
+        return future.result(None if end is None else end - time.monotonic())
+    finally:
+        future.cancel()
+        del future  # no reference to the result stays in this frame
+
+
+def _in_order(futures: list[concurrent.futures.Future[Any]],
+              end: float | None) -> Iterator[Any]:
+    futures.reverse()
+    try:
+        while futures:
+            yield _take(futures.pop(), end)
+    finally:
+        for future in futures:  # the caller stopped early: what did not start never will
+            future.cancel()
 
 
 class Executor(concurrent.futures.Executor):
     """Run submitted calls on mode ``mode`` (default: the config's mode).
 
-    ``max_workers`` bounds how many tasks are out at once (default: as many as the backend
+    ``max_workers`` bounds how many chunks are out at once (default: as many as the backend
     keeps busy); ``timeout``, ``retries``, ``backoff``, ``env`` and the mode's own ``options``
-    mean what they mean for :func:`remotemap.remote_map`.
+    mean what they mean for :func:`remotemap.remote_map`. An executor dropped without
+    ``shutdown`` still finishes its work, then frees its workers.
     """
 
     def __init__(self, mode: str | None = None, *, max_workers: int | None = None,
@@ -58,132 +179,206 @@ class Executor(concurrent.futures.Executor):
                  env: Mapping[str, str] | None = None, **options: Any) -> None:
         cfg = config if isinstance(config, Config) else load_config(config)
         self.mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-        self._policy = make_policy("continue", timeout, retries, backoff, env)
-        self._backend = make_backend(self.mode, cfg, options)
+        policy = make_policy("continue", timeout, retries, backoff, env)
+        self._dispatcher = _Dispatcher(make_backend(self.mode, cfg, options), policy)
         self.max_workers = max_workers
-        self._lock = threading.Condition()
-        self._pending: collections.deque[_Task] = collections.deque()
-        self._tasks: dict[int, _Task] = {}
-        self._count = 0
-        self._shutdown = False
-        self._abort = False
-        self._session: Session | None = None
-        self._thread: threading.Thread | None = None
+        # The dispatcher thread holds the dispatcher, never this object: dropping the last
+        # reference to an executor shuts it down as shutdown(wait=False) would.
+        weakref.finalize(self, self._dispatcher.stop, False).atexit = False
 
     @property
     def max_workers(self) -> int | None:
-        return self._max_workers
+        return self._dispatcher.max_workers
 
     @max_workers.setter
     def max_workers(self, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ValueError(f"max_workers must be None or a whole number >= 1, got {value!r}")
-        self._max_workers = value
+        self._dispatcher.max_workers = value
 
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot submit to an Executor that was shut down")
-            task = _Task(self._count, fn, args, kwargs, future)
-            self._count += 1
-            self._pending.append(task)
-            self._tasks[task.index] = task
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._dispatch, daemon=True,
-                                                name=f"remotemap-executor-{self.mode}")
-                self._thread.start()
-            self._lock.notify()
-        if self._session is not None:
-            self._session.wake()
-        return future
+        return self._dispatcher.enqueue(fn, [(args, kwargs)], 1)[0]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
+        """Results of ``fn`` over the zipped ``iterables``, in order; every call is submitted
+        now. ``chunksize`` calls go to a worker together (each still fails alone); waiting
+        past ``timeout`` seconds from this call raises ``TimeoutError``."""
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a whole number >= 1, got {chunksize!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        # Shortest iterable wins, as for the built-in map.
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)]
+        return _in_order(self._dispatcher.enqueue(fn, calls, chunksize), end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                while self._pending:
-                    self._pending.popleft().future.cancel()
-            self._lock.notify()
-        if self._session is not None:
-            self._session.wake()
-        if wait and self._thread is not None:
-            self._thread.join()
+        self._dispatcher.stop(wait, cancel_futures=cancel_futures)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool | None:
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or exit while waiting: stop everything now rather than finish the work.
-            self._abort = True
-            self.shutdown(wait=True, cancel_futures=True)
+            self._dispatcher.stop(True, cancel_futures=True, abort=True)
             return None
         self.shutdown(wait=True)
         return None
 
-    # -- the dispatcher thread --------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        retries = _Retries(self._policy)
+class _Dispatcher:
+    """An executor's state and its one thread: submissions in, the backend session, futures
+    resolved. Its thread starts with the first submission and ends after shutdown."""
+
+    def __init__(self, backend: Backend, policy: Policy) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.max_workers: int | None = None
+        self.lock = threading.Condition()
+        #: Submitted, not yet handed to the backend: one list of tasks per chunk.
+        self.pending: collections.deque[list[_Task]] = collections.deque()
+        self.tasks: dict[int, _Task] = {}
+        self.count = 0
+        self.shutdown = False
+        self.abort = False
+        #: Why the backend failed, if it did: then nothing more can be submitted.
+        self.broken: BaseException | None = None
+        self.session: Session | None = None
+        self.thread: threading.Thread | None = None
+        #: Set once the backend has its first chunk (or failed to start).
+        self.started = threading.Event()
+
+    def enqueue(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                chunksize: int) -> list[concurrent.futures.Future[Any]]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        futures: list[concurrent.futures.Future[Any]] = []
+        with self.lock:
+            with _exit_lock:  # checked and recorded together, so _finish_all sees this one
+                if _exiting:  # first: the exit hook shut this executor down too
+                    raise RuntimeError("cannot submit to an Executor after interpreter shutdown")
+                if self.broken is not None:
+                    raise concurrent.futures.BrokenExecutor(
+                        f"the {self.backend.name} backend of this Executor failed, so it takes "
+                        f"no more work: {self.broken!r}") from self.broken
+                if self.shutdown:
+                    raise RuntimeError("cannot submit to an Executor that was shut down")
+                starting = self.thread is None and bool(calls)
+                if starting:
+                    _running.add(self)
+            for start in range(0, len(calls), chunksize):
+                batch = [_Task(self.count + i, fn, args, kwargs, concurrent.futures.Future())
+                         for i, (args, kwargs) in enumerate(calls[start:start + chunksize])]
+                self.count += len(batch)
+                self.pending.append(batch)
+                self.tasks.update((task.index, task) for task in batch)
+                futures += [task.future for task in batch]
+            if starting:
+                self.thread = threading.Thread(target=self.run, daemon=True,
+                                               name=f"remotemap-executor-{self.backend.name}")
+                self.thread.start()
+            self.lock.notify()
+        self.wake()
+        if starting:
+            # As ProcessPoolExecutor starts its processes in submit(): a caller that ends
+            # right away still finds the backend started (its own exit hook set up).
+            self.started.wait()
+            _register_exit_hook()
+        return futures
+
+    def stop(self, wait: bool, *, cancel_futures: bool = False, abort: bool = False) -> None:
+        with self.lock:
+            self.shutdown = True
+            self.abort = self.abort or abort
+            if cancel_futures:
+                while self.pending:
+                    for task in self.pending.popleft():
+                        task.future.cancel()
+                        del self.tasks[task.index]
+            self.lock.notify()
+        self.wake()
+        if wait and self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def wake(self) -> None:
+        session = self.session
+        if session is not None:
+            session.wake()
+
+    def run(self) -> None:
+        retries = _Retries(self.policy)
         try:
-            with self._backend.open(_call, self._policy.options) as session:
-                self._session = session
+            with self.backend.open(_call, self.policy.options) as session:
+                self.session = session
                 while self._step(session, retries):
                     pass
         except BaseException as exc:  # the backend itself failed: every open future fails
             error = exc
+            with self.lock:  # from now on submit() refuses, rather than queue work never run
+                self.broken = error
             self._fail_open(lambda task: error)
         finally:
-            self._session = None
+            self.session = None
+            self.started.set()
             self._fail_open(lambda task: RemoteException([TaskFailure(
                 task.index, "Cancelled", "the executor stopped before the task finished",
                 kind="cancelled")], [None]))
+            with _exit_lock:
+                _running.discard(self)
 
     def _fail_open(self, error: Callable[[_Task], BaseException]) -> None:
-        with self._lock:
-            tasks, self._pending = list(self._tasks.values()), collections.deque()
-            self._tasks.clear()
+        with self.lock:
+            tasks, self.pending = list(self.tasks.values()), collections.deque()
+            self.tasks.clear()
         for task in tasks:
             if not task.future.done():
                 task.future.set_exception(error(task))
 
-    def _step(self, session: Session, retries: _Retries) -> bool:
-        """Submit what may go out, then take in what came back; False when all is done."""
-        with self._lock:
-            while not self._pending and session.in_flight == 0 and not self._shutdown:
+    def _next_chunks(self, session: Session, retries: _Retries) -> list[Chunk] | None:
+        """Wait for work, then take the chunks that may go out now; None when all is done."""
+        with self.lock:
+            while not self.pending and session.in_flight == 0 and not self.shutdown:
                 if retries and retries.due_now():
                     break
-                self._lock.wait(retries.next_in() if retries else None)
-            if self._abort or (self._shutdown and not self._pending
-                               and session.in_flight == 0 and not retries):
-                return False
-            limit = min(session.capacity, self._max_workers or session.capacity)
-            batch: list[_Task] = []
-            while self._pending and session.in_flight + len(batch) < limit:
-                task = self._pending.popleft()
-                if task.future.set_running_or_notify_cancel():
-                    batch.append(task)
-                else:
-                    del self._tasks[task.index]
-        for task in batch:
-            session.submit(task.chunk())
+                self.lock.wait(retries.next_in() if retries else None)
+            if self.abort or (self.shutdown and not self.pending
+                              and session.in_flight == 0 and not retries):
+                return None
+            limit = min(session.capacity, self.max_workers or session.capacity)
+            chunks: list[Chunk] = []
+            while self.pending and session.in_flight + len(chunks) < limit:
+                batch = self.pending.popleft()
+                kept = [task for task in batch if task.future.set_running_or_notify_cancel()]
+                for task in batch:
+                    if task.future.cancelled():
+                        del self.tasks[task.index]
+                if kept:
+                    chunks.append(_chunk(kept))
+            return chunks
+
+    def _step(self, session: Session, retries: _Retries) -> bool:
+        """Submit what may go out, then take in what came back; False when all is done."""
+        chunks = self._next_chunks(session, retries)
+        if chunks is None:
+            return False
+        if not self.backend.isolates_crashes:
+            self.started.set()  # tasks run in this process: nothing to start first
+        for chunk in chunks:
+            session.submit(chunk)
+        del chunks  # the tasks' functions and arguments are not held while waiting
         for index in retries.due():
-            session.submit(self._tasks[index].chunk())
+            session.submit(_chunk([self.tasks[index]]))
+        self.started.set()
         for result in session.wait(retries.next_in() if retries else None):
             for index, value in zip(result.indices, result.values, strict=True):
                 self._resolve(index).set_result(value)
             for failure in result.failures:
                 final = retries.consider(failure)
                 if final is not None:
-                    self._fail(final)
+                    self._resolve(final.index).set_exception(task_exception(final))
         return True
 
     def _resolve(self, index: int) -> concurrent.futures.Future[Any]:
-        with self._lock:
-            return self._tasks.pop(index).future
-
-    def _fail(self, failure: TaskFailure) -> None:
-        self._resolve(failure.index).set_exception(RemoteException([failure], [None]))
+        with self.lock:
+            return self.tasks.pop(index).future

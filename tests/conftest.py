@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.slurm_fixtures"]
+pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.slurm_fixtures",
+                  "tests.futures_support"]
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from remotemap import RemoteException, as_completed
+from remotemap import RemoteException, RemoteTraceback, as_completed
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
@@ -80,8 +80,10 @@ def test_executor_futures(runner: Runner) -> None:
         done = {f.result() for f in as_completed(futures) if f.exception() is None}
         assert done == {0, 1, 3, 4, 5}
         error = futures[2].exception()
-        assert isinstance(error, RemoteException)
-        assert error.failures[0].message == "bad value 2"
+        assert type(error) is ValueError and error.args == ("bad value 2",)
+        assert isinstance(error.__cause__, RemoteTraceback)
+        assert error.__cause__.failure.index == 2
+        assert error.__cause__.failure.message == "bad value 2"
         assert list(ex.map(tf.add, [1, 2], [10, 20])) == [11, 22]
         ex.max_workers = 1  # applies to later submissions
         assert ex.submit(tf.square, 7).result(timeout=60) == 49

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from remotemap.driver import Policy
 from remotemap.errors import RemoteException, TaskFailure
 from remotemap.execution import failure_from_exception
+from remotemap.executor import failure_of
 from remotemap.workflow.graph import Step, Workflow, resolve
 
 if TYPE_CHECKING:
@@ -83,8 +84,9 @@ def run_here(step: Step, values: Mapping[int, Any]) -> StepOutcome:
 
 
 def _failure_of(step_id: int, exc: BaseException) -> TaskFailure:
-    if isinstance(exc, RemoteException) and exc.failures:
-        return exc.failures[0]  # the task's own failure, with the worker's traceback and host
+    failure = failure_of(exc)
+    if failure is not None:
+        return failure  # the task's own failure, with the worker's traceback and host
     # The mode itself failed (a host that cannot be reached, say): every step it had fails.
     return failure_from_exception(step_id, exc, kind="backend")
 
