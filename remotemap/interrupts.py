@@ -1,4 +1,5 @@
-"""SIGTERM during a run unwinds like Ctrl-C, so workers are stopped and run files removed.
+"""SIGTERM during a run unwinds like Ctrl-C, so workers are stopped and run files removed; and
+a real Ctrl-C is told apart from a task raising ``KeyboardInterrupt`` (:class:`SigintWatch`).
 
 Python's default SIGTERM action ends the process on the spot, skipping every ``finally``. While
 a run is in progress (in the main thread, with no handler of the caller's own in place) a
@@ -12,6 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
@@ -32,3 +34,48 @@ def terminate_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class SigintWatch:
+    """Tells a real Ctrl-C (SIGINT) apart from a task that raises ``KeyboardInterrupt`` itself.
+
+    While installed (main thread only), SIGINT first sets :attr:`received`, then goes to the
+    handler that was there (Python's default raises ``KeyboardInterrupt``). The caller resets
+    :attr:`received` before each chunk: a ``KeyboardInterrupt`` from a task while it is False
+    is that task's failure, not a reason to stop the run.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+        self._installed = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # no signal reaches this thread: every KeyboardInterrupt is a task's
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            # SIG_IGN or SIG_DFL: a Ctrl-C raises nothing. None: a handler set outside Python,
+            # which we cannot wrap: take every KeyboardInterrupt for a real one, as before.
+            self.received = previous is None
+            self._always = previous is None
+            return
+        self._previous = previous
+        signal.signal(signal.SIGINT, self._note)
+        self._installed = True
+
+    _always = False
+
+    def _note(self, signum: int, frame: FrameType | None) -> Any:
+        self.received = True
+        return self._previous(signum, frame)
+
+    def interrupted(self) -> bool:
+        return self.received
+
+    def reset(self) -> None:
+        self.received = self._always
+
+    def close(self) -> None:
+        if self._installed:
+            self._installed = False
+            if signal.getsignal(signal.SIGINT) == self._note:  # not replaced by the caller since
+                signal.signal(signal.SIGINT, self._previous)

@@ -22,6 +22,7 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.errors import TaskFailure
-from remotemap.execution import dumps, find_unpicklable, loads
+from remotemap.execution import dumps, find_unpicklable, loads_result
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -117,7 +118,7 @@ def decode_chunk(data: bytes) -> tuple[str, Chunk]:
 
 def decode_outcome(data: bytes, token: str) -> ChunkResult | None:
     """The chunk result in ``data``, or None if it was written by another run."""
-    found_token, result = loads(data)
+    found_token, result = loads_result(data)
     if found_token != token or not isinstance(result, ChunkResult):
         return None
     return result
@@ -132,8 +133,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):  # a part-written file keeps space a full disk lacks
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, target)
 
 

@@ -21,6 +21,7 @@ remote host needs no more than that.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import selectors
@@ -33,7 +34,8 @@ from typing import Any
 import cloudpickle
 
 from remotemap._version import __version__
-from remotemap.execution import chunk_failed, dumps_result, run_chunk
+from remotemap.execution import chunk_failed, dumps_result, failure_from_exception, run_chunk
+from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import RunLayout, decode_chunk_header, read_file, write_atomic
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -47,6 +49,8 @@ def load_function(layout: RunLayout) -> _Function:
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
+#: A forked child's status when it could not write its outcome (EX_SOFTWARE); its log says why.
+OUTCOME_UNWRITABLE_EXIT = 70
 
 
 def execute_chunk(
@@ -66,8 +70,29 @@ def execute_chunk(
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(layout, function, Chunk(chunk_id, indices, largs, lkwargs))
-    write_atomic(layout.outcome(chunk_id), dumps_result(result, token))
+    write_outcome(layout, token, result)
     return not result.failures
+
+
+def write_outcome(layout: RunLayout, token: str, result: ChunkResult) -> None:
+    """Write the chunk's outcome. When that fails (a full disk, the run directory removed),
+    try a small one instead, in which each task fails naming the path and the reason; if even
+    that cannot be written, the error goes up (the process then exits with status 70)."""
+    path = layout.outcome(result.chunk_id)
+    try:
+        write_atomic(path, dumps_result(result, token))
+        return
+    except OSError as exc:
+        error = exc
+    indices = sorted([*result.indices, *(f.index for f in result.failures)])
+    print(f"remotemap worker: cannot write {path}: {error}", file=sys.stderr, flush=True)
+    failures = []
+    for index in indices:
+        failure = failure_from_exception(index, error, kind="lost")
+        failures.append(dataclasses.replace(
+            failure, message=f"the outcome of task {index} could not be written to {path}: "
+                             f"{error}"))
+    write_atomic(path, dumps_result(ChunkResult(result.chunk_id, failures=failures), token))
 
 
 def _run_here(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
@@ -90,15 +115,27 @@ def run_in_task_dirs(layout: RunLayout, function: _Function, chunk: Chunk) -> Ch
 
 
 def run_chunks(layout: RunLayout, chunk_ids: list[int]) -> bool:
-    """Run the chunks here, one after the other; True when every task succeeded."""
+    """Run the chunks here, one after the other; True when every task succeeded.
+
+    What a chunk's tasks leave behind (child processes, stdout or stderr closed) is undone
+    before the next chunk, and the children are killed at the end."""
     function: _Function | None
     try:
         function = load_function(layout)
     except Exception:
         function = None  # execute_chunk reports the error against each task
+    become_subreaper()
+    stdio = Stdio()
     ok = True
-    for chunk_id in chunk_ids:
-        ok = execute_chunk(layout, chunk_id, function) and ok
+    try:
+        for chunk_id in chunk_ids:
+            try:
+                ok = execute_chunk(layout, chunk_id, function) and ok
+            finally:
+                kill_children()
+                stdio.repair()
+    finally:
+        stdio.close()
     return ok
 
 
@@ -189,7 +226,7 @@ class _Server:
             import traceback
 
             traceback.print_exc()
-            code = 70  # EX_SOFTWARE: the outcome could not be written; the log says why
+            code = OUTCOME_UNWRITABLE_EXIT
         finally:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
@@ -205,6 +242,10 @@ class _Server:
             if pid == 0:
                 return
             chunk_id, _ = self.children.pop(pid)
+            # What the task started and left running dies with it (the child's group, which
+            # outlives the reaped child while members remain, so the id cannot be reused).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
             if pid in self.timed_out:
                 self.timed_out.discard(pid)
                 text = "timeout"

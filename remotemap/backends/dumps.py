@@ -9,6 +9,7 @@ per task would cost tens of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -22,7 +23,8 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
-from remotemap.execution import dumps, lost_chunk_result, tail
+from remotemap.errors import TaskFailure
+from remotemap.execution import dumps, failure_from_exception, lost_chunk_result, tail
 from remotemap.protocol import (
     create_local_run_dir,
     decode_outcome,
@@ -34,7 +36,7 @@ from remotemap.protocol import (
 )
 from remotemap.server_client import WorkerServer, parse_done
 from remotemap.tasks import Chunk, ChunkResult
-from remotemap.worker import SYS_PATH_ENV
+from remotemap.worker import OUTCOME_UNWRITABLE_EXIT, SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
 
@@ -48,6 +50,20 @@ def pickle_function(function: Callable[..., Any]) -> bytes:
         raise TypeError(
             f"the function {name!r} cannot be pickled to send it to the workers: {exc}"
         ) from exc
+
+
+def unwritable_chunk(chunk: Chunk, path: str, exc: OSError,
+                     failures: list[TaskFailure]) -> ChunkResult:
+    """Every task of ``chunk`` fails because its file could not be written to ``path``."""
+    for index in chunk.indices:
+        failure = failure_from_exception(index, exc, kind="lost")
+        failures.append(dataclasses.replace(
+            failure, message=f"task {index} could not be written to {path}: {exc}"))
+    return ChunkResult(chunk.id, failures=failures)
+
+
+def _gone(root: str) -> str:
+    return "" if os.path.isdir(root) else f" (the run directory {root} no longer exists)"
 
 
 class DumpsBackend(Backend):
@@ -178,7 +194,11 @@ class DumpsSession(Session):
         for stale in (self.layout.outcome(number), self.layout.log(number)):
             if os.path.exists(stale):
                 os.unlink(stale)
-        write_atomic(self.layout.chunk(number), data)
+        path = self.layout.chunk(number)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:  # a full disk, the run directory removed: these tasks fail
+            return None, unwritable_chunk(chunk, path, exc, failures)
         return chunk, failed
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
@@ -215,10 +235,14 @@ class DumpsSession(Session):
         log_path = self.layout.log(number)
         log_tail = tail(read_file(log_path)) if os.path.exists(log_path) else ""
         if status == "exit:0":  # the process ended normally but left no outcome of this run
-            return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
+            return lost_chunk_result(chunk, f"exited without writing its outcome {path}"
+                                     f"{_gone(self.layout.root)}", kind="lost",
                                      log_tail=log_tail)
         kind = "timeout" if status == "timeout" else "crash"
-        return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
+        why = exit_status_text(status)
+        if status == f"exit:{OUTCOME_UNWRITABLE_EXIT}":
+            why += f": it could not write its outcome {path}{_gone(self.layout.root)}"
+        return lost_chunk_result(chunk, why, kind=kind, log_tail=log_tail)
 
     def _server_died(self) -> list[ChunkResult]:
         """The server itself died (killed, out of memory): what it ran is lost; the next
