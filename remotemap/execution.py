@@ -126,11 +126,12 @@ def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
 
 def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
     """Every value as its own pickle, back to back; where each ends. Unpicklable values are
-    moved to the failures."""
+    moved from ``result``'s values to its failures."""
     buffer = io.BytesIO()
     pickler = cloudpickle.Pickler(buffer)
     ends: list[int] = []
     kept: list[int] = []
+    kept_values: list[Any] = []
     for index, value in zip(result.indices, result.values, strict=True):
         start = buffer.tell()
         try:
@@ -143,8 +144,9 @@ def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
         else:
             pickler.clear_memo()  # each value stands alone: loadable without the others
             kept.append(index)
+            kept_values.append(value)
             ends.append(buffer.tell())
-    result.indices, result.values = kept, []
+    result.indices, result.values = kept, kept_values
     return buffer.getvalue(), ends
 
 
@@ -155,6 +157,8 @@ def loads_result(data: bytes) -> tuple[str | None, ChunkResult]:
     that raises on load) fails its own task, kind ``"pickling"``; the others are kept.
     """
     parts = loads(data)
+    if isinstance(parts, ChunkResult):  # stored by a version that kept no token
+        return None, parts
     if len(parts) == 2:
         token, result = parts
         return token, result
