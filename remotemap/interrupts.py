@@ -46,23 +46,22 @@ class SigintWatch:
     """
 
     def __init__(self) -> None:
-        self.received = False
         self._previous: Any = None
         self._installed = False
-        if threading.current_thread() is not threading.main_thread():
-            return  # no signal reaches this thread: every KeyboardInterrupt is a task's
-        previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):
-            # SIG_IGN or SIG_DFL: a Ctrl-C raises nothing. None: a handler set outside Python,
-            # which we cannot wrap: take every KeyboardInterrupt for a real one, as before.
-            self.received = previous is None
-            self._always = previous is None
-            return
-        self._previous = previous
-        signal.signal(signal.SIGINT, self._note)
-        self._installed = True
-
-    _always = False
+        #: True when a KeyboardInterrupt cannot be told apart: then every one is taken as real.
+        self._always = False
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._note)
+                self._installed = True
+            else:
+                # SIG_IGN or SIG_DFL: a Ctrl-C raises nothing. None: a handler set outside
+                # Python, which cannot be wrapped: every KeyboardInterrupt is real, as before.
+                self._always = previous is None
+        # (In another thread no signal arrives: every KeyboardInterrupt is a task's.)
+        self.received = self._always
 
     def _note(self, signum: int, frame: FrameType | None) -> Any:
         self.received = True

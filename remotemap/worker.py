@@ -70,22 +70,23 @@ def execute_chunk(
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(layout, function, Chunk(chunk_id, indices, largs, lkwargs))
-    write_outcome(layout, token, result)
-    return not result.failures
+    return write_outcome(layout, token, result) and not result.failures
 
 
-def write_outcome(layout: RunLayout, token: str, result: ChunkResult) -> None:
-    """Write the chunk's outcome. When that fails (a full disk, the run directory removed),
-    try a small one instead, in which each task fails naming the path and the reason; if even
-    that cannot be written, the error goes up (the process then exits with status 70)."""
+def write_outcome(layout: RunLayout, token: str, result: ChunkResult) -> bool:
+    """Write the chunk's outcome; False when it could not be (a full disk, the run directory
+    removed) and a small one went instead, in which each task fails naming the path and the
+    reason. If even that cannot be written, the error goes up (the process then exits with
+    status 70)."""
     path = layout.outcome(result.chunk_id)
     try:
         write_atomic(path, dumps_result(result, token))
-        return
+        return True
     except OSError as exc:
         error = exc
     indices = sorted([*result.indices, *(f.index for f in result.failures)])
-    print(f"remotemap worker: cannot write {path}: {error}", file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):  # the log may be on the same full disk
+        print(f"remotemap worker: cannot write {path}: {error}", file=sys.stderr, flush=True)
     failures = []
     for index in indices:
         failure = failure_from_exception(index, error, kind="lost")
@@ -93,6 +94,7 @@ def write_outcome(layout: RunLayout, token: str, result: ChunkResult) -> None:
             failure, message=f"the outcome of task {index} could not be written to {path}: "
                              f"{error}"))
     write_atomic(path, dumps_result(ChunkResult(result.chunk_id, failures=failures), token))
+    return False
 
 
 def _run_here(layout: RunLayout, function: _Function, chunk: Chunk) -> ChunkResult:
