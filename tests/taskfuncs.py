@@ -256,3 +256,16 @@ def remove_contents_on(directory: str, x: int, bad: int = 2) -> int:
 def block_of(x: int, size: int) -> bytes:
     """``size`` bytes (a result that takes room on disk)."""
     return bytes([x % 256]) * size
+
+
+class ExitOnPickleError(Exception):
+    """An exception that cannot itself cross a process boundary: pickling it exits."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise SystemExit("exit while the exception is pickled")
+
+
+def raise_exit_on_pickle_error_on(x: int, bad: int = 1) -> int:
+    if x == bad:
+        raise ExitOnPickleError(f"task {x} failed")
+    return x

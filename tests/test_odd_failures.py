@@ -119,6 +119,16 @@ def test_exception_whose_str_raises_is_recorded(runner: Runner) -> None:
     assert "task 1" in str(info.value)
 
 
+def test_exception_that_exits_when_pickled_is_recorded(runner: Runner) -> None:
+    """Its record keeps type, message and traceback; only the object itself stays behind."""
+    with pytest.raises(RemoteException) as info:
+        runner.map(tf.raise_exit_on_pickle_error_on, [(i,) for i in range(3)])
+    failure = _one_failure(info, 1)
+    assert (failure.exception_type, failure.message) == ("ExitOnPickleError", "task 1 failed")
+    assert failure.exception() is None
+    assert info.value.results == [0, None, 2]
+
+
 def _alive(pid: int) -> bool:
     try:  # a zombie has ended: it only waits for its parent
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
