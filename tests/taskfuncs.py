@@ -269,3 +269,13 @@ def raise_exit_on_pickle_error_on(x: int, bad: int = 1) -> int:
     if x == bad:
         raise ExitOnPickleError(f"task {x} failed")
     return x
+
+
+def leave_behind(how: str, x: int) -> int:
+    """Task 0 starts a child it never waits for and closes stdout or stderr (``how``, as for
+    :func:`close_stdio`), returning the child's pid; later tasks print (see :func:`print_pid`)."""
+    if x == 0:
+        pid = start_child(x)
+        close_stdio(how)
+        return pid
+    return print_pid(x)

@@ -23,7 +23,10 @@ import pytest
 
 from remotemap import RemoteException
 from remotemap.backends.cluster_files import ClusterError
+from remotemap.execution import dumps
+from remotemap.protocol import create_local_run_dir, decode_outcome, encode_chunk, write_atomic
 from remotemap.runs import RunStore
+from remotemap.tasks import Chunk
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
@@ -361,3 +364,28 @@ def test_stored_run_goes_on_when_a_result_cannot_be_stored(runner: Runner,
     failure = _one_failure(info, 1)
     assert (failure.kind, failure.exception_type) == ("pickling", "SystemExit")
     assert info.value.results == [0, None, 2]
+
+
+@pytest.mark.parametrize("how", _STDIO_WAYS)
+def test_batch_worker_undoes_what_a_chunk_left(tmp_path: Path, how: str) -> None:
+    """``python -m remotemap.worker run`` (a cluster job) runs its chunks in one process: a
+    chunk's leftover child is killed, and its closed stdout or stderr is back for the next."""
+    layout = create_local_run_dir(str(tmp_path))
+    write_atomic(layout.function, dumps(tf.leave_behind))
+    for x in (0, 1):
+        write_atomic(layout.chunk(x), encode_chunk("tok", Chunk(x, [x], [(how, x)], [{}])))
+    done = subprocess.run([sys.executable, "-m", "remotemap.worker", "run", layout.root, "0",
+                           "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, second = (decode_outcome(Path(layout.outcome(x)).read_bytes(), "tok")
+                     for x in (0, 1))
+    assert first is not None and second is not None
+    assert second.failures == [] and second.indices == [1]
+    assert "task 1 prints" in done.stdout and "task 1 warns" in done.stderr
+    (child,) = first.values
+    give_up = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child the first chunk left outlived its chunk")
