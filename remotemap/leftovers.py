@@ -92,7 +92,10 @@ def become_subreaper() -> bool:
 
 def has_children() -> bool:
     """Whether this process has any child, running or ended: one system call, so the common
-    case (none) costs a few microseconds where reading ``/proc`` costs tens."""
+    case (none) costs a few microseconds where reading ``/proc`` costs tens. False where
+    there is no ``/proc`` to list them (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
