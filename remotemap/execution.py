@@ -212,6 +212,11 @@ def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) 
     )
 
 
+#: What pickling an argument in the caller may raise that fails its task only: a
+#: ``__reduce__`` may even call ``exit()``. (Not KeyboardInterrupt: here it is a real Ctrl-C.)
+PICKLING_ERRORS = (Exception, SystemExit)
+
+
 def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     """Split out the tasks whose arguments cannot be pickled, each with a failure naming why."""
     keep = Chunk(chunk.id, [], [], [])
@@ -219,7 +224,7 @@ def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             dumps((args, kwargs))
-        except Exception as exc:
+        except PICKLING_ERRORS as exc:
             culprit = _first_unpicklable([*args, *kwargs.values()])
             failures.append(unpicklable_failure(index, "arguments", culprit, exc))
         else:
@@ -233,7 +238,7 @@ def _first_unpicklable(objects: list[Any]) -> object:
     for obj in objects:
         try:
             dumps(obj)
-        except Exception:
+        except PICKLING_ERRORS:
             return obj
     return objects[0] if objects else None
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.errors import TaskFailure
-from remotemap.execution import dumps, find_unpicklable, loads_result
+from remotemap.execution import PICKLING_ERRORS, dumps, find_unpicklable, loads_result
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -98,7 +98,7 @@ def encode_runnable(token: str, chunk: Chunk) -> tuple[Chunk, bytes | None, list
     """
     try:
         return chunk, encode_chunk(token, chunk), []
-    except Exception:
+    except PICKLING_ERRORS:
         keep, failures = find_unpicklable(chunk)
     return keep, (encode_chunk(token, keep) if keep.indices else None), failures
 

@@ -279,3 +279,7 @@ def leave_behind(how: str, x: int) -> int:
         close_stdio(how)
         return pid
     return print_pid(x)
+
+
+def type_name(x: Any) -> str:
+    return type(x).__name__

@@ -111,6 +111,20 @@ def test_system_exit_while_the_result_is_pickled(runner: Runner) -> None:
     _executor_goes_on(runner, tf.odd_value_on, 1, "exit_on_pickle")
 
 
+def test_system_exit_while_an_argument_is_pickled(runner: Runner) -> None:
+    largs = [(0,), (tf.ExitOnPickle(),), (2,)]
+    if not runner.pickles:  # serial: the argument is passed as it is
+        assert runner.map(tf.type_name, largs) == ["int", "ExitOnPickle", "int"]
+        return
+    with pytest.raises(RemoteException) as info:
+        runner.map(tf.type_name, largs)
+    failure = _one_failure(info, 1)
+    assert (failure.kind, failure.exception_type) == ("pickling", "SystemExit")
+    assert "the arguments of task 1 cannot be pickled" in failure.message
+    assert info.value.results == ["int", None, "int"]
+    _executor_goes_on(runner, tf.type_name, tf.ExitOnPickle())
+
+
 def test_exception_whose_str_raises_is_recorded(runner: Runner) -> None:
     with pytest.raises(RemoteException) as info:
         runner.map(tf.raise_bad_str_on, [(i,) for i in range(3)])

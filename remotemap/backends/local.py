@@ -31,6 +31,7 @@ from remotemap.backends.dumps import DumpsSession, pickle_function
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import (
+    PICKLING_ERRORS,
     chunk_failed,
     dumps_result,
     failure_from_exception,
@@ -159,7 +160,7 @@ class LocalSession(Session):
             return
         try:
             packed = self.spill.pack(chunk)
-        except Exception:
+        except PICKLING_ERRORS:
             keep, failures = find_unpicklable(chunk)
             self.ready.append(ChunkResult(chunk.id, failures=failures))
             if not keep.indices:
