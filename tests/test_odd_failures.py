@@ -1,9 +1,6 @@
-"""An odd failure stays one task's failure, the run goes on, and an Executor stays usable.
-
-Results that will not load in the caller, BaseExceptions from tasks, ``SystemExit`` while a
-result is pickled, exceptions whose ``__str__`` raises, a full disk or a removed run directory,
-children left running, stdout or stderr closed by a task: on every mode where each applies.
-"""
+"""An odd failure stays one task's failure, the run goes on, and an Executor stays usable:
+unloadable results, BaseExceptions, SystemExit while pickling, a raising ``__str__``, a full
+disk or removed run directory, children left running, closed stdout/stderr; every mode."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from remotemap import RemoteException
+from remotemap import RemoteException, TaskFailure
 from remotemap.backends.cluster_files import ClusterError
 from remotemap.execution import dumps
 from remotemap.protocol import create_local_run_dir, decode_outcome, encode_chunk, write_atomic
@@ -31,7 +28,7 @@ from tests import taskfuncs as tf
 from tests.backends import Runner
 
 
-def _one_failure(info: pytest.ExceptionInfo[RemoteException], index: int) -> Any:
+def _one_failure(info: pytest.ExceptionInfo[RemoteException], index: int) -> TaskFailure:
     exc = info.value
     assert exc.failed_indices == [index], str(exc)
     return exc.failures[0]
