@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import linecache
+import pickle
 import re
 import socket
 import traceback
@@ -99,19 +100,26 @@ def this_host() -> str:
 def failure_from_exception(
     index: int, exc: BaseException, *, kind: str = "exception", host: str | None = None
 ) -> TaskFailure:
-    """A record of ``exc`` raised by task ``index``, keeping the traceback as text."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """A record of ``exc`` raised by task ``index``, keeping the traceback as text.
+
+    Never raises for an odd exception (a ``__str__`` that raises, a ``__reduce__`` that calls
+    ``exit()``): the record is all the caller will get, so it must always be made.
+    """
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException as err:  # a broken exception must not hide the task
+        text = f"(the traceback could not be formatted: {safe_str(err)})"
     try:
         # cloudpickle, so an exception class that came by value (defined in __main__ or sent
         # by value) goes back the same way; one that will not round-trip is not chained.
         blob: bytes | None = dumps(exc)
         loads(blob)  # type: ignore[arg-type]
-    except Exception:
+    except BaseException:  # SystemExit from a __reduce__ included
         blob = None
     return TaskFailure(
         index=index,
         exception_type=type(exc).__qualname__,
-        message=str(exc),
+        message=safe_str(exc),
         traceback=text,
         host=host or _HOST,
         kind=kind,
@@ -119,19 +127,32 @@ def failure_from_exception(
     )
 
 
-def run_chunk(function: Callable[..., Any], chunk: Chunk) -> ChunkResult:
+def safe_str(obj: object) -> str:
+    """``str(obj)``, or a stand-in naming the type when its ``__str__`` raises."""
+    try:
+        return str(obj)
+    except BaseException as err:  # any error here is the object's, not ours
+        return (f"<str() of this {type(obj).__qualname__} raised "
+                f"{type(err).__qualname__}>")
+
+
+def run_chunk(function: Callable[..., Any], chunk: Chunk,
+              interrupted: Callable[[], bool] | None = None) -> ChunkResult:
     """Call ``function`` on every task of ``chunk``; an exception fails its task only.
 
-    KeyboardInterrupt is let through: in the caller's own process it must stop the run.
+    Any exception does, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` included,
+    except a ``KeyboardInterrupt`` that a real Ctrl-C raised in this very process:
+    ``interrupted()`` says whether one arrived (given by the caller's own process, where Ctrl-C
+    must stop the run; a worker process leaves it None).
     """
     result = ChunkResult(chunk.id)
     ok_indices, values, failures = result.indices, result.values, result.failures
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             value = function(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # SystemExit from a task is that task's failure too
+        except BaseException as exc:
+            if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
+                raise
             # Drop this frame: the traceback should start in the user's function.
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             failures.append(failure_from_exception(index, exc))
@@ -146,35 +167,86 @@ def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
     return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices])
 
 
-def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
-    """Pickle a chunk's result (with the run's token, if given).
+#: Result types that every Python can load: a chunk of only these goes as one pickle.
+_PLAIN = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
-    A value that cannot be pickled fails its own task, not the whole chunk.
+
+def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
+    """Pickle a chunk's result (with the run's token, if given), for :func:`loads_result`.
+
+    A value that cannot be pickled (or whose pickling raises anything, ``SystemExit``
+    included) fails its own task. Plain values (numbers, strings) go as one list, the fast
+    path for many tiny tasks; any other value is pickled on its own, so that one the caller
+    cannot load fails that task alone (see :func:`loads_result`).
     """
-    payload = result if token is None else (token, result)
-    try:
-        return dumps(payload)
-    except Exception:
-        pass
-    kept_indices: list[int] = []
+    if _PLAIN.issuperset(map(type, result.values)):
+        return dumps((token, result))
+    blob, ends = _pickle_each(result)
+    bare = ChunkResult(result.chunk_id, result.indices, [], result.failures)
+    return dumps((token, bare, blob, ends))
+
+
+def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
+    """Every value as its own pickle, back to back; where each ends. Unpicklable values are
+    moved from ``result``'s values to its failures."""
+    buffer = io.BytesIO()
+    pickler = cloudpickle.Pickler(buffer)
+    ends: list[int] = []
+    kept: list[int] = []
     kept_values: list[Any] = []
     for index, value in zip(result.indices, result.values, strict=True):
+        start = buffer.tell()
         try:
-            dumps(value)
-        except Exception as exc:
+            pickler.dump(value)
+        except BaseException as exc:  # a __reduce__ calling exit() included
+            buffer.seek(start)
+            buffer.truncate()
+            pickler = cloudpickle.Pickler(buffer)  # its state after an error is unknown
             result.failures.append(unpicklable_failure(index, "result", value, exc))
         else:
-            kept_indices.append(index)
+            pickler.clear_memo()  # each value stands alone: loadable without the others
+            kept.append(index)
             kept_values.append(value)
-    result.indices, result.values = kept_indices, kept_values
-    return dumps(payload)
+            ends.append(buffer.tell())
+    result.indices, result.values = kept, kept_values
+    return buffer.getvalue(), ends
 
 
-def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) -> TaskFailure:
-    """The failure of a task whose argument or result cannot cross a process boundary."""
-    kind = type(obj).__module__ + "." + type(obj).__qualname__
+def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
+    """The token and chunk result that :func:`dumps_result` wrote.
+
+    A value that cannot be loaded here (its class missing in this process, a ``__reduce__``
+    that raises on load) fails its own task, kind ``"pickling"``; the others are kept.
+    """
+    parts = loads(data)
+    if isinstance(parts, ChunkResult):  # stored by a version that kept no token
+        return None, parts
+    if len(parts) == 2:
+        token, result = parts
+        return token, result
+    token, result, blob, ends = parts
+    view = memoryview(blob)
+    indices: list[int] = []
+    start = 0
+    for index, end in zip(result.indices, ends, strict=True):
+        try:
+            result.values.append(pickle.loads(view[start:end]))
+        except KeyboardInterrupt:
+            raise  # here in the caller's process, a Ctrl-C
+        except BaseException as exc:  # SystemExit from a __reduce__ included
+            result.failures.append(unloadable_failure(index, exc))
+        else:
+            indices.append(index)
+        start = end
+    result.indices = indices
+    return token, result
+
+
+def unloadable_failure(index: int, exc: BaseException) -> TaskFailure:
+    """The failure of a task whose result was pickled where it ran but cannot be loaded here."""
     failure = failure_from_exception(index, exc, kind="pickling")
-    message = f"the {what} of task {index} cannot be pickled ({kind}): {exc}"
+    message = (f"the result of task {index} cannot be unpickled in the caller: "
+               f"{type(exc).__qualname__}: {safe_str(exc)}")
     return TaskFailure(
         index=index,
         exception_type=failure.exception_type,
@@ -186,6 +258,27 @@ def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) 
     )
 
 
+def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) -> TaskFailure:
+    """The failure of a task whose argument or result cannot cross a process boundary."""
+    kind = type(obj).__module__ + "." + type(obj).__qualname__
+    failure = failure_from_exception(index, exc, kind="pickling")
+    message = f"the {what} of task {index} cannot be pickled ({kind}): {safe_str(exc)}"
+    return TaskFailure(
+        index=index,
+        exception_type=failure.exception_type,
+        message=message,
+        traceback=failure.traceback,
+        host=failure.host,
+        kind="pickling",
+        exception_pickle=failure.exception_pickle,
+    )
+
+
+#: What pickling an argument in the caller may raise that fails its task only: a
+#: ``__reduce__`` may even call ``exit()``. (Not KeyboardInterrupt: here it is a real Ctrl-C.)
+PICKLING_ERRORS = (Exception, SystemExit)
+
+
 def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     """Split out the tasks whose arguments cannot be pickled, each with a failure naming why."""
     keep = Chunk(chunk.id, [], [], [])
@@ -193,7 +286,7 @@ def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             dumps((args, kwargs))
-        except Exception as exc:
+        except PICKLING_ERRORS as exc:
             culprit = _first_unpicklable([*args, *kwargs.values()])
             failures.append(unpicklable_failure(index, "arguments", culprit, exc))
         else:
@@ -207,7 +300,7 @@ def _first_unpicklable(objects: list[Any]) -> object:
     for obj in objects:
         try:
             dumps(obj)
-        except Exception:
+        except PICKLING_ERRORS:
             return obj
     return objects[0] if objects else None
 

@@ -28,6 +28,7 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remotemap.errors import TaskFailure
-from remotemap.execution import dumps, find_unpicklable, loads
+from remotemap.execution import PICKLING_ERRORS, dumps, find_unpicklable, loads_result
 from remotemap.integrity import TAG_SIZE, check_tag, file_key, seal, tag, unseal
 from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
@@ -171,7 +172,7 @@ def encode_runnable(token: str, chunk: Chunk) -> tuple[Chunk, bytes | None, list
     """
     try:
         return chunk, encode_chunk(token, chunk), []
-    except Exception:
+    except PICKLING_ERRORS:
         keep, failures = find_unpicklable(chunk)
     return keep, (encode_chunk(token, keep) if keep.indices else None), failures
 
@@ -192,7 +193,7 @@ def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
 def decode_outcome(data: bytes | memoryview, token: str) -> ChunkResult | None:
     """The chunk result in ``data`` (unsealed: see ``open_outcome``), or None if it was
     written by another run."""
-    found_token, result = loads(data)
+    found_token, result = loads_result(data)
     if found_token != token or not isinstance(result, ChunkResult):
         return None
     return result
@@ -207,8 +208,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):  # a part-written file keeps space a full disk lacks
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, target)
 
 

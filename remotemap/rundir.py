@@ -123,8 +123,12 @@ class LocalRunDir:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-        finally:
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):  # a part-written file keeps space a full disk lacks
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+        os.close(fd)
         os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def open_for_writing(self, name: str) -> int:

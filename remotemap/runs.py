@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.errors import TaskFailure
-from remotemap.execution import dumps, loads
+from remotemap.execution import dumps, dumps_result, loads, loads_result
 from remotemap.protocol import write_atomic
 from remotemap.tasks import ChunkResult
 
@@ -118,13 +118,15 @@ class RunStore:
         return largs, lkwargs
 
     def record(self, result: ChunkResult) -> None:
-        write_atomic(self.root / "outcomes" / f"{self._next:08d}.pkl", dumps(result))
+        """Store ``result``; a value that cannot be pickled becomes its task's failure there
+        and in ``result`` (serial mode's values were never pickled before)."""
+        write_atomic(self.root / "outcomes" / f"{self._next:08d}.pkl", dumps_result(result))
         self._next += 1
 
     def outcomes(self) -> Iterator[ChunkResult]:
         for path in sorted((self.root / "outcomes").glob("*.pkl")):
             try:
-                result = loads(path.read_bytes())
+                _, result = loads_result(path.read_bytes())
             except Exception:
                 continue  # cut short by a crash while written elsewhere: not an outcome
             if isinstance(result, ChunkResult):

@@ -28,6 +28,7 @@ remote host needs no more than that.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import selectors
@@ -41,8 +42,9 @@ import cloudpickle
 
 from remotemap._version import __version__
 from remotemap.errors import UnsafePath
-from remotemap.execution import chunk_failed, dumps_result, run_chunk
+from remotemap.execution import chunk_failed, dumps_result, failure_from_exception, run_chunk
 from remotemap.integrity import read_key_file
+from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import (
     FUNCTION,
     RunLayout,
@@ -81,6 +83,8 @@ def load_function(run: WorkerRun) -> _Function:
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
+#: A forked child's status when it could not write its outcome (EX_SOFTWARE); its log says why.
+OUTCOME_UNWRITABLE_EXIT = 70
 
 
 def execute_chunk(
@@ -100,9 +104,33 @@ def execute_chunk(
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(run, function, Chunk(chunk_id, indices, largs, lkwargs))
-    name = outcome_name(chunk_id)
-    run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
-    return not result.failures
+    return write_outcome(run, token, result) and not result.failures
+
+
+def write_outcome(run: WorkerRun, token: str, result: ChunkResult) -> bool:
+    """Write the chunk's sealed outcome; False when it could not be (a full disk, the run
+    directory removed) and a small one went instead, in which each task fails naming the path
+    and the reason. If even that cannot be written, the error goes up (the process then exits
+    with status 70)."""
+    name = outcome_name(result.chunk_id)
+    try:
+        run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
+        return True
+    except OSError as exc:
+        error = exc
+    path = run.layout.outcome(result.chunk_id)
+    indices = sorted([*result.indices, *(f.index for f in result.failures)])
+    with contextlib.suppress(Exception):  # the log may be on the same full disk
+        print(f"remotemap worker: cannot write {path}: {error}", file=sys.stderr, flush=True)
+    failures = []
+    for index in indices:
+        failure = failure_from_exception(index, error, kind="lost")
+        failures.append(dataclasses.replace(
+            failure, message=f"the outcome of task {index} could not be written to {path}: "
+                             f"{error}"))
+    small = dumps_result(ChunkResult(result.chunk_id, failures=failures), token)
+    run.rundir.write(name, *seal_parts(run.key, name, small))
+    return False
 
 
 def _run_here(run: WorkerRun, function: _Function, chunk: Chunk) -> ChunkResult:
@@ -125,15 +153,27 @@ def run_in_task_dirs(run: WorkerRun, function: _Function, chunk: Chunk) -> Chunk
 
 
 def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
-    """Run the chunks here, one after the other; True when every task succeeded."""
+    """Run the chunks here, one after the other; True when every task succeeded.
+
+    What a chunk's tasks leave behind (child processes, stdout or stderr closed) is undone
+    before the next chunk, and the children are killed at the end."""
     function: _Function | None
     try:
         function = load_function(run)
     except Exception:
         function = None  # execute_chunk reports the error against each task
+    become_subreaper()
+    stdio = Stdio()
     ok = True
-    for chunk_id in chunk_ids:
-        ok = execute_chunk(run, chunk_id, function) and ok
+    try:
+        for chunk_id in chunk_ids:
+            try:
+                ok = execute_chunk(run, chunk_id, function) and ok
+            finally:
+                kill_children()
+                stdio.repair()
+    finally:
+        stdio.close()
     return ok
 
 
@@ -224,7 +264,7 @@ class _Server:
             import traceback
 
             traceback.print_exc()
-            code = 70  # EX_SOFTWARE: the outcome could not be written; the log says why
+            code = OUTCOME_UNWRITABLE_EXIT
         finally:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
@@ -240,6 +280,10 @@ class _Server:
             if pid == 0:
                 return
             chunk_id, _ = self.children.pop(pid)
+            # What the task started and left running dies with it (the child's group, which
+            # outlives the reaped child while members remain, so the id cannot be reused).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
             if pid in self.timed_out:
                 self.timed_out.discard(pid)
                 text = "timeout"

@@ -148,3 +148,138 @@ def allocate_in_cgroup(procs_file: str, x: int) -> int:
         block = bytearray(512 << 20)
         return len(block)
     return x
+
+
+def fail_to_load(why: str) -> Any:
+    """Called by pickle when loading an :class:`Unloadable`: it raises instead."""
+    raise RuntimeError(f"refusing to load: {why}")
+
+
+class Unloadable:
+    """Pickles anywhere; loading it raises (a ``__reduce__`` whose callable raises)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return fail_to_load, ("an Unloadable",)
+
+
+class ExitOnPickle:
+    """Pickling it raises ``SystemExit`` (as a ``__reduce__`` calling ``sys.exit`` would)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise SystemExit("exit while pickled")
+
+
+def odd_value_on(x: int, what: str, bad: int = 1) -> Any:
+    """``x``, except for task ``bad``: an object that will not load ("unloadable") or will not
+    pickle ("exit_on_pickle")."""
+    if x != bad:
+        return x
+    return Unloadable() if what == "unloadable" else ExitOnPickle()
+
+
+def foreign_object_on(directory: str, x: int, bad: int = 1) -> Any:
+    """For task ``bad``, an instance of a class from a module written to ``directory`` and
+    imported here only: a caller elsewhere cannot find that class."""
+    if x != bad:
+        return x
+    import importlib
+    import sys
+
+    name = f"remotemap_foreign_{os.getpid()}_{x}"
+    Path(directory, f"{name}.py").write_text("class Foreign:\n    pass\n")
+    sys.path.insert(0, directory)
+    try:
+        return importlib.import_module(name).Foreign()
+    finally:
+        sys.path.remove(directory)
+
+
+def raise_base_on(x: int, kind: str, bad: int = 1) -> int:
+    """Task ``bad`` raises the BaseException named ``kind`` (KeyboardInterrupt, ...)."""
+    if x == bad:
+        import builtins
+
+        raise getattr(builtins, kind)(f"task {x} raised {kind}")
+    return x
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise ValueError("__str__ of BadStr fails")
+
+
+def raise_bad_str_on(x: int, bad: int = 1) -> int:
+    if x == bad:
+        raise BadStr("never shown")
+    return x
+
+
+def start_child(x: int) -> int:
+    """Start a long ``sleep`` that this task never waits for; return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+def close_stdio(how: str) -> int:
+    """Close this process's stdout or stderr the way ``how`` says; return the pid."""
+    import sys
+
+    if how == "sys.stdout":
+        sys.stdout.close()
+    elif how == "sys.stderr":
+        sys.stderr.close()
+    else:
+        os.close(int(how.removeprefix("fd")))
+    return os.getpid()
+
+
+def print_pid(x: int) -> int:
+    """Print to stdout and stderr (flushed, so a closed one fails here); return the pid."""
+    import sys
+
+    print("task", x, "prints", flush=True)
+    print("task", x, "warns", file=sys.stderr, flush=True)
+    return os.getpid()
+
+
+def remove_contents_on(directory: str, x: int, bad: int = 2) -> int:
+    """Task ``bad`` removes everything in ``directory`` (a run's temp_dir, say)."""
+    if x == bad:
+        import shutil
+
+        for entry in Path(directory).iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+    return x
+
+
+def block_of(x: int, size: int) -> bytes:
+    """``size`` bytes (a result that takes room on disk)."""
+    return bytes([x % 256]) * size
+
+
+class ExitOnPickleError(Exception):
+    """An exception that cannot itself cross a process boundary: pickling it exits."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise SystemExit("exit while the exception is pickled")
+
+
+def raise_exit_on_pickle_error_on(x: int, bad: int = 1) -> int:
+    if x == bad:
+        raise ExitOnPickleError(f"task {x} failed")
+    return x
+
+
+def leave_behind(how: str, x: int) -> int:
+    """Task 0 starts a child it never waits for and closes stdout or stderr (``how``, as for
+    :func:`close_stdio`), returning the child's pid; later tasks print (see :func:`print_pid`)."""
+    if x == 0:
+        pid = start_child(x)
+        close_stdio(how)
+        return pid
+    return print_pid(x)
+
+
+def type_name(x: Any) -> str:
+    return type(x).__name__

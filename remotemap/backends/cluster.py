@@ -319,7 +319,12 @@ def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
     """Stop the run's jobs still out, then remove its directory (unless ``keep_files``)."""
     try:
         if run.pending:
-            run.cancel()
+            try:
+                run.cancel()
+            except OSError as exc:  # a full disk, the directory removed: the error that
+                # ended the run says more than this one, which must not replace it
+                log.warning("cluster run %s: cannot ask its jobs to stop in %s:%s: %s",
+                            run.run_id, run.files.label, run.files.root, exc)
         if not run.wait_ended(CLOSE_TIMEOUT):
             log.warning("cluster run %s: its jobs did not all stop within %.0f s; the run "
                         "is kept in %s:%s (remotemap cancel %s)", run.run_id, CLOSE_TIMEOUT,

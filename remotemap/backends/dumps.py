@@ -9,6 +9,7 @@ per task would cost tens of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -21,8 +22,8 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
-from remotemap.errors import TamperedFile
-from remotemap.execution import dumps, lost_chunk_result, tail
+from remotemap.errors import TamperedFile, TaskFailure
+from remotemap.execution import dumps, failure_from_exception, lost_chunk_result, tail
 from remotemap.integrity import check_same_dir, new_key
 from remotemap.protocol import (
     FUNCTION,
@@ -39,7 +40,7 @@ from remotemap.protocol import (
 )
 from remotemap.server_client import WorkerServer, parse_done
 from remotemap.tasks import Chunk, ChunkResult
-from remotemap.worker import SYS_PATH_ENV
+from remotemap.worker import OUTCOME_UNWRITABLE_EXIT, SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
 
@@ -53,6 +54,16 @@ def pickle_function(function: Callable[..., Any]) -> bytes:
         raise TypeError(
             f"the function {name!r} cannot be pickled to send it to the workers: {exc}"
         ) from exc
+
+
+def unwritable_chunk(chunk: Chunk, path: str, exc: OSError,
+                     failures: list[TaskFailure]) -> ChunkResult:
+    """Every task of ``chunk`` fails because its file could not be written to ``path``."""
+    for index in chunk.indices:
+        failure = failure_from_exception(index, exc, kind="lost")
+        failures.append(dataclasses.replace(
+            failure, message=f"task {index} could not be written to {path}: {exc}"))
+    return ChunkResult(chunk.id, failures=failures)
 
 
 class DumpsBackend(Backend):
@@ -194,7 +205,10 @@ class DumpsSession(Session):
         self.rundir.unlink(outcome_name(number))
         self.rundir.unlink(log_name(number))
         name = chunk_name(number)
-        self.rundir.write(name, *seal_parts(self.key, name, data))  # not joined: no copy
+        try:
+            self.rundir.write(name, *seal_parts(self.key, name, data))  # not joined: no copy
+        except OSError as exc:  # a full disk, the run directory removed: these tasks fail
+            return None, unwritable_chunk(chunk, self.layout.chunk(number), exc, failures)
         return chunk, failed
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
@@ -223,10 +237,11 @@ class DumpsSession(Session):
             os.write(self._wake_w, b"x")
 
     def collect(self, number: int, chunk: Chunk, status: str) -> ChunkResult:
+        path = self.layout.outcome(number)
         blob = self.rundir.read(outcome_name(number))
         try:
             result = None if blob is None else open_outcome(
-                self.key, number, blob, self.token, self.layout.outcome(number))
+                self.key, number, blob, self.token, path)
         except TamperedFile as exc:  # never unpickled: the chunk's tasks fail, naming the file
             return lost_chunk_result(chunk, f"left an outcome that was refused: {exc}",
                                      kind="tampered")
@@ -235,10 +250,19 @@ class DumpsSession(Session):
             return result
         log_tail = tail(self.rundir.read(log_name(number)) or b"")
         if status == "exit:0":  # the process ended normally but left no outcome of this run
-            return lost_chunk_result(chunk, "exited without writing its outcome", kind="lost",
+            return lost_chunk_result(chunk, f"exited without writing its outcome {path}"
+                                     f"{self._gone()}", kind="lost",
                                      log_tail=log_tail)
         kind = "timeout" if status == "timeout" else "crash"
-        return lost_chunk_result(chunk, exit_status_text(status), kind=kind, log_tail=log_tail)
+        why = exit_status_text(status)
+        if status == f"exit:{OUTCOME_UNWRITABLE_EXIT}":
+            why += f": it could not write its outcome {path}{self._gone()}"
+        return lost_chunk_result(chunk, why, kind=kind, log_tail=log_tail)
+
+    def _gone(self) -> str:
+        if self.rundir.is_still_at_root():
+            return ""
+        return f" (the run directory {self.layout.root} no longer exists)"
 
     def _server_died(self) -> list[ChunkResult]:
         """The server itself died (killed, out of memory): what it ran is lost; the next

@@ -30,7 +30,17 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dumps import DumpsSession, pickle_function
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
-from remotemap.execution import chunk_failed, dumps_result, find_unpicklable, loads, run_chunk
+from remotemap.execution import (
+    PICKLING_ERRORS,
+    chunk_failed,
+    dumps_result,
+    failure_from_exception,
+    find_unpicklable,
+    loads,
+    loads_result,
+    run_chunk,
+)
+from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import new_token
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
@@ -38,6 +48,15 @@ log = logging.getLogger("remotemap")
 
 # Worker-side cache: the function of the current run, unpickled once per worker process.
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
+# Worker-side: stdout and stderr as the worker started, put back after a task closed them.
+_STDIO: list[Stdio] = []
+
+
+def _init_worker() -> None:
+    """Worker initializer: follow the caller's life, and adopt what tasks leave running."""
+    _watch_parent()
+    become_subreaper()
+    _STDIO.append(Stdio())
 
 
 def _watch_parent() -> None:
@@ -69,7 +88,13 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
         chunk = unpack(packed)
     except Exception as exc:
         return dumps_result(chunk_failed(Chunk(packed.id, packed.indices, [], []), exc))
-    return dumps_result(run_chunk(function, chunk))
+    try:
+        return dumps_result(run_chunk(function, chunk))
+    finally:
+        # What the chunk's tasks left behind must not reach the next chunk in this worker.
+        kill_children()
+        for stdio in _STDIO:
+            stdio.repair()
 
 
 class LocalBackend(Backend):
@@ -115,7 +140,7 @@ class LocalSession(Session):
             # env: loky restarts its workers when it changes, so they import with it set.
             self._executor = get_reusable_executor(max_workers=self.n_jobs,
                                                    env=dict(self.options.env) or None,
-                                                   initializer=_watch_parent)
+                                                   initializer=_init_worker)
         return self._executor
 
     def _isolated(self) -> DumpsSession:
@@ -135,7 +160,7 @@ class LocalSession(Session):
             return
         try:
             packed = self.spill.pack(chunk)
-        except Exception:
+        except PICKLING_ERRORS:
             keep, failures = find_unpicklable(chunk)
             self.ready.append(ChunkResult(chunk.id, failures=failures))
             if not keep.indices:
@@ -163,12 +188,13 @@ class LocalSession(Session):
             if chunk is None:
                 continue  # the wake-up
             self.spill.release(chunk.id)
-            try:
-                data = future.result()
-            except BrokenProcessPool as exc:
-                self._worker_died(chunk, exc)
-                continue
-            results.append(loads(data))
+            error = future.exception()
+            if isinstance(error, BrokenProcessPool):
+                self._worker_died(chunk, error)
+            elif error is not None:  # raised outside any task (loky's own pickling, say)
+                results.append(_chunk_error(chunk, error))
+            else:
+                results.append(loads_result(future.result())[1])
         return results
 
     def _worker_died(self, chunk: Chunk, exc: BaseException) -> None:
@@ -199,6 +225,12 @@ class LocalSession(Session):
         self.spill.close()
         if self.isolated is not None:
             self.isolated.close()
+
+
+def _chunk_error(chunk: Chunk, error: BaseException) -> ChunkResult:
+    """Each task of ``chunk`` fails with ``error``, which the worker raised around the tasks."""
+    return ChunkResult(chunk.id, failures=[failure_from_exception(i, error, kind="lost")
+                                           for i in chunk.indices])
 
 
 def _exit_codes(exc: BaseException) -> str:

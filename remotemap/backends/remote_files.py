@@ -35,6 +35,7 @@ from remotemap.protocol import (
 )
 from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
 from remotemap.tasks import Chunk, ChunkResult
+from remotemap.worker import OUTCOME_UNWRITABLE_EXIT
 
 log = logging.getLogger("remotemap")
 
@@ -219,6 +220,8 @@ class RemoteRun:
                 log_tail = ""
             why = ("exited without writing its outcome" if status == "exit:0"
                    else exit_status_text(status))
+            if status in ("exit:0", f"exit:{OUTCOME_UNWRITABLE_EXIT}"):
+                why += f" (it could not write {self.layout.outcome(chunk.id)})"
             kind = "timeout" if status == "timeout" else ("lost" if status == "exit:0" else "crash")
             result = lost_chunk_result(chunk, why, kind=kind, host=self.host, log_tail=log_tail)
         result.failures += self._pending_failures.pop(chunk.id, [])

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.errors import TaskTimeout
 from remotemap.execution import run_chunk
+from remotemap.interrupts import SigintWatch
+from remotemap.leftovers import Stdio
 from remotemap.tasks import Chunk, ChunkResult
 
 if TYPE_CHECKING:
@@ -39,7 +41,11 @@ class SerialBackend(Backend):
 
 
 class _SerialSession(Session):
-    """Runs each chunk the moment it is submitted, in the submitting thread."""
+    """Runs each chunk the moment it is submitted, in the submitting thread.
+
+    A task's ``KeyboardInterrupt`` fails that task; a real Ctrl-C stops the run (told apart by
+    a :class:`SigintWatch`). Stdout and stderr closed by a task are put back after its chunk.
+    """
 
     capacity = 1
 
@@ -47,17 +53,27 @@ class _SerialSession(Session):
         self.function = function
         self.options = options
         self.ready: list[ChunkResult] = []
+        self.sigint = SigintWatch()
+        self.stdio = Stdio()
 
     def submit(self, chunk: Chunk) -> None:
+        self.sigint.reset()
+        try:
+            self._run(chunk)
+        finally:
+            self.stdio.repair()
+
+    def _run(self, chunk: Chunk) -> None:
+        interrupted = self.sigint.interrupted
         with _environment(self.options.env):
             if self.options.timeout is None:
-                self.ready.append(run_chunk(self.function, chunk))
+                self.ready.append(run_chunk(self.function, chunk, interrupted))
                 return
             result = ChunkResult(chunk.id)
             for one in (Chunk(chunk.id, [i], [a], [k]) for i, a, k in
                         zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True)):
                 with _alarm(self.options.timeout):
-                    part = run_chunk(self.function, one)
+                    part = run_chunk(self.function, one, interrupted)
                 result.indices += part.indices
                 result.values += part.values
                 result.failures += [_as_timeout(f) for f in part.failures]
@@ -73,6 +89,8 @@ class _SerialSession(Session):
 
     def close(self) -> None:
         self.ready = []
+        self.sigint.close()
+        self.stdio.close()
 
 
 def _as_timeout(failure: Any) -> Any:
