@@ -48,7 +48,7 @@ class TaskFailure:
             return None
         try:
             exc = pickle.loads(self.exception_pickle)
-        except Exception:
+        except (Exception, SystemExit):  # a __reduce__ that exits must not end the caller
             return None
         return exc if isinstance(exc, BaseException) else None
 

@@ -42,7 +42,13 @@ import cloudpickle
 
 from remotemap._version import __version__
 from remotemap.errors import UnsafePath
-from remotemap.execution import chunk_failed, dumps_result, failure_from_exception, run_chunk
+from remotemap.execution import (
+    PICKLING_ERRORS,
+    chunk_failed,
+    dumps_result,
+    failure_from_exception,
+    run_chunk,
+)
 from remotemap.integrity import read_key_file
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import (
@@ -97,7 +103,7 @@ def execute_chunk(
         if function is None:
             function = load_function(run)
         largs, lkwargs = pickle.load(stream)
-    except Exception as exc:
+    except PICKLING_ERRORS as exc:  # a SystemExit from a __reduce__ fails the tasks too
         # The function or the arguments cannot be loaded here (a module missing on this host,
         # say): every task of the chunk fails with the reason, not the worker without a word.
         result = chunk_failed(Chunk(chunk_id, indices, [], []), exc)

@@ -136,3 +136,14 @@ def test_traceback_of_a_main_function_names_the_script(mode: str, tmp_path: Path
                          timeout=120, check=True).stdout
     assert f'File "{script}", line 6, in fail_in_main' in out
     assert 'raise ValueError("failed in __main__")' in out
+
+
+class _ExitsWhenLoaded:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (sys.exit, ("loaded",))
+
+
+def test_an_exception_that_exits_when_loaded_is_not_rebuilt() -> None:
+    failure = TaskFailure(0, "Odd", "odd", exception_pickle=pickle.dumps(_ExitsWhenLoaded()))
+    assert failure.exception() is None  # and the caller goes on
+    assert RemoteException([failure], [None]).__cause__ is None

@@ -7,7 +7,6 @@ when the interpreter exits, as concurrent.futures promises.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import faulthandler
 import gc
@@ -250,22 +249,20 @@ def test_submit_after_interpreter_shutdown(tmp_path: Path, mode: str) -> None:
 
 # -- test_deadlock: a task that breaks on its way fails; nothing hangs -------------------------
 
-#: name: (function, arguments, what result() raises, whether the executor then still works).
-#: None: not settled yet (issue 10, part 6: these fail the whole backend today); the future
-#: must still fail in time, and a later submit() must either work or raise BrokenExecutor.
-_BREAKS: dict[str, tuple[Any, tuple[Any, ...], type[BaseException] | None]] = {
+#: name: (function, arguments, what result() raises); the executor then still works.
+_BREAKS: dict[str, tuple[Any, tuple[Any, ...], type[BaseException]]] = {
     "error at task pickle": (id, (ErrorAtPickle(),), PicklingError),
-    "exit at task unpickle": (id, (ExitAtUnpickle(),), None),
+    "exit at task unpickle": (id, (ExitAtUnpickle(),), SystemExit),
     "error at task unpickle": (id, (ErrorAtUnpickle(),), UnpicklingError),
     "crash at task unpickle": (id, (CrashAtUnpickle(),), RemoteException),
     "crash during the call": (crash, (), RemoteException),
     "exit during the call": (exit_now, (), SystemExit),
     "error during the call": (raise_error, (RuntimeError,), RuntimeError),
     "crash at result pickle": (make, (CrashAtPickle,), RemoteException),
-    "exit at result pickle": (make, (ExitAtPickle,), None),
+    "exit at result pickle": (make, (ExitAtPickle,), SystemExit),
     "error at result pickle": (make, (ErrorAtPickle,), PicklingError),
-    "error at result unpickle": (make, (ErrorAtUnpickle,), None),
-    "exit at result unpickle": (make, (ExitAtUnpickle,), None),
+    "error at result unpickle": (make, (ErrorAtUnpickle,), UnpicklingError),
+    "exit at result unpickle": (make, (ExitAtUnpickle,), SystemExit),
 }
 
 
@@ -279,17 +276,12 @@ def test_a_broken_task_fails_without_deadlock(mode_runner: Runner, name: str) ->
         future.result(timeout=60)
     error = info.value
     assert not isinstance(error, futures.TimeoutError), f"{name}: the future never finished"
-    if expected is not None:
-        assert type(error) is expected, f"{name}: {error!r}"
-        if expected is RemoteException:
-            assert error.failures[0].kind == "crash"  # type: ignore[attr-defined]
-        else:
-            assert isinstance(error.__cause__, RemoteTraceback)
-        assert ex.submit(pow, 2, 8).result(timeout=60) == 256
+    assert type(error) is expected, f"{name}: {error!r}"
+    if expected is RemoteException:
+        assert error.failures[0].kind == "crash"  # type: ignore[attr-defined]
     else:
-        # Refused at once (BrokenExecutor) or done: never a future that hangs.
-        with contextlib.suppress(futures.BrokenExecutor):
-            assert ex.submit(pow, 2, 8).result(timeout=60) == 256
+        assert isinstance(error.__cause__, RemoteTraceback)
+    assert ex.submit(pow, 2, 8).result(timeout=60) == 256
     ex.shutdown(wait=True)
 
 
