@@ -162,7 +162,7 @@ class RunStore:
                              f"{RUN_FILE}: it is not a stored run; give a new or empty directory")
         (self.root / OUTCOMES).mkdir(exist_ok=True, mode=0o700)
         key_id = secrets.token_hex(16)
-        self.key = _new_key(key_id)
+        self.key = make_key(key_id)
         self.fingerprints = fingerprints
         write_atomic(self.root / "function.pkl", self._sealed(function))
         write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
@@ -180,7 +180,7 @@ class RunStore:
             raise ValueError(f"the run in {self.root} was stored by an older remotemap "
                              "(another format); start a new run (another run_dir), or remove "
                              "it")
-        self.key = _read_key(str(meta["key"]), self.root)
+        self.key = read_key(str(meta["key"]), self.root)
         self.fingerprints = Fingerprints.from_json((self.root / FINGERPRINTS).read_bytes())
         numbers = [int(p.stem) for p in (self.root / OUTCOMES).glob("*.pkl") if p.stem.isdigit()]
         self._next = max(numbers, default=-1) + 1
@@ -295,7 +295,7 @@ def _check_link(entry: Path) -> None:
             str(entry), 0o700, st.st_uid, me=os.geteuid(), ancestor=False) or "not ours")
 
 
-def _new_key(key_id: str) -> bytes:
+def make_key(key_id: str) -> bytes:
     integrity.make_private_dir(str(keys_dir()), fresh=False)
     key = integrity.new_key()
     fd = os.open(keys_dir() / f"{key_id}.key",
@@ -307,7 +307,7 @@ def _new_key(key_id: str) -> bytes:
     return key
 
 
-def _read_key(key_id: str, root: Path) -> bytes:
+def read_key(key_id: str, root: Path) -> bytes:
     path = keys_dir() / f"{os.path.basename(key_id)}.key"
     try:
         integrity.check_private_dir(str(keys_dir()))
