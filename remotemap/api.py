@@ -72,8 +72,9 @@ def remote_map(
     - ``function_changed``: what a resumed run does when the function is not the one its
       stored results came from: ``"error"`` (default) refuses with
       :class:`~remotemap.runs.FunctionChanged`, storing nothing; ``"rerun"`` drops every
-      stored result and runs all the tasks; ``"keep"`` keeps the results of the earlier
-      version for unchanged tasks and runs the others with this one.
+      result of another version (also those kept before) and runs those tasks again;
+      ``"keep"`` keeps the results of the earlier version for unchanged tasks and runs the
+      others with this one.
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
                    env, run_dir, resume, function_changed, options)

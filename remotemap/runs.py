@@ -122,6 +122,8 @@ class RunStore:
         stored = self.fingerprints
         if stored.function != fingerprints.function:
             self._function_changed(fingerprints, function_changed)
+        elif function_changed != "rerun":  # results of earlier versions kept on purpose
+            fingerprints.accepted = list(stored.accepted)
         if stored.tasks != fingerprints.tasks:
             write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
         if stored.function != fingerprints.function:

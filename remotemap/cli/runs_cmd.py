@@ -19,8 +19,19 @@ def _counts(store: RunStore) -> tuple[int, int, int]:
     return ok, failed, int(meta["n_tasks"]) - ok - failed
 
 
+def _safe_runs() -> list[RunStore] | None:
+    """The stored runs, or None (with the error printed) when the index is not safe."""
+    try:
+        return list_runs()
+    except UnsafePath as exc:
+        print(f"remotemap: error: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    stores = list_runs()
+    stores = _safe_runs()
+    if stores is None:
+        return 1
     if not stores:
         print(f"no stored runs in {state_dir()}")
         return 0
@@ -65,7 +76,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     cutoff = datetime.datetime.now() - datetime.timedelta(days=args.older_than)
     removed = 0
-    for store in list_runs():
+    stores = _safe_runs()
+    if stores is None:
+        return 1
+    for store in stores:
         meta = store.meta()
         created = datetime.datetime.fromisoformat(meta["created"])
         if args.run and meta["id"] not in args.run:
