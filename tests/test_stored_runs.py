@@ -252,3 +252,29 @@ def test_two_processes_on_one_run_dir_run_each_task_once(tmp_path: Path) -> None
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "remotemap", *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ})
+
+
+def test_retry_after_the_function_s_module_changed(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``remotemap retry`` loads the stored function: one stored by reference comes back as
+    the module's current code, which is then not the code that made the stored results."""
+    (tmp_path / "analysis.py").write_text("def f(x):\n    if x == 2:\n        raise ValueError\n"
+                                          "    return x * 10\n")
+    store = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from analysis import f
+        from remotemap import remote_map
+        remote_map(f, [(1,), (2,), (3,)], mode="serial", run_dir={str(tmp_path / 'r')!r})
+        """)
+    first = subprocess.run([sys.executable, "-c", store], capture_output=True, text=True,
+                           timeout=60)
+    assert "1 of 3 tasks failed" in first.stderr
+    (tmp_path / "analysis.py").write_text("def f(x):\n    return x * 100\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # where `retry` finds analysis
+    refused = _cli("retry", str(tmp_path / "r"))
+    assert refused.returncode == 1
+    assert "holds 2 result(s) of another version of analysis.f" in refused.stderr
+    kept = _cli("retry", str(tmp_path / "r"), "--function-changed", "keep")
+    assert kept.returncode == 0, kept.stderr
+    assert RunStore.existing(tmp_path / "r").load().values == {0: 10, 1: 200, 2: 30}
