@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 
 from remotemap.execution import this_host
@@ -51,11 +52,13 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd
+        # A lock whose owner is dropped unreleased (a remote_imap never iterated) goes too.
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # no one holds it now: forget who did
-            os.close(self._fd)
+            self._finalizer()
             self._fd = None
 
     @property

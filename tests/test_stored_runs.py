@@ -11,12 +11,14 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from remotemap import RemoteException, remote_map
+from remotemap import RemoteException, remote_imap, remote_map
 from remotemap.errors import UnsafePath
+from remotemap.locks import RunDirectoryBusy
 from remotemap.runs import FunctionChanged, RunStore, keys_dir
 from tests import taskfuncs as tf
 from tests.backends import Runner
@@ -278,3 +280,13 @@ def test_retry_after_the_function_s_module_changed(tmp_path: Path,
     kept = _cli("retry", str(tmp_path / "r"), "--function-changed", "keep")
     assert kept.returncode == 0, kept.stderr
     assert RunStore.existing(tmp_path / "r").load().values == {0: 10, 1: 200, 2: 30}
+
+
+def test_the_lock_is_held_while_the_call_goes_on_and_no_longer(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    results = remote_imap(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir)
+    assert isinstance(results, Generator) and next(results) == (0, 1)
+    with pytest.raises(RunDirectoryBusy, match=rf"{run_dir} is in use by process {os.getpid()}"):
+        remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir)
+    results.close()  # leaving the loop early ends the call
+    assert remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir) == [1, 4, 9]
