@@ -145,6 +145,10 @@ def test_no_run_directory_is_made_where_others_could_swap_it(tmp_path: Path) -> 
     with pytest.raises(UnsafePath, match=f"owned by uid {NOBODY}"):
         remote_map(tf.square, [(1,)], mode="serial", run_dir=theirs)
     assert list(theirs.iterdir()) == []
+    under_theirs = theirs / "run"  # a directory made in theirs: they could swap it
+    with pytest.raises(UnsafePath, match=f"{theirs} is owned by uid {NOBODY}"):
+        remote_map(tf.square, [(1,)], mode="serial", run_dir=under_theirs)
+    assert not under_theirs.exists()
 
 
 def test_a_tampered_outcome_is_not_unpickled_and_its_tasks_rerun(
