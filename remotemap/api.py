@@ -16,12 +16,14 @@ from remotemap.config import Config, load_config
 from remotemap.driver import Policy, Update, collect, drive
 from remotemap.errors import BackendUnavailable, RemoteException
 from remotemap.interrupts import terminate_unwinds
+from remotemap.run_records import Fingerprints
 from remotemap.runs import RunStore
 from remotemap.tasks import normalize_arguments
 
 log = logging.getLogger("remotemap")
 
 _ON_ERROR = ("continue", "stop")
+_FUNCTION_CHANGED = ("error", "rerun", "keep")
 PathLike = str | os.PathLike[str]
 
 
@@ -40,6 +42,7 @@ def remote_map(
     env: Mapping[str, str] | None = None,
     run_dir: PathLike | None = None,
     resume: PathLike | None = None,
+    function_changed: str = "error",
     **options: Any,
 ) -> list[Any]:
     """Return ``[func(*largs[i], **lkwargs[i]) for i in ...]``, computed by the backend ``mode``.
@@ -59,18 +62,31 @@ def remote_map(
     - ``retries``: further attempts for a failed task, after ``backoff`` seconds, doubled each
       time; every attempt is recorded on the final failure (``.previous``).
     - ``env``: environment variables set where the tasks run, not in this process.
-    - ``run_dir``: keep the run in this directory (created, or resumed if it holds this run);
-      ``resume``: a stored run's id or directory. A resumed run keeps the results it has and
-      runs only the tasks that failed or never finished.
+    - ``run_dir``: keep the run in this directory (created, or resumed if it holds a run);
+      ``resume``: a stored run's id or directory. A resumed run reuses a stored result only
+      for a task at the same position with the same arguments (by fingerprint), computed by
+      the same function (its code and what it uses, see :mod:`remotemap.fingerprint`); every
+      other task runs: failed, unfinished, changed, added. The directory must be this user's
+      and private (:class:`~remotemap.errors.UnsafePath` otherwise), and takes one call at a
+      time (:class:`~remotemap.locks.RunDirectoryBusy` names the process holding it).
+    - ``function_changed``: what a resumed run does when the function is not the one its
+      stored results came from: ``"error"`` (default) refuses with
+      :class:`~remotemap.runs.FunctionChanged`, storing nothing; ``"rerun"`` drops every
+      result of another version (also those kept before) and runs those tasks again;
+      ``"keep"`` keeps the results of the earlier version for unchanged tasks and runs the
+      others with this one.
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
-                   env, run_dir, resume, options)
+                   env, run_dir, resume, function_changed, options)
     started = time.monotonic()
-    with terminate_unwinds():
-        outcome = collect(run.updates(progress), run.n_tasks)
-    log.debug("remote_map: %d tasks on %s in %.3f s, %d failed", run.n_tasks, run.mode,
-              time.monotonic() - started, len(outcome.failures))
-    run.finish(len(outcome.failures))
+    try:
+        with terminate_unwinds():
+            outcome = collect(run.updates(progress), run.n_tasks)
+        log.debug("remote_map: %d tasks on %s in %.3f s, %d failed", run.n_tasks, run.mode,
+                  time.monotonic() - started, len(outcome.failures))
+        run.finish(len(outcome.failures))
+    finally:
+        run.close()
     if outcome.failures:
         raise RemoteException(outcome.failures, outcome.results, run_dir=run.stored_at)
     return outcome.results
@@ -91,6 +107,7 @@ def remote_imap(
     env: Mapping[str, str] | None = None,
     run_dir: PathLike | None = None,
     resume: PathLike | None = None,
+    function_changed: str = "error",
     **options: Any,
 ) -> Iterator[tuple[int, Any]]:
     """Like :func:`remote_map`, but yield ``(index, result)`` as each task finishes.
@@ -99,20 +116,23 @@ def remote_imap(
     ``on_error="stop"``: at the first one); leaving the loop early stops the workers.
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
-                   env, run_dir, resume, options)
+                   env, run_dir, resume, function_changed, options)
     return _imap(run, progress)
 
 
 def _imap(run: _Run, progress: bool | None) -> Iterator[tuple[int, Any]]:
     results: list[Any] = [None] * run.n_tasks
     failures = []
-    with terminate_unwinds():
-        for update in run.updates(progress):
-            for index, value in zip(update.indices, update.values, strict=True):
-                results[index] = value
-                yield index, value
-            failures += update.failures
-    run.finish(len(failures))
+    try:
+        with terminate_unwinds():
+            for update in run.updates(progress):
+                for index, value in zip(update.indices, update.values, strict=True):
+                    results[index] = value
+                    yield index, value
+                failures += update.failures
+        run.finish(len(failures))
+    finally:
+        run.close()
     if failures:
         raise RemoteException(failures, results, run_dir=run.stored_at)
 
@@ -148,12 +168,17 @@ class _Run:
             self.store.update(state="failed" if n_failed else "done", ok=len(stored.values),
                               failed=len(stored.failures))
 
+    def close(self) -> None:
+        """Let another process take up the stored run."""
+        if self.store is not None:
+            self.store.close()
+
 
 def _prepare(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None,
              lkwargs: Sequence[Mapping[str, Any]] | None, mode: str | None,
              config: Config | PathLike | None, on_error: str, timeout: float | None,
              retries: int, backoff: float, env: Mapping[str, str] | None,
-             run_dir: PathLike | None, resume: PathLike | None,
+             run_dir: PathLike | None, resume: PathLike | None, function_changed: str,
              options: dict[str, Any]) -> _Run:
     """Check every argument before anything starts; build the backend and the run's store."""
     if not callable(func):
@@ -163,7 +188,7 @@ def _prepare(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None,
     cfg = config if isinstance(config, Config) else load_config(config)
     mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
     backend = make_backend(mode, cfg, options)
-    store = open_store(run_dir, resume, mode, func, all_args, all_kwargs)
+    store = open_store(run_dir, resume, mode, func, all_args, all_kwargs, function_changed)
     return _Run(mode, backend, func, all_args, all_kwargs, policy, store)
 
 
@@ -196,21 +221,24 @@ def make_policy(on_error: str, timeout: float | None, retries: int, backoff: flo
 
 def open_store(run_dir: PathLike | None, resume: PathLike | None, mode: str,
                func: Callable[..., Any], largs: list[tuple[Any, ...]],
-               lkwargs: list[dict[str, Any]]) -> RunStore | None:
+               lkwargs: list[dict[str, Any]], function_changed: str = "error") -> RunStore | None:
+    """The stored run of this call, locked until its ``close`` (None without one)."""
     if run_dir is not None and resume is not None:
         raise ValueError("give run_dir (a new or resumable run's directory) or resume (a "
                          "stored run), not both")
+    if function_changed not in _FUNCTION_CHANGED:
+        raise ValueError(f"function_changed must be one of "
+                         f"{', '.join(map(repr, _FUNCTION_CHANGED))}, got {function_changed!r}")
     if resume is not None:
-        store = RunStore.find(resume)
-    elif run_dir is not None and RunStore.exists_at(Path(run_dir).expanduser()):
-        store = RunStore(Path(run_dir).expanduser().resolve())
+        store = RunStore.open(RunStore.find(resume), must_exist=True)
     elif run_dir is not None:
-        return RunStore.create(Path(run_dir).expanduser().resolve(), mode, func, largs, lkwargs)
+        store = RunStore.open(Path(run_dir).expanduser().resolve(), must_exist=False)
     else:
         return None
-    n_stored = int(store.meta()["n_tasks"])
-    if n_stored != len(largs):
-        raise ValueError(f"the stored run {store.root} has {n_stored} tasks, this call "
-                         f"{len(largs)}: resume it with the same arguments")
-    store.update(state="running", mode=mode)
+    try:
+        store.start(mode, func, Fingerprints.of(func, largs, lkwargs), largs, lkwargs,
+                    function_changed)
+    except BaseException:
+        store.close()
+        raise
     return store

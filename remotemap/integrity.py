@@ -173,3 +173,30 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return "unknown user"
+
+
+def make_private_dir(path: str, *, fresh: bool = True) -> None:
+    """Make ``path`` (and missing parents) a directory no other user can change, or UnsafePath.
+
+    An existing ``path`` must already belong to this user; with ``fresh`` (a directory about to
+    be filled) it is made 0700, else it must already be private. A missing one is made 0700
+    only under a parent where no one else could rename it away and put another in its place.
+    """
+    me = os.geteuid()
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        existing = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        check_parent_for_new_dir(existing, me=me)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    else:
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(path, f"{path} is not a directory")
+        reason = unsafe_reason(path, stat.S_IFDIR | 0o700, st.st_uid, me=me, ancestor=False)
+        if reason is not None:  # before any chmod: root could chmod another user's directory
+            raise UnsafePath(path, reason)
+        if fresh:
+            os.chmod(path, 0o700)
+    check_private_dir(path, me=me)

@@ -1,38 +1,66 @@
 """Stored runs: what a run was asked to do and every outcome so far, so it can be resumed.
 
-A stored run is a private directory::
+A stored run is a private (0700) directory::
 
-    RUN/run.json          id, mode, function name, task count, state, counts, times
-    RUN/function.pkl      the function (cloudpickle)
-    RUN/tasks.pkl         the argument lists
-    RUN/outcomes/N.pkl    each chunk result, in arrival order, written atomically
+    RUN/run.json           format, id, key id, mode, function name, task count, state, counts
+    RUN/fingerprints.json  the function's fingerprint and each task's (see remotemap.fingerprint)
+    RUN/function.pkl       the function (cloudpickle, sealed)
+    RUN/tasks.pkl          the argument lists (sealed)
+    RUN/outcomes/N.pkl     each chunk result with the fingerprints it was computed from (sealed)
+    RUN/lock               held (flock) by the process running it: one run at a time
 
 Outcomes are recorded the moment they arrive, so a caller killed half-way (even by SIGKILL)
-leaves a run whose finished tasks are never run again. Runs live under
-``$XDG_STATE_HOME/remotemap/runs`` (``~/.local/state/...``); a run kept elsewhere
-(``run_dir=``) is linked from there so ``remotemap runs`` lists it too.
+leaves a run whose finished tasks are never run again. A stored result is reused only for a
+task whose position and arguments' fingerprint are the ones it was computed from, by a function
+with the same fingerprint.
+
+Nothing is unpickled unless the directory and every one above it are safe from other users
+(``integrity.check_private_dir``) and the file's HMAC checks out against the run's key. The key
+sits in ``$XDG_STATE_HOME/remotemap/keys`` (0600, in a private directory), not in the run:
+whoever could put files into a run directory (a copy from elsewhere, a directory once open to
+others, another root on a shared disk) could put a key of their own beside them, but not in
+this user's state directory. So a run moved to another account or machine cannot be resumed.
+
+Runs live under ``$XDG_STATE_HOME/remotemap/runs`` (``~/.local/state/...``); a run kept
+elsewhere (``run_dir=``) is linked from there so ``remotemap runs`` lists it too.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remotemap.errors import TaskFailure
+from remotemap import integrity
+from remotemap.errors import TamperedFile, UnsafePath
 from remotemap.execution import dumps, dumps_result, loads, loads_result
+from remotemap.locks import DirectoryLock
 from remotemap.protocol import write_atomic
-from remotemap.tasks import ChunkResult
+from remotemap.run_records import Fingerprints, Stored, collect_outcome
+
+log = logging.getLogger("remotemap")
+
+#: The layout of a stored run; a run stored with another one is refused, not misread.
+FORMAT = 2
+RUN_FILE, FINGERPRINTS, OUTCOMES = "run.json", "fingerprints.json", "outcomes"
+_OWN_ENTRIES = {RUN_FILE, FINGERPRINTS, OUTCOMES, "function.pkl", "tasks.pkl", "lock"}
 
 
 def state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "remotemap" / "runs"
+
+
+def keys_dir() -> Path:
+    """Where the runs' secret keys are: private, beside the index of runs."""
+    return state_dir().parent / "keys"
 
 
 def new_run_id() -> str:
@@ -44,109 +72,283 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+class FunctionChanged(ValueError):
+    """A stored run holds results of another version of the function."""
+
+
 @dataclass
-class Stored:
-    """What a stored run holds for its tasks so far."""
-
-    values: dict[int, Any]
-    failures: dict[int, TaskFailure]
-
-
 class RunStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._next = len(list((root / "outcomes").glob("*.pkl"))) if root.exists() else 0
+    """A stored run, checked safe to read; :meth:`open` also locks it for one call."""
 
-    # -- creating and finding ------------------------------------------------------------------
+    root: Path
+    key: bytes = b""
+    fingerprints: Fingerprints = field(default_factory=Fingerprints)
+    lock: DirectoryLock | None = None
+    _next: int = 0
+
+    # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path | None, mode: str, function: Callable[..., Any],
-               largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]]) -> RunStore:
-        run_id = root.name if root is not None else new_run_id()
-        root = root if root is not None else state_dir() / run_id
-        (root / "outcomes").mkdir(parents=True, mode=0o700)
-        root.chmod(0o700)
-        store = cls(root)
-        write_atomic(root / "function.pkl", dumps(function))
-        write_atomic(root / "tasks.pkl", dumps((largs, lkwargs)))
-        name = getattr(function, "__qualname__", type(function).__name__)
-        store.write_meta({"id": run_id, "mode": mode, "function": name, "n_tasks": len(largs),
-                          "created": _now(), "state": "running", "ok": 0, "failed": 0})
-        store._register()
+    def open(cls, root: Path, *, must_exist: bool) -> RunStore:
+        """The run directory ``root`` (made if need be), checked and locked; ``start`` next."""
+        if must_exist and not cls.exists_at(root):
+            raise ValueError(f"no stored run in {root}")
+        integrity.make_private_dir(str(root), fresh=not cls.exists_at(root))
+        store = cls(root, lock=DirectoryLock(root, "the run directory"))
+        assert store.lock is not None
+        store.lock.acquire(label="remote_map")
         return store
 
     @classmethod
-    def find(cls, run: str | os.PathLike[str]) -> RunStore:
-        """A stored run by id (under the state directory) or by path; ValueError if none."""
-        for candidate in (Path(run).expanduser(), state_dir() / str(run)):
-            if (candidate / "run.json").is_file():
-                return cls(candidate.resolve())
-        raise ValueError(f"no stored run {str(run)!r} (looked for a directory with run.json "
-                         f"there and under {state_dir()}); `remotemap runs` lists them")
+    def existing(cls, root: Path) -> RunStore:
+        """A stored run to read (not locked): checked, with its key and fingerprints."""
+        integrity.check_private_dir(str(root))
+        store = cls(root)
+        store._load_identity()
+        return store
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def start(self, mode: str, function: Callable[..., Any], fingerprints: Fingerprints,
+              largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]],
+              function_changed: str) -> None:
+        """Under the lock: store a new run, or take up the stored one for this call."""
+        if not self.exists_at(self.root):
+            self._create(mode, function, fingerprints, largs, lkwargs)
+            return
+        self._load_identity()
+        stored = self.fingerprints
+        if stored.function != fingerprints.function:
+            self._function_changed(fingerprints, function_changed)
+        elif function_changed != "rerun":  # results of earlier versions kept on purpose
+            fingerprints.accepted = list(stored.accepted)
+        if stored.tasks != fingerprints.tasks:
+            write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
+        if stored.function != fingerprints.function:
+            write_atomic(self.root / "function.pkl", self._sealed(function))
+        self.fingerprints = fingerprints
+        write_atomic(self.root / FINGERPRINTS, fingerprints.to_json())
+        self.update(state="running", mode=mode, n_tasks=len(largs), function=fingerprints.name)
+
+    def _function_changed(self, new: Fingerprints, policy: str) -> None:
+        """The function is not the one the stored results came from: refuse, start over or
+        keep them, as ``function_changed`` says."""
+        old = self.fingerprints
+        if policy == "keep":
+            new.accepted = sorted({*old.accepted, old.function} - {new.function})
+            return
+        if policy == "rerun":
+            shutil.rmtree(self.root / OUTCOMES)
+            (self.root / OUTCOMES).mkdir(mode=0o700)
+            self._next = 0
+            return
+        self.fingerprints = Fingerprints(new.function, new.tasks, [], new.name)
+        stale = len(self.load().stale)
+        self.fingerprints = old
+        if stale:
+            raise FunctionChanged(
+                f"the run stored in {self.root} holds {stale} result(s) of another version of "
+                f"{new.name} (the function or something it uses changed since). Give "
+                "function_changed='rerun' (`remotemap retry --function-changed rerun`) to run "
+                "every task again, or function_changed='keep' to keep those results and run "
+                "only the failed and unfinished tasks with this version")
+
+    def _create(self, mode: str, function: Callable[..., Any], fingerprints: Fingerprints,
+                largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]]) -> None:
+        strays = sorted(p.name for p in self.root.iterdir() if p.name not in _OWN_ENTRIES
+                        or (p.name == OUTCOMES and any(p.iterdir())))
+        if strays:
+            raise ValueError(f"{self.root} is not empty ({', '.join(strays[:3])}) and holds no "
+                             f"{RUN_FILE}: it is not a stored run; give a new or empty directory")
+        (self.root / OUTCOMES).mkdir(exist_ok=True, mode=0o700)
+        key_id = secrets.token_hex(16)
+        self.key = make_key(key_id)
+        self.fingerprints = fingerprints
+        write_atomic(self.root / "function.pkl", self._sealed(function))
+        write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
+        write_atomic(self.root / FINGERPRINTS, fingerprints.to_json())
+        run_id = self._register()
+        self.write_meta({"format": FORMAT, "id": run_id, "key": key_id, "mode": mode,
+                         "function": fingerprints.name, "n_tasks": len(largs),
+                         "created": _now(), "state": "running", "ok": 0, "failed": 0})
+
+    def _load_identity(self) -> None:
+        """The run's key and stored fingerprints; ValueError for a run this version cannot
+        read."""
+        meta = self.meta()
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"the run in {self.root} was stored by an older remotemap "
+                             "(another format); start a new run (another run_dir), or remove "
+                             "it")
+        self.key = read_key(str(meta["key"]), self.root)
+        self.fingerprints = Fingerprints.from_json((self.root / FINGERPRINTS).read_bytes())
+        numbers = [int(p.stem) for p in (self.root / OUTCOMES).glob("*.pkl") if p.stem.isdigit()]
+        self._next = max(numbers, default=-1) + 1
+
+    # -- finding ---------------------------------------------------------------------------------
+
+    @classmethod
+    def find(cls, run: str | os.PathLike[str]) -> Path:
+        """A stored run's directory, by id (under the state directory) or by path."""
+        given = Path(run).expanduser()
+        if cls.exists_at(given):
+            return given.resolve()
+        index = state_dir()
+        entry = index / str(run)
+        if index.is_dir() and (entry.is_symlink() or entry.is_dir()):
+            integrity.check_private_dir(str(index))
+            _check_link(entry)
+            if cls.exists_at(entry):
+                return entry.resolve()
+        raise ValueError(f"no stored run {str(run)!r} (looked for a directory with {RUN_FILE} "
+                         f"there and under {index}); `remotemap runs` lists them")
 
     @staticmethod
     def exists_at(root: Path) -> bool:
-        return (root / "run.json").is_file()
+        return (root / RUN_FILE).is_file()
 
-    def _register(self) -> None:
-        """Link a run kept outside the state directory from it, for ``remotemap runs``."""
-        link = state_dir() / self.meta()["id"]
-        if link.resolve() == self.root.resolve():
-            return
-        link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not link.exists() and not link.is_symlink():
-            link.symlink_to(self.root.resolve())
+    def _register(self) -> str:
+        """Link a run kept outside the state directory from it, for ``remotemap runs``; the
+        run's id (its directory's name, unless another run has that one)."""
+        index = state_dir()
+        if self.root.parent == index:
+            return self.root.name
+        integrity.make_private_dir(str(index), fresh=False)
+        run_id = self.root.name
+        while (index / run_id).exists() or (index / run_id).is_symlink():
+            run_id = f"{self.root.name}-{secrets.token_hex(3)}"
+        (index / run_id).symlink_to(self.root)
+        return run_id
 
     # -- contents --------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.root / "run.json").read_text())
+        data: dict[str, Any] = json.loads((self.root / RUN_FILE).read_text())
         return data
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        write_atomic(self.root / "run.json", json.dumps(meta, indent=2).encode())
+        write_atomic(self.root / RUN_FILE, json.dumps(meta, indent=2).encode())
 
     def update(self, **changes: Any) -> None:
         self.write_meta({**self.meta(), **changes, "updated": _now()})
 
+    def _sealed(self, obj: Any) -> bytes:
+        return integrity.seal(self.key, dumps(obj))
+
+    def _unsealed(self, path: Path) -> Any:
+        """The object in a sealed file; TamperedFile (and nothing unpickled) if it fails."""
+        return loads(integrity.unseal(self.key, path.read_bytes(), str(path)))
+
     def function(self) -> Callable[..., Any]:
-        function: Callable[..., Any] = loads((self.root / "function.pkl").read_bytes())
+        function: Callable[..., Any] = self._unsealed(self.root / "function.pkl")
         return function
 
     def tasks(self) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-        largs, lkwargs = loads((self.root / "tasks.pkl").read_bytes())
+        largs, lkwargs = self._unsealed(self.root / "tasks.pkl")
         return largs, lkwargs
 
-    def record(self, result: ChunkResult) -> None:
-        """Store ``result``; a value that cannot be pickled becomes its task's failure there
-        and in ``result`` (serial mode's values were never pickled before)."""
-        write_atomic(self.root / "outcomes" / f"{self._next:08d}.pkl", dumps_result(result))
+    def record(self, result: Any) -> None:
+        """Keep a chunk's result with the fingerprints of the tasks it ran. A value that
+        cannot be pickled becomes its task's failure, there and in ``result`` (serial mode's
+        values were never pickled before); each value is loaded on its own (``outcomes``)."""
+        indices = [*result.indices, *(f.index for f in result.failures)]
+        record = {"function": self.fingerprints.function,
+                  "tasks": {i: self.fingerprints.tasks[i] for i in indices},
+                  "result": dumps_result(result)}
+        write_atomic(self.root / OUTCOMES / f"{self._next:08d}.pkl", self._sealed(record))
         self._next += 1
 
-    def outcomes(self) -> Iterator[ChunkResult]:
-        for path in sorted((self.root / "outcomes").glob("*.pkl")):
+    def outcomes(self) -> Iterator[dict[str, Any]]:
+        """Every stored outcome record that passes its integrity check, oldest first."""
+        for path in sorted((self.root / OUTCOMES).glob("*.pkl")):
             try:
-                _, result = loads_result(path.read_bytes())
-            except Exception:
-                continue  # cut short by a crash while written elsewhere: not an outcome
-            if isinstance(result, ChunkResult):
-                yield result
+                record = self._unsealed(path)
+                if isinstance(record, dict) and isinstance(record.get("result"), bytes):
+                    # A value this process cannot load fails its own task (kind "pickling").
+                    record["result"] = loads_result(record["result"])[1]
+            except TamperedFile as exc:
+                log.warning("%s; its tasks run again", exc)
+                continue
+            except OSError:
+                continue
+            if isinstance(record, dict):
+                yield record
 
     def load(self) -> Stored:
-        """Each task's latest outcome: a later success wins over an earlier failure."""
+        """Each task's latest outcome that this call may reuse: computed from the same
+        arguments (fingerprint) at the same position, by the same (or accepted) function."""
         stored = Stored({}, {})
-        for result in self.outcomes():
-            for index, value in zip(result.indices, result.values, strict=True):
-                stored.values[index] = value
-                stored.failures.pop(index, None)
-            for failure in result.failures:
-                if failure.index not in stored.values:
-                    stored.failures[failure.index] = failure
+        for record in self.outcomes():
+            collect_outcome(stored, record, self.fingerprints)
         return stored
+
+    def remove(self) -> None:
+        """Delete the run, its key and its link from the state directory."""
+        meta = self.meta()
+        shutil.rmtree(self.root, ignore_errors=True)
+        (keys_dir() / f"{meta.get('key')}.key").unlink(missing_ok=True)
+        link = state_dir() / str(meta.get("id"))
+        if link.is_symlink():
+            link.unlink()
+
+
+def _check_link(entry: Path) -> None:
+    """An index entry must be this user's own: a link another user made could point at a
+    run of theirs."""
+    st = entry.lstat()
+    if st.st_uid != os.geteuid():
+        raise UnsafePath(str(entry), integrity.unsafe_reason(
+            str(entry), 0o700, st.st_uid, me=os.geteuid(), ancestor=False) or "not ours")
+
+
+def make_key(key_id: str) -> bytes:
+    integrity.make_private_dir(str(keys_dir()), fresh=False)
+    key = integrity.new_key()
+    fd = os.open(keys_dir() / f"{key_id}.key",
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, key)
+    finally:
+        os.close(fd)
+    return key
+
+
+def read_key(key_id: str, root: Path) -> bytes:
+    path = keys_dir() / f"{os.path.basename(key_id)}.key"
+    try:
+        integrity.check_private_dir(str(keys_dir()))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ValueError(f"the key of the run stored in {root} is not in {keys_dir()}: the run "
+                         "was stored by another account or machine (or with another "
+                         "XDG_STATE_HOME), or its key was removed; start a new run") from None
+    try:
+        st = os.fstat(fd)
+        reason = integrity.unsafe_reason(str(path), st.st_mode, st.st_uid, me=os.geteuid(),
+                                         ancestor=False)
+        if reason is None and st.st_mode & 0o077:
+            reason = f"{path} can be read by others (mode {st.st_mode & 0o777:04o})"
+        if reason is not None:
+            raise UnsafePath(str(path), reason)
+        return os.read(fd, integrity.KEY_SIZE)
+    finally:
+        os.close(fd)
 
 
 def list_runs() -> list[RunStore]:
-    root = state_dir()
-    if not root.is_dir():
+    """Every stored run that can be read safely; the others are named in a warning."""
+    index = state_dir()
+    if not index.is_dir():
         return []
-    return [RunStore(p.resolve()) for p in sorted(root.iterdir()) if (p / "run.json").is_file()]
+    integrity.check_private_dir(str(index))
+    stores = []
+    for entry in sorted(index.iterdir()):
+        try:
+            _check_link(entry)
+            if RunStore.exists_at(entry):
+                stores.append(RunStore.existing(entry.resolve()))
+        except (UnsafePath, ValueError, OSError) as exc:
+            log.warning("skipping the stored run %s: %s", entry, exc)
+    return stores

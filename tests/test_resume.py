@@ -51,13 +51,13 @@ def test_caller_killed_half_way_then_resumed(tmp_path: Path, mode: str) -> None:
     argv = [sys.executable, str(script), str(counters), str(run_dir), mode]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not run_dir.exists() or len(list(RunStore(run_dir).outcomes())) < 3:
+    while not RunStore.exists_at(run_dir) or len(list(RunStore.existing(run_dir).outcomes())) < 3:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     task_pids = {int(p.name.split(".")[1]) for p in counters.iterdir()} - {proc.pid}
-    done_before = set(RunStore(run_dir).load().values)
+    done_before = set(RunStore.existing(run_dir).load().values)
     assert 0 < len(done_before) < 24
 
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -69,7 +69,7 @@ def test_caller_killed_half_way_then_resumed(tmp_path: Path, mode: str) -> None:
         runs[index] = runs.get(index, 0) + 1
     assert all(runs[i] == 1 for i in done_before), "a completed task ran again"
     assert sorted(runs) == list(range(24))  # nothing lost
-    assert RunStore(run_dir).meta()["state"] == "done"
+    assert RunStore.existing(run_dir).meta()["state"] == "done"
     give_up = time.monotonic() + 10
     while any(_alive(pid) for pid in task_pids) and time.monotonic() < give_up:
         time.sleep(0.05)
@@ -91,7 +91,7 @@ def test_runs_retry_and_clean_commands(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(RemoteException) as info:
         remote_map(tf.count_runs, largs, mode="local_with_dumps", run_dir=tmp_path / "r1")
     assert "remotemap retry" in str(info.value)
-    run_id = RunStore(tmp_path / "r1").meta()["id"]
+    run_id = RunStore.existing(tmp_path / "r1").meta()["id"]
 
     listed = _cli("runs", env=env)
     assert listed.returncode == 0

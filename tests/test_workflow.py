@@ -8,12 +8,15 @@ depending on timing.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.cli import main as cli_main
 from remotemap.cli.workflow_status import run_state
 from remotemap.driver import Policy
+from remotemap.errors import UnsafePath
 from remotemap.execution import this_host
 from remotemap.workflow import (
     GraphError,
@@ -340,6 +344,74 @@ def test_a_changed_step_reruns_with_its_followers(tmp_path: Path) -> None:
     assert [s.reused for s in report] == [True, False, False, True]
     assert report.value(3) == [2]
     assert Counter(calls(tmp_path / "calls")) == {"head": 1, "changed": 2, "after": 2, "other": 1}
+
+
+def test_an_edited_step_function_reruns_with_the_steps_after_it(tmp_path: Path) -> None:
+    log = str(tmp_path / "calls")
+    source = "def scaled(note, log, x):\n    return note(log, 'scaled', 2 * x)\n"
+
+    def build(code: str) -> Workflow:
+        steps = types.ModuleType("edited_steps")
+        exec(code, steps.__dict__)
+        wf = Workflow("edited")
+        head = wf.add_step(note, log, "head", 5)
+        scaled = wf.add_step(steps.scaled, note, log, Result(head))
+        wf.add_step(join_noted, log, "after", Result(scaled))
+        wf.add_step(note, log, "other", prerequisites=[head])
+        return wf
+
+    build(source).run("serial", run_dir=tmp_path / "run")
+    report = build(source.replace("2 * x", "3 * x")).run("serial", run_dir=tmp_path / "run")
+    assert [s.reused for s in report] == [True, False, False, True]
+    assert report.value(3) == [15]  # not the 10 stored by the function before the edit
+    assert Counter(calls(tmp_path / "calls")) == {"head": 1, "scaled": 2, "after": 2, "other": 1}
+
+
+class _Planted:
+    """A pickle someone put in a run directory: loading it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_step_value_is_not_unpickled_and_the_step_reruns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log, marker = str(tmp_path / "calls"), tmp_path / "pwned"
+
+    def build() -> Workflow:
+        wf = Workflow("tampered")
+        first = wf.add_step(note, log, "first", 1)
+        wf.add_step(join_noted, log, "second", Result(first))
+        return wf
+
+    assert build().run("serial", run_dir=tmp_path / "run").ok
+    first_value = next((tmp_path / "run" / "steps").glob("note-*.pkl"))
+    first_value.write_bytes(pickle.dumps(_Planted(marker)))
+    with caplog.at_level(logging.WARNING, logger="remotemap"):
+        report = build().run("serial", run_dir=tmp_path / "run")
+    assert not marker.exists()
+    assert f"{first_value} failed its integrity check" in caplog.text
+    # The first step runs again, and so the step after it.
+    assert report.ok and [s.reused for s in report] == [False, False]
+    assert calls(tmp_path / "calls") == ["first", "second", "first", "second"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files of another user: root only")
+def test_a_workflow_run_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    log, marker, run_dir = str(tmp_path / "calls"), tmp_path / "pwned", tmp_path / "theirs"
+    wf = Workflow("foreign")
+    wf.add_step(note, log, "only", 1)
+    assert wf.run("serial", run_dir=run_dir).ok
+    for path in (run_dir / "steps").iterdir():
+        path.write_bytes(pickle.dumps(_Planted(marker)))
+    for path in [run_dir, *run_dir.rglob("*")]:
+        os.lchown(path, 65534, 65534)
+    with pytest.raises(UnsafePath, match=rf"{run_dir} is owned by uid 65534"):
+        wf.run("serial", run_dir=run_dir)
+    assert not marker.exists()
 
 
 class GraphTestBackend(Backend):

@@ -210,6 +210,9 @@ class LocalFiles(RunFiles):
         return self._rundir().listdir(rel)
 
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        if not os.path.lexists(self.root):  # removed under the run: nowhere to keep state
+            raise ClusterError(f"{self.label}: the run directory {self.root} no longer exists, "
+                               "so no cluster engine can run there")
         # The engine and its jobs find the run by its name: refuse one put in place of ours.
         check_same_dir(self.root, self._rundir().identity)
         command = [python, "-m", "remotemap.backends.cluster_engine", "start", self.root,

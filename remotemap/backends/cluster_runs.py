@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remotemap.backends.cluster_files import ClusterError, RunFiles, engine_env, engine_python
-from remotemap.errors import TamperedFile, TaskFailure
+from remotemap.errors import TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -476,7 +476,7 @@ class ClusterRun:
                 if not rnd.ended:
                     try:
                         self._watch_engine(rnd)
-                    except ClusterError:
+                    except (ClusterError, UnsafePath):  # no engine can be started again there
                         return False
             if all(r.exited for r in self.rounds.values()):
                 return True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
 import sys
 from typing import Any
 
+from remotemap.errors import TamperedFile, UnsafePath
+from remotemap.locks import DirectoryLock, RunDirectoryBusy
 from remotemap.runs import RunStore, list_runs, state_dir
 
 
@@ -18,8 +19,19 @@ def _counts(store: RunStore) -> tuple[int, int, int]:
     return ok, failed, int(meta["n_tasks"]) - ok - failed
 
 
+def _safe_runs() -> list[RunStore] | None:
+    """The stored runs, or None (with the error printed) when the index is not safe."""
+    try:
+        return list_runs()
+    except UnsafePath as exc:
+        print(f"remotemap: error: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    stores = list_runs()
+    stores = _safe_runs()
+    if stores is None:
+        return 1
     if not stores:
         print(f"no stored runs in {state_dir()}")
         return 0
@@ -37,9 +49,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from remotemap.api import remote_map
     from remotemap.errors import RemoteException
 
-    try:
-        store = RunStore.find(args.run)
-    except ValueError as exc:
+    try:  # the function and tasks are unpickled only once their seal checks out
+        store = RunStore.existing(RunStore.find(args.run))
+        function, (largs, lkwargs) = store.function(), store.tasks()
+    except (ValueError, UnsafePath, TamperedFile) as exc:
         print(f"remotemap: error: {exc}", file=sys.stderr)
         return 1
     meta = store.meta()
@@ -47,12 +60,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ok, failed, pending = _counts(store)
     print(f"run {meta['id']}: {ok} ok, {failed} failed, {pending} never finished; "
           f"rerunning {failed + pending} on {mode}")
-    largs, lkwargs = store.tasks()
     try:
-        remote_map(store.function(), largs, lkwargs, mode=mode, config=args.config,
-                   resume=store.root)
+        remote_map(function, largs, lkwargs, mode=mode, config=args.config,
+                   resume=store.root, function_changed=args.function_changed)
     except RemoteException as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except (ValueError, RunDirectoryBusy) as exc:  # the function changed; the run is busy
+        print(f"remotemap: error: {exc}", file=sys.stderr)
         return 1
     print(f"run {meta['id']}: all {meta['n_tasks']} tasks ok")
     return 0
@@ -61,17 +76,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     cutoff = datetime.datetime.now() - datetime.timedelta(days=args.older_than)
     removed = 0
-    for store in list_runs():
+    stores = _safe_runs()
+    if stores is None:
+        return 1
+    for store in stores:
         meta = store.meta()
         created = datetime.datetime.fromisoformat(meta["created"])
         if args.run and meta["id"] not in args.run:
             continue
-        if not args.run and (created > cutoff or meta["state"] == "running"):
-            continue  # a running run might still be written to
-        link = state_dir() / meta["id"]
-        shutil.rmtree(store.root, ignore_errors=True)
-        if link.is_symlink():
-            link.unlink()
+        if not args.run and created > cutoff:
+            continue
+        lock = DirectoryLock(store.root, "the run directory")
+        try:  # a run going on now is left alone; one killed half-way is not
+
+            lock.acquire(label="remotemap clean")
+        except RunDirectoryBusy as exc:
+            print(f"kept {meta['id']}: {exc}")
+            continue
+        store.remove()
+        lock.release()
         removed += 1
         print(f"removed {meta['id']} ({store.root})")
     print(f"{removed} run(s) removed")
@@ -90,6 +113,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "function and arguments stored in it. Exit status 1 if some still fail.")
     retry.add_argument("run", metavar="RUN", help="run id (see `remotemap runs`) or directory")
     retry.add_argument("--mode", help="run them on this mode (default: the run's own)")
+    retry.add_argument("--function-changed", choices=("error", "rerun", "keep"),
+                       default="error",
+                       help="when the stored function's code (e.g. its module) changed since "
+                       "its results were stored: refuse (default), rerun every task, or keep "
+                       "the stored results and rerun only failed and unfinished tasks")
     retry.set_defaults(handler=cmd_retry)
     clean = subparsers.add_parser(
         "clean", parents=[common], help="remove stored runs",

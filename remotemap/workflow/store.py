@@ -3,12 +3,16 @@
 A workflow run directory::
 
     RUN/workflow.json        id, name, mode, state, times, and every step: key, state, reason
-    RUN/steps/KEY.pkl        the value of each finished step (cloudpickle), written atomically
+    RUN/steps/KEY.pkl        the value of each finished step (cloudpickle, sealed), atomically
     RUN/lock                 held (flock) by the process running the workflow: one at a time
 
-The ``steps/`` files are what a resumed run trusts: a step whose file is there (and loads) is
-not run again. ``workflow.json`` is a report for people and ``remotemap status``; it may lag
-behind the step files by a moment, never the other way round.
+The ``steps/`` files are what a resumed run trusts: a step whose file is there, passes its
+seal (an HMAC with the run's key, kept in ``$XDG_STATE_HOME/remotemap/keys`` as for stored
+``remote_map`` runs) and names its step's key inside is not run again; a file that fails the
+seal is never unpickled (the step runs again, with a warning naming it). A run directory that
+is not this user's alone is refused (``UnsafePath``). ``workflow.json`` is a report for people
+and ``remotemap status``; it may lag behind the step files by a moment, never the other way
+round.
 
 Every run is listed in the index ``$XDG_STATE_HOME/remotemap/workflows/``: a run given a
 ``run_dir`` is linked from there; a run without one gets a directory there that holds only
@@ -18,23 +22,26 @@ its report (no values: such a run cannot be resumed, and keeps no large results 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from remotemap import integrity
+from remotemap.errors import TamperedFile
 from remotemap.execution import dumps, loads, this_host
+from remotemap.locks import LOCK, DirectoryLock
+from remotemap.locks import RunDirectoryBusy as RunDirectoryBusy  # where it was defined before
 from remotemap.protocol import write_atomic
-from remotemap.runs import new_run_id, state_dir
+from remotemap.runs import make_key, new_run_id, read_key, state_dir
 
 log = logging.getLogger("remotemap")
 
 REPORT = "workflow.json"
-LOCK = "lock"
 #: How many runs without a run directory the index keeps (their reports only).
 KEEP_REPORTS = 50
 STEPS = "steps"
@@ -54,41 +61,18 @@ def workflows_dir() -> Path:
     return state_dir().parent / "workflows"
 
 
-class RunDirectoryBusy(RuntimeError):
-    """Another process runs a workflow in this run directory now."""
-
-
 class WorkflowStore:
     """One workflow run's directory; ``close`` lets another process run in it."""
 
     def __init__(self, root: Path, keep_values: bool) -> None:
         self.root = root
         self.keep_values = keep_values
-        self._lock: int | None = None
-
-    def _take_lock(self) -> None:
-        """Two runs in one directory would each rerun the other's steps and mix their
-        reports: the second is refused, naming the first."""
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            try:
-                holder = self.read_report()
-                who = (f"process {holder.get('pid')} on {holder.get('host')} (workflow "
-                       f"{holder.get('name')!r}, since {holder.get('updated')})")
-            except (OSError, ValueError):
-                who = "another process"
-            raise RunDirectoryBusy(f"the workflow run directory {self.root} is in use by "
-                                   f"{who}; wait for it to end, or give another run_dir"
-                                   ) from None
-        self._lock = fd
+        self._lock = DirectoryLock(root, "the workflow run directory")
+        #: The run's secret key: step values are sealed with it (see remotemap.integrity).
+        self._key = b""
 
     def close(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._lock.release()
 
     def __enter__(self) -> WorkflowStore:
         return self
@@ -100,8 +84,9 @@ class WorkflowStore:
     def open(cls, run_dir: str | os.PathLike[str] | None, name: str, mode: str) -> WorkflowStore:
         """The run in ``run_dir`` (made, or reopened to resume), or a report-only run."""
         if run_dir is None:
+            integrity.make_private_dir(str(workflows_dir()), fresh=False)
             root = workflows_dir() / new_run_id()
-            root.mkdir(parents=True, mode=0o700)
+            root.mkdir(mode=0o700)
             store = cls(root, keep_values=False)
             store.write_report({"id": root.name, "name": name, "mode": mode, "runs": 1,
                                 "created": _now(), "state": "running", "steps": [],
@@ -118,22 +103,28 @@ class WorkflowStore:
         return store
 
     def _start(self, name: str, mode: str) -> None:
-        """Lock the run directory (made if need be) and mark the run as running."""
+        """Lock the run directory (made if need be, and checked to be this user's alone)
+        and mark the run as running."""
         root = self.root
+        integrity.make_private_dir(str(root), fresh=not (root / REPORT).is_file())
+        self._lock.acquire(label=f"workflow {name!r}")
         if (root / REPORT).is_file():
-            self._take_lock()
             report = self.read_report()
+            if "key" not in report:
+                raise ValueError(f"the workflow run in {root} was stored by an older "
+                                 "remotemap; start a new run (another run_dir), or remove it")
+            self._key = read_key(str(report["key"]), root)
             self.write_report({**report, "name": name, "mode": mode, "state": "running",
                                "runs": int(report.get("runs", 1)) + 1, **_owner()})
         else:
-            if root.is_dir() and any(p.name != LOCK for p in root.iterdir()):
+            if any(p.name != LOCK for p in root.iterdir()):
                 raise ValueError(f"{root} is not empty and holds no {REPORT}: it is not a "
                                  "workflow run directory; give a new or empty directory")
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._take_lock()
-            self.write_report({"id": new_run_id(), "name": name, "mode": mode, "runs": 1,
-                               "created": _now(), "state": "running", "steps": [],
-                               **_owner()})
+            key_id = secrets.token_hex(16)
+            self._key = make_key(key_id)
+            self.write_report({"id": new_run_id(), "key": key_id, "name": name, "mode": mode,
+                               "runs": 1, "created": _now(), "state": "running",
+                               "steps": [], **_owner()})
         (root / STEPS).mkdir(exist_ok=True, mode=0o700)
         self._register()
 
@@ -171,11 +162,18 @@ class WorkflowStore:
             path = self._value_path(key)
             if not path.is_file():
                 continue
-            try:
-                values[step_id] = loads(path.read_bytes())
+            try:  # the seal first: nothing is unpickled that this run did not write
+                stored_key, value = loads(integrity.unseal(
+                    self._key, path.read_bytes(), str(path)))
+            except TamperedFile as exc:
+                log.warning("workflow %s: %s; the step runs again", self.root, exc)
+                continue
             except Exception as exc:  # unreadable: run the step again rather than fail
                 log.warning("workflow %s: cannot load %s (%s); the step runs again",
                             self.root, path, exc)
+                continue
+            if stored_key == key:  # not another step's value put under this name
+                values[step_id] = value
         return values
 
     def record_value(self, key: str, value: Any) -> bool:
@@ -183,7 +181,7 @@ class WorkflowStore:
         if not self.keep_values:
             return True
         try:
-            data = dumps(value)
+            data = integrity.seal(self._key, dumps((key, value)))
         except Exception as exc:
             log.warning("workflow %s: step %s's value cannot be pickled (%s); a resumed run "
                         "will run it again", self.root, key, exc)
