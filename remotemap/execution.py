@@ -6,6 +6,7 @@ children, on remote hosts), so it depends on the standard library and cloudpickl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import linecache
 import pickle
@@ -244,34 +245,20 @@ def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
 
 def unloadable_failure(index: int, exc: BaseException) -> TaskFailure:
     """The failure of a task whose result was pickled where it ran but cannot be loaded here."""
-    failure = failure_from_exception(index, exc, kind="pickling")
-    message = (f"the result of task {index} cannot be unpickled in the caller: "
-               f"{type(exc).__qualname__}: {safe_str(exc)}")
-    return TaskFailure(
-        index=index,
-        exception_type=failure.exception_type,
-        message=message,
-        traceback=failure.traceback,
-        host=failure.host,
-        kind="pickling",
-        exception_pickle=failure.exception_pickle,
-    )
+    return _pickling_failure(index, exc, f"the result of task {index} cannot be unpickled in "
+                                         f"the caller: {type(exc).__qualname__}: {safe_str(exc)}")
 
 
 def unpicklable_failure(index: int, what: str, obj: object, exc: BaseException) -> TaskFailure:
     """The failure of a task whose argument or result cannot cross a process boundary."""
     kind = type(obj).__module__ + "." + type(obj).__qualname__
-    failure = failure_from_exception(index, exc, kind="pickling")
-    message = f"the {what} of task {index} cannot be pickled ({kind}): {safe_str(exc)}"
-    return TaskFailure(
-        index=index,
-        exception_type=failure.exception_type,
-        message=message,
-        traceback=failure.traceback,
-        host=failure.host,
-        kind="pickling",
-        exception_pickle=failure.exception_pickle,
-    )
+    return _pickling_failure(index, exc, f"the {what} of task {index} cannot be pickled "
+                                         f"({kind}): {safe_str(exc)}")
+
+
+def _pickling_failure(index: int, exc: BaseException, message: str) -> TaskFailure:
+    return dataclasses.replace(failure_from_exception(index, exc, kind="pickling"),
+                               message=message)
 
 
 #: What pickling an argument in the caller may raise that fails its task only: a

@@ -28,7 +28,6 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
@@ -40,7 +39,7 @@ from typing import Any
 from remotemap.errors import TaskFailure
 from remotemap.execution import PICKLING_ERRORS, dumps, find_unpicklable, loads_result
 from remotemap.integrity import TAG_SIZE, check_tag, file_key, seal, tag, unseal
-from remotemap.rundir import LocalRunDir
+from remotemap.rundir import LocalRunDir, write_and_close
 from remotemap.tasks import Chunk, ChunkResult
 
 FUNCTION = "function.pkl"
@@ -204,16 +203,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     target = os.fspath(path)
     tmp = f"{target}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):  # a part-written file keeps space a full disk lacks
-            os.unlink(tmp)
-        raise
-    os.close(fd)
+    write_and_close(fd, [data], lambda: os.unlink(tmp))
     os.replace(tmp, target)
 
 

@@ -17,6 +17,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from remotemap.errors import UnsafePath
 from remotemap.integrity import check_parent_for_new_dir, check_private_dir, unsafe_reason
@@ -36,6 +38,22 @@ def prepare_parent(parent: str) -> str:
     os.makedirs(parent, mode=0o700, exist_ok=True)
     check_parent_for_new_dir(parent)
     return parent
+
+
+def write_and_close(fd: int, parts: Iterable[bytes], remove: Callable[[], None]) -> None:
+    """Write every part to ``fd`` and close it; if a write fails, also ``remove`` the file: a
+    part-written file keeps the space a full disk lacks."""
+    try:
+        for data in parts:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            remove()
+        raise
+    os.close(fd)
 
 
 class LocalRunDir:
@@ -91,26 +109,27 @@ class LocalRunDir:
 
     def read(self, name: str) -> bytes | None:
         """The content of the file ``name``, or None if there is none."""
-        try:
-            fd = os.open(name, _READ_FLAGS, dir_fd=self.fd)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UnsafePath(self.path(name), f"{self.path(name)} is not a regular file")
-            return f.read()
+        with self._open_regular(name) as f:
+            return None if f is None else f.read()
 
     def read_split(self, name: str, head: int) -> tuple[bytes, bytes] | None:
         """The file's first ``head`` bytes and the rest, each a bytes object of its own (the
         rest is not copied again to be unpickled); None if there is no such file."""
+        with self._open_regular(name) as f:
+            return None if f is None else (f.read(head), f.read())
+
+    @contextlib.contextmanager
+    def _open_regular(self, name: str) -> Iterator[BinaryIO | None]:
+        """``name`` opened for reading (None if missing); UnsafePath if not a regular file."""
         try:
             fd = os.open(name, _READ_FLAGS, dir_fd=self.fd)
         except FileNotFoundError:
-            return None
+            yield None
+            return
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePath(self.path(name), f"{self.path(name)} is not a regular file")
-            return f.read(head), f.read()
+            yield f
 
     def write(self, name: str, *parts: bytes, mode: int = 0o600) -> None:
         """Write ``parts`` one after the other to ``name``, so that readers see the whole file
@@ -118,17 +137,7 @@ class LocalRunDir:
         tmp = f"{name}.tmp-{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode, dir_fd=self.fd)
-        try:
-            for data in parts:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):  # a part-written file keeps space a full disk lacks
-                os.unlink(tmp, dir_fd=self.fd)
-            raise
-        os.close(fd)
+        write_and_close(fd, parts, lambda: os.unlink(tmp, dir_fd=self.fd))
         os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def open_for_writing(self, name: str) -> int:
