@@ -148,9 +148,11 @@ class RunStore:
         stale = len(self.load().stale)
         self.fingerprints = old
         if stale:
+            what = (f"another version of {new.name} (the function or something it uses "
+                    "changed since)" if old.name == new.name else
+                    f"{old.name}, and this call's function is {new.name}")
             raise FunctionChanged(
-                f"the run stored in {self.root} holds {stale} result(s) of another version of "
-                f"{new.name} (the function or something it uses changed since). Give "
+                f"the run stored in {self.root} holds {stale} result(s) of {what}. Give "
                 "function_changed='rerun' (`remotemap retry --function-changed rerun`) to run "
                 "every task again, or function_changed='keep' to keep those results and run "
                 "only the failed and unfinished tasks with this version")

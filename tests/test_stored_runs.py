@@ -87,8 +87,9 @@ def test_another_function_is_refused_unless_told_what_to_do(tmp_path: Path) -> N
     run_dir = tmp_path / "r"
     with pytest.raises(RemoteException):
         remote_map(tf.fail_on, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir)
-    with pytest.raises(FunctionChanged, match=rf"{run_dir} holds 2 result\(s\) of another "
-                       r"version of tests\.taskfuncs\.square .*function_changed='rerun'"):
+    with pytest.raises(FunctionChanged, match=rf"{run_dir} holds 2 result\(s\) of "
+                       r"tests\.taskfuncs\.fail_on, and this call's function is "
+                       r"tests\.taskfuncs\.square\. .*function_changed='rerun'"):
         remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir)
     # keep: the old version's results stay for unchanged tasks; the failed one runs anew.
     assert remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir,
