@@ -21,8 +21,10 @@ Either way the worker enters the run directory only if no other user can change 
 its files through a descriptor opened once (``remotemap.rundir``), unpickles only files whose
 seal the run's key checks, and seals the outcomes it writes (see ``remotemap.protocol``).
 
-The worker imports only the standard library, cloudpickle and remotemap's protocol modules, so a
-remote host needs no more than that.
+The worker imports only the standard library, cloudpickle and remotemap's lower modules
+(``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``protocol``, ``rundir``,
+``tasks``; ``remotemap/__init__`` imports its public names lazily), never the driver, config,
+api, executor, workflow or cli; ``tests/test_layers_worker.py`` holds it to that list.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ survives its submitting process, and ``remotemap collect`` picks it up later.
 * ``RUN/rounds/ROUND.cancel`` asks the engine to stop the workflow (kill running jobs, drop
   queued ones) and exit.
 
-Only the standard library is imported before detaching, so ``start`` answers fast.
+Before detaching it imports only the standard library and remotemap's ``errors``, ``tasks``,
+``integrity`` and ``backends.base`` (through ``remotemap.backends``), so ``start`` answers fast;
+soma-workflow and ``cluster_swf`` are imported after. ``tests/test_layers_worker.py`` holds it
+to that list.
 """
 
 from __future__ import annotations
