@@ -17,7 +17,8 @@ survives its submitting process, and ``remotemap collect`` picks it up later.
 * ``RUN/rounds/ROUND.cancel`` asks the engine to stop the workflow (kill running jobs, drop
   queued ones) and exit.
 
-Only the standard library is imported before detaching, so ``start`` answers fast.
+Only the standard library (and ``remotemap.errors``, which needs no more) is imported before
+detaching, so ``start`` answers fast.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from remotemap.errors import RemotemapError
 
 #: soma-workflow's scheduler type for each ``cluster.scheduler``.
 SWF_TYPES = {"local": "local_basic", "slurm": "slurm", "pbspro": "pbspro", "drmaa": "drmaa"}
@@ -78,7 +81,7 @@ def state_dir(root: str, rnd: int) -> str:
     return os.path.join(root, "swf", str(rnd))
 
 
-class EngineError(RuntimeError):
+class EngineError(RemotemapError, RuntimeError):
     """Why the engine cannot (or could not) run the round; the message is shown to users."""
 
 
