@@ -3,7 +3,13 @@
 from remotemap._version import __version__
 from remotemap.api import remote_imap, remote_map
 from remotemap.config import Config, load_config
-from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
+from remotemap.errors import (
+    BackendUnavailable,
+    ConfigError,
+    RemoteException,
+    RemotemapError,
+    TaskFailure,
+)
 from remotemap.executor import Executor, RemoteTraceback, as_completed
 from remotemap.workflow import (
     DispatchReport,
@@ -25,6 +31,7 @@ __all__ = [
     "GraphError",
     "RemoteException",
     "RemoteTraceback",
+    "RemotemapError",
     "Result",
     "TaskFailure",
     "Treatment",
