@@ -15,7 +15,13 @@ from remotemap._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from remotemap.api import remote_imap, remote_map
     from remotemap.config import Config, load_config
-    from remotemap.errors import BackendUnavailable, ConfigError, RemoteException, TaskFailure
+    from remotemap.errors import (
+        BackendUnavailable,
+        ConfigError,
+        RemoteException,
+        RemotemapError,
+        TaskFailure,
+    )
     from remotemap.executor import Executor, RemoteTraceback, as_completed
     from remotemap.workflow import (
         DispatchReport,
@@ -37,6 +43,7 @@ _LAZY: dict[str, str] = {
     "BackendUnavailable": "remotemap.errors",
     "ConfigError": "remotemap.errors",
     "RemoteException": "remotemap.errors",
+    "RemotemapError": "remotemap.errors",
     "TaskFailure": "remotemap.errors",
     "Executor": "remotemap.executor",
     "RemoteTraceback": "remotemap.executor",
@@ -65,6 +72,7 @@ __all__ = [
     "GraphError",
     "RemoteException",
     "RemoteTraceback",
+    "RemotemapError",
     "Result",
     "TaskFailure",
     "Treatment",

@@ -1,7 +1,10 @@
 """The errors remotemap raises, and the record of one failed task.
 
-Errors carry data (which task, which host, which config key) so callers can act on them
-without parsing messages.
+Every exception remotemap raises derives from :class:`RemotemapError`, so ``except
+RemotemapError`` catches them all; each also keeps the built-in base it had before the common
+root (``RuntimeError``, ``ValueError``), so existing ``except`` clauses still match. Errors carry
+data (which task, which host, which config key) so callers can act on them without parsing
+messages.
 """
 
 from __future__ import annotations
@@ -10,23 +13,44 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 #: How many failures ``str(RemoteException)`` spells out before summarising the rest.
 _FAILURES_SHOWN = 3
 #: How many trailing traceback lines each shown failure quotes.
 _TRACEBACK_LINES = 6
 
+#: What went wrong with a task, without parsing text; see :class:`TaskFailure` for each kind.
+FailureKind = Literal[
+    "exception", "crash", "pickling", "timeout", "cancelled", "lost", "tampered", "backend"
+]
+
+
+class RemotemapError(Exception):
+    """The root of every exception remotemap raises (its SSH layer's :class:`SSHError` too)."""
+
 
 @dataclass(frozen=True)
 class TaskFailure:
     """One failed task: what went wrong, where, and the traceback as the worker saw it.
 
-    ``kind`` tells failures apart without parsing text: ``"exception"`` (the function raised),
-    ``"crash"`` (the process running it died), ``"pickling"`` (an argument or result could not
-    cross the process boundary), ``"timeout"``, ``"cancelled"``, ``"lost"`` (the worker
-    vanished without a word, e.g. a dropped connection), ``"tampered"`` (its outcome file failed
-    its integrity check - written by someone without the run's key - and was not loaded).
+    ``kind`` (a :data:`FailureKind`) tells failures apart without parsing text:
+
+    * ``"exception"``: the function raised; :meth:`exception` gives the exception back.
+    * ``"crash"``: the process running it died (a signal, a non-zero exit, ended by the
+      scheduler) without writing an outcome.
+    * ``"pickling"``: an argument or the result could not cross the process boundary. Never
+      retried: another attempt would fail the same way.
+    * ``"timeout"``: it ran past its ``timeout`` (or a cluster job past its walltime).
+    * ``"cancelled"``: it was stopped before it finished: its :class:`Executor` stopped, or
+      its cluster job was cancelled (``remotemap cancel``, ``scancel``, ``qdel``).
+    * ``"lost"``: its outcome never came back though nothing says the task failed: the worker
+      vanished (a dropped connection, a job that exited without an outcome), its outcome could
+      not be written (a full disk), or the worker failed around the task.
+    * ``"tampered"``: its outcome file failed its integrity check (written by someone without
+      the run's key) and was not loaded.
+    * ``"backend"``: a workflow step whose mode itself failed (a host that cannot be reached,
+      a cluster run that ended as a whole), not the step's own function.
     """
 
     index: int
@@ -34,7 +58,7 @@ class TaskFailure:
     message: str
     traceback: str = ""
     host: str = "localhost"
-    kind: str = "exception"
+    kind: FailureKind = "exception"
     #: The original exception, pickled by the worker when it could be; see :meth:`exception`.
     exception_pickle: bytes | None = field(default=None, repr=False, compare=False)
     #: How many times the task was tried (more than 1 with ``retries``).
@@ -63,7 +87,7 @@ class TaskFailure:
         return f"{head}\n{shown}"
 
 
-class RemoteException(Exception):
+class RemoteException(RemotemapError):
     """Raised after a run in which one or more tasks failed.
 
     ``failures`` holds one :class:`TaskFailure` per failed task, in index order; ``results`` is the
@@ -108,7 +132,7 @@ class RemoteException(Exception):
         return (type(self), (self.failures, self.results, self.n_tasks, self.run_dir))
 
 
-class ConfigError(Exception):
+class ConfigError(RemotemapError):
     """A configuration file or option that cannot be used, naming the file and the key."""
 
     def __init__(self, message: str, path: Path | str | None = None, key: str | None = None):
@@ -129,15 +153,15 @@ def _rebuild_config_error(text: str, path: Path | None, key: str | None) -> Conf
     return err
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(RemotemapError, RuntimeError):
     """A mode that exists but cannot run here, with the reason and how to fix it."""
 
 
-class TaskTimeout(Exception):
+class TaskTimeout(RemotemapError):
     """A task ran past its ``timeout`` (raised inside the task where it runs in-process)."""
 
 
-class UnsafePath(Exception):
+class UnsafePath(RemotemapError):
     """A directory or file that another user could change, so nothing in it is trusted."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -149,7 +173,7 @@ class UnsafePath(Exception):
         return (type(self), (self.path, self.reason))
 
 
-class TamperedFile(Exception):
+class TamperedFile(RemotemapError):
     """A file whose authentication tag does not match: written by someone without the run's
     key (another user, another run), or damaged. It is never unpickled."""
 

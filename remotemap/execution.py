@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
-from remotemap.errors import TaskFailure
+from remotemap.errors import FailureKind, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult
 
 _HOST = socket.gethostname()
@@ -99,7 +99,7 @@ def this_host() -> str:
 
 
 def failure_from_exception(
-    index: int, exc: BaseException, *, kind: str = "exception", host: str | None = None
+    index: int, exc: BaseException, *, kind: FailureKind = "exception", host: str | None = None
 ) -> TaskFailure:
     """A record of ``exc`` raised by task ``index``, keeping the traceback as text.
 
@@ -293,7 +293,8 @@ def _first_unpicklable(objects: list[Any]) -> object:
 
 
 def lost_chunk_result(
-    chunk: Chunk, why: str, *, kind: str = "crash", host: str | None = None, log_tail: str = ""
+    chunk: Chunk, why: str, *, kind: FailureKind = "crash", host: str | None = None,
+    log_tail: str = ""
 ) -> ChunkResult:
     """Every task of ``chunk`` failed because the process running it ended without an outcome.
 

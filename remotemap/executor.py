@@ -36,13 +36,13 @@ from remotemap.api import make_backend, make_policy
 from remotemap.backends.base import Backend, Session
 from remotemap.config import Config, load_config
 from remotemap.driver import Policy, _Retries
-from remotemap.errors import RemoteException, TaskFailure
+from remotemap.errors import RemoteException, RemotemapError, TaskFailure
 from remotemap.tasks import Chunk
 
 as_completed = concurrent.futures.as_completed
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(RemotemapError):
     """The ``__cause__`` of an exception that ``Future.result()`` re-raises: its text is the
     traceback as the worker saw it; ``failure`` is the task's whole :class:`TaskFailure`."""
 

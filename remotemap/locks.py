@@ -16,6 +16,7 @@ import time
 import weakref
 from pathlib import Path
 
+from remotemap.errors import RemotemapError
 from remotemap.execution import this_host
 
 LOCK = "lock"
@@ -24,7 +25,7 @@ LOCK = "lock"
 _HOLDER_WAIT = 1.0
 
 
-class RunDirectoryBusy(RuntimeError):
+class RunDirectoryBusy(RemotemapError, RuntimeError):
     """Another process runs in this run directory now."""
 
 

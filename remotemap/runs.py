@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap import integrity
-from remotemap.errors import TamperedFile, UnsafePath
+from remotemap.errors import RemotemapError, TamperedFile, UnsafePath
 from remotemap.execution import dumps, dumps_result, loads, loads_result
 from remotemap.locks import DirectoryLock
 from remotemap.protocol import write_atomic
@@ -72,7 +72,7 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-class FunctionChanged(ValueError):
+class FunctionChanged(RemotemapError, ValueError):
     """A stored run holds results of another version of the function."""
 
 

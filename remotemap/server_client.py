@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from remotemap.errors import RemotemapError
+
 
 class _Writer(Protocol):
     def write(self, data: bytes, /) -> object: ...
@@ -37,7 +39,7 @@ def _redacted(text: str) -> str:
     return re.sub(r"\b[0-9a-f]{64}\b", "<run key>", text)
 
 
-class WorkerServerGone(RuntimeError):
+class WorkerServerGone(RemotemapError, RuntimeError):
     """The server stopped answering: its process or the connection to it ended."""
 
 

@@ -41,6 +41,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from remotemap.errors import RemotemapError
+
 #: soma-workflow's scheduler type for each ``cluster.scheduler``.
 SWF_TYPES = {"local": "local_basic", "slurm": "slurm", "pbspro": "pbspro", "drmaa": "drmaa"}
 #: The commands each scheduler needs on the submitting host.
@@ -81,7 +83,7 @@ def state_dir(root: str, rnd: int) -> str:
     return os.path.join(root, "swf", str(rnd))
 
 
-class EngineError(RuntimeError):
+class EngineError(RemotemapError, RuntimeError):
     """Why the engine cannot (or could not) run the round; the message is shown to users."""
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.backends import cluster_engine as engine
+from remotemap.errors import RemotemapError
 from remotemap.integrity import check_same_dir, read_key_file, write_key_file
 from remotemap.protocol import write_atomic
 from remotemap.rundir import LocalRunDir, prepare_parent
@@ -52,7 +53,7 @@ _TAR_ABOVE = 16
 _REMOTE_KEYS = ".local/state/remotemap/keys"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(RemotemapError, RuntimeError):
     """A cluster run could not start, or went wrong as a whole (not one task's failure)."""
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remotemap.backends.cluster_files import ClusterError, RunFiles, engine_env, engine_python
-from remotemap.errors import TamperedFile, TaskFailure, UnsafePath
+from remotemap.errors import FailureKind, TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -97,7 +97,7 @@ def _usage(row: Mapping[str, Any], key: str) -> str:
 class JobEnd:
     """How one job ended, in remotemap's words."""
 
-    kind: str  # failure kind for the task it was running: crash, timeout, cancelled, lost
+    kind: FailureKind  # for the task it was running: crash, timeout, cancelled, lost
     why: str  # completes "the worker process running task N ..."
     started: bool  # it ran, so its first task without an outcome is to blame
     ok: bool = False  # it exited normally
@@ -394,7 +394,7 @@ class ClusterRun:
                 del self.pending[index]
                 reason = (f"the job holding it ended before reaching it: the job {end.why}"
                           if end.started else f"its job {end.why}")
-                kind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
+                kind: FailureKind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
                 failures.append(TaskFailure(
                     index=index, exception_type="WorkerLost" if kind == "lost" else "Cancelled",
                     message=f"task {index} was not run: {reason} ({story})",

@@ -22,7 +22,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
-from remotemap.errors import TamperedFile, TaskFailure
+from remotemap.errors import FailureKind, TamperedFile, TaskFailure
 from remotemap.execution import dumps, failure_from_exception, lost_chunk_result, tail
 from remotemap.integrity import check_same_dir, new_key
 from remotemap.protocol import (
@@ -253,7 +253,7 @@ class DumpsSession(Session):
             return lost_chunk_result(chunk, f"exited without writing its outcome {path}"
                                      f"{self._gone()}", kind="lost",
                                      log_tail=log_tail)
-        kind = "timeout" if status == "timeout" else "crash"
+        kind: FailureKind = "timeout" if status == "timeout" else "crash"
         why = exit_status_text(status)
         if status == f"exit:{OUTCOME_UNWRITABLE_EXIT}":
             why += f": it could not write its outcome {path}{self._gone()}"

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from remotemap.backends.base import TaskOptions
-from remotemap.errors import TamperedFile
+from remotemap.errors import FailureKind, RemotemapError, TamperedFile
 from remotemap.execution import lost_chunk_result, tail
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -40,7 +40,7 @@ from remotemap.worker import OUTCOME_UNWRITABLE_EXIT
 log = logging.getLogger("remotemap")
 
 
-class RemoteSetupError(RuntimeError):
+class RemoteSetupError(RemotemapError, RuntimeError):
     """The host is reachable but cannot run remotemap's worker (no Python, no remotemap...)."""
 
 
@@ -222,7 +222,8 @@ class RemoteRun:
                    else exit_status_text(status))
             if status in ("exit:0", f"exit:{OUTCOME_UNWRITABLE_EXIT}"):
                 why += f" (it could not write {self.layout.outcome(chunk.id)})"
-            kind = "timeout" if status == "timeout" else ("lost" if status == "exit:0" else "crash")
+            kind: FailureKind = (
+                "timeout" if status == "timeout" else ("lost" if status == "exit:0" else "crash"))
             result = lost_chunk_result(chunk, why, kind=kind, host=self.host, log_tail=log_tail)
         result.failures += self._pending_failures.pop(chunk.id, [])
         return result

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from remotemap.errors import RemotemapError
 
-class SSHError(Exception):
+
+class SSHError(RemotemapError):
     """Base of every SSH error: something went wrong talking to ``user@host:port``."""
 
     def __init__(

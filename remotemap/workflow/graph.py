@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from remotemap.errors import RemotemapError
+
 if TYPE_CHECKING:
     import concurrent.futures
 
     from remotemap.workflow.report import WorkflowReport
 
 
-class GraphError(ValueError):
+class GraphError(RemotemapError, ValueError):
     """A workflow that cannot run (unknown prerequisite, cycle, ...), naming the step."""
 
     def __init__(self, message: str, step: int | None = None) -> None:

@@ -15,12 +15,12 @@ import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from remotemap.errors import TamperedFile
+from remotemap.errors import RemotemapError, TamperedFile
 from remotemap.protocol import OUTCOMES, decode_outcome, read_file, unseal_file, worker_key
 from remotemap.workflow.graph import resolve
 
 
-class PrerequisiteUnavailable(RuntimeError):
+class PrerequisiteUnavailable(RemotemapError, RuntimeError):
     """A prerequisite's outcome file is missing, from another run, or holds a failure."""
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remotemap.errors import TaskFailure
+from remotemap.errors import RemotemapError, TaskFailure
 
 DONE = "done"
 FAILED = "failed"
@@ -42,7 +42,7 @@ class StepReport:
         return f"{text}: {self.reason}" if self.reason and not self.ok else text
 
 
-class WorkflowFailed(Exception):
+class WorkflowFailed(RemotemapError):
     """Raised by :meth:`WorkflowReport.raise_if_failed`; ``report`` holds every step."""
 
     def __init__(self, report: WorkflowReport) -> None:
