@@ -27,6 +27,7 @@ from remotemap.backends.remote_files import RemoteRun, fetch_task_files
 from remotemap.errors import ConfigError
 from remotemap.execution import lost_chunk_result
 from remotemap.server_client import WorkerServerGone
+from remotemap.ssh.lib import import_paramiko_quietly
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 log = logging.getLogger("remotemap")
@@ -163,7 +164,7 @@ class SSHBackend(Backend):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         try:
-            import paramiko  # noqa: F401
+            import_paramiko_quietly()
         except ImportError:
             return "paramiko is not installed (pip install 'remotemap[ssh]')"
         return None

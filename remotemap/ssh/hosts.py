@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 
 from remotemap.errors import ConfigError
 from remotemap.ssh.known_hosts import known_hosts_name
+from remotemap.ssh.lib import import_paramiko_quietly
 
 HostKeyPolicy = Literal["reject", "accept-new"]
 HOST_KEY_POLICIES: tuple[HostKeyPolicy, ...] = ("reject", "accept-new")
@@ -114,6 +115,7 @@ def _paths(value: PathArg | Sequence[PathArg]) -> tuple[Path, ...]:
 
 def _read_ssh_config(path: PathArg | None, host: str) -> tuple[dict[str, Any], Path | None]:
     """The lookup of ``host`` in the config file, and the file (None if there was none)."""
+    import_paramiko_quietly()
     import paramiko
 
     explicit = path is not None

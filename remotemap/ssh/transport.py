@@ -28,6 +28,7 @@ from remotemap.ssh.errors import (
 )
 from remotemap.ssh.hosts import HostSpec
 from remotemap.ssh.known_hosts import KnownHosts, append_known_host, fingerprint_sha256
+from remotemap.ssh.lib import import_paramiko_quietly
 
 if TYPE_CHECKING:
     import paramiko
@@ -154,6 +155,7 @@ def start_session(
     proxy: ProxyProcess | None = None,
 ) -> paramiko.Transport:
     """Handshake, verify the host key, log in. Closes the transport on any failure."""
+    import_paramiko_quietly()
     import paramiko
 
     transport = paramiko.Transport(sock)
