@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from remotemap.backends import cluster_engine
@@ -45,8 +45,7 @@ from remotemap.errors import BackendUnavailable, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 if TYPE_CHECKING:
-    from remotemap.driver import Policy
-    from remotemap.workflow.schedule import GraphPlan, StepOutcome
+    pass
 
 log = logging.getLogger("remotemap")
 
@@ -220,13 +219,6 @@ class ClusterBackend(Backend):
             raise BackendUnavailable(f"mode 'cluster' cannot run here: {problem}")
         return ClusterSession(settings, pickle_function(function), options,
                               function_name(function))
-
-    def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
-        """A workflow's steps as soma-workflow jobs with dependencies (see cluster_graph)."""
-        from remotemap.backends.cluster_graph import run_graph
-
-        return run_graph(cluster_settings(self.settings), plan, policy)
-
 
 class ClusterSession(Session):
     """Chunks collected until ``wait``, then submitted as one round; results as they come."""

@@ -12,7 +12,7 @@ resolving :class:`Result` placeholders here with the values that came back. A ba
 runs a graph its own way defines ``run_graph`` (see :class:`GraphBackend`) and is given the
 plan instead: ``serial`` runs the steps in turn in this thread (:func:`run_in_turn`), and
 ``cluster`` hands the graph to soma-workflow as job dependencies
-(``remotemap.backends.cluster_graph``).
+(``remotemap.workflow.on_cluster``).
 """
 
 from __future__ import annotations
