@@ -40,8 +40,8 @@ from remotemap.backends.cluster_files import (
     unregister,
 )
 from remotemap.backends.cluster_runs import ClusterRun
-from remotemap.backends.dumps import pickle_function
 from remotemap.errors import BackendUnavailable, TaskFailure
+from remotemap.execution import pickle_function
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 if TYPE_CHECKING:

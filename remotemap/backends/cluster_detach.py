@@ -41,9 +41,9 @@ def submit(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None = Non
         function_name,
         local_problem,
     )
-    from remotemap.backends.dumps import pickle_function
     from remotemap.config import Config, load_config
     from remotemap.driver import make_policy
+    from remotemap.execution import pickle_function
     from remotemap.tasks import normalize_arguments
 
     policy = make_policy("continue", timeout, 0, 0.0, env)

@@ -248,8 +248,7 @@ class SSHFiles(RunFiles):
     """The run directory on ``host``, through one SSH connection (SFTP and commands)."""
 
     def __init__(self, host: str, settings: Mapping[str, Any], root: str) -> None:
-        from remotemap.backends.remote_files import connection_options
-        from remotemap.ssh import Connection
+        from remotemap.ssh import Connection, connection_options
 
         self.label = host
         self.connection = Connection(host, **connection_options(settings))

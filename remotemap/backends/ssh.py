@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.dumps import pickle_function
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files
 from remotemap.errors import ConfigError
-from remotemap.execution import lost_chunk_result
+from remotemap.execution import lost_chunk_result, pickle_function
 from remotemap.server_client import WorkerServerGone
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
