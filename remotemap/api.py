@@ -193,10 +193,11 @@ def _prepare(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None,
 
 def make_backend(mode: str, cfg: Config, options: Mapping[str, Any]) -> Backend:
     backend_class = get_backend_class(mode)
-    reason = backend_class.unavailable_reason()
+    settings = cfg.settings_for(mode, options)
+    reason = backend_class.unavailable_reason(settings)
     if reason is not None:
         raise BackendUnavailable(f"mode {mode!r} cannot run here: {reason}")
-    return backend_class(cfg.settings_for(mode, options))
+    return backend_class(settings)
 
 
 def open_store(run_dir: PathLike | None, resume: PathLike | None, mode: str,

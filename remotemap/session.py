@@ -81,8 +81,10 @@ class Backend(ABC):
         self.settings = dict(settings)
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """Why this backend cannot run here (and how to fix it), or None when it can."""
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
+        """Why this backend cannot run here (and how to fix it), or None when it can, judged
+        from the call's ``settings`` (its config section merged with the call's options), so a
+        call that names another host is not refused for what this machine lacks."""
         return None
 
     def chunksize(self, n_tasks: int) -> int:

@@ -195,18 +195,12 @@ class ClusterBackend(Backend):
     isolates_crashes = True
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """soma-workflow and the configured scheduler's commands, checked on this machine
-        unless the config names another submitting host (``cluster.host``)."""
-        from remotemap.config import load_config
-
-        try:
-            section = load_config().section("cluster")
-        except Exception:
-            section = {}
-        if section.get("host"):
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
+        """soma-workflow and the scheduler's commands, checked on this machine unless the
+        call's settings name another submitting host (``host``)."""
+        if settings.get("host"):
             return None  # checked there when a run starts
-        return cluster_engine.preflight(str(section.get("scheduler") or "local"),
+        return cluster_engine.preflight(str(settings.get("scheduler") or "local"),
                                         check_conf=False)
 
     def chunksize(self, n_tasks: int) -> int:

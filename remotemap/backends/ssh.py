@@ -160,7 +160,7 @@ class SSHBackend(Backend):
     name = "ssh"
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
         try:
             import paramiko  # noqa: F401
         except ImportError:
