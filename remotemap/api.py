@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.backends import get_backend_class
-from remotemap.backends.base import Backend, TaskOptions
+from remotemap.backends.base import Backend
 from remotemap.config import Config, load_config
-from remotemap.driver import Policy, Update, collect, drive
+from remotemap.driver import Policy, Update, collect, drive, make_policy
 from remotemap.errors import BackendUnavailable, RemoteException
 from remotemap.interrupts import terminate_unwinds
 from remotemap.run_records import Fingerprints
@@ -22,7 +22,6 @@ from remotemap.tasks import normalize_arguments
 
 log = logging.getLogger("remotemap")
 
-_ON_ERROR = ("continue", "stop")
 _FUNCTION_CHANGED = ("error", "rerun", "keep")
 PathLike = str | os.PathLike[str]
 
@@ -194,29 +193,11 @@ def _prepare(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None,
 
 def make_backend(mode: str, cfg: Config, options: Mapping[str, Any]) -> Backend:
     backend_class = get_backend_class(mode)
-    reason = backend_class.unavailable_reason()
+    settings = cfg.settings_for(mode, options)
+    reason = backend_class.unavailable_reason(settings)
     if reason is not None:
         raise BackendUnavailable(f"mode {mode!r} cannot run here: {reason}")
-    return backend_class(cfg.settings_for(mode, options))
-
-
-def make_policy(on_error: str, timeout: float | None, retries: int, backoff: float,
-                env: Mapping[str, str] | None) -> Policy:
-    if on_error not in _ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, "
-                         f"got {on_error!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
-        raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}")
-    env = dict(env or {})
-    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)]
-    if bad:
-        raise TypeError(f"env must map names to strings; env[{bad[0]!r}] is "
-                        f"{type(env[bad[0]]).__name__}")
-    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env))
+    return backend_class(settings)
 
 
 def open_store(run_dir: PathLike | None, resume: PathLike | None, mode: str,

@@ -1,7 +1,7 @@
 """Driving a backend session through one run: retries, fail-fast, progress, stored outcomes.
 
 Everything here is the same for every backend: the backend only runs chunks (see
-``remotemap.backends.base``); what to submit, what to retry and when to stop is decided here.
+``remotemap.session``); what to submit, what to retry and when to stop is decided here.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from remotemap.backends.base import Backend, TaskOptions
 from remotemap.errors import TaskFailure
 from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
 from remotemap.runs import RunStore
+from remotemap.session import Backend, TaskOptions
 from remotemap.tasks import Chunk, make_chunks
 
 
@@ -32,6 +32,28 @@ class Policy:
     #: Seconds before the first retry of a task; doubled for each further one.
     backoff: float = 0.5
     options: TaskOptions = field(default_factory=TaskOptions)
+
+
+_ON_ERROR = ("continue", "stop")
+
+
+def make_policy(on_error: str, timeout: float | None, retries: int, backoff: float,
+                env: Mapping[str, str] | None) -> Policy:
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, "
+                         f"got {on_error!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}")
+    env = dict(env or {})
+    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"env must map names to strings; env[{bad[0]!r}] is "
+                        f"{type(env[bad[0]]).__name__}")
+    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env))
 
 
 @dataclass
@@ -50,8 +72,9 @@ def localize(failure: TaskFailure) -> TaskFailure:
     return failure if text == failure.traceback else dataclasses.replace(failure, traceback=text)
 
 
-class _Retries:
-    """Failed tasks waiting for their next attempt, earliest first."""
+class RetrySchedule:
+    """Failed tasks waiting for their next attempt, earliest first (public: every loop that
+    drives a session with a :class:`Policy` schedules its retries with it)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -124,7 +147,7 @@ def drive(
     size = 1 if policy.options.timeout is not None else backend.chunksize(len(todo))
     source: Iterator[Chunk] = make_chunks(largs, lkwargs, size, indices=todo)
     next_id = n_tasks  # retried tasks go out in chunks numbered after the first ones
-    retries = _Retries(policy)
+    retries = RetrySchedule(policy)
     with backend.open(function, policy.options) as session, \
             Progress(n_tasks, progress, backend.name) as bar:
         bar.update(n_tasks - len(todo))

@@ -320,3 +320,14 @@ def lost_chunk_result(
 
 def tail(text: bytes, lines: int = 20) -> str:
     return "\n".join(text.decode(errors="replace").rstrip().splitlines()[-lines:])
+
+
+def pickle_function(function: Callable[..., Any]) -> bytes:
+    """The function as bytes, or a TypeError that says which function and why."""
+    try:
+        return dumps(function)
+    except Exception as exc:
+        name = getattr(function, "__qualname__", type(function).__name__)
+        raise TypeError(
+            f"the function {name!r} cannot be pickled to send it to the workers: {exc}"
+        ) from exc

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from remotemap.api import make_backend, make_policy
+from remotemap.api import make_backend
 from remotemap.backends.base import Backend, Session
 from remotemap.config import Config, load_config
-from remotemap.driver import Policy, _Retries
+from remotemap.driver import Policy, RetrySchedule, make_policy
 from remotemap.errors import RemoteException, RemotemapError, TaskFailure
 from remotemap.tasks import Chunk
 
@@ -307,7 +307,7 @@ class _Dispatcher:
             session.wake()
 
     def run(self) -> None:
-        retries = _Retries(self.policy)
+        retries = RetrySchedule(self.policy)
         try:
             with self.backend.open(_call, self.policy.options) as session:
                 self.session = session
@@ -335,7 +335,7 @@ class _Dispatcher:
             if not task.future.done():
                 task.future.set_exception(error(task))
 
-    def _next_chunks(self, session: Session, retries: _Retries) -> list[Chunk] | None:
+    def _next_chunks(self, session: Session, retries: RetrySchedule) -> list[Chunk] | None:
         """Wait for work, then take the chunks that may go out now; None when all is done."""
         with self.lock:
             while not self.pending and session.in_flight == 0 and not self.shutdown:
@@ -357,7 +357,7 @@ class _Dispatcher:
                     chunks.append(_chunk(kept))
             return chunks
 
-    def _step(self, session: Session, retries: _Retries) -> bool:
+    def _step(self, session: Session, retries: RetrySchedule) -> bool:
         """Submit what may go out, then take in what came back; False when all is done."""
         chunks = self._next_chunks(session, retries)
         if chunks is None:

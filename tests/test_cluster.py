@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException, remote_map
+from remotemap.api import make_backend
 from remotemap.backends import cluster_engine
 from remotemap.backends.cluster import (
     ClusterBackend,
@@ -38,6 +39,7 @@ from remotemap.backends.cluster import (
 from remotemap.backends.cluster_files import registered, registry_dir
 from remotemap.backends.cluster_swf import parse_sacct, slurm_script
 from remotemap.cli import main as cli_main
+from remotemap.config import load_config
 from remotemap.errors import BackendUnavailable
 from tests import taskfuncs as tf
 from tests.infra.slurm import SingleNodeSlurm
@@ -206,16 +208,40 @@ def test_unavailable_reason_says_what_is_missing_and_how_to_install(
     config.write_text('[cluster]\nscheduler = "slurm"\n')
     monkeypatch.setenv("REMOTEMAP_CONFIG", str(config))
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands there
-    reason = ClusterBackend.unavailable_reason()
+    reason = ClusterBackend.unavailable_reason(load_config().section("cluster"))
     assert reason is not None and "sbatch" in reason and "apt install slurm-client" in reason
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "soma_workflow" else real(name, *a))
-    reason = ClusterBackend.unavailable_reason()
+    reason = ClusterBackend.unavailable_reason(load_config().section("cluster"))
     assert reason is not None and "soma-workflow is not installed" in reason
     assert "pip install soma-workflow" in reason
     config.write_text('[cluster]\nscheduler = "slurm"\nhost = "elsewhere"\n')
-    assert ClusterBackend.unavailable_reason() is None  # checked on that host, at run time
+    # checked on that host, at run time
+    assert ClusterBackend.unavailable_reason(load_config().section("cluster")) is None
+
+
+def test_a_call_naming_a_submitting_host_is_judged_by_its_own_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """remote_map(f, ..., mode="cluster", host="login") must not be refused because the
+    default config (no host) would need soma-workflow and SLURM here; "login" is never
+    resolved: the backend is only made, not run."""
+    import importlib.util
+
+    config = tmp_path / "config.toml"
+    config.write_text('[cluster]\nscheduler = "slurm"\n')
+    monkeypatch.setenv("REMOTEMAP_CONFIG", str(config))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "soma_workflow" else real(name, *a))
+    cfg = load_config()
+    with pytest.raises(BackendUnavailable, match="soma-workflow is not installed"):
+        make_backend("cluster", cfg, {})
+    backend = make_backend("cluster", cfg, {"host": "login"})
+    assert backend.settings["host"] == "login"
+    assert ClusterBackend.unavailable_reason(cfg.settings_for("cluster", {"host": "login"})) \
+        is None
 
 
 # -- soma-workflow's local scheduler ---------------------------------------------------------------

@@ -23,7 +23,7 @@ WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remote
                   "remotemap.integrity", "remotemap.leftovers", "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker"}
 ENGINE_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.tasks",
-                  "remotemap.backends", "remotemap.backends.base",
+                  "remotemap.backends", "remotemap.backends.base", "remotemap.session",
                   "remotemap.backends.cluster_engine"}
 
 # Runs in a fresh interpreter: imports or runs (as ``-m`` does, through runpy) one module, then

@@ -42,6 +42,7 @@ from remotemap.workflow import (
     run_here,
 )
 from remotemap.workflow.keys import step_keys
+from remotemap.workflow.run import GRAPH_RUNNERS
 from remotemap.workflow.schedule import run_on_executor
 from remotemap.workflow.store import (
     RunDirectoryBusy,
@@ -415,7 +416,7 @@ def test_a_workflow_run_directory_of_another_user_is_refused(tmp_path: Path) -> 
 
 
 class GraphTestBackend(Backend):
-    """A mode that takes the whole graph at once through the ``run_graph`` hook."""
+    """A mode that takes the whole graph at once (registered in ``GRAPH_RUNNERS``)."""
 
     name = "graphtest"
     plans: ClassVar[list[list[int]]] = []
@@ -437,6 +438,8 @@ class GraphTestBackend(Backend):
 def test_a_backend_with_run_graph_gets_the_whole_graph(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     monkeypatch.setitem(_REGISTRY, "graphtest", f"{__name__}:GraphTestBackend")
+    monkeypatch.setitem(GRAPH_RUNNERS, "graphtest",
+                        lambda backend, plan, policy: backend.run_graph(plan, policy))
     GraphTestBackend.plans.clear()
     log = str(tmp_path / "calls")
     wf = Workflow("hooked")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 from remotemap.backends.base import Backend
 
@@ -34,10 +36,11 @@ def get_backend_class(name: str) -> type[Backend]:
     return cls
 
 
-def unavailable_reason(name: str) -> str | None:
-    """None when mode ``name`` can run here, else why not (an import failure counts)."""
+def unavailable_reason(name: str, settings: Mapping[str, Any]) -> str | None:
+    """None when mode ``name`` can run here with ``settings`` (its config section merged with
+    the call's options), else why not (an import failure counts)."""
     try:
         cls = get_backend_class(name)
     except ImportError as exc:
         return f"cannot import its module: {exc}"
-    return cls.unavailable_reason()
+    return cls.unavailable_reason(settings)

@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from remotemap.backends import cluster_engine
@@ -40,13 +40,12 @@ from remotemap.backends.cluster_files import (
     unregister,
 )
 from remotemap.backends.cluster_runs import ClusterRun
-from remotemap.backends.dumps import pickle_function
 from remotemap.errors import BackendUnavailable, TaskFailure
+from remotemap.execution import pickle_function
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 if TYPE_CHECKING:
-    from remotemap.driver import Policy
-    from remotemap.workflow.schedule import GraphPlan, StepOutcome
+    pass
 
 log = logging.getLogger("remotemap")
 
@@ -196,18 +195,12 @@ class ClusterBackend(Backend):
     isolates_crashes = True
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """soma-workflow and the configured scheduler's commands, checked on this machine
-        unless the config names another submitting host (``cluster.host``)."""
-        from remotemap.config import load_config
-
-        try:
-            section = load_config().section("cluster")
-        except Exception:
-            section = {}
-        if section.get("host"):
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
+        """soma-workflow and the scheduler's commands, checked on this machine unless the
+        call's settings name another submitting host (``host``)."""
+        if settings.get("host"):
             return None  # checked there when a run starts
-        return cluster_engine.preflight(str(section.get("scheduler") or "local"),
+        return cluster_engine.preflight(str(settings.get("scheduler") or "local"),
                                         check_conf=False)
 
     def chunksize(self, n_tasks: int) -> int:
@@ -220,13 +213,6 @@ class ClusterBackend(Backend):
             raise BackendUnavailable(f"mode 'cluster' cannot run here: {problem}")
         return ClusterSession(settings, pickle_function(function), options,
                               function_name(function))
-
-    def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
-        """A workflow's steps as soma-workflow jobs with dependencies (see cluster_graph)."""
-        from remotemap.backends.cluster_graph import run_graph
-
-        return run_graph(cluster_settings(self.settings), plan, policy)
-
 
 class ClusterSession(Session):
     """Chunks collected until ``wait``, then submitted as one round; results as they come."""

@@ -35,15 +35,15 @@ def submit(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None = Non
     """Submit ``func(*largs[i], **lkwargs[i])`` for every i as a detached cluster run; return
     its id at once. ``options`` override the ``[cluster]`` config section (``scheduler=``,
     ``host=``, ``queue=``...); ``env`` and ``timeout`` mean what they mean for remote_map."""
-    from remotemap.api import make_policy
     from remotemap.backends.cluster import (
         cluster_settings,
         create_run,
         function_name,
         local_problem,
     )
-    from remotemap.backends.dumps import pickle_function
     from remotemap.config import Config, load_config
+    from remotemap.driver import make_policy
+    from remotemap.execution import pickle_function
     from remotemap.tasks import normalize_arguments
 
     policy = make_policy("continue", timeout, 0, 0.0, env)

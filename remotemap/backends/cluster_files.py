@@ -248,8 +248,7 @@ class SSHFiles(RunFiles):
     """The run directory on ``host``, through one SSH connection (SFTP and commands)."""
 
     def __init__(self, host: str, settings: Mapping[str, Any], root: str) -> None:
-        from remotemap.backends.remote_files import connection_options
-        from remotemap.ssh import Connection
+        from remotemap.ssh import Connection, connection_options
 
         self.label = host
         self.connection = Connection(host, **connection_options(settings))
@@ -269,10 +268,7 @@ class SSHFiles(RunFiles):
     def resolve(self) -> None:
         """Turn ``root`` (relative = under the remote home, ``~/`` allowed) into an absolute
         path (jobs and the engine need one)."""
-        from remotemap.ssh.quoting import remote_path
-
-        with self.connection._sftp_lock:
-            absolute = self.connection.sftp().normalize(remote_path(self.root))
+        absolute = self.connection.normalize(self.root)
         self.root = check_path(f"the run directory on {self.label}", absolute)
 
     def make(self) -> None:
@@ -304,8 +300,8 @@ class SSHFiles(RunFiles):
         return read_remote_key(self.connection, self.uid, path)
 
     def remove_key(self, path: str) -> None:
-        with self.connection._sftp_lock, contextlib.suppress(FileNotFoundError):
-            self.connection.sftp().remove(path)
+        with contextlib.suppress(FileNotFoundError):
+            self.connection.remove(path)
 
     def _path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
@@ -353,12 +349,10 @@ class SSHFiles(RunFiles):
                             check=True, timeout=600)
 
     def listdir(self, rel: str) -> list[str]:
-        with self.connection._sftp_lock:
-            try:
-                names: list[str] = self.connection.sftp().listdir(self._path(rel))
-            except FileNotFoundError:
-                return []
-        return names
+        try:
+            return list(self.connection.listdir(self._path(rel)))
+        except FileNotFoundError:
+            return []
 
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []

@@ -23,7 +23,12 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.config import resolve_n_jobs
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure
-from remotemap.execution import dumps, failure_from_exception, lost_chunk_result, tail
+from remotemap.execution import (
+    failure_from_exception,
+    lost_chunk_result,
+    pickle_function,
+    tail,
+)
 from remotemap.integrity import check_same_dir, new_key
 from remotemap.protocol import (
     FUNCTION,
@@ -43,17 +48,6 @@ from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import OUTCOME_UNWRITABLE_EXIT, SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
-
-
-def pickle_function(function: Callable[..., Any]) -> bytes:
-    """The function as bytes, or a TypeError that says which function and why."""
-    try:
-        return dumps(function)
-    except Exception as exc:
-        name = getattr(function, "__qualname__", type(function).__name__)
-        raise TypeError(
-            f"the function {name!r} cannot be pickled to send it to the workers: {exc}"
-        ) from exc
 
 
 def unwritable_chunk(chunk: Chunk, path: str, exc: OSError,

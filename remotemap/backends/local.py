@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.dumps import DumpsSession, pickle_function
+from remotemap.backends.dumps import DumpsSession
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import (
@@ -38,6 +38,7 @@ from remotemap.execution import (
     find_unpicklable,
     loads,
     loads_result,
+    pickle_function,
     run_chunk,
 )
 from remotemap.leftovers import Stdio, become_subreaper, kill_children

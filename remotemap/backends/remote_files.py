@@ -65,15 +65,6 @@ class _ProcessReader:
         return line
 
 
-def connection_options(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``[ssh]`` settings that say how to connect, as keyword arguments for
-    :class:`remotemap.ssh.Connection` and :func:`remotemap.ssh.resolve_host` (unset: None, so
-    the ssh config and the defaults apply)."""
-    keys = ("user", "port", "key_file", "known_hosts", "ssh_config", "host_key_policy",
-            "connect_timeout")
-    return {key: settings.get(key) or None for key in keys}
-
-
 class RemoteRun:
     """Context manager: connect, make the private run directory, start the worker server."""
 
@@ -96,7 +87,7 @@ class RemoteRun:
         self._pending_failures: dict[int, list[Any]] = {}
 
     def __enter__(self) -> RemoteRun:
-        from remotemap.ssh import Connection
+        from remotemap.ssh import Connection, connection_options
 
         self.connection = Connection(self.host, **connection_options(self.settings)).connect()
         try:

@@ -18,8 +18,7 @@ from remotemap.leftovers import Stdio
 from remotemap.tasks import Chunk, ChunkResult
 
 if TYPE_CHECKING:
-    from remotemap.driver import Policy
-    from remotemap.workflow.schedule import GraphPlan, StepOutcome
+    pass
 
 
 class SerialBackend(Backend):
@@ -32,13 +31,6 @@ class SerialBackend(Backend):
             raise ValueError("serial mode enforces timeouts with SIGALRM, which only works in "
                              "the main thread; use mode='local' for timeouts elsewhere")
         return _SerialSession(function, options)
-
-    def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
-        """A workflow's steps in turn, in this thread (so a step's timeout works here too)."""
-        from remotemap.workflow.schedule import run_in_turn
-
-        return run_in_turn(self, plan, policy)
-
 
 class _SerialSession(Session):
     """Runs each chunk the moment it is submitted, in the submitting thread.

@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.dumps import pickle_function
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files
 from remotemap.errors import ConfigError
-from remotemap.execution import lost_chunk_result
+from remotemap.execution import lost_chunk_result, pickle_function
 from remotemap.server_client import WorkerServerGone
 from remotemap.ssh.lib import import_paramiko_quietly
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
@@ -162,7 +161,7 @@ class SSHBackend(Backend):
     name = "ssh"
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
         try:
             import_paramiko_quietly()
         except ImportError:

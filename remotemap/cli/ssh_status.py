@@ -22,8 +22,7 @@ def ssh_block(ctx: StatusContext) -> bool:
             ctx.line(f"  {host}")
         ctx.line("  (remotemap status --check connects to each)")
         return True
-    from remotemap.backends.remote_files import connection_options
-    from remotemap.ssh import probe, resolve_host
+    from remotemap.ssh import connection_options, probe, resolve_host
 
     def check(host: str) -> tuple[str, Any]:
         try:

@@ -69,7 +69,7 @@ def backends_block(ctx: StatusContext) -> bool:
     ok = True
     for name in names:
         try:
-            reason = unavailable_reason(name)
+            reason = unavailable_reason(name, ctx.config.settings_for(name, {}))
         except Exception as exc:  # a broken backend must not hide the others
             reason = f"{type(exc).__name__}: {exc}"
         state = "available" if reason is None else f"not available: {reason}"

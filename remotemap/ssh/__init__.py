@@ -14,7 +14,7 @@ from remotemap.ssh.errors import (
     RemoteCommandFailed,
     SSHError,
 )
-from remotemap.ssh.hosts import HostKeyPolicy, HostSpec, resolve_host
+from remotemap.ssh.hosts import HostKeyPolicy, HostSpec, connection_options, resolve_host
 from remotemap.ssh.known_hosts import fingerprint_sha256
 from remotemap.ssh.probe import ProbeResult, probe
 from remotemap.ssh.process import RemoteProcess
@@ -35,6 +35,7 @@ __all__ = [
     "RemoteCommandFailed",
     "RemoteProcess",
     "SSHError",
+    "connection_options",
     "fingerprint_sha256",
     "probe",
     "quote_argv",

@@ -350,6 +350,23 @@ class Connection:
                     sftp.remove(temp)
                 raise self._file_error(exc, target) from exc
 
+    # The small SFTP calls callers need, each under the lock that keeps one SFTP request at a
+    # time on the shared channel; their OSErrors (FileNotFoundError...) reach the caller as is.
+    def normalize(self, path: str) -> str:
+        """``path`` made absolute on the host (relative: under the login's home)."""
+        with self._sftp_lock:
+            return str(self.sftp().normalize(remote_path(path)))
+
+    def listdir(self, path: str) -> list[str]:
+        """The names in the remote directory ``path``."""
+        with self._sftp_lock:
+            return list(self.sftp().listdir(remote_path(path)))
+
+    def remove(self, path: str) -> None:
+        """Delete the remote file ``path``."""
+        with self._sftp_lock:
+            self.sftp().remove(remote_path(path))
+
     def get_bytes(self, path: str) -> bytes:
         """The content of the remote file ``path``."""
         target = remote_path(path)

@@ -231,3 +231,12 @@ def resolve_host(
         ssh_config=cfg_path,
         sources=sources,
     )
+
+
+def connection_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[ssh]`` settings that say how to connect, as keyword arguments for
+    :class:`remotemap.ssh.Connection` and :func:`resolve_host` (unset: None, so
+    the ssh config and the defaults apply)."""
+    keys = ("user", "port", "key_file", "known_hosts", "ssh_config", "host_key_policy",
+            "connect_timeout")
+    return {key: settings.get(key) or None for key in keys}

@@ -13,21 +13,42 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from remotemap.api import make_backend, make_policy
-from remotemap.backends import get_backend_class
+from remotemap.api import make_backend
 from remotemap.config import Config, load_config
+from remotemap.driver import Policy, make_policy
 from remotemap.execution import this_host
 from remotemap.executor import Executor
 from remotemap.workflow.graph import Workflow
 from remotemap.workflow.keys import step_keys
 from remotemap.workflow.report import DONE, FAILED, NOT_RUN, StepReport, WorkflowReport
-from remotemap.workflow.schedule import GraphPlan, StepOutcome, run_on_executor
+from remotemap.workflow.schedule import GraphPlan, StepOutcome, run_in_turn, run_on_executor
 from remotemap.workflow.store import WorkflowStore
 
 log = logging.getLogger("remotemap")
+
+#: How a mode runs a whole workflow when it does not run it through an :class:`Executor`:
+#: the backend (made from the call's settings), the plan and the retry policy give the
+#: outcomes of the steps as they end. Backends know nothing of workflows; this table does.
+GraphRunner = Callable[[Any, GraphPlan, Policy], Iterator[StepOutcome]]
+
+
+def _on_cluster(backend: Any, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]:
+    """The steps as soma-workflow jobs with dependencies (see ``workflow.on_cluster``);
+    imported here so a workflow on another mode never loads the cluster code."""
+    from remotemap.backends.cluster import cluster_settings
+    from remotemap.workflow.on_cluster import run_graph
+
+    return run_graph(cluster_settings(backend.settings), plan, policy)
+
+
+GRAPH_RUNNERS: dict[str, GraphRunner] = {
+    # in turn, in this thread: serial timeouts use SIGALRM, which needs the main thread
+    "serial": run_in_turn,
+    "cluster": _on_cluster,
+}
 
 #: Seconds between two writes of a running workflow's report (``remotemap status`` reads it).
 _REPORT_EVERY = 0.5
@@ -72,7 +93,7 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
         if executor is None:
             cfg = config if isinstance(config, Config) else load_config(config)
             mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-            if hasattr(get_backend_class(mode), "run_graph"):
+            if mode in GRAPH_RUNNERS:
                 backend = make_backend(mode, cfg, options)
             else:
                 executor = stack.enter_context(Executor(
@@ -91,8 +112,8 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
             outcomes: Iterator[StepOutcome]
             if executor is not None:
                 outcomes = run_on_executor(plan, executor)
-            else:  # the mode takes the whole graph (see GraphBackend)
-                outcomes = backend.run_graph(plan, policy)
+            else:  # the mode takes the whole graph (see GRAPH_RUNNERS)
+                outcomes = GRAPH_RUNNERS[mode](backend, plan, policy)
             for outcome in outcomes:
                 tracker.record(outcome)
             interrupted = False

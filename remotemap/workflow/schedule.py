@@ -8,11 +8,11 @@ runner.
 
 :func:`run_on_executor` is the generic runner: it submits each ready step to a
 :class:`remotemap.Executor` (or any ``concurrent.futures`` executor) as its own task,
-resolving :class:`Result` placeholders here with the values that came back. A backend that
-runs a graph its own way defines ``run_graph`` (see :class:`GraphBackend`) and is given the
-plan instead: ``serial`` runs the steps in turn in this thread (:func:`run_in_turn`), and
-``cluster`` hands the graph to soma-workflow as job dependencies
-(``remotemap.backends.cluster_graph``).
+resolving :class:`Result` placeholders here with the values that came back. A mode that
+runs a graph its own way has a runner in ``remotemap.workflow.run.GRAPH_RUNNERS`` (backends
+know nothing of workflows) and that runner is given the plan instead: ``serial`` runs the
+steps in turn in this thread (:func:`run_in_turn`), and ``cluster`` hands the graph to
+soma-workflow as job dependencies (``remotemap.workflow.on_cluster``).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class StepOutcome:
 
 
 class GraphBackend(Protocol):
-    """The hook a backend defines to take a whole workflow at once (e.g. as batch jobs with
-    dependencies). It must follow the rules in this module's docstring; a step with
-    ``on_client`` set runs here, which :func:`run_here` does."""
+    """Kept for existing code: a mode now takes a whole workflow through its entry in
+    ``remotemap.workflow.run.GRAPH_RUNNERS``, which must follow the rules in this module's
+    docstring (a step with ``on_client`` set runs here, which :func:`run_here` does)."""
 
     def run_graph(self, plan: GraphPlan, policy: Policy) -> Iterator[StepOutcome]: ...
 

@@ -37,10 +37,9 @@ from typing import Any
 from remotemap.backends.cluster import close_run, create_run, local_problem
 from remotemap.backends.cluster_files import ClusterError
 from remotemap.backends.cluster_runs import ClusterRun
-from remotemap.backends.dumps import pickle_function
-from remotemap.driver import Policy, _Retries
+from remotemap.driver import Policy, RetrySchedule
 from remotemap.errors import BackendUnavailable, TaskFailure
-from remotemap.execution import failure_from_exception
+from remotemap.execution import failure_from_exception, pickle_function
 from remotemap.workflow.graph import Step, resolve
 from remotemap.workflow.remote_step import call_step
 from remotemap.workflow.schedule import GraphPlan, GraphState, StepOutcome, run_here
@@ -70,7 +69,7 @@ class _GraphRun:
         #: Steps done on the cluster -> the outcome file holding their value.
         self.done_on_cluster: dict[int, int] = {}
         self.on_client: dict[concurrent.futures.Future[StepOutcome], int] = {}
-        self.retries = _Retries(policy)
+        self.retries = RetrySchedule(policy)
         self.run: ClusterRun | None = None
         self.interval = 0.3 if settings.get("host") else 0.05
 

@@ -1,0 +1,114 @@
+"""The contract every backend fulfils: a session that takes chunks and gives back results.
+
+It lives below the backends, next to the driver that drives it, so the driver never imports a
+backend and each backend imports only the contract (``remotemap.backends.base`` re-exports it
+for existing code).
+
+A backend is one small class whose ``open`` starts its workers for one function and returns a
+:class:`Session`. A session is driven from one thread: ``submit`` chunks (each may carry a
+per-task timeout and environment), ``wait`` for results, ``close`` to stop every worker and
+remove every file. ``wake`` is the one method other threads may call: it makes a blocked
+``wait`` return early, so a driver waiting for results notices new submissions at once.
+
+``Backend.run`` drives a session over a fixed list of chunks; ``remote_map`` and the executor
+build retries, timeouts, fail-fast and resume on the same sessions (see ``remotemap.driver``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+from remotemap.tasks import Chunk, ChunkResult, Results
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What applies to every task of a chunk, on top of its arguments."""
+
+    #: Seconds a task may run before it is killed and fails as a timeout.
+    timeout: float | None = None
+    #: Environment variables set for the task only (in the worker, not in the caller).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class Session(ABC):
+    """A backend's workers, open for one function."""
+
+    #: How many chunks to keep submitted at once: enough to keep every worker busy.
+    capacity: int = 1
+
+    @abstractmethod
+    def submit(self, chunk: Chunk) -> None:
+        """Start the chunk (or queue it). Failures, even immediate ones, come from ``wait``."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        """Results of chunks that finished; blocks until one does, ``timeout`` passes (then
+        ``[]``), or :meth:`wake` is called (then maybe ``[]``)."""
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Chunks submitted whose results ``wait`` has not returned yet."""
+
+    def wake(self) -> None:  # noqa: B027 - a no-op is right for sessions that never block
+        """Make a blocked ``wait`` return now (thread-safe)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every worker (killing running tasks) and remove every file. Idempotent."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    #: The mode name users pass to ``remote_map(mode=...)``; also its config section.
+    name: ClassVar[str]
+    #: Whether a task that kills its process fails alone (False: it takes the caller down).
+    isolates_crashes: ClassVar[bool] = True
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        #: The backend's config section merged with per-call options, already validated.
+        self.settings = dict(settings)
+
+    @classmethod
+    def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:
+        """Why this backend cannot run here (and how to fix it), or None when it can, judged
+        from the call's ``settings`` (its config section merged with the call's options), so a
+        call that names another host is not refused for what this machine lacks."""
+        return None
+
+    def chunksize(self, n_tasks: int) -> int:
+        """How many tasks to put in one chunk for a run of ``n_tasks``."""
+        return 1
+
+    @abstractmethod
+    def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:
+        """Start workers ready to run ``function``."""
+
+    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk],
+            options: TaskOptions | None = None) -> Results:
+        """Run every chunk; yield each one's result as it finishes. Closing the generator early
+        stops the workers."""
+        with self.open(function, options or TaskOptions()) as session:
+            source = iter(chunks)
+            exhausted = False
+            while True:
+                while not exhausted and session.in_flight < session.capacity:
+                    chunk = next(source, None)
+                    if chunk is None:
+                        exhausted = True
+                    else:
+                        session.submit(chunk)
+                if exhausted and session.in_flight == 0:
+                    return
+                yield from session.wait()
