@@ -306,37 +306,22 @@ def _check_link(entry: Path) -> None:
 
 
 def make_key(key_id: str) -> bytes:
+    """A new key for run ``key_id``, kept in the private keys directory."""
     integrity.make_private_dir(str(keys_dir()), fresh=False)
     key = integrity.new_key()
-    fd = os.open(keys_dir() / f"{key_id}.key",
-                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, key)
-    finally:
-        os.close(fd)
+    integrity.write_key_file(str(keys_dir() / f"{key_id}.key"), key)
     return key
 
 
 def read_key(key_id: str, root: Path) -> bytes:
+    """The key of the run stored in ``root``; UnsafePath if others could read or write it."""
     path = keys_dir() / f"{os.path.basename(key_id)}.key"
     try:
-        integrity.check_private_dir(str(keys_dir()))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return integrity.read_key_file(str(path))
     except FileNotFoundError:
         raise ValueError(f"the key of the run stored in {root} is not in {keys_dir()}: the run "
                          "was stored by another account or machine (or with another "
                          "XDG_STATE_HOME), or its key was removed; start a new run") from None
-    try:
-        st = os.fstat(fd)
-        reason = integrity.unsafe_reason(str(path), st.st_mode, st.st_uid, me=os.geteuid(),
-                                         ancestor=False)
-        if reason is None and st.st_mode & 0o077:
-            reason = f"{path} can be read by others (mode {st.st_mode & 0o777:04o})"
-        if reason is not None:
-            raise UnsafePath(str(path), reason)
-        return os.read(fd, integrity.KEY_SIZE)
-    finally:
-        os.close(fd)
 
 
 def list_runs() -> list[RunStore]:
