@@ -20,9 +20,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from remotemap.tasks import Chunk, ChunkResult, Results
+
+if TYPE_CHECKING:
+    from remotemap.config.declarations import Section
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Backend(ABC):
     name: ClassVar[str]
     #: Whether a task that kills its process fails alone (False: it takes the caller down).
     isolates_crashes: ClassVar[bool] = True
+    #: The mode's ``[name]`` config section (None: it takes no options). The mode registry
+    #: reads it here unless the mode was registered with a light module that holds it.
+    config_section: ClassVar[Section | None] = None
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         #: The backend's config section merged with per-call options, already validated.

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
+from remotemap.backends.local_options import LOCAL_WITH_DUMPS
 from remotemap.config import resolve_n_jobs
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure
 from remotemap.execution import (
@@ -62,6 +63,7 @@ def unwritable_chunk(chunk: Chunk, path: str, exc: OSError,
 
 class DumpsBackend(Backend):
     name = "local_with_dumps"
+    config_section = LOCAL_WITH_DUMPS
 
     def open(self, function: Callable[..., Any], options: TaskOptions) -> DumpsSession:
         return DumpsSession(

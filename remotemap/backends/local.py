@@ -28,6 +28,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dumps import DumpsSession
+from remotemap.backends.local_options import LOCAL
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import (
@@ -100,6 +101,7 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
 
 class LocalBackend(Backend):
     name = "local"
+    config_section = LOCAL
 
     @property
     def n_jobs(self) -> int:

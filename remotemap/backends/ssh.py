@@ -23,6 +23,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files
+from remotemap.backends.ssh_options import SSH
 from remotemap.errors import ConfigError
 from remotemap.execution import lost_chunk_result, pickle_function
 from remotemap.server_client import WorkerServerGone
@@ -159,6 +160,7 @@ class _HostRunner(threading.Thread):
 
 class SSHBackend(Backend):
     name = "ssh"
+    config_section = SSH
 
     @classmethod
     def unavailable_reason(cls, settings: Mapping[str, Any]) -> str | None:

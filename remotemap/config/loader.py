@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from remotemap.config.modes import SECTION_PROBLEMS
 from remotemap.config.schema import (
     SCHEMA,
     Section,
@@ -92,6 +93,9 @@ def validate_document(
     sections = list(SCHEMA)
     for name, table in data.items():
         section = SCHEMA.get(name)
+        if section is None and name in SECTION_PROBLEMS:
+            # A plug-in's section that could not be loaded: say why, not "unknown".
+            raise ConfigError(SECTION_PROBLEMS[name], path, name)
         if section is None:
             raise ConfigError(_unknown_section_message(name, table, sections), path, name)
         if not isinstance(table, dict):

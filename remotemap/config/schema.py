@@ -1,176 +1,67 @@
-"""What the config file may contain: one declaration of every section and key.
+"""What the config file may contain: ``[remotemap]`` and each mode's own section.
 
-Defaults live here, in code, so a missing file or a missing key always has a known meaning.
-New sections (``[ssh]``, ``[cluster]``) are added by appending to :data:`SCHEMA`; the loader,
-``remotemap config`` and ``remotemap status`` pick them up without further changes.
+Defaults live in the declarations, in code, so a missing file or a missing key always has a
+known meaning. Each mode declares its section next to its backend (e.g.
+``remotemap/backends/local_options.py``) and the mode registry (:mod:`remotemap.config.modes`)
+says where; the loader, ``remotemap config`` and ``remotemap status`` pick a new section up
+without further changes. Checking values against the declarations is done here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Any
 
+from remotemap.config.declarations import TYPE_NAMES, Key, KeyType, Section
+from remotemap.config.modes import mode_names, mode_sections, registry_signature
 from remotemap.errors import ConfigError
 
-#: The value kinds a key may hold. ``"table"`` is a table of named sub-tables that all share
-#: one layout (``fields``), e.g. one table per SSH host: ``[ssh.hosts.NAME]``.
-KeyType = Literal["bool", "int", "float", "str", "list[str]", "table"]
+__all__ = ["SCHEMA", "TYPE_NAMES", "Key", "KeyType", "Section", "check_value", "coerce_override",
+           "defaults_of", "format_value", "get_section", "lookup_key", "section_names",
+           "toml_type_name"]
 
-#: How each kind is called in messages: users write TOML, so speak TOML.
-TYPE_NAMES: dict[str, str] = {
-    "bool": "boolean",
-    "int": "integer",
-    "float": "float",
-    "str": "string",
-    "list[str]": "array of strings",
-    "table": "table",
-}
-
-
-@dataclass(frozen=True)
-class Key:
-    """One setting: its kind, default, a one-line description and optional checks."""
-
-    name: str
-    type: KeyType
-    default: Any
-    doc: str
-    #: Allowed values: a fixed sequence, or a function called at validation time (so the list
-    #: of backends is read only when a file is actually checked).
-    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
-    minimum: int | float | None = None
-    #: A filesystem path: ``~`` is expanded, and per-call overrides may be ``os.PathLike``.
-    is_path: bool = False
-    #: For ``type="table"``: the keys each named sub-table may hold.
-    fields: tuple[Key, ...] = ()
-
-    def valid_choices(self) -> list[Any] | None:
-        if self.choices is None:
-            return None
-        return list(self.choices() if callable(self.choices) else self.choices)
-
-    def field(self, name: str) -> Key | None:
-        return next((f for f in self.fields if f.name == name), None)
-
-
-@dataclass(frozen=True)
-class Section:
-    """A ``[name]`` table of the config file."""
-
-    name: str
-    doc: str
-    keys: tuple[Key, ...] = field(default_factory=tuple)
-
-    def key(self, name: str) -> Key | None:
-        return next((k for k in self.keys if k.name == name), None)
-
-    def key_names(self) -> list[str]:
-        return [k.name for k in self.keys]
-
-
-def _backend_names() -> list[str]:
-    # Imported here: the backend registry is cheap, but config must not depend on it at import.
-    from remotemap.backends import backend_names
-
-    return backend_names()
-
-
-_N_JOBS = Key("n_jobs", "int", 0, "worker processes; 0 or -1 = all usable CPUs, -2 = all but one")
-
-_SECTIONS = (
-    Section(
-        "remotemap",
-        "settings that apply to every run",
-        (Key("mode", "str", "local", "mode used when a call names none", choices=_backend_names),),
-    ),
-    Section(
-        "local",
-        "mode 'local': worker processes on this machine (loky, joblib's executor)",
-        (_N_JOBS, Key("chunksize", "int", 0, "tasks per worker batch; 0 = automatic", minimum=0)),
-    ),
-    Section(
-        "local_with_dumps",
-        "mode 'local_with_dumps': worker processes that exchange tasks through files",
-        (
-            _N_JOBS,
-            Key("keep_files", "bool", False, "keep the task and result files after the run"),
-            Key("temp_dir", "str", "", "where the files go; empty = a private temp dir",
-                is_path=True),
-        ),
-    ),
+_REMOTEMAP = Section(
+    "remotemap",
+    "settings that apply to every run",
+    (Key("mode", "str", "local", "mode used when a call names none", choices=mode_names),),
 )
 
-#: How hosts are found and trusted, the same for [ssh] hosts and a [cluster] submitting host.
-_HOST_CHECKING = (
-    Key("known_hosts", "str", "", "extra known_hosts file (~/.ssh/known_hosts is read too)",
-        is_path=True),
-    Key("ssh_config", "str", "", "OpenSSH client config; empty = ~/.ssh/config", is_path=True),
-    Key("host_key_policy", "str", "reject", "unknown host keys: reject, or accept-new",
-        choices=("reject", "accept-new")),
-)
 
-_SSH = Section(
-    "ssh",
-    "mode 'ssh': tasks run on other hosts over SSH (paramiko), results copied back over SFTP",
-    (
-        Key("hosts", "list[str]", [], "hosts to run on: ssh-config aliases or [user@]host[:port]"),
-        Key("user", "str", "", "login user; empty = from ~/.ssh/config, else the local user"),
-        Key("port", "int", 0, "SSH port; 0 = from ~/.ssh/config, else 22", minimum=0),
-        Key("key_file", "str", "", "private key; empty = ~/.ssh/config, agent, default keys",
-            is_path=True),
-        *_HOST_CHECKING,
-        Key("connect_timeout", "float", 10.0, "seconds to connect before giving a host up",
-            minimum=0.1),
-        Key("python", "str", "python3", "the Python on the hosts (remotemap installed in it)"),
-        Key("remote_dir", "str", ".cache/remotemap/runs",
-            "where run directories go on the hosts (relative = under the remote home)"),
-        Key("n_jobs", "int", 0, "tasks at once per host; 0 = the host's CPUs"),
-        Key("chunksize", "int", 0, "tasks per chunk sent to a host; 0 = automatic", minimum=0),
-        Key("keep_remote_files", "bool", False, "keep the run directories on the hosts"),
-        Key("fetch", "list[str]", [],
-            "glob patterns of files tasks write in their working directory, copied back"),
-        Key("fetch_dir", "str", "remotemap-files",
-            "local directory the fetched files go to, one subdirectory per task", is_path=True),
-    ),
-)  # fmt: skip
+class _Schema(MutableMapping[str, Section]):
+    """``[remotemap]`` then every mode's own section, gathered from the mode registry when
+    first read and again after a mode is registered (so a plug-in's section is checked like a
+    built-in one). Writable, so a test can slot a section in."""
 
-_CLUSTER = Section(
-    "cluster",
-    "mode 'cluster': tasks as batch jobs through soma-workflow (local scheduler, SLURM, ...)",
-    (
-        Key("scheduler", "str", "local", "local (soma-workflow's own), slurm, pbspro or drmaa",
-            choices=("local", "slurm", "pbspro", "drmaa")),
-        Key("host", "str", "", "submitting host (ssh alias or [user@]host[:port]); empty = here"),
-        Key("user", "str", "", "login user on the submitting host; empty = ssh config, local"),
-        Key("port", "int", 0, "SSH port of the submitting host; 0 = ssh config, else 22",
-            minimum=0),
-        Key("key_file", "str", "", "private key for the submitting host; empty = defaults",
-            is_path=True),
-        *_HOST_CHECKING,
-        Key("connect_timeout", "float", 10.0, "seconds to connect to the submitting host",
-            minimum=0.1),
-        Key("queue", "str", "", "queue / partition; empty = the scheduler's default"),
-        Key("walltime", "str", "", "time limit per job (minutes, H:M:S, D-H:M...); empty = "
-            "the scheduler's default"),
-        Key("memory", "str", "", "memory per job (e.g. 4G); empty = the scheduler's default"),
-        Key("cpus_per_task", "int", 0, "CPUs per job; 0 = the scheduler's default", minimum=0),
-        Key("native_options", "list[str]", [], "extra scheduler options, one per entry"),
-        Key("shared_dir", "str", ".cache/remotemap/cluster",
-            "where run directories go on the submitting host (seen by the compute nodes; "
-            "relative = under the home)"),
-        Key("python", "str", "", "the Python on the cluster; empty = this one here, else python3"),
-        Key("tasks_per_job", "int", 0, "tasks per batch job; 0 = automatic", minimum=0),
-        Key("slurm_conf", "str", "", "slurm.conf on the submitting host; empty = $SLURM_CONF"),
-        Key("poll_interval", "float", 1.0, "seconds between two job-state queries (sacct...)",
-            minimum=0.1),
-        Key("keep_files", "bool", False, "keep the run directory after the run"),
-    ),
-)  # fmt: skip
+    def __init__(self) -> None:
+        self._sections: dict[str, Section] = {}
+        self._signature: object = None
+
+    def _current(self) -> dict[str, Section]:
+        signature = registry_signature()
+        if signature != self._signature:
+            self._sections = {"remotemap": _REMOTEMAP, **mode_sections()}
+            self._signature = signature
+        return self._sections
+
+    def __getitem__(self, name: str) -> Section:
+        return self._current()[name]
+
+    def __setitem__(self, name: str, section: Section) -> None:
+        self._current()[name] = section
+
+    def __delitem__(self, name: str) -> None:
+        del self._current()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._current()))
+
+    def __len__(self) -> int:
+        return len(self._current())
+
 
 #: Every section by name, in the order ``config show`` lists them.
-SCHEMA: dict[str, Section] = {s.name: s for s in (*_SECTIONS, _SSH, _CLUSTER)}
+SCHEMA: MutableMapping[str, Section] = _Schema()
 
 
 def section_names() -> list[str]:

@@ -1,0 +1,28 @@
+"""The config sections of the modes ``local`` and ``local_with_dumps``.
+
+A light module (declarations only): the mode registry reads it to check a config file without
+importing the backends, their process pools or loky.
+"""
+
+from __future__ import annotations
+
+from remotemap.config.declarations import Key, Section
+
+N_JOBS = Key("n_jobs", "int", 0, "worker processes; 0 or -1 = all usable CPUs, -2 = all but one")
+
+LOCAL = Section(
+    "local",
+    "mode 'local': worker processes on this machine (loky, joblib's executor)",
+    (N_JOBS, Key("chunksize", "int", 0, "tasks per worker batch; 0 = automatic", minimum=0)),
+)
+
+LOCAL_WITH_DUMPS = Section(
+    "local_with_dumps",
+    "mode 'local_with_dumps': worker processes that exchange tasks through files",
+    (
+        N_JOBS,
+        Key("keep_files", "bool", False, "keep the task and result files after the run"),
+        Key("temp_dir", "str", "", "where the files go; empty = a private temp dir",
+            is_path=True),
+    ),
+)  # fmt: skip
