@@ -1,7 +1,8 @@
 """The contract suite's view of each backend: how to call it and what it promises.
 
-A backend added later (ssh, cluster) adds a ``Runner`` factory here; every contract test then
-runs against it too.
+The built-in modes have a ``Runner`` factory each in :data:`RUNNERS` (with the fixtures they
+need: an sshd, a SLURM cluster). Every other registered or installed mode (a plug-in) gets
+:func:`plugin_runner`, so every contract test runs against it too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from remotemap import Executor, remote_imap, remote_map
+from remotemap.backends import backend_names, get_backend_class
 
 
 @dataclass
@@ -95,6 +97,19 @@ RUNNERS: dict[str, Callable[[pytest.FixtureRequest], Runner]] = {
 }
 
 
+def plugin_runner(mode: str) -> Runner:
+    """A mode remotemap does not ship, with the config file's settings. What it promises comes
+    from its class: a mode that isolates crashes runs tasks out of the caller's process, so
+    their arguments and results are pickled; one that does not runs them in the caller's."""
+    isolates = get_backend_class(mode).isolates_crashes
+    return Runner(mode, isolates_crashes=isolates, pickles=isolates)
+
+
+def contract_modes() -> list[str]:
+    """The built-in modes, then every plug-in mode registered or installed here."""
+    return [*RUNNERS, *(name for name in backend_names() if name not in RUNNERS)]
+
+
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A directory that tasks may write to whichever user they run as (ssh: a test user)."""
@@ -104,6 +119,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=list(RUNNERS))
+@pytest.fixture(params=contract_modes())
 def runner(request: pytest.FixtureRequest) -> Runner:
-    return RUNNERS[request.param](request)
+    factory = RUNNERS.get(request.param)
+    return factory(request) if factory is not None else plugin_runner(request.param)

@@ -288,59 +288,6 @@ def test_list_float_and_table_kinds() -> None:
         check_value(timeout, "ssh.timeout", False)
 
 
-# --- the example file ----------------------------------------------------------------------
-
-
-def uncommented_example() -> str:
-    """The example with every "# key = default" line turned into a real setting."""
-    return re.sub(r"^# (\w+ = )", r"\1", example_text(), flags=re.MULTILINE)
-
-
-def test_example_validates_and_its_values_are_the_defaults(tmp_path: Path) -> None:
-    as_shipped = load_config(write(tmp_path / "example.toml", example_text()))
-    enabled = load_config(write(tmp_path / "enabled.toml", uncommented_example()))
-    for section in SCHEMA.values():
-        defaults = {k.name: k.default for k in section.keys}
-        assert as_shipped.section(section.name) == defaults
-        assert enabled.section(section.name) == defaults
-        # Every key must really be set in the uncommented copy, not just defaulted.
-        for key in section.keys:
-            assert enabled.origin(f"{section.name}.{key.name}") == str(tmp_path / "enabled.toml")
-
-
-def test_example_documents_every_key_with_a_comment_above() -> None:
-    lines = example_text().splitlines()
-    section = None
-    seen: set[str] = set()
-    for i, line in enumerate(lines):
-        header = re.fullmatch(r"\[(\w+)\]", line)
-        if header:
-            section = header.group(1)
-            continue
-        setting = re.fullmatch(r"# (\w+) = .*", line)
-        if setting and section is not None:
-            seen.add(f"{section}.{setting.group(1)}")
-            above = lines[i - 1]
-            is_doc = above.startswith("# ") and not re.fullmatch(r"# \w+ = .*", above)
-            assert is_doc, f"no comment line above {line!r}"
-    assert seen == {f"{s.name}.{k.name}" for s in SCHEMA.values() for k in s.keys}
-
-
-def test_repository_example_is_a_link_to_the_packaged_one() -> None:
-    link = REPO / "config" / "remotemap.example.toml"
-    assert link.is_symlink()
-    assert not os.path.isabs(os.readlink(link))
-    assert link.read_text(encoding="utf-8") == example_text()
-
-
-def test_docs_describe_every_key() -> None:
-    docs = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    for section in SCHEMA.values():
-        assert f"[{section.name}]" in docs
-        for key in section.keys:
-            assert f"`{key.name}`" in docs
-
-
 # --- no side effects, and careful writes ---------------------------------------------------
 
 
