@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from remotemap.config import SCHEMA, Config, config_path, load_config, resolve_n_jobs
-from remotemap.config.editing import atomic_write, example_text, parse_cli_value, set_value
+from remotemap.config import Config, config_path, load_config, resolve_n_jobs
+from remotemap.config.editing import atomic_write, parse_cli_value, set_value
 from remotemap.config.schema import Key, check_value
 from remotemap.errors import ConfigError
 
