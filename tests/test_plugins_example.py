@@ -4,8 +4,8 @@ The example's code and entry-point declaration are taken from the markdown and w
 real package plus a real ``*.dist-info`` (METADATA and entry_points.txt) in a directory put on
 ``PYTHONPATH``: importlib.metadata finds it exactly as it finds an installed wheel, without a
 build, a venv or a network (``pip install`` of the same files would also need a build backend).
-A second, broken plug-in sits next to it. Everything runs in subprocesses, so this test
-process never sees either mode.
+A broken plug-in and one claiming a built-in name sit next to it. Everything runs in
+subprocesses, so this test process never sees these modes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert entry_points == {"threads": "remotemap_threads:ThreadsBackend"}
     code = doc_block("python", '"""A remotemap mode that runs tasks on a pool of threads')
     install(site, "remotemap-threads", "1.0", "remotemap_threads", code, entry_points)
+    # A plug-in that claims a built-in name: ignored, with a warning naming it.
+    install(site, "remotemap-shadow", "0.2", "remotemap_shadow", "",
+            {"local": "remotemap_shadow:Shadow"})
     install(site, "remotemap-broken", "0.1", "remotemap_broken",
             "raise RuntimeError('this plug-in is broken on purpose')\n",
             {"broken": "remotemap_broken:BrokenBackend"})
@@ -74,9 +77,9 @@ BROKEN = ("entry point 'broken = remotemap_broken:BrokenBackend' (group remotema
           "of distribution 'remotemap-broken 0.1'")
 
 _CALLER = textwrap.dedent("""
-    import json, threading, time
+    import json, threading, time, warnings
     from remotemap import RemoteException, remote_map
-    from remotemap.backends import backend_names
+    from remotemap.backends import backend_names, get_backend_class
 
     def square_where(x):
         time.sleep(0.05)  # long enough for the pool to start every thread it may
@@ -87,7 +90,11 @@ _CALLER = textwrap.dedent("""
             raise ValueError(f"task got {x}")
         return x
 
-    out = {"names": backend_names()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = {"names": backend_names()}
+    out["warnings"] = [str(w.message) for w in caught]
+    out["local"] = get_backend_class("local").__name__
     values = remote_map(square_where, [(i,) for i in range(20)], mode="threads", progress=False)
     out["squares"] = [v for v, _ in values]
     out["threads"] = sorted({name for _, name in values})
@@ -113,6 +120,11 @@ def test_the_example_plugin_runs_through_its_entry_point(site: Path, tmp_path: P
     out = json.loads(done.stdout.splitlines()[-1])
     assert out["names"][:5] == ["serial", "local", "local_with_dumps", "ssh", "cluster"]
     assert set(out["names"][5:]) == {"threads", "broken"}
+    assert out["warnings"] == [
+        "ignoring entry point 'local = remotemap_shadow:Shadow' (group remotemap.backends) of "
+        "distribution 'remotemap-shadow 0.2': mode 'local' exists already (built into "
+        "remotemap)"]
+    assert out["local"] == "LocalBackend"
     assert out["squares"] == [i * i for i in range(20)]
     # The section's value reached the backend: three threads of the plug-in's pool.
     assert len(out["threads"]) == 3

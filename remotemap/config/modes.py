@@ -116,8 +116,9 @@ def _read_entry_points() -> None:
             warnings.warn(f"ignoring {where}: mode {entry.name!r} exists already "
                           f"({_origin(entry.name)})", RuntimeWarning, stacklevel=2)
             continue
-        # A malformed value is kept: using the mode then says what is wrong with it.
-        TARGETS[entry.name] = entry.value.replace(" ", "")
+        # Extras ("mod:Cls [extra]") are dropped; a malformed value is kept as it is, so
+        # that using the mode says what is wrong with it.
+        TARGETS[entry.name] = f"{entry.module}:{entry.attr}" if entry.attr else entry.value
         ORIGINS[entry.name] = where
 
 
