@@ -35,6 +35,9 @@ class ScaleBackend(SerialBackend):
         return super().open(lambda *a, **k: factor * function(*a, **k), options)
 
 
+SCALE_SECTION = ScaleBackend.config_section
+
+
 @pytest.fixture
 def registry() -> Iterator[None]:
     """Put the mode registry back as it was after the test (modes it registers go away)."""
@@ -105,6 +108,20 @@ def test_a_bad_target_is_an_error_naming_it(registry: None) -> None:
     # The broken ones do not stop the others, nor a config check.
     assert remote_map(tf.square, [(3,)], mode="serial", progress=False) == [9]
     assert load_config().get("remotemap.mode") == "local"
+
+
+def test_a_section_from_a_light_module_and_a_wrong_one(registry: None, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[scale_test]\nfactor = 5\n")
+    register("scale_test", "remotemap_not_imported_for_a_config_check:Nothing",
+             section=f"{__name__}:SCALE_SECTION")
+    assert load_config(path).get("scale_test.factor") == 5  # the backend was never imported
+    register("scale_test", f"{__name__}:ScaleBackend",
+             section="remotemap.backends.local_options:LOCAL", replace=True)
+    assert "scale_test" not in SCHEMA
+    with pytest.raises(ConfigError, match=r"remotemap.backends.local_options:LOCAL must be a "
+                                          r"remotemap.config.Section named 'scale_test'"):
+        load_config(path)
 
 
 def test_builtin_sections_are_their_backends_own() -> None:
