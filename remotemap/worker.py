@@ -23,166 +23,33 @@ seal the run's key checks, and seals the outcomes it writes (see ``remotemap.pro
 
 The worker imports only the standard library, cloudpickle and remotemap's lower modules
 (``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``protocol``, ``rundir``,
-``tasks``; ``remotemap/__init__`` imports its public names lazily), never the driver, config,
-api, executor, workflow or cli; ``tests/test_layers_worker.py`` holds it to that list.
+``tasks``, ``worker_run``; ``remotemap/__init__`` imports its public names lazily), never the
+driver, config, api, executor, workflow or cli; ``tests/test_layers_worker.py`` holds it to
+that list. This module holds the program (its commands, the key line) and the fork server;
+what runs a chunk in the run directory is ``remotemap.worker_run``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import pickle
 import selectors
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
-
-import cloudpickle
 
 from remotemap._version import __version__
 from remotemap.errors import UnsafePath
-from remotemap.execution import (
-    PICKLING_ERRORS,
-    chunk_failed,
-    dumps_result,
-    failure_from_exception,
-    run_chunk,
-)
 from remotemap.integrity import read_key_file
-from remotemap.leftovers import Stdio, become_subreaper, kill_children
-from remotemap.protocol import (
-    FUNCTION,
-    RunLayout,
-    chunk_name,
-    decode_chunk_header,
-    log_name,
-    outcome_name,
-    read_sealed,
-    seal_parts,
-    set_worker_key,
-)
+from remotemap.protocol import log_name
 from remotemap.rundir import LocalRunDir
-from remotemap.tasks import Chunk, ChunkResult
-
-_Function = Callable[..., Any]
-
-
-class WorkerRun:
-    """The run directory this worker serves, and the run's key."""
-
-    def __init__(self, rundir: LocalRunDir, key: bytes) -> None:
-        self.rundir = rundir
-        self.key = key
-        self.layout = RunLayout(rundir.root)
-        set_worker_key(key)  # for workflow steps reading their prerequisites' outcomes
-
-    def load(self, name: str) -> bytes:
-        """The checked content of the sealed file ``name``: FileNotFoundError, TamperedFile."""
-        return read_sealed(self.rundir, self.key, name)
-
-
-def load_function(run: WorkerRun) -> _Function:
-    function: _Function = cloudpickle.loads(run.load(FUNCTION))
-    return function
-
+from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
 #: A forked child's status when it could not write its outcome (EX_SOFTWARE); its log says why.
 OUTCOME_UNWRITABLE_EXIT = 70
-
-
-def execute_chunk(
-    run: WorkerRun, chunk_id: int, function: _Function | None, task_dirs: bool = False
-) -> bool:
-    """Run one chunk and write its outcome; any failure becomes a failed task, never silence.
-    True when every task succeeded."""
-    token, _, indices, stream = decode_chunk_header(run.load(chunk_name(chunk_id)))
-    try:
-        if function is None:
-            function = load_function(run)
-        largs, lkwargs = pickle.load(stream)
-    except PICKLING_ERRORS as exc:  # a SystemExit from a __reduce__ fails the tasks too
-        # The function or the arguments cannot be loaded here (a module missing on this host,
-        # say): every task of the chunk fails with the reason, not the worker without a word.
-        result = chunk_failed(Chunk(chunk_id, indices, [], []), exc)
-    else:
-        runner = run_in_task_dirs if task_dirs else _run_here
-        result = runner(run, function, Chunk(chunk_id, indices, largs, lkwargs))
-    return write_outcome(run, token, result) and not result.failures
-
-
-def write_outcome(run: WorkerRun, token: str, result: ChunkResult) -> bool:
-    """Write the chunk's sealed outcome; False when it could not be (a full disk, the run
-    directory removed) and a small one went instead, in which each task fails naming the path
-    and the reason. If even that cannot be written, the error goes up (the process then exits
-    with status 70)."""
-    name = outcome_name(result.chunk_id)
-    try:
-        run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
-        return True
-    except OSError as exc:
-        error = exc
-    path = run.layout.outcome(result.chunk_id)
-    indices = sorted([*result.indices, *(f.index for f in result.failures)])
-    with contextlib.suppress(Exception):  # the log may be on the same full disk
-        print(f"remotemap worker: cannot write {path}: {error}", file=sys.stderr, flush=True)
-    failures = []
-    for index in indices:
-        failure = failure_from_exception(index, error, kind="lost")
-        failures.append(dataclasses.replace(
-            failure, message=f"the outcome of task {index} could not be written to {path}: "
-                             f"{error}"))
-    small = dumps_result(ChunkResult(result.chunk_id, failures=failures), token)
-    run.rundir.write(name, *seal_parts(run.key, name, small))
-    return False
-
-
-def _run_here(run: WorkerRun, function: _Function, chunk: Chunk) -> ChunkResult:
-    return run_chunk(function, chunk)
-
-
-def run_in_task_dirs(run: WorkerRun, function: _Function, chunk: Chunk) -> ChunkResult:
-    """Run each task in its own working directory, ``RUN/work/INDEX``, so the files it writes
-    can be found (and copied back) afterwards."""
-    result = ChunkResult(chunk.id)
-    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
-        workdir = run.layout.name(run.layout.workdir(index))
-        run.rundir.makedirs(workdir)
-        run.rundir.chdir(workdir)
-        one = run_chunk(function, Chunk(chunk.id, [index], [args], [kwargs]))
-        result.indices += one.indices
-        result.values += one.values
-        result.failures += one.failures
-    return result
-
-
-def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
-    """Run the chunks here, one after the other; True when every task succeeded.
-
-    What a chunk's tasks leave behind (child processes, stdout or stderr closed) is undone
-    before the next chunk, and the children are killed at the end."""
-    function: _Function | None
-    try:
-        function = load_function(run)
-    except Exception:
-        function = None  # execute_chunk reports the error against each task
-    become_subreaper()
-    stdio = Stdio()
-    ok = True
-    try:
-        for chunk_id in chunk_ids:
-            try:
-                ok = execute_chunk(run, chunk_id, function) and ok
-            finally:
-                kill_children()
-                stdio.repair()
-    finally:
-        stdio.close()
-    return ok
 
 
 class _Server:
@@ -198,7 +65,7 @@ class _Server:
         self.children: dict[int, tuple[int, float | None]] = {}  # pid -> (chunk, deadline)
         self.timed_out: set[int] = set()
         self.prctl = _load_prctl()
-        self.function: _Function | None
+        self.function: Function | None
         try:
             self.function = load_function(run)
         except Exception:
