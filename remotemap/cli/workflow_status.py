@@ -13,7 +13,7 @@ from remotemap.execution import this_host
 from remotemap.workflow.store import list_workflow_runs, workflows_dir
 
 if TYPE_CHECKING:
-    from remotemap.cli.status_cmd import StatusContext
+    from remotemap.cli.status_context import StatusContext
 
 #: How many runs the report shows, latest first, and how many steps of each.
 RUNS_SHOWN = 5
