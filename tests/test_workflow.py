@@ -32,6 +32,7 @@ from remotemap.cli.workflow_status import run_state
 from remotemap.driver import Policy
 from remotemap.errors import UnsafePath
 from remotemap.execution import this_host
+from remotemap.state import state_dir
 from remotemap.workflow import (
     GraphError,
     GraphPlan,
@@ -48,7 +49,6 @@ from remotemap.workflow.store import (
     RunDirectoryBusy,
     _prune_index,
     list_workflow_runs,
-    workflows_dir,
 )
 from tests.backends import Runner
 
@@ -457,7 +457,7 @@ def test_a_backend_with_run_graph_gets_the_whole_graph(monkeypatch: pytest.Monke
 
 def _no_step_ran(log: Path) -> None:
     assert not log.exists()
-    assert not workflows_dir().exists() or not any(workflows_dir().iterdir())
+    assert not state_dir("workflows").exists() or not any(state_dir("workflows").iterdir())
 
 
 def test_unknown_prerequisite_names_the_step(tmp_path: Path) -> None:
@@ -571,9 +571,9 @@ def test_the_index_forgets_old_report_only_runs(tmp_path: Path) -> None:
     for _ in range(3):
         wf.run("serial")
     wf.run("serial", run_dir=tmp_path / "kept")
-    (workflows_dir() / "gone").symlink_to(tmp_path / "removed-by-its-owner")
+    (state_dir("workflows") / "gone").symlink_to(tmp_path / "removed-by-its-owner")
     _prune_index(keep=1)
-    kinds = sorted("link" if p.is_symlink() else "dir" for p in workflows_dir().iterdir())
+    kinds = sorted("link" if p.is_symlink() else "dir" for p in state_dir("workflows").iterdir())
     assert kinds == ["dir", "link"]  # the latest report-only run, and the kept run's link
     assert (tmp_path / "kept" / "workflow.json").is_file()
 
