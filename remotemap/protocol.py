@@ -102,11 +102,11 @@ def outcome_name(chunk_id: int) -> str:
 def outcome_chunk_id(path: str) -> int | None:
     """The chunk whose outcome file ``path`` is (any directory, the name ``outcome_name``
     gives); None for another name."""
-    stem = posixpath.basename(path).removesuffix(".pkl")
-    if not stem.isdigit() or posixpath.basename(outcome_name(int(stem))) != posixpath.basename(
-            path):
-        return None
-    return int(stem)
+    name = posixpath.basename(path)
+    stem = name.removesuffix(".pkl")
+    if stem.isdigit() and outcome_name(int(stem)) == posixpath.join(OUTCOMES, name):
+        return int(stem)
+    return None
 
 
 def log_name(chunk_id: int) -> str:
