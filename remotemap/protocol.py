@@ -99,6 +99,16 @@ def outcome_name(chunk_id: int) -> str:
     return posixpath.join(OUTCOMES, f"{chunk_id:06d}.pkl")
 
 
+def outcome_chunk_id(path: str) -> int | None:
+    """The chunk whose outcome file ``path`` is (any directory, the name ``outcome_name``
+    gives); None for another name."""
+    name = posixpath.basename(path)
+    stem = name.removesuffix(".pkl")
+    if stem.isdigit() and outcome_name(int(stem)) == posixpath.join(OUTCOMES, name):
+        return int(stem)
+    return None
+
+
 def log_name(chunk_id: int) -> str:
     return posixpath.join(LOGS, f"{chunk_id:06d}.log")
 
@@ -145,11 +155,20 @@ def worker_key() -> bytes:
     return _worker_key
 
 
-def open_outcome(key: bytes, chunk_id: int, blob: bytes, token: str, path: str
+def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path: str
                  ) -> ChunkResult | None:
-    """The chunk result in the outcome file read from ``path``: checked, then unpickled.
-    TamperedFile if the seal is wrong; None if a run with the same key but another token
-    wrote it."""
+    """The verdict on chunk ``chunk_id``'s outcome file, read from ``path`` (``blob``: its
+    bytes, None when there was no file). The one place an outcome's bytes become a result:
+
+    - missing (``blob`` None): None, no result of this run;
+    - tampered (cut short, sealed with another key, or another chunk's outcome put under this
+      name): TamperedFile naming ``path``, and nothing unpickled;
+    - sealed by this run's key but for another token (an earlier session's leftover): None;
+    - else the chunk's result (a value that cannot be loaded here fails its own task, kind
+      ``"pickling"``; see ``execution.loads_result``).
+    """
+    if blob is None:
+        return None
     return decode_outcome(unseal_file(key, outcome_name(chunk_id), blob, path), token)
 
 
@@ -190,8 +209,8 @@ def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
 
 
 def decode_outcome(data: bytes | memoryview, token: str) -> ChunkResult | None:
-    """The chunk result in ``data`` (unsealed: see ``open_outcome``), or None if it was
-    written by another run."""
+    """The chunk result in ``data`` (already unsealed), or None if it was written by another
+    run. Only ``open_outcome`` calls it on a file's bytes: use that."""
     found_token, result = loads_result(data)
     if found_token != token or not isinstance(result, ChunkResult):
         return None

@@ -6,7 +6,8 @@ A stored run is a private (0700) directory::
     RUN/fingerprints.json  the function's fingerprint and each task's (see remotemap.fingerprint)
     RUN/function.pkl       the function (cloudpickle, sealed)
     RUN/tasks.pkl          the argument lists (sealed)
-    RUN/outcomes/N.pkl     each chunk result with the fingerprints it was computed from (sealed)
+    RUN/outcomes/N.pkl     each chunk result with the fingerprints it was computed from (sealed;
+                           N in eight digits, numbered by arrival: ``record_name``)
     RUN/lock               held (flock) by the process running it: one run at a time
 
 Outcomes are recorded the moment they arrive, so a caller killed half-way (even by SIGKILL)
@@ -31,6 +32,7 @@ import datetime
 import json
 import logging
 import os
+import posixpath
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -41,31 +43,39 @@ from typing import Any
 from remotemap import integrity
 from remotemap.errors import RemotemapError, TamperedFile, UnsafePath
 from remotemap.execution import dumps, dumps_result, loads, loads_result
-from remotemap.locks import DirectoryLock
+from remotemap.locks import LOCK, DirectoryLock
 from remotemap.protocol import write_atomic
 from remotemap.run_records import Fingerprints, Stored, collect_outcome
+from remotemap.state import key_name, state_dir
 
 log = logging.getLogger("remotemap")
 
 #: The layout of a stored run; a run stored with another one is refused, not misread.
 FORMAT = 2
+#: The names in a stored run's directory (see the module's docstring), given here only.
 RUN_FILE, FINGERPRINTS, OUTCOMES = "run.json", "fingerprints.json", "outcomes"
-_OWN_ENTRIES = {RUN_FILE, FINGERPRINTS, OUTCOMES, "function.pkl", "tasks.pkl", "lock"}
+FUNCTION_FILE, TASKS_FILE = "function.pkl", "tasks.pkl"
+_OWN_ENTRIES = {RUN_FILE, FINGERPRINTS, OUTCOMES, FUNCTION_FILE, TASKS_FILE, LOCK}
+_RECORD_SUFFIX = ".pkl"
 
 
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "remotemap" / "runs"
+def record_name(number: int) -> str:
+    """The file of a stored run's ``number``-th outcome record, relative to the run
+    (``outcomes/00000003.pkl``).
+
+    Not the worker protocol's ``protocol.outcome_name`` (``outcomes/000003.pkl``), though both
+    live in a directory called ``outcomes``: a record is numbered by arrival over every call
+    that resumed the run (not by chunk), holds a result with the fingerprints it came from, and
+    is sealed with the run's key alone, not per file name. Eight digits is what FORMAT 2
+    writes; another width would need a new FORMAT."""
+    return posixpath.join(OUTCOMES, f"{number:08d}{_RECORD_SUFFIX}")
 
 
-def keys_dir() -> Path:
-    """Where the runs' secret keys are: private, beside the index of runs."""
-    return state_dir().parent / "keys"
-
-
-def new_run_id() -> str:
-    now = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{now}-{secrets.token_hex(3)}"
+def record_number(path: Path) -> int | None:
+    """The number of the outcome record at ``path`` (see :func:`record_name`); None for any
+    other file."""
+    stem = path.name.removesuffix(_RECORD_SUFFIX)
+    return int(stem) if stem != path.name and stem.isdigit() else None
 
 
 def _now() -> str:
@@ -125,9 +135,9 @@ class RunStore:
         elif function_changed != "rerun":  # results of earlier versions kept on purpose
             fingerprints.accepted = list(stored.accepted)
         if stored.tasks != fingerprints.tasks:
-            write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
+            write_atomic(self.root / TASKS_FILE, self._sealed((largs, lkwargs)))
         if stored.function != fingerprints.function:
-            write_atomic(self.root / "function.pkl", self._sealed(function))
+            write_atomic(self.root / FUNCTION_FILE, self._sealed(function))
         self.fingerprints = fingerprints
         write_atomic(self.root / FINGERPRINTS, fingerprints.to_json())
         self.update(state="running", mode=mode, n_tasks=len(largs), function=fingerprints.name)
@@ -168,8 +178,8 @@ class RunStore:
         key_id = secrets.token_hex(16)
         self.key = make_key(key_id)
         self.fingerprints = fingerprints
-        write_atomic(self.root / "function.pkl", self._sealed(function))
-        write_atomic(self.root / "tasks.pkl", self._sealed((largs, lkwargs)))
+        write_atomic(self.root / FUNCTION_FILE, self._sealed(function))
+        write_atomic(self.root / TASKS_FILE, self._sealed((largs, lkwargs)))
         write_atomic(self.root / FINGERPRINTS, fingerprints.to_json())
         run_id = self._register()
         self.write_meta({"format": FORMAT, "id": run_id, "key": key_id, "mode": mode,
@@ -186,8 +196,8 @@ class RunStore:
                              "it")
         self.key = read_key(str(meta["key"]), self.root)
         self.fingerprints = Fingerprints.from_json((self.root / FINGERPRINTS).read_bytes())
-        numbers = [int(p.stem) for p in (self.root / OUTCOMES).glob("*.pkl") if p.stem.isdigit()]
-        self._next = max(numbers, default=-1) + 1
+        numbers = [record_number(p) for p in (self.root / OUTCOMES).glob(f"*{_RECORD_SUFFIX}")]
+        self._next = max((n for n in numbers if n is not None), default=-1) + 1
 
     # -- finding ---------------------------------------------------------------------------------
 
@@ -197,7 +207,7 @@ class RunStore:
         given = Path(run).expanduser()
         if cls.exists_at(given):
             return given.resolve()
-        index = state_dir()
+        index = state_dir("runs")
         entry = index / str(run)
         if index.is_dir() and (entry.is_symlink() or entry.is_dir()):
             integrity.check_private_dir(str(index))
@@ -214,7 +224,7 @@ class RunStore:
     def _register(self) -> str:
         """Link a run kept outside the state directory from it, for ``remotemap runs``; the
         run's id (its directory's name, unless another run has that one)."""
-        index = state_dir()
+        index = state_dir("runs")
         if self.root.parent == index:
             return self.root.name
         integrity.make_private_dir(str(index), fresh=False)
@@ -244,11 +254,11 @@ class RunStore:
         return loads(integrity.unseal(self.key, path.read_bytes(), str(path)))
 
     def function(self) -> Callable[..., Any]:
-        function: Callable[..., Any] = self._unsealed(self.root / "function.pkl")
+        function: Callable[..., Any] = self._unsealed(self.root / FUNCTION_FILE)
         return function
 
     def tasks(self) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-        largs, lkwargs = self._unsealed(self.root / "tasks.pkl")
+        largs, lkwargs = self._unsealed(self.root / TASKS_FILE)
         return largs, lkwargs
 
     def record(self, result: Any) -> None:
@@ -259,12 +269,12 @@ class RunStore:
         record = {"function": self.fingerprints.function,
                   "tasks": {i: self.fingerprints.tasks[i] for i in indices},
                   "result": dumps_result(result)}
-        write_atomic(self.root / OUTCOMES / f"{self._next:08d}.pkl", self._sealed(record))
+        write_atomic(self.root / record_name(self._next), self._sealed(record))
         self._next += 1
 
     def outcomes(self) -> Iterator[dict[str, Any]]:
         """Every stored outcome record that passes its integrity check, oldest first."""
-        for path in sorted((self.root / OUTCOMES).glob("*.pkl")):
+        for path in sorted((self.root / OUTCOMES).glob(f"*{_RECORD_SUFFIX}")):
             try:
                 record = self._unsealed(path)
                 if isinstance(record, dict) and isinstance(record.get("result"), bytes):
@@ -290,8 +300,8 @@ class RunStore:
         """Delete the run, its key and its link from the state directory."""
         meta = self.meta()
         shutil.rmtree(self.root, ignore_errors=True)
-        (keys_dir() / f"{meta.get('key')}.key").unlink(missing_ok=True)
-        link = state_dir() / str(meta.get("id"))
+        key_path(str(meta.get("key"))).unlink(missing_ok=True)
+        link = state_dir("runs") / str(meta.get("id"))
         if link.is_symlink():
             link.unlink()
 
@@ -305,28 +315,33 @@ def _check_link(entry: Path) -> None:
             str(entry), 0o700, st.st_uid, me=os.geteuid(), ancestor=False) or "not ours")
 
 
+def key_path(key_id: str) -> Path:
+    """The key file of a stored (or workflow) run, in the private keys directory of the state
+    home; only the base name of ``key_id`` is used, as it is read from the run's own files."""
+    return state_dir("keys") / key_name(key_id)
+
+
 def make_key(key_id: str) -> bytes:
     """A new key for run ``key_id``, kept in the private keys directory."""
-    integrity.make_private_dir(str(keys_dir()), fresh=False)
+    integrity.make_private_dir(str(state_dir("keys")), fresh=False)
     key = integrity.new_key()
-    integrity.write_key_file(str(keys_dir() / f"{key_id}.key"), key)
+    integrity.write_key_file(str(key_path(key_id)), key)
     return key
 
 
 def read_key(key_id: str, root: Path) -> bytes:
     """The key of the run stored in ``root``; UnsafePath if others could read or write it."""
-    path = keys_dir() / f"{os.path.basename(key_id)}.key"
     try:
-        return integrity.read_key_file(str(path))
+        return integrity.read_key_file(str(key_path(key_id)))
     except FileNotFoundError:
-        raise ValueError(f"the key of the run stored in {root} is not in {keys_dir()}: the run "
-                         "was stored by another account or machine (or with another "
+        raise ValueError(f"the key of the run stored in {root} is not in {state_dir('keys')}: "
+                         "the run was stored by another account or machine (or with another "
                          "XDG_STATE_HOME), or its key was removed; start a new run") from None
 
 
 def list_runs() -> list[RunStore]:
     """Every stored run that can be read safely; the others are named in a warning."""
-    index = state_dir()
+    index = state_dir("runs")
     if not index.is_dir():
         return []
     integrity.check_private_dir(str(index))

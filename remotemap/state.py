@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import posixpath
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,14 @@ def state_home() -> Path:
 def state_dir(kind: StateKind) -> Path:
     """The directory indexing runs of ``kind`` (not created here)."""
     return state_home() / kind
+
+
+def key_name(run_id: str) -> str:
+    """``RUN_ID.key``: the file holding a run's secret key in a keys directory
+    (``state_dir("keys")`` here, its counterpart on a remote host). Only the base name of
+    ``run_id`` counts: ids are read back from files a run keeps, which must not point
+    elsewhere."""
+    return f"{posixpath.basename(run_id)}.key"
 
 
 def new_run_id() -> str:

@@ -78,10 +78,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
                "remotemap.workflow.remote_step"}):
         "Workflow.run calls run_workflow, which reads the graph; to be cut by making "
         "Workflow.run a thin call into workflow.run from above",
-    frozenset({"remotemap.cli.status_cmd", "remotemap.cli.ssh_status",
-               "remotemap.cli.workflow_status"}):
-        "the status blocks share StatusContext with the command that assembles them; "
-        "StatusContext belongs in a module of its own",
 }
 
 

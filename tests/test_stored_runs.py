@@ -19,7 +19,8 @@ import pytest
 from remotemap import RemoteException, remote_imap, remote_map
 from remotemap.errors import UnsafePath
 from remotemap.locks import RunDirectoryBusy
-from remotemap.runs import FunctionChanged, RunStore, keys_dir
+from remotemap.runs import FunctionChanged, RunStore
+from remotemap.state import state_dir
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
@@ -184,9 +185,9 @@ def test_a_run_without_its_key_or_of_an_older_format_is_refused(tmp_path: Path) 
         with pytest.raises(RemoteException):
             remote_map(tf.fail_on, [(2,)], mode="serial", run_dir=tmp_path / name)
     meta = RunStore.existing(tmp_path / "keyless").meta()
-    (keys_dir() / f"{meta['key']}.key").unlink()
+    (state_dir("keys") / f"{meta['key']}.key").unlink()
     with pytest.raises(ValueError, match=rf"the key of the run stored in {tmp_path / 'keyless'}"
-                                         rf" is not in {keys_dir()}"):
+                                         rf" is not in {state_dir('keys')}"):
         remote_map(tf.fail_on, [(2,)], mode="serial", run_dir=tmp_path / "keyless")
     old = tmp_path / "older" / "run.json"
     old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items()

@@ -15,6 +15,7 @@ import pytest
 from remotemap.backends import _REGISTRY
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.driver import Policy
+from remotemap.state import state_dir
 from remotemap.workflow import (
     GraphError,
     GraphPlan,
@@ -24,7 +25,6 @@ from remotemap.workflow import (
     run_here,
 )
 from remotemap.workflow.run import GRAPH_RUNNERS
-from remotemap.workflow.store import workflows_dir
 from tests.test_workflow import (
     add_noted,
     calls,
@@ -52,7 +52,7 @@ def test_serial_runs_lowest_ready_id_first(tmp_path: Path) -> None:
 
 def _no_step_ran(log: Path) -> None:
     assert not log.exists()
-    assert not workflows_dir().exists() or not any(workflows_dir().iterdir())
+    assert not state_dir("workflows").exists() or not any(state_dir("workflows").iterdir())
 
 
 def test_unknown_prerequisite_names_the_step(tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ import pytest
 from remotemap.cli import main as cli_main
 from remotemap.cli.workflow_status import run_state
 from remotemap.execution import this_host
+from remotemap.state import state_dir
 from remotemap.workflow import Workflow
 from remotemap.workflow.store import (
     _prune_index,
     list_workflow_runs,
-    workflows_dir,
 )
 from tests.test_workflow import (
     calls,
@@ -76,9 +76,9 @@ def test_the_index_forgets_old_report_only_runs(tmp_path: Path) -> None:
     for _ in range(3):
         wf.run("serial")
     wf.run("serial", run_dir=tmp_path / "kept")
-    (workflows_dir() / "gone").symlink_to(tmp_path / "removed-by-its-owner")
+    (state_dir("workflows") / "gone").symlink_to(tmp_path / "removed-by-its-owner")
     _prune_index(keep=1)
-    kinds = sorted("link" if p.is_symlink() else "dir" for p in workflows_dir().iterdir())
+    kinds = sorted("link" if p.is_symlink() else "dir" for p in state_dir("workflows").iterdir())
     assert kinds == ["dir", "link"]  # the latest report-only run, and the kept run's link
     assert (tmp_path / "kept" / "workflow.json").is_file()
 

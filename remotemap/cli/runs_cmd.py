@@ -9,7 +9,8 @@ from typing import Any
 
 from remotemap.errors import TamperedFile, UnsafePath
 from remotemap.locks import DirectoryLock, RunDirectoryBusy
-from remotemap.runs import RunStore, list_runs, state_dir
+from remotemap.runs import RunStore, list_runs
+from remotemap.state import state_dir
 
 
 def _counts(store: RunStore) -> tuple[int, int, int]:
@@ -33,7 +34,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if stores is None:
         return 1
     if not stores:
-        print(f"no stored runs in {state_dir()}")
+        print(f"no stored runs in {state_dir('runs')}")
         return 0
     print(f"{'RUN':<24} {'MODE':<17} {'CREATED':<20} {'STATE':<8} {'OK':>6} {'FAILED':>6} "
           f"{'PENDING':>7}  FUNCTION")
@@ -105,7 +106,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     runs = subparsers.add_parser(
         "runs", parents=[common], help="list stored runs (mode, when, ok/failed/pending)",
         description="List the runs stored with remote_map(..., run_dir=...) and where they "
-        f"are ({state_dir()}).")
+        f"are ({state_dir('runs')}).")
     runs.set_defaults(handler=cmd_runs)
     retry = subparsers.add_parser(
         "retry", parents=[common], help="rerun the failed and unfinished tasks of a run",

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from remotemap.cli.status_cmd import StatusContext
+    from remotemap.cli.status_context import StatusContext
 
 
 def ssh_block(ctx: StatusContext) -> bool:

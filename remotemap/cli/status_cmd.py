@@ -9,37 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from remotemap._version import __version__
 from remotemap.backends import backend_names, unavailable_reason
 from remotemap.cli.config_cmd import describe_source
+from remotemap.cli.status_context import ReportBlock, StatusContext
 from remotemap.config import Config, config_path, load_config
 from remotemap.errors import ConfigError
-
-
-@dataclass
-class StatusContext:
-    """What every report block may look at, gathered once."""
-
-    args: argparse.Namespace
-    path: Path
-    source: str
-    #: The loaded config, or the defaults when the file could not be used (see ``error``),
-    #: so later blocks still report something useful.
-    config: Config
-    error: ConfigError | None
-    out: TextIO
-
-    def line(self, text: str = "") -> None:
-        print(text, file=self.out)
-
-
-#: A block prints its part of the report and returns False when it found a problem.
-ReportBlock = Callable[[StatusContext], bool]
 
 
 def config_block(ctx: StatusContext) -> bool:

@@ -6,14 +6,14 @@ gone while its report still says "running" was killed half-way, and is shown as 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from remotemap.execution import this_host
-from remotemap.workflow.store import list_workflow_runs, workflows_dir
+from remotemap.state import pid_alive, state_dir
+from remotemap.workflow.store import list_workflow_runs
 
 if TYPE_CHECKING:
-    from remotemap.cli.status_cmd import StatusContext
+    from remotemap.cli.status_context import StatusContext
 
 #: How many runs the report shows, latest first, and how many steps of each.
 RUNS_SHOWN = 5
@@ -21,22 +21,10 @@ STEPS_SHOWN = 12
 _REASON_CHARS = 100
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
 def run_state(report: dict[str, Any]) -> str:
     state = str(report.get("state", "?"))
     if state == "running" and report.get("host") == this_host() \
-            and not _alive(report.get("pid")):
+            and not pid_alive(report.get("pid")):
         return "stopped half-way (its process is gone; rerun it with the same run_dir)"
     return state
 
@@ -86,10 +74,10 @@ def _step_line(step: dict[str, Any], width: int) -> str:
 def workflow_block(ctx: StatusContext) -> bool:
     runs = list_workflow_runs()
     if not runs:
-        ctx.line(f"workflow runs: none yet (they are listed in {workflows_dir()})")
+        ctx.line(f"workflow runs: none yet (they are listed in {state_dir('workflows')})")
         return True
     more = f", the latest {RUNS_SHOWN} shown" if len(runs) > RUNS_SHOWN else ""
-    ctx.line(f"workflow runs: {len(runs)} in {workflows_dir()}{more}")
+    ctx.line(f"workflow runs: {len(runs)} in {state_dir('workflows')}{more}")
     for path, report in runs[:RUNS_SHOWN]:
         _describe_run(ctx, path, report)
     # A failed workflow is the user's business, not a problem with this installation.

@@ -3,7 +3,7 @@
 paramiko is imported only when a connection is made, so ``import remotemap`` never needs it.
 """
 
-from remotemap.ssh.connection import CompletedCommand, Connection
+from remotemap.ssh.connection import Connection
 from remotemap.ssh.errors import (
     AuthenticationFailed,
     CommandTimeout,
@@ -17,7 +17,7 @@ from remotemap.ssh.errors import (
 from remotemap.ssh.hosts import HostKeyPolicy, HostSpec, connection_options, resolve_host
 from remotemap.ssh.known_hosts import fingerprint_sha256
 from remotemap.ssh.probe import ProbeResult, probe
-from remotemap.ssh.process import RemoteProcess
+from remotemap.ssh.process import CompletedCommand, RemoteProcess
 from remotemap.ssh.quoting import quote_argv
 
 __all__ = [

@@ -13,13 +13,19 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from remotemap.ssh.errors import CommandTimeout, HostUnreachable, RemoteCommandFailed, SSHError
 from remotemap.ssh.hosts import HostKeyPolicy, HostSpec, PathArg, resolve_host
-from remotemap.ssh.process import RemoteProcess, Where, collect, read_pid, with_pid
+from remotemap.ssh.process import (
+    CompletedCommand,
+    RemoteProcess,
+    Where,
+    collect,
+    read_pid,
+    with_pid,
+)
 from remotemap.ssh.quoting import quote_argv, remote_path
 from remotemap.ssh.transport import (
     Credentials,
@@ -37,29 +43,6 @@ log = logging.getLogger("remotemap.ssh")
 
 #: How many ProxyJump hops (including ones a jump host's own config adds) before we call it a loop.
 MAX_JUMP_DEPTH = 8
-
-
-@dataclass(frozen=True)
-class CompletedCommand:
-    """The outcome of :meth:`Connection.run`. ``exit_status`` is -1 when the server sent none
-    (the command was killed by a signal)."""
-
-    argv: list[str]
-    exit_status: int
-    stdout: bytes = field(repr=False)
-    stderr: bytes = field(repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    @property
-    def stdout_text(self) -> str:
-        return self.stdout.decode("utf-8", errors="replace")
-
-    @property
-    def stderr_text(self) -> str:
-        return self.stderr.decode("utf-8", errors="replace")
 
 
 class Connection:

@@ -131,6 +131,77 @@ def _read_ssh_config(path: PathArg | None, host: str) -> tuple[dict[str, Any], P
     return dict(config.lookup(host)), config_path
 
 
+class _Lookup:
+    """What the ssh config says for one host, and where each resolved setting came from."""
+
+    def __init__(self, cfg: dict[str, Any], cfg_path: Path | None) -> None:
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.from_cfg = f"ssh config {cfg_path}"
+        #: Setting name -> "argument", "host spec", "ssh config PATH" or "default".
+        self.sources: dict[str, str] = {}
+
+    def pick(self, setting: str, explicit: Any, from_spec: Any, cfg_key: str,
+             default: Any) -> Any:
+        """The first of: the argument, the host spec, the config's value (``none`` is unset
+        there, as in OpenSSH), the default; noting which it was."""
+        for value, source in ((explicit, "argument"), (from_spec, "host spec")):
+            if value is not None:
+                self.sources[setting] = source
+                return value
+        value = self.cfg.get(cfg_key)
+        if value is not None and str(value).lower() != "none":
+            self.sources[setting] = self.from_cfg
+            return value
+        self.sources[setting] = "default"
+        return default
+
+
+def _key_files(given: PathArg | Sequence[PathArg] | None, found: _Lookup) -> tuple[Path, ...]:
+    """Which identity files to offer: the argument's, else the config's IdentityFile, else
+    the default ones that exist."""
+    if given is not None:
+        found.sources["key_files"] = "argument"
+        return _paths(given)
+    if found.cfg.get("identityfile"):
+        found.sources["key_files"] = found.from_cfg
+        return _paths(found.cfg["identityfile"])
+    found.sources["key_files"] = "default"
+    return tuple(p for p in _paths(DEFAULT_IDENTITY_FILES) if p.exists())
+
+
+def _known_hosts_files(given: PathArg | Sequence[PathArg] | None,
+                       found: _Lookup) -> tuple[Path, ...]:
+    """Which files hold the known host keys, in lookup order: the argument's, then the
+    user's (UserKnownHostsFile, else ~/.ssh/known_hosts), then the global ones."""
+    user_files = found.pick("known_hosts", None, None, "userknownhostsfile",
+                            DEFAULT_USER_KNOWN_HOSTS)
+    global_files = found.cfg.get("globalknownhostsfile", GLOBAL_KNOWN_HOSTS)
+    files = _paths(str(user_files).split()) + _paths(str(global_files).split())
+    if given is None:
+        return files
+    found.sources["known_hosts"] = "argument"
+    return _paths(given) + files
+
+
+def _host_key_policy(given: HostKeyPolicy | None, found: _Lookup, alias: str) -> HostKeyPolicy:
+    """Whether an unknown host key is refused or accepted: the argument (one of
+    HOST_KEY_POLICIES), else the config's StrictHostKeyChecking, else ``reject``."""
+    value = found.pick("host_key_policy", given, None, "stricthostkeychecking", None)
+    if value is None:
+        return "reject"
+    if found.sources["host_key_policy"] == "argument":
+        if value not in HOST_KEY_POLICIES:
+            raise ConfigError(f"invalid host_key_policy: {value!r}, expected one of "
+                              f"{list(HOST_KEY_POLICIES)}")
+        return cast(HostKeyPolicy, value)
+    try:
+        return _STRICT_VALUES[str(value).lower()]
+    except KeyError:
+        raise ConfigError(f"invalid StrictHostKeyChecking {value!r} for host {alias}",
+                          path=found.cfg_path) from None
+
+
 def resolve_host(
     host: str,
     *,
@@ -154,61 +225,15 @@ def resolve_host(
     writes to the first file of that list.
     """
     spec_user, alias, spec_port = split_host_spec(host)
-    cfg, cfg_path = _read_ssh_config(ssh_config, alias)
-    from_cfg = f"ssh config {cfg_path}"
-    sources: dict[str, str] = {}
-
-    def pick(setting: str, explicit: Any, from_spec: Any, cfg_key: str, default: Any) -> Any:
-        for value, source in ((explicit, "argument"), (from_spec, "host spec")):
-            if value is not None:
-                sources[setting] = source
-                return value
-        value = cfg.get(cfg_key)
-        if value is not None and str(value).lower() != "none":
-            sources[setting] = from_cfg
-            return value
-        sources[setting] = "default"
-        return default
-
-    hostname = cfg.get("hostname", alias)
-    sources["hostname"] = from_cfg if hostname != alias else "host spec"
+    found = _Lookup(*_read_ssh_config(ssh_config, alias))
+    pick = found.pick
+    hostname = found.cfg.get("hostname", alias)
+    found.sources["hostname"] = found.from_cfg if hostname != alias else "host spec"
     resolved_port = _parse_port(str(pick("port", port, spec_port, "port", 22)), host)
     resolved_user = str(pick("user", user, spec_user, "user", None) or getpass.getuser())
-
-    keys: tuple[Path, ...]
-    if key_file is not None:
-        keys, sources["key_files"] = _paths(key_file), "argument"
-    elif cfg.get("identityfile"):
-        keys, sources["key_files"] = _paths(cfg["identityfile"]), from_cfg
-    else:
-        candidates = _paths(DEFAULT_IDENTITY_FILES)
-        keys, sources["key_files"] = tuple(p for p in candidates if p.exists()), "default"
-
-    user_files = pick("known_hosts", None, None, "userknownhostsfile", DEFAULT_USER_KNOWN_HOSTS)
-    global_files = cfg.get("globalknownhostsfile", GLOBAL_KNOWN_HOSTS)
-    hosts_files = _paths(str(user_files).split()) + _paths(str(global_files).split())
-    if known_hosts is not None:
-        hosts_files = _paths(known_hosts) + hosts_files
-        sources["known_hosts"] = "argument"
-
-    policy_value = pick("host_key_policy", host_key_policy, None, "stricthostkeychecking", None)
-    if policy_value is None:
-        policy: HostKeyPolicy = "reject"
-    elif sources["host_key_policy"] == "argument":
-        if policy_value not in HOST_KEY_POLICIES:
-            raise ConfigError(
-                f"invalid host_key_policy: {policy_value!r}, expected one of "
-                f"{list(HOST_KEY_POLICIES)}"
-            )
-        policy = cast(HostKeyPolicy, policy_value)
-    else:
-        try:
-            policy = _STRICT_VALUES[str(policy_value).lower()]
-        except KeyError:
-            raise ConfigError(
-                f"invalid StrictHostKeyChecking {policy_value!r} for host {alias}", path=cfg_path
-            ) from None
-
+    keys = _key_files(key_file, found)
+    hosts_files = _known_hosts_files(known_hosts, found)
+    policy = _host_key_policy(host_key_policy, found, alias)
     return HostSpec(
         alias=alias,
         hostname=str(hostname),
@@ -217,19 +242,15 @@ def resolve_host(
         key_files=keys,
         proxy_command=pick("proxy_command", proxy_command, None, "proxycommand", None),
         proxy_jump=pick("proxy_jump", proxy_jump, None, "proxyjump", None),
-        connect_timeout=float(
-            pick(
-                "connect_timeout", connect_timeout, None, "connecttimeout", DEFAULT_CONNECT_TIMEOUT
-            )
-        ),
-        keepalive=float(
-            pick("keepalive", keepalive, None, "serveraliveinterval", DEFAULT_KEEPALIVE)
-        ),
+        connect_timeout=float(pick("connect_timeout", connect_timeout, None, "connecttimeout",
+                                   DEFAULT_CONNECT_TIMEOUT)),
+        keepalive=float(pick("keepalive", keepalive, None, "serveraliveinterval",
+                             DEFAULT_KEEPALIVE)),
         known_hosts=hosts_files,
         host_key_alias=pick("host_key_alias", None, None, "hostkeyalias", None),
         host_key_policy=policy,
-        ssh_config=cfg_path,
-        sources=sources,
+        ssh_config=found.cfg_path,
+        sources=found.sources,
     )
 
 

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,29 @@ class Where:
     host: str
     port: int
     user: str
+
+
+@dataclass(frozen=True)
+class CompletedCommand:
+    """The outcome of ``Connection.run`` (all its output, from :func:`collect`).
+    ``exit_status`` is -1 when the server sent none (the command was killed by a signal)."""
+
+    argv: list[str]
+    exit_status: int
+    stdout: bytes = field(repr=False)
+    stderr: bytes = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def stdout_text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", errors="replace")
 
 
 # Prints its pid, then becomes the command (same pid: sshd made it a session and group leader,

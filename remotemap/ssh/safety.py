@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from remotemap.errors import UnsafePath
 from remotemap.integrity import KEY_SIZE, unsafe_reason
 from remotemap.ssh.quoting import remote_path
+from remotemap.state import key_name
 
 if TYPE_CHECKING:
     from remotemap.ssh.connection import Connection
@@ -72,7 +73,7 @@ def write_remote_key(conn: Connection, uid: int, folder: str, run_id: str, key: 
     folder = check_remote_parent(conn, folder, uid)
     conn.makedirs_private(folder)
     check_remote_private(conn, folder, uid)
-    path = posixpath.join(folder, f"{run_id}.key")
+    path = posixpath.join(folder, key_name(run_id))
     conn.put_bytes(path, key.hex().encode() + b"\n", mode=0o600)
     return path
 

@@ -11,12 +11,11 @@ is unpickled. Imported by the worker: standard library and remotemap's protocol 
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from remotemap.errors import RemotemapError, TamperedFile
-from remotemap.protocol import OUTCOMES, decode_outcome, read_file, unseal_file, worker_key
+from remotemap.protocol import open_outcome, outcome_chunk_id, read_file, worker_key
 from remotemap.workflow.graph import resolve
 
 
@@ -25,14 +24,19 @@ class PrerequisiteUnavailable(RemotemapError, RuntimeError):
 
 
 def prerequisite_value(step: int, path: str, token: str) -> Any:
+    """Step ``step``'s value in the outcome file ``path``, judged by ``open_outcome`` like
+    every outcome; PrerequisiteUnavailable saying why there is none."""
+    chunk_id = outcome_chunk_id(path)
+    if chunk_id is None:
+        raise PrerequisiteUnavailable(f"step {step}'s outcome {path} is not named as an "
+                                      "outcome file")
     try:
         data = read_file(path)
     except OSError as exc:
         raise PrerequisiteUnavailable(f"step {step}'s outcome cannot be read from {path}: "
                                       f"{exc}") from None
-    name = posixpath.join(OUTCOMES, posixpath.basename(path))
     try:
-        result = decode_outcome(unseal_file(worker_key(), name, data, path), token)
+        result = open_outcome(worker_key(), chunk_id, data, token, path)
     except TamperedFile as exc:
         raise PrerequisiteUnavailable(f"step {step}'s outcome was refused: {exc}") from None
     if result is None:

@@ -37,7 +37,8 @@ from remotemap.execution import dumps, loads, this_host
 from remotemap.locks import LOCK, DirectoryLock
 from remotemap.locks import RunDirectoryBusy as RunDirectoryBusy  # where it was defined before
 from remotemap.protocol import write_atomic
-from remotemap.runs import make_key, new_run_id, read_key, state_dir
+from remotemap.runs import make_key, read_key
+from remotemap.state import new_run_id, state_dir
 
 log = logging.getLogger("remotemap")
 
@@ -54,11 +55,6 @@ def _now() -> str:
 def _owner() -> dict[str, Any]:
     """Which process runs the workflow: lets ``status`` tell a run killed half-way."""
     return {"pid": os.getpid(), "host": this_host()}
-
-
-def workflows_dir() -> Path:
-    """The index of workflow runs (next to the stored ``remote_map`` runs)."""
-    return state_dir().parent / "workflows"
 
 
 class WorkflowStore:
@@ -84,8 +80,8 @@ class WorkflowStore:
     def open(cls, run_dir: str | os.PathLike[str] | None, name: str, mode: str) -> WorkflowStore:
         """The run in ``run_dir`` (made, or reopened to resume), or a report-only run."""
         if run_dir is None:
-            integrity.make_private_dir(str(workflows_dir()), fresh=False)
-            root = workflows_dir() / new_run_id()
+            integrity.make_private_dir(str(state_dir("workflows")), fresh=False)
+            root = state_dir("workflows") / new_run_id()
             root.mkdir(mode=0o700)
             store = cls(root, keep_values=False)
             store.write_report({"id": root.name, "name": name, "mode": mode, "runs": 1,
@@ -129,7 +125,7 @@ class WorkflowStore:
         self._register()
 
     def _register(self) -> None:
-        link = workflows_dir() / str(self.read_report()["id"])
+        link = state_dir("workflows") / str(self.read_report()["id"])
         if link.is_symlink() or link.exists():
             return
         link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -194,7 +190,7 @@ def _prune_index(keep: int = KEEP_REPORTS) -> None:
     """Forget all but the latest ``keep`` report-only runs, and links to removed runs: runs
     without a ``run_dir`` would otherwise pile up for ever. Kept run directories (``run_dir``)
     are the user's and are never removed, only unlinked once gone."""
-    index = workflows_dir()
+    index = state_dir("workflows")
     report_only = []
     for entry in index.iterdir():
         if entry.is_symlink():
@@ -209,7 +205,7 @@ def _prune_index(keep: int = KEEP_REPORTS) -> None:
 
 def list_workflow_runs() -> list[tuple[Path, dict[str, Any]]]:
     """Every indexed workflow run that can still be read, most recently updated first."""
-    index = workflows_dir()
+    index = state_dir("workflows")
     if not index.is_dir():
         return []
     found: list[tuple[int, Path, dict[str, Any]]] = []
