@@ -241,7 +241,8 @@ def test_max_parallel_one_runs_steps_one_after_another(runner: Runner,
 
 def test_ready_steps_run_at_once(runner: Runner, shared_dir: Path) -> None:
     if runner.mode == "serial":
-        pytest.skip("serial runs one step at a time, in order (tested below)")
+        pytest.skip("serial runs one step at a time, in order "
+                    "(test_workflow_graph.py::test_serial_runs_lowest_ready_id_first)")
     wf = Workflow("at once")
     first = wf.add_step(meet, str(shared_dir), "a", "b", prerequisites=[])
     second = wf.add_step(meet, str(shared_dir), "b", "a", prerequisites=[])
