@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException, TaskFailure
-from remotemap.backends.cluster_files import ClusterError
+from remotemap.backends.cluster.files import ClusterError
 from remotemap.execution import dumps
 from remotemap.integrity import write_key_file
 from remotemap.protocol import (
