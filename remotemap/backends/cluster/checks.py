@@ -28,6 +28,7 @@ COMMANDS = {"slurm": ("sbatch", "sacct", "scancel", "srun"), "pbspro": ("qsub", 
 DEFAULT_SLURM_CONFS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf",
                        "/usr/local/etc/slurm.conf")
 
+
 class EngineError(RemotemapError, RuntimeError):
     """Why the engine cannot (or could not) run the round; the message is shown to users."""
 

@@ -88,8 +88,9 @@ class SacctRecord:
         step is recorded with its code, and a FAILED job shows the non-zero code it failed
         with (``FAILED|0:0`` is an end whose code has not arrived: read as such, a job that
         exited with 7 would pass for one that exited normally without its outcome)."""
-        failed_without_code = (self.state == "FAILED" and not self.exit_code
-                               and not self.exit_signal and not self.step_signal)
+        failed_without_code = self.state == "FAILED" and not any(
+            (self.exit_code, self.exit_signal, self.step_signal, self.derived_code,
+             self.derived_signal))
         return self.steps > 0 and not self.steps_unsettled and not failed_without_code
 
     @property
