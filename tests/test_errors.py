@@ -14,8 +14,8 @@ from types import ModuleType
 import pytest
 
 import remotemap
-from remotemap.backends.cluster_engine import EngineError
-from remotemap.backends.cluster_files import ClusterError
+from remotemap.backends.cluster.checks import EngineError
+from remotemap.backends.cluster.files import ClusterError
 from remotemap.backends.remote_files import RemoteSetupError
 from remotemap.errors import (
     BackendUnavailable,
@@ -52,8 +52,8 @@ INTERNAL = {
     # its task unique instead; callers never see it.
     "remotemap.fingerprint._Unhashable",
     # The cluster engine's own stop signal (run directory or scheduler config gone): caught in
-    # cluster_engine.serve, which prints it to the round's log and exits 1.
-    "remotemap.backends.cluster_engine.Abandoned",
+    # cluster.engine.serve, which prints it to the round's log and exits 1.
+    "remotemap.backends.cluster.engine.Abandoned",
 }
 
 

@@ -69,10 +69,6 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 #: Import circles tolerated for now, as the set of modules in each; same rule as above.
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"remotemap.backends.cluster", "remotemap.backends.cluster_detach",
-               "remotemap.backends.cluster_runs"}):
-        "the flat cluster modules share helpers both ways; the cluster package split "
-        "(issue 11 item 1) orders them",
     frozenset({"remotemap.workflow.graph", "remotemap.workflow.run", "remotemap.workflow.keys",
                "remotemap.workflow.schedule", "remotemap.workflow.on_cluster",
                "remotemap.workflow.remote_step"}):

@@ -26,6 +26,8 @@ WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remote
                   "remotemap.worker_run"}
 ENGINE_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.tasks",
                   "remotemap.backends", "remotemap.backends.base", "remotemap.session",
+                  "remotemap.backends.cluster", "remotemap.backends.cluster.checks",
+                  "remotemap.backends.cluster.layout", "remotemap.backends.cluster.engine",
                   "remotemap.backends.cluster_engine"}
 
 # Runs in a fresh interpreter: imports or runs (as ``-m`` does, through runpy) one module, then

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException
-from remotemap.backends.cluster_files import ClusterError
+from remotemap.backends.cluster.files import ClusterError
 from remotemap.runs import RunStore
 from tests import taskfuncs as tf
 from tests.backends import Runner

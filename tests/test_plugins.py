@@ -131,11 +131,6 @@ def test_builtin_sections_are_their_backends_own() -> None:
         section = modes.mode_section(name)
         assert section is None or section.name == name
         declared = get_backend_class(name).config_section
-        if name == "cluster" and declared is None:
-            # ClusterBackend is being split into a package: it gets its config_section
-            # (remotemap.backends.cluster_options.CLUSTER) when that lands.
-            assert section is not None and section.key("scheduler") is not None
-            continue
         assert declared is section, name
 
 

@@ -114,7 +114,8 @@ def test_remote_dir_under_an_unsafe_parent_is_refused(sshd_host: Any, remote_pyt
 
 def test_cluster_shared_dir_under_an_unsafe_parent_is_refused(tmp_path: Path,
                                                               unsafe_kind: str) -> None:
-    from remotemap.backends.cluster import cluster_settings, create_run
+    from remotemap.backends.cluster.session import create_run
+    from remotemap.backends.cluster.settings import cluster_settings
 
     parent = _unsafe_dir(tmp_path, unsafe_kind)
     settings = cluster_settings({"scheduler": "local", "shared_dir": str(parent / "runs")})
@@ -282,7 +283,8 @@ def test_planted_outcome_fails_its_task_on_ssh(sshd_host: Any, remote_python: Pa
 
 def test_planted_outcome_fails_its_task_on_cluster(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from remotemap.backends.cluster import cluster_settings, create_run
+    from remotemap.backends.cluster.session import create_run
+    from remotemap.backends.cluster.settings import cluster_settings
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     marker = tmp_path / "pwned"

@@ -13,8 +13,8 @@ from remotemap.errors import RemoteException
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from remotemap.backends.cluster_detach import collect
-    from remotemap.backends.cluster_files import ClusterError
+    from remotemap.backends.cluster.detached import collect
+    from remotemap.backends.cluster.files import ClusterError
 
     failures: list[Any] = []
     try:
@@ -38,8 +38,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from remotemap.backends.cluster_detach import cancel
-    from remotemap.backends.cluster_files import ClusterError
+    from remotemap.backends.cluster.detached import cancel
+    from remotemap.backends.cluster.files import ClusterError
 
     try:
         counts = cancel(args.run, timeout=args.timeout)
@@ -56,7 +56,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 def cluster_block(ctx: Any) -> bool:
     """``remotemap status``: every registered cluster run and its jobs per state."""
-    from remotemap.backends.cluster_detach import list_runs
+    from remotemap.backends.cluster.detached import list_runs
 
     runs = list_runs()
     if not runs:

@@ -39,7 +39,7 @@ BUILTIN_MODES: dict[str, tuple[str, str]] = {
                          "remotemap.backends.local_options:LOCAL_WITH_DUMPS"),
     "ssh": ("remotemap.backends.ssh:SSHBackend", "remotemap.backends.ssh_options:SSH"),
     "cluster": ("remotemap.backends.cluster:ClusterBackend",
-                "remotemap.backends.cluster_options:CLUSTER"),
+                "remotemap.backends.cluster.options:CLUSTER"),
 }
 
 BUILTIN_ORIGIN = "built into remotemap"

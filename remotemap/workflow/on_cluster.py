@@ -34,9 +34,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from remotemap.backends.cluster import close_run, create_run, local_problem
-from remotemap.backends.cluster_files import ClusterError
-from remotemap.backends.cluster_runs import ClusterRun
+from remotemap.backends.cluster.files import ClusterError
+from remotemap.backends.cluster.runs import ClusterRun
+from remotemap.backends.cluster.session import close_run, create_run, local_problem
+from remotemap.backends.cluster.settings import poll_interval
 from remotemap.driver import Policy, RetrySchedule
 from remotemap.errors import BackendUnavailable, TaskFailure
 from remotemap.execution import failure_from_exception, pickle_function
@@ -71,7 +72,7 @@ class _GraphRun:
         self.on_client: dict[concurrent.futures.Future[StepOutcome], int] = {}
         self.retries = RetrySchedule(policy)
         self.run: ClusterRun | None = None
-        self.interval = 0.3 if settings.get("host") else 0.05
+        self.interval = poll_interval(settings)
 
     def outcomes(self) -> Iterator[StepOutcome]:
         with concurrent.futures.ThreadPoolExecutor(1, "remotemap-client-step") as client:

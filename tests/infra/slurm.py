@@ -18,15 +18,31 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from tests.infra.slurm_configs import (
+    DB_USER,
+    PARTITION,
+    Ports,
+    mariadbd_command,
+    munged_command,
+    write_configs,
+)
+from tests.infra.slurm_processes import (
+    REQUIRED_COMMANDS,
+    free_ports,
+    kill_stragglers,
+    missing_commands,
+    port_open,
+    tail,
+    terminate,
+)
 
 __all__ = [
     "REQUIRED_COMMANDS",
@@ -36,22 +52,6 @@ __all__ = [
     "missing_commands",
 ]
 
-REQUIRED_COMMANDS = (
-    "munged",
-    "mariadb-install-db",
-    "mariadbd",
-    "slurmdbd",
-    "slurmctld",
-    "slurmd",
-    "sbatch",
-    "sacct",
-    "sinfo",
-    "scancel",
-    "squeue",
-)
-PARTITION = "debug"
-CLUSTER_NAME = "remotemaptest"
-_DB_USER = "slurm"
 _TERMINAL_STATES = frozenset(
     {
         "COMPLETED",
@@ -87,37 +87,6 @@ class JobRecord:
     @property
     def finished(self) -> bool:
         return self.state in _TERMINAL_STATES
-
-
-def missing_commands() -> list[str]:
-    """The executables of :data:`REQUIRED_COMMANDS` that are not on PATH (or /usr/sbin)."""
-    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
-    return [name for name in REQUIRED_COMMANDS if shutil.which(name, path=path) is None]
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (all sockets held until every port is picked)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class SingleNodeSlurm:
@@ -207,21 +176,22 @@ class SingleNodeSlurm:
         for sub in ("etc", "munge", "db", "log", "ctld", "spool", "run"):
             (root / sub).mkdir(mode=0o755 if sub == "munge" else 0o700)
         (root / "spool" / "slurmd-localhost").mkdir()
-        db_port, dbd_port, ctld_port, slurmd_port = _free_ports(4)
+        ports = Ports(*free_ports(4))
         db_password = secrets.token_hex(12)
         self._write_munge_key()
-        self._spawn("munged", self._munged_command())
+        self._spawn("munged", munged_command(self.state_dir, self.munge_socket))
         install = self._install_mariadb()
-        self._write_configs(db_port, dbd_port, ctld_port, slurmd_port, db_password)
+        write_configs(root, self.munge_socket, ports, db_password, cpus=self.cpus,
+                      max_time_minutes=self.max_time_minutes)
         self._wait(lambda: self.munge_socket.exists(), "munged socket")
         self._finish("mariadb-install-db", install)
-        self._spawn("mariadbd", self._mariadbd_command(db_port))
-        self._wait(lambda: _port_open(db_port), "mariadbd port")
+        self._spawn("mariadbd", mariadbd_command(self.state_dir, ports.db))
+        self._wait(lambda: port_open(ports.db), "mariadbd port")
         self._create_db_user(db_password)
         self._spawn("slurmdbd", ["slurmdbd", "-D"])
-        self._wait(lambda: _port_open(dbd_port), "slurmdbd port")
+        self._wait(lambda: port_open(ports.dbd), "slurmdbd port")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i"])
-        self._wait(lambda: _port_open(ctld_port), "slurmctld port")
+        self._wait(lambda: port_open(ports.ctld), "slurmctld port")
         self._spawn("slurmd", ["slurmd", "-D", "-N", "localhost"])
         self._wait(self._node_idle, "node idle in sinfo")
         self._wait(self._sacct_answers, "sacct answer")
@@ -230,19 +200,6 @@ class SingleNodeSlurm:
         key = self.state_dir / "munge" / "munge.key"
         key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
-
-    def _munged_command(self) -> list[str]:
-        munge = self.state_dir / "munge"
-        return [
-            "munged",
-            "--foreground",
-            "--force",
-            f"--socket={self.munge_socket}",
-            f"--key-file={munge / 'munge.key'}",
-            f"--log-file={self.state_dir / 'log' / 'munged.log'}",
-            f"--pid-file={munge / 'munged.pid'}",
-            f"--seed-file={munge / 'munged.seed'}",
-        ]
 
     def _install_mariadb(self) -> subprocess.Popen[bytes]:
         """Start ``mariadb-install-db`` (it runs while the configs are written)."""
@@ -267,8 +224,8 @@ class SingleNodeSlurm:
     def _create_db_user(self, password: str) -> None:
         """The bootstrap runs without grant tables, so the slurmdbd account is made here."""
         sql = (
-            f"CREATE USER '{_DB_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
-            f"GRANT ALL PRIVILEGES ON *.* TO '{_DB_USER}'@'127.0.0.1';"
+            f"CREATE USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{DB_USER}'@'127.0.0.1';"
         )
         result = subprocess.run(
             [
@@ -286,99 +243,6 @@ class SingleNodeSlurm:
         )
         if result.returncode != 0:
             raise SlurmStartError(f"creating the database user failed: {result.stderr}", "")
-
-    def _mariadbd_command(self, port: int) -> list[str]:
-        root = self.state_dir
-        return [
-            "mariadbd",
-            "--no-defaults",
-            "--user=root",
-            f"--datadir={root / 'db'}",
-            f"--socket={root / 'run' / 'mariadb.sock'}",
-            f"--pid-file={root / 'run' / 'mariadb.pid'}",
-            f"--log-error={root / 'log' / 'mariadb.log'}",
-            "--bind-address=127.0.0.1",
-            f"--port={port}",
-            "--skip-name-resolve",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=32M",
-            "--innodb-flush-log-at-trx-commit=0",
-        ]
-
-    def _write_configs(
-        self, db_port: int, dbd_port: int, ctld_port: int, slurmd_port: int, db_password: str
-    ) -> None:
-        root = self.state_dir
-        etc = root / "etc"
-        auth_info = f"AuthInfo=socket={self.munge_socket}"
-        (etc / "plugstack.conf").write_text("")
-        slurm_conf = f"""\
-ClusterName={CLUSTER_NAME}
-SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-{auth_info}
-StateSaveLocation={root / "ctld"}
-SlurmdSpoolDir={root / "spool" / "slurmd-%n"}
-SlurmctldPidFile={root / "run" / "slurmctld.pid"}
-SlurmdPidFile={root / "run" / "slurmd-%n.pid"}
-SlurmctldLogFile={root / "log" / "slurmctld.log"}
-SlurmdLogFile={root / "log" / "slurmd.log"}
-SlurmctldDebug=info
-SlurmdDebug=info
-PlugStackConfig={etc / "plugstack.conf"}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SwitchType=switch/none
-LaunchType=launch/slurm
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-SlurmdParameters=config_overrides
-ReturnToService=2
-KillWait=2
-MinJobAge=60
-InactiveLimit=0
-MessageTimeout=10
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=task=2
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={dbd_port}
-AccountingStoragePass={self.munge_socket}
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN
-PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime={self.max_time_minutes} \
-DefaultTime={self.max_time_minutes} State=UP
-"""
-        (etc / "slurm.conf").write_text(slurm_conf)
-        dbd_conf = etc / "slurmdbd.conf"
-        dbd_conf.write_text(
-            f"""\
-AuthType=auth/munge
-{auth_info}
-DbdHost=localhost
-DbdAddr=127.0.0.1
-DbdPort={dbd_port}
-SlurmUser=root
-DebugLevel=info
-LogFile={root / "log" / "slurmdbd.log"}
-PidFile={root / "run" / "slurmdbd.pid"}
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={db_port}
-StorageUser={_DB_USER}
-StoragePass={db_password}
-StorageLoc=slurm_acct_db
-"""
-        )
-        dbd_conf.chmod(0o600)
 
     # ------------------------------------------------------------------- process helpers
     def _spawn(self, name: str, command: Sequence[str]) -> None:
@@ -424,9 +288,9 @@ StorageLoc=slurm_acct_db
             return ""
         parts = []
         for path in sorted((self._state_dir / "log").iterdir()):
-            tail = _tail(path)
-            if tail:
-                parts.append(f"--- {path.name}\n{tail}")
+            text = tail(path)
+            if text:
+                parts.append(f"--- {path.name}\n{text}")
         return "\n".join(parts)
 
     # ------------------------------------------------------------------------ client calls
@@ -508,63 +372,13 @@ StorageLoc=slurm_acct_db
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             proc = self._procs.pop(name, None)
             if proc is not None:
-                _terminate(proc, self._stop_timeout)
+                terminate(proc, self._stop_timeout)
         for proc in self._procs.values():
-            _terminate(proc, self._stop_timeout)
+            terminate(proc, self._stop_timeout)
         self._procs.clear()
-        _kill_stragglers(str(self.conf_path))
+        kill_stragglers(str(self.conf_path))
         if not self._keep_state_dir:
             shutil.rmtree(self._state_dir, ignore_errors=True)
         self._state_dir = None
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-
-
-def _processes_with_env(name: str, value: str) -> Iterator[int]:
-    """PIDs whose environment has ``name=value`` (our daemons' descendants carry SLURM_CONF)."""
-    needle = f"{name}={value}".encode()
-    spared = _ancestors(os.getpid())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spared:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            yield int(entry.name)
-
-
-def _ancestors(pid: int) -> set[int]:
-    """``pid`` and its parents up to init (never killed by :func:`_kill_stragglers`)."""
-    found = set()
-    while pid > 1 and pid not in found:
-        found.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rpartition(")")[2].split()[1])
-    return found
-
-
-def _kill_stragglers(conf_path: str) -> None:
-    """SIGKILL slurmstepd and job processes left behind by our slurmd (found by SLURM_CONF).
-
-    Only processes started by this cluster's daemons (or by clients pointed at it) carry its
-    private ``SLURM_CONF`` path, so nothing else is touched.
-    """
-    for pid in _processes_with_env("SLURM_CONF", conf_path):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)

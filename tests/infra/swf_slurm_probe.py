@@ -41,12 +41,12 @@ from soma_workflow.configuration import LIGHT_MODE, Configuration
 from soma_workflow.schedulers import slurm_scheduler
 
 # The fixed scheduler, the quiet controller and the light-mode controller builder are
-# remotemap's own now (remotemap/backends/cluster_swf.py); this probe drives them.
-from remotemap.backends.cluster_swf import QuietWorkflowController, adopt_workflow
-from remotemap.backends.cluster_swf import (  # re-exported: tests/test_slurm_infra.py uses them
+# remotemap's own now (remotemap/backends/cluster/swf.py); this probe drives them.
+from remotemap.backends.cluster.swf import QuietWorkflowController, adopt_workflow
+from remotemap.backends.cluster.swf import (  # re-exported: tests/test_slurm_infra.py uses them
     SacctSlurmScheduler as SacctSlurmScheduler,
 )
-from remotemap.backends.cluster_swf import light_controller as light_controller
+from remotemap.backends.cluster.swf import light_controller as light_controller
 from tests.infra.slurm import SingleNodeSlurm
 
 

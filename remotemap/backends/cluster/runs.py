@@ -3,11 +3,12 @@
 Each task is one chunk file of the run directory (so a job that dies loses nothing its
 earlier tasks computed). A *round* is one soma-workflow workflow: its tasks grouped into jobs
 of ``tasks_per_job``, each job ``python -m remotemap.worker run RUN_DIR FILE...``, run by one
-engine (``cluster_engine``) on the submitting host. The caller polls two things, and only
-files: outcome files (a task's result, streamed back as soon as it is written) and each
-round's status file (what soma-workflow knows of each job).
+engine (``engine``) on the submitting host; its files are named in ``layout``. The caller
+polls two things, and only files: outcome files (a task's result, streamed back as soon as it
+is written) and each round's status file (what soma-workflow knows of each job).
 
-When a round is over, every task of it without an outcome is judged from its job's end:
+When a round is over, every task of it without an outcome is judged from its job's end
+(``verdict.JobEnd``):
 
 * the job ran and ended abnormally: its first task without an outcome was running, and fails
   with the job's story (scheduler job id, state, exit value or signal, stderr tail) - kind
@@ -26,24 +27,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import posixpath
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from remotemap.backends.cluster_files import ClusterError, RunFiles, engine_env, engine_python
+from remotemap.backends.cluster import layout
+from remotemap.backends.cluster.files import ClusterError, RunFiles
+from remotemap.backends.cluster.rounds import Round, watch_engine
+from remotemap.backends.cluster.settings import (
+    engine_env,
+    engine_python,
+    poll_interval,
+    round_spec,
+)
+from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
 from remotemap.protocol import (
     FUNCTION,
+    META,
+    OUTCOMES,
     RunLayout,
     chunk_name,
     encode_runnable,
-    exit_status_text,
     new_token,
     open_outcome,
+    outcome_name,
     seal_file,
     unseal_file,
 )
@@ -55,119 +66,6 @@ log = logging.getLogger("remotemap")
 MAX_ROUNDS = 2
 #: A round with more jobs than this runs its first job alone first (see build_workflow).
 CANARY_ABOVE = 8
-#: Seconds without a heartbeat (status rewritten) before an engine counts as dead.
-STALE_AFTER = 20.0
-#: Seconds an engine may take to write its first status.
-START_TIMEOUT = 60.0
-#: Times a dead engine is restarted for one round before the run gives up.
-MAX_RESTARTS = 3
-
-
-@dataclass
-class Round:
-    number: int
-    jobs: list[list[int]]
-    scheduler: str
-    started: float = field(default_factory=time.monotonic)
-    status: dict[str, Any] | None = None
-    judged: bool = False
-    heartbeat: tuple[float, float] = (0.0, 0.0)  # (value seen, local time it changed)
-    restarts: int = 0
-
-    @property
-    def ended(self) -> bool:
-        return bool(self.status and self.status.get("ended"))
-
-    @property
-    def exited(self) -> bool:
-        """Over, and its engine process gone (or not heard of for a while)."""
-        if not self.status or not self.status.get("ended"):
-            return False
-        if self.status.get("exited") or self.status.get("state") in ("abandoned", "error"):
-            return True
-        return time.time() - float(self.status.get("heartbeat") or 0) > 15.0
-
-
-def _usage(row: Mapping[str, Any], key: str) -> str:
-    match = re.search(rf"\b{key}=(\S+)", str(row.get("usage") or ""))
-    return match.group(1) if match else ""
-
-
-@dataclass(frozen=True)
-class JobEnd:
-    """How one job ended, in remotemap's words."""
-
-    kind: FailureKind  # for the task it was running: crash, timeout, cancelled, lost
-    why: str  # completes "the worker process running task N ..."
-    started: bool  # it ran, so its first task without an outcome is to blame
-    ok: bool = False  # it exited normally
-    resubmit: bool = True  # its tasks that never ran may go to a new round
-
-    @staticmethod
-    def of(row: Mapping[str, Any], scheduler: str, spec: Mapping[str, Any],
-           cancelled: bool) -> JobEnd:
-        status, exit_status = row.get("status"), row.get("exit_status")
-        value, signal, drms = row.get("exit_value"), row.get("signal"), row.get("drms")
-        slurm_state = _usage(row, "slurm_state")
-        again = not cancelled
-        if status not in ("done", "failed"):
-            return JobEnd("cancelled" if cancelled else "lost",
-                          f"was never started (job status {status or 'unknown'})", False,
-                          resubmit=again)
-        if exit_status == "aborted_before_running":
-            return JobEnd("lost", "was not started: the round's first job failed", False,
-                          resubmit=again)
-        if exit_status == "killed_by_user":
-            return JobEnd("cancelled", "was cancelled (scancel, qdel or remotemap cancel)",
-                          drms is not None, resubmit=False)
-        if exit_status == "aborted" and drms is None:
-            return JobEnd("lost", f"could not be submitted to {scheduler}", False,
-                          resubmit=False)
-        if exit_status == "aborted":
-            if slurm_state == "TIMEOUT":
-                return JobEnd("timeout", "exceeded the job's walltime (cluster.walltime; "
-                              "SLURM state TIMEOUT)", True, resubmit=again)
-            state = slurm_state or "unknown"
-            return JobEnd("crash", f"was ended by the scheduler (state {state})", True,
-                          resubmit=again)
-        if exit_status == "finished_signal" and signal:
-            return JobEnd("crash", exit_status_text(f"signal:{int(signal)}"), True,
-                          resubmit=again)
-        if exit_status == "finished_regularly" and isinstance(value, int):
-            if value == 0:
-                return JobEnd("lost", "exited without writing its outcome", True, ok=True,
-                              resubmit=False)
-            if value < 0:
-                return JobEnd("crash", exit_status_text(f"signal:{-value}"), True,
-                              resubmit=again)
-            if value == 124 and (spec.get("task_timeout") or spec.get("wrapper_walltime")):
-                what = ("its timeout" if spec.get("task_timeout")
-                        else "the job's walltime (cluster.walltime)")
-                return JobEnd("timeout", f"was killed after exceeding {what}", True,
-                              resubmit=again)
-            return JobEnd("crash", exit_status_text(f"exit:{value}"), True, resubmit=again)
-        return JobEnd("lost", f"ended with exit status {exit_status}", True, resubmit=again)
-
-
-def describe(row: Mapping[str, Any], scheduler: str, name: str) -> str:
-    """The scheduler's view of a job, for failure messages."""
-    parts = [f"{scheduler} job {row.get('drms') if row.get('drms') is not None else '-'} "
-             f"{name}", f"status {row.get('status')}", f"exit status {row.get('exit_status')}"]
-    if row.get("exit_value") is not None:
-        parts.append(f"exit value {row.get('exit_value')}")
-    if row.get("signal"):
-        parts.append(f"signal {row.get('signal')}")
-    for key in ("slurm_state", "node"):
-        if _usage(row, key) and _usage(row, key) != "-":
-            parts.append(f"{key.replace('_', ' ')} {_usage(row, key)}")
-    return ", ".join(parts)
-
-
-def stderr_tail(data: bytes | None, lines: int = 20) -> str:
-    """The end of a job's stderr, without srun's and slurmstepd's own lines."""
-    text = (data or b"").decode(errors="replace").splitlines()
-    kept = [line for line in text if not line.startswith(("srun:", "slurmstepd"))]
-    return "\n".join(kept[-lines:])
 
 
 class ClusterRun:
@@ -176,7 +74,7 @@ class ClusterRun:
     def __init__(self, files: RunFiles, meta: dict[str, Any], key: bytes) -> None:
         self.files = files
         self.meta = meta
-        #: The run's secret, which seals its pickles (see ``cluster_files``).
+        #: The run's secret, which seals its pickles (see ``files``).
         self.key = key
         self.run_id: str = meta["run_id"]
         self.token: str = meta["token"]
@@ -204,22 +102,22 @@ class ClusterRun:
                 "function": function, "n_tasks": n_tasks, "root": files.root,
                 "created": time.time(), "key_file": files.write_key(run_id, key)}
         files.write_many({FUNCTION: seal_file(key, FUNCTION, blob),
-                          "run.json": json.dumps(meta).encode()})
+                          META: json.dumps(meta).encode()})
         return cls(files, meta, key)
 
     @classmethod
     def open(cls, files: RunFiles) -> ClusterRun:
         files.verify()  # UnsafePath if another user could have changed what is in it
-        meta = files.read_json("run.json")
+        meta = files.read_json(META)
         if meta is None:
             raise ClusterError(f"{files.label}:{files.root} holds no cluster run")
         if not meta.get("key_file"):
             raise ClusterError(f"{files.label}:{files.root} was made by an older remotemap "
                                "(no run key): collect it with that version")
         run = cls(files, meta, files.read_key(str(meta["key_file"])))
-        names = [n for n in files.listdir("rounds") if re.fullmatch(r"\d+\.json", n)]
-        for name in sorted(names, key=lambda n: int(n.split(".")[0])):
-            spec = files.read_json(f"rounds/{name}")
+        numbers = [layout.spec_round(n) for n in files.listdir(layout.ROUNDS)]
+        for number in sorted(n for n in numbers if n is not None):
+            spec = files.read_json(layout.spec_name(number))
             if spec is not None:
                 run._add_round(spec)
         return run
@@ -279,8 +177,6 @@ class ClusterRun:
         """Start a round running ``files``. With ``dependencies`` (pairs of positions in
         ``files``: the second runs once the first ended well) each file is its own job, and a
         job whose task failed holds back the jobs after it."""
-        from remotemap.backends.cluster import round_spec
-
         number = max(self.rounds, default=-1) + 1
         spec = round_spec(self.settings, run_id=self.run_id, number=number, files=files,
                           env=self.env, task_timeout=task_timeout,
@@ -291,7 +187,7 @@ class ClusterRun:
         else:
             spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
                         dependencies=[list(pair) for pair in dependencies])
-        self.files.write_many({f"rounds/{number}.json": json.dumps(spec).encode()})
+        self.files.write_many({layout.spec_name(number): json.dumps(spec).encode()})
         self._add_round(spec)
         self.files.engine(engine_python(self.settings), number, engine_env(self.settings))
         log.debug("cluster run %s: round %d, %d tasks in %d jobs", self.run_id, number,
@@ -306,25 +202,44 @@ class ClusterRun:
     # -- following ----------------------------------------------------------------------------
     def poll(self) -> tuple[list[tuple[int, Any]], list[TaskFailure]]:
         """What was resolved since the last call: (index, value) pairs, and failures."""
-        values: list[tuple[int, Any]] = []
-        failures: list[TaskFailure] = []
         ended: list[Round] = []
         for rnd in self.rounds.values():
             if rnd.judged:
                 continue
-            rnd.status = self.files.read_json(f"rounds/{rnd.number}.status.json") or rnd.status
+            self._read_status(rnd)
             if rnd.status and rnd.status.get("state") == "error":
                 raise ClusterError(f"{self.files.label}: {rnd.status.get('error')}")
             if rnd.ended:
                 ended.append(rnd)
             else:
-                self._watch_engine(rnd)
+                watch_engine(rnd, self.files, self.run_id, self.settings)
         # Outcomes after statuses: a job writes its outcomes before the scheduler sees it end.
-        new = [n for n in self.files.listdir("outcomes")
-               if n.endswith(".pkl") and n not in self.seen]
-        for name, data in self.files.read_many([f"outcomes/{n}" for n in new]).items():
-            self.seen.add(name.rpartition("/")[2])
-            file = int(name.rpartition("/")[2].split(".")[0])
+        values, failures = self._read_outcomes()
+        requeue: list[tuple[int, int]] = []
+        for rnd in ended:
+            failures += self._judge(rnd, requeue)
+            rnd.judged = True
+        if requeue and not self.cancelled:
+            self.start_round(requeue, task_timeout=self._timeout())
+        return values, failures
+
+    def _read_status(self, rnd: Round) -> dict[str, Any]:
+        """The round's latest status (the last one read while it is being rewritten)."""
+        rnd.status = self.files.read_json(layout.status_name(rnd.number)) or rnd.status
+        return rnd.status or {}
+
+    def _read_outcomes(self) -> tuple[list[tuple[int, Any]], list[TaskFailure]]:
+        """The results in outcome files not seen yet, of tasks still pending."""
+        values: list[tuple[int, Any]] = []
+        failures: list[TaskFailure] = []
+        new = {}  # outcome file -> its number, for the names protocol.outcome_name gives
+        for name in self.files.listdir(OUTCOMES):
+            stem, rel = name.partition(".")[0], posixpath.join(OUTCOMES, name)
+            if name not in self.seen and stem.isdigit() and rel == outcome_name(int(stem)):
+                new[rel] = int(stem)
+        for rel, data in self.files.read_many(list(new)).items():
+            file = new[rel]
+            self.seen.add(rel.rpartition("/")[2])
             index = self.file_index.get(file)
             if index is None or self.pending.get(index) != file:
                 continue
@@ -342,12 +257,6 @@ class ClusterRun:
             del self.pending[index]
             values += zip(result.indices, result.values, strict=True)
             failures += result.failures
-        requeue: list[tuple[int, int]] = []
-        for rnd in ended:
-            failures += self._judge(rnd, requeue)
-            rnd.judged = True
-        if requeue and not self.cancelled:
-            self.start_round(requeue, task_timeout=self._timeout())
         return values, failures
 
     def _timeout(self) -> float | None:
@@ -356,87 +265,50 @@ class ClusterRun:
         return float(value) if value else None
 
     def _judge(self, rnd: Round, requeue: list[tuple[int, int]]) -> list[TaskFailure]:
+        """Fail or requeue each task of an ended round that left no outcome."""
         status = rnd.status or {}
-        spec = self.specs[rnd.number]
         rows = status.get("jobs") or []
         cancelled = self.cancelled or status.get("state") == "cancelled"
         failures: list[TaskFailure] = []
         for number, job_files in enumerate(rnd.jobs):
             missing = [f for f in job_files if self.pending.get(self.file_index[f]) == f
                        and self.file_rounds[f][-1] == rnd.number]
-            if not missing:
-                continue
-            row = rows[number] if number < len(rows) else {}
-            end = JobEnd.of(row, rnd.scheduler, spec, cancelled)
-            name = f"rm-{self.run_id}-{rnd.number}-{number}"
-            story = describe(row, rnd.scheduler, name)
-            tail = stderr_tail(self.files.read(f"logs/job-{rnd.number}-{number}.err"))
-            host = _usage(row, "node") if _usage(row, "node") not in ("", "-") else (
-                self.files.label)
-            if end.ok:
-                blamed, rest = missing, []
-            elif end.started:
-                blamed, rest = missing[:1], missing[1:]
-            else:
-                blamed, rest = [], missing
-            for file in blamed:
-                index = self.file_index[file]
-                del self.pending[index]
-                chunk = Chunk(file, [index], [], [])
-                failures += lost_chunk_result(chunk, f"{end.why} ({story})", kind=end.kind,
-                                              host=host, log_tail=tail).failures
-            for file in rest:
-                index = self.file_index[file]
-                if (end.resubmit and self.requeue and len(self.file_rounds[file]) < MAX_ROUNDS
-                        and not cancelled):
-                    requeue.append((file, index))
-                    continue
-                del self.pending[index]
-                reason = (f"the job holding it ended before reaching it: the job {end.why}"
-                          if end.started else f"its job {end.why}")
-                kind: FailureKind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
-                failures.append(TaskFailure(
-                    index=index, exception_type="WorkerLost" if kind == "lost" else "Cancelled",
-                    message=f"task {index} was not run: {reason} ({story})",
-                    traceback=f"stderr of the job (last lines):\n{tail}" if tail else "",
-                    host=host, kind=kind))
+            if missing:
+                row = rows[number] if number < len(rows) else {}
+                failures += self._judge_job(rnd, number, row, missing, cancelled, requeue)
         return failures
 
-    def _watch_engine(self, rnd: Round) -> None:
-        """Replace a dead engine (or say why it never started)."""
-        now = time.monotonic()
-        beat = float((rnd.status or {}).get("heartbeat") or 0.0)
-        if beat != rnd.heartbeat[0]:
-            rnd.heartbeat = (beat, now)
-        running = self.files.engine_running(rnd.number)
-        if running is None:  # only the heartbeat tells
-            last = rnd.heartbeat[1] if rnd.status else rnd.started
-            running = now - last < (STALE_AFTER if rnd.status else START_TIMEOUT)
-        if running:
-            return
-        if rnd.status is None and now - rnd.started < 10.0:
-            return  # just started: it may not have taken its lock yet
-        if rnd.status is None and rnd.restarts >= 1:
-            tail = stderr_tail(self.files.read(f"rounds/{rnd.number}.log"), 5)
-            raise ClusterError(f"{self.files.label}: the cluster engine of run {self.run_id} "
-                               f"did not start: {tail or 'no output'}")
-        if rnd.scheduler == "local" and rnd.status is not None:
-            # The local scheduler's jobs were the dead engine's children: nothing to adopt.
-            status = dict(rnd.status, ended=True, state="abandoned")
-            self.files.write_many({f"rounds/{rnd.number}.status.json":
-                                   json.dumps(status).encode()})
-            rnd.status = status
-            return
-        if rnd.restarts >= MAX_RESTARTS:
-            raise ClusterError(f"{self.files.label}: the cluster engine of run {self.run_id} "
-                               f"round {rnd.number} died {rnd.restarts + 1} times; see "
-                               f"{self.files.root}/rounds/{rnd.number}.log")
-        rnd.restarts += 1
-        rnd.started = now
-        rnd.heartbeat = (rnd.heartbeat[0], now)
-        log.warning("cluster run %s: the engine of round %d is gone; starting another "
-                    "(it adopts the submitted jobs)", self.run_id, rnd.number)
-        self.files.engine(engine_python(self.settings), rnd.number, engine_env(self.settings))
+    def _judge_job(self, rnd: Round, number: int, row: Mapping[str, Any], missing: list[int],
+                   cancelled: bool, requeue: list[tuple[int, int]]) -> list[TaskFailure]:
+        """The failures of job ``number``'s tasks without an outcome (``missing``, in the
+        order it ran them); tasks it never reached go to ``requeue`` when they may."""
+        end = JobEnd.of(row, rnd.scheduler, self.specs[rnd.number], cancelled)
+        story = describe(row, rnd.scheduler, layout.job_name(self.run_id, rnd.number, number))
+        tail = stderr_tail(self.files.read(layout.job_log_name(rnd.number, number, "err")))
+        host = job_host(row, self.files.label)
+        first = len(missing) if end.ok else 1 if end.started else 0
+        failures: list[TaskFailure] = []
+        for file in missing[:first]:  # the tasks it was running when it ended
+            index = self.file_index[file]
+            del self.pending[index]
+            failures += lost_chunk_result(Chunk(file, [index], [], []), f"{end.why} ({story})",
+                                          kind=end.kind, host=host, log_tail=tail).failures
+        for file in missing[first:]:  # the tasks it never reached
+            index = self.file_index[file]
+            if (end.resubmit and self.requeue and len(self.file_rounds[file]) < MAX_ROUNDS
+                    and not cancelled):
+                requeue.append((file, index))
+                continue
+            del self.pending[index]
+            reason = (f"the job holding it ended before reaching it: the job {end.why}"
+                      if end.started else f"its job {end.why}")
+            kind: FailureKind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
+            failures.append(TaskFailure(
+                index=index, exception_type="WorkerLost" if kind == "lost" else "Cancelled",
+                message=f"task {index} was not run: {reason} ({story})",
+                traceback=f"stderr of the job (last lines):\n{tail}" if tail else "",
+                host=host, kind=kind))
+        return failures
 
     # -- sealed files of the caller's own, and removal ------------------------------------------
     def write_sealed(self, rel: str, data: bytes) -> None:
@@ -458,37 +330,36 @@ class ClusterRun:
         """Ask every unfinished round's engine to stop its jobs (and start one if it died)."""
         self.cancelled = True
         for rnd in self.rounds.values():
-            rnd.status = self.files.read_json(f"rounds/{rnd.number}.status.json") or rnd.status
+            self._read_status(rnd)
             if not rnd.ended:
-                self.files.write_many({f"rounds/{rnd.number}.cancel": b"cancel\n"})
+                self.files.write_many({layout.cancel_name(rnd.number): b"cancel\n"})
                 if self.files.engine_running(rnd.number) is False:
-                    self._watch_engine(rnd)
+                    watch_engine(rnd, self.files, self.run_id, self.settings)
 
     def wait_ended(self, timeout: float) -> bool:
         """Wait until every round is over and its engine exited; False on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             for rnd in [r for r in self.rounds.values() if not r.exited]:
-                rnd.status = (self.files.read_json(f"rounds/{rnd.number}.status.json")
-                              or rnd.status)
+                self._read_status(rnd)
                 if rnd.ended and self.files.engine_running(rnd.number) is False:
                     rnd.status = dict(rnd.status or {}, exited=True)
                 if not rnd.ended:
                     try:
-                        self._watch_engine(rnd)
+                        watch_engine(rnd, self.files, self.run_id, self.settings)
                     except (ClusterError, UnsafePath):  # no engine can be started again there
                         return False
             if all(r.exited for r in self.rounds.values()):
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.05 if self.files.label == "localhost" else 0.3)
+            time.sleep(poll_interval(self.settings))
 
     def job_counts(self) -> dict[str, int]:
         """How many jobs are in each soma-workflow state, over every round."""
         counts: dict[str, int] = {}
         for rnd in self.rounds.values():
-            status = self.files.read_json(f"rounds/{rnd.number}.status.json") or {}
+            status = self.files.read_json(layout.status_name(rnd.number)) or {}
             rows = status.get("jobs") or []
             for number in range(len(rnd.jobs)):
                 row = rows[number] if number < len(rows) else {}

@@ -4,7 +4,7 @@
 id: the engine (not this process) drives the jobs. ``collect`` reopens the run directory,
 streams the outcomes back and, if needed, finishes what the engine left (a dead engine is
 replaced; tasks a crashed job never reached go to one more round). The run is found through
-the registry in ``$XDG_STATE_HOME/remotemap/cluster``.
+the registry (``registry``: ``$XDG_STATE_HOME/remotemap/cluster``).
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from remotemap.backends.cluster_files import (
-    ClusterError,
-    lookup,
-    open_files,
-    registered,
-    unregister,
-)
-from remotemap.backends.cluster_runs import ClusterRun
+from remotemap.backends.cluster.files import ClusterError, open_files
+from remotemap.backends.cluster.registry import lookup, registered, unregister
+from remotemap.backends.cluster.runs import ClusterRun
+from remotemap.backends.cluster.session import create_run, function_name, local_problem
+from remotemap.backends.cluster.settings import cluster_settings, poll_interval
 from remotemap.errors import BackendUnavailable, RemoteException, TaskFailure
-from remotemap.execution import dumps, loads
+from remotemap.execution import dumps, loads, pickle_function
+from remotemap.state import pid_alive
+from remotemap.tasks import normalize_arguments
 
 _SUBMIT_FAILURES = "submit-failures.pkl"
 
@@ -35,16 +34,10 @@ def submit(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None = Non
     """Submit ``func(*largs[i], **lkwargs[i])`` for every i as a detached cluster run; return
     its id at once. ``options`` override the ``[cluster]`` config section (``scheduler=``,
     ``host=``, ``queue=``...); ``env`` and ``timeout`` mean what they mean for remote_map."""
-    from remotemap.backends.cluster import (
-        cluster_settings,
-        create_run,
-        function_name,
-        local_problem,
-    )
+    # Imported here, not above: the configuration and the driver are for submitting; the
+    # status, collect and cancel commands read runs without them.
     from remotemap.config import Config, load_config
     from remotemap.driver import make_policy
-    from remotemap.execution import pickle_function
-    from remotemap.tasks import normalize_arguments
 
     policy = make_policy("continue", timeout, 0, 0.0, env)
     all_args, all_kwargs = normalize_arguments(largs, lkwargs)
@@ -84,7 +77,7 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
     entry, run = _open(run_id)
     try:
         pid = entry.get("pid")
-        if not entry.get("detached") and pid is not None and pid != os.getpid() and _alive(pid):
+        if not entry.get("detached") and pid is not None and pid != os.getpid() and pid_alive(pid):
             raise ClusterError(f"cluster run {run.run_id} is still followed by the process "
                                f"that submitted it (pid {pid}): collect it once that ended")
         n_tasks = entry.get("n_tasks") or run.meta.get("n_tasks")
@@ -94,7 +87,6 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
         blob = run.read_sealed(_SUBMIT_FAILURES)
         failures: list[TaskFailure] = list(loads(blob)) if blob else []
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.05 if run.files.label == "localhost" else 0.3
         while True:
             values, failed = run.poll()
             for index, value in values:
@@ -105,7 +97,7 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"cluster run {run.run_id}: {len(run.pending)} of "
                                    f"{n_tasks} tasks not done after {timeout} s")
-            time.sleep(interval)
+            time.sleep(poll_interval(run.settings))
         if remove:
             run.wait_ended(30.0)
             run.remove()
@@ -143,7 +135,7 @@ def list_runs() -> list[dict[str, Any]]:
                    "detached": entry.get("detached"), "root": entry.get("root")}
         attached_pid = None if entry.get("detached") else entry.get("pid")
         if attached_pid is not None:
-            summary["submitter_alive"] = _alive(int(attached_pid))
+            summary["submitter_alive"] = pid_alive(attached_pid)
         try:
             files = open_files(settings, str(entry["root"]))
         except Exception as exc:
@@ -161,12 +153,3 @@ def list_runs() -> list[dict[str, Any]]:
         summaries.append(summary)
     return summaries
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

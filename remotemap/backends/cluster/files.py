@@ -6,8 +6,7 @@ the compute nodes see. :class:`LocalFiles` reaches it when this machine submits;
 ones packed in one ``tar`` stream), commands run over the same SSH connection (host keys
 checked, see ``remotemap.ssh``). soma-workflow's own SSH mode is never used.
 
-The registry (``$XDG_STATE_HOME/remotemap/cluster/RUN_ID.json``) remembers where each run is,
-so ``remotemap status``, ``collect`` and ``cancel`` find it from any later process.
+Where each run is, is remembered by the registry (``registry``).
 
 A run directory is made only where no other user could rename it away, and used only while no
 other user can change it (``remotemap.integrity``; over SFTP, ``remotemap.ssh.safety``). Its
@@ -21,32 +20,31 @@ directory is readable by the user's jobs on every node that mounts the home, by 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
 import json
 import logging
 import os
 import posixpath
-import secrets
 import shutil
 import subprocess
-import sys
 import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from remotemap.backends import cluster_engine as engine
+from remotemap.backends.cluster.engine import engine_running
+from remotemap.backends.cluster.layout import SUBDIRS
 from remotemap.errors import RemotemapError
 from remotemap.integrity import check_same_dir, read_key_file, write_key_file
-from remotemap.protocol import write_atomic
 from remotemap.rundir import LocalRunDir, prepare_parent
+from remotemap.state import state_dir
 
 log = logging.getLogger("remotemap")
 
-#: The subdirectories of a run directory.
-SUBDIRS = ("chunks", "outcomes", "logs", "rounds", "swf")
+#: How the engine is started on the submitting host: by the module name older installs
+#: know too (``remotemap.backends.cluster_engine`` runs ``cluster.engine.main``).
+ENGINE_MODULE = "remotemap.backends.cluster_engine"
 #: More files than this cross SFTP in one tar stream rather than one by one.
 _TAR_ABOVE = 16
 #: Where run keys are kept on ``cluster.host``, under the remote home.
@@ -55,10 +53,6 @@ _REMOTE_KEYS = ".local/state/remotemap/keys"
 
 class ClusterError(RemotemapError, RuntimeError):
     """A cluster run could not start, or went wrong as a whole (not one task's failure)."""
-
-
-def new_run_id() -> str:
-    return f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def check_path(what: str, path: str) -> str:
@@ -116,7 +110,7 @@ class RunFiles(ABC):
 
     @abstractmethod
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
-        """Run ``python -m remotemap.backends.cluster_engine start ROOT ROUND`` there, with
+        """Run ``python -m ENGINE_MODULE start ROOT ROUND`` there, with
         ``env`` added to its environment; its output (``started``, ``running`` or ``ended``).
         ClusterError with the reason if not."""
 
@@ -156,11 +150,6 @@ def _engine_error(label: str, python: str, code: int, out: str, err: str) -> Clu
                         f"{last}{hint}")
 
 
-def key_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "remotemap" / "keys"
-
-
 class LocalFiles(RunFiles):
     """The run directory on this machine, reached through a descriptor once made or checked."""
 
@@ -185,7 +174,7 @@ class LocalFiles(RunFiles):
         return self._dir
 
     def write_key(self, run_id: str, key: bytes) -> str:
-        path = str(key_dir() / f"{run_id}.key")
+        path = str(state_dir("keys") / f"{run_id}.key")
         write_key_file(path, key)
         return path
 
@@ -216,8 +205,7 @@ class LocalFiles(RunFiles):
                                "so no cluster engine can run there")
         # The engine and its jobs find the run by its name: refuse one put in place of ours.
         check_same_dir(self.root, self._rundir().identity)
-        command = [python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
-                   str(rnd)]
+        command = [python, "-m", ENGINE_MODULE, "start", self.root, str(rnd)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=120,
                                   check=False, stdin=subprocess.DEVNULL,
@@ -229,7 +217,7 @@ class LocalFiles(RunFiles):
         return done.stdout.strip()
 
     def engine_running(self, rnd: int) -> bool | None:
-        return engine.engine_running(self.root, rnd)
+        return engine_running(self.root, rnd)
 
     def remove(self) -> None:
         if self._dir is None:
@@ -357,8 +345,7 @@ class SSHFiles(RunFiles):
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
         result = self.connection.run(
-            [*prefix, python, "-m", "remotemap.backends.cluster_engine", "start", self.root,
-             str(rnd)], timeout=120)
+            [*prefix, python, "-m", ENGINE_MODULE, "start", self.root, str(rnd)], timeout=120)
         if result.exit_status != 0:
             raise _engine_error(self.label, python, result.exit_status, result.stdout_text,
                                 result.stderr_text)
@@ -380,55 +367,3 @@ def open_files(settings: Mapping[str, Any], root: str) -> RunFiles:
     if not host:
         return LocalFiles(root)
     return SSHFiles(host, settings, root)
-
-
-# -- the registry of runs ------------------------------------------------------------------------
-def registry_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "remotemap" / "cluster"
-
-
-def register(entry: dict[str, Any]) -> None:
-    folder = registry_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(folder / f"{entry['run_id']}.json", json.dumps(entry, indent=1).encode())
-
-
-def unregister(run_id: str) -> None:
-    (registry_dir() / f"{run_id}.json").unlink(missing_ok=True)
-
-
-def registered() -> list[dict[str, Any]]:
-    entries = []
-    for path in sorted(registry_dir().glob("*.json")):
-        try:
-            entries.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return entries
-
-
-def lookup(run: str) -> dict[str, Any]:
-    """A registered run by id (or unique id prefix)."""
-    found = [e for e in registered() if str(e.get("run_id", "")).startswith(run)]
-    exact = [e for e in found if e.get("run_id") == run]
-    if exact or len(found) == 1:
-        return (exact or found)[0]
-    if not found:
-        known = ", ".join(e["run_id"] for e in registered()) or "none"
-        raise ClusterError(f"no cluster run {run!r} (known runs: {known}; the registry is "
-                           f"{registry_dir()})")
-    raise ClusterError(f"{run!r} matches several runs: {', '.join(e['run_id'] for e in found)}")
-
-
-def engine_python(settings: Mapping[str, Any]) -> str:
-    """The interpreter that runs the engine: this one here, else ``cluster.python``."""
-    if not settings.get("host"):
-        return sys.executable
-    return str(settings.get("python") or "python3")
-
-
-def engine_env(settings: Mapping[str, Any]) -> dict[str, str]:
-    """What the engine process starts with (SLURM_CONF in its real environment, so tools that
-    look for a cluster's processes by it find the engine too)."""
-    return {"SLURM_CONF": str(settings["slurm_conf"])} if settings.get("slurm_conf") else {}

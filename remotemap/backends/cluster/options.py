@@ -1,8 +1,8 @@
 """The config section of the mode ``cluster``.
 
 A light module (declarations only): the mode registry reads it to check a config file without
-importing the cluster backend or soma-workflow. ``ClusterBackend`` does not import it (yet): the
-registry's table of built-in modes names this module.
+importing the cluster backend or soma-workflow; ``ClusterBackend.config_section`` is the same
+object.
 """
 
 from __future__ import annotations

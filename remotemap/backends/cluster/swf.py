@@ -5,7 +5,8 @@
   Slurm added in 23.02, so on 22.05 it never sees a job finish), one batched ``sacct`` call per
   poll for every watched job, exit codes and signals read the right way round, ``CANCELLED``
   and ``TIMEOUT`` reported as final failures, and a submission that quotes every argument and
-  keeps ``sbatch``'s own error message. See docs/cluster.md ("Slurm 22.05 and newer").
+  keeps ``sbatch``'s own error message (what the ``sacct`` rows mean is decided in
+  ``verdict``). See docs/cluster.md ("Slurm 22.05 and newer").
 * :func:`light_controller`: a ``WorkflowController`` built from a ``Configuration`` made in
   code, with every file (sqlite database, transfer dir) in the run's private state dir: no
   soma-workflow config file is read or written.
@@ -27,7 +28,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,85 +38,17 @@ from soma_workflow.configuration import LIGHT_MODE, Configuration, LocalSchedule
 from soma_workflow.errors import DRMError
 from soma_workflow.schedulers import slurm_scheduler
 
-SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "DerivedExitCode", "Elapsed", "TotalCPU",
-                "MaxRSS", "Timelimit", "NCPUS", "NodeList")
-_PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING"})
-_RUNNING = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
-_SUSPENDED = frozenset({"SUSPENDED", "STOPPED"})
-_KILLED = frozenset({"CANCELLED", "REVOKED"})
-_SYSTEM_FAILURES = frozenset(
-    {"TIMEOUT", "DEADLINE", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "PREEMPTED"})
+from remotemap.backends.cluster import layout
+from remotemap.backends.cluster.verdict import (
+    SACCT_FIELDS,
+    ExitInfo,
+    SacctRecord,
+    parse_sacct,
+    slurm_exit_info,
+    slurm_status,
+)
+
 _SACCT_BATCH = 200  # job ids per sacct call (keeps the command line short)
-
-
-# ------------------------------------------------------------------------------ sacct parsing
-@dataclass(frozen=True)
-class SacctRecord:
-    """A job's allocation line, plus what its numbered steps add."""
-
-    job_id: str
-    state: str
-    exit_code: int
-    exit_signal: int
-    derived_code: int
-    derived_signal: int
-    elapsed: str = ""
-    total_cpu: str = ""
-    max_rss: str = ""
-    time_limit: str = ""
-    ncpus: str = ""
-    nodes: str = ""
-    step_signal: int = 0  # a signal that ended a numbered step (the srun), e.g. "0:9"
-    steps: int = 0  # numbered steps seen (the command runs in step 0)
-
-    @property
-    def finished(self) -> bool:
-        return not (self.state in _PENDING or self.state in _RUNNING or self.state in _SUSPENDED)
-
-
-def _code_pair(text: str) -> tuple[int, int]:
-    """``"3:0"`` -> ``(3, 0)`` (sacct's ``exit code:signal``)."""
-    code, _, sig = text.partition(":")
-    try:
-        return int(code or 0), int(sig or 0)
-    except ValueError:
-        return 0, 0
-
-
-def parse_sacct(text: str) -> dict[str, SacctRecord]:
-    """Parse ``sacct -n -P -o <SACCT_FIELDS>`` output into one record per job id.
-
-    The allocation line gives state and exit code; numbered steps (``123.0``: the ``srun`` of
-    the batch script) give the signal that killed the command: the allocation's
-    ``DerivedExitCode`` is not reliable for that (seen ``0:0`` for a step ended by signal 9).
-    """
-    records: dict[str, SacctRecord] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        fields = line.split("|")
-        if len(fields) != len(SACCT_FIELDS):
-            continue
-        raw_id, state, exit_code, derived, elapsed, cpu, rss, limit, ncpus, nodes = fields
-        job_id, dot, step = raw_id.partition(".")
-        if dot:
-            info = extra.setdefault(job_id, {"max_rss": "", "step_signal": 0, "steps": 0})
-            if rss and len(rss) >= len(info["max_rss"]):
-                info["max_rss"] = rss
-            if step.isdigit():
-                info["steps"] += 1
-                info["step_signal"] = info["step_signal"] or _code_pair(exit_code)[1]
-            continue
-        code, sig = _code_pair(exit_code)
-        dcode, dsig = _code_pair(derived)
-        records[job_id] = SacctRecord(
-            job_id=job_id, state=state.split()[0] if state else "",  # "CANCELLED by 0"
-            exit_code=code, exit_signal=sig, derived_code=dcode, derived_signal=dsig,
-            elapsed=elapsed, total_cpu=cpu, time_limit=limit, ncpus=ncpus, nodes=nodes)
-    for job_id, info in extra.items():
-        if job_id in records:
-            records[job_id] = replace(records[job_id], **info)
-    return records
-
 
 def slurm_script(command: list[str], *, name: str, queue: str | None,
                  native: list[str], env: dict[str, str], workdir: str | None) -> str:
@@ -159,8 +91,9 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
     """
 
     poll_interval = 1.0
-    #: A job that ended before sacct shows its srun step (which holds the signal, if one
-    #: killed the command) reads as running for at most this long.
+    #: A job that ended before sacct shows the whole of its exit (its srun step, which holds
+    #: the signal if one killed the command; the code it failed with) reads as running for
+    #: at most this long (``SacctRecord.exit_pending``).
     step_grace = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -233,7 +166,7 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
         self._records.update(found)
         self._watched -= {
             job_id for job_id, rec in found.items()
-            if rec.finished and (rec.steps > 0 or not self._step_pending(job_id))}
+            if rec.finished and not (rec.exit_pending and self._step_pending(job_id))}
 
     def record(self, scheduler_job_id: str) -> SacctRecord | None:
         """The latest sacct record of a job (None while sacct does not know it yet)."""
@@ -263,42 +196,17 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
         except (OSError, subprocess.SubprocessError) as exc:
             self.logger.warning("sacct failed: %s", exc)
             return str(constants.UNDETERMINED)
-        if rec is None or rec.state in _PENDING:
-            return str(constants.QUEUED_ACTIVE)
-        if rec.state in _RUNNING:
-            return str(constants.RUNNING)
-        if rec.state in _SUSPENDED:
-            return str(constants.USER_SYSTEM_SUSPENDED)
-        if rec.state in ("COMPLETED", "FAILED"):
-            if rec.steps == 0 and self._step_pending(rec.job_id):
-                return str(constants.RUNNING)
-            # Like the local scheduler: the command ran; its exit code tells the rest.
-            return str(constants.DONE)
-        # Cancelled, timed out, node failure, out of memory, unknown: did not end by itself.
-        return str(constants.FAILED)
+        may_wait = rec is not None and rec.exit_pending and self._step_pending(rec.job_id)
+        return slurm_status(rec, may_wait=may_wait)
 
-    def get_job_exit_info(self, scheduler_job_id: Any) -> tuple[str, int | None, int | None, str]:
+    def get_job_exit_info(self, scheduler_job_id: Any) -> ExitInfo:
         if scheduler_job_id == self.FAKE_JOB:
             return (constants.FINISHED_REGULARLY, 0, None, "")
         # The engine asks right after get_job_status said the job ended: use that record.
         # No sacct call here: an exception from this method kills the engine thread.
         with self._lock:
             rec = self._records.get(str(scheduler_job_id))
-        if rec is None:
-            return (constants.EXIT_UNDETERMINED, None, None, "")
-        usage = (f"cput={rec.total_cpu} mem={rec.max_rss} walltime={rec.elapsed} "
-                 f"timelimit={rec.time_limit} ncpus={rec.ncpus} node={rec.nodes or '-'} "
-                 f"slurm_state={rec.state} slurm_job_id={rec.job_id}")
-        if rec.state in _KILLED:
-            return (constants.USER_KILLED, None, None, usage)
-        signum = rec.exit_signal or rec.step_signal or rec.derived_signal
-        if rec.state in _SYSTEM_FAILURES:
-            return (constants.EXIT_ABORTED, None, signum or None, usage)
-        # COMPLETED or FAILED. The batch script ends with `srun cmd`: ExitCode is srun's
-        # status; a command killed by a signal shows in the srun step's ExitCode ("0:9").
-        if signum:
-            return (constants.FINISHED_TERM_SIG, -signum, signum, usage)
-        return (constants.FINISHED_REGULARLY, rec.exit_code, None, usage)
+        return slurm_exit_info(rec)
 
 
 def use_sacct_scheduler() -> None:
@@ -367,7 +275,6 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
     """
     env = dict(spec.get("env") or {})
     native = list(spec.get("native") or [])
-    logs = os.path.join(root, "logs")
     jobs = []
     for number, files in enumerate(spec["jobs"]):
         seconds = _job_seconds(spec, len(files))
@@ -376,10 +283,11 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
                    "--key-file", spec["key_file"],
                    *(["--fail-exit"] if spec.get("fail_exit") else []),
                    *(str(f) for f in files)]
-        name = f"rm-{spec['run_id']}-{spec['round']}-{number}"
-        stem = os.path.join(logs, f"job-{spec['round']}-{number}")
-        jobs.append(Job(command, name=name, stdout_file=f"{stem}.out",
-                        stderr_file=f"{stem}.err", working_directory=root,
+        name = layout.job_name(spec["run_id"], spec["round"], number)
+        logs = {stream: os.path.join(root, layout.job_log_name(spec["round"], number, stream))
+                for stream in ("out", "err")}
+        jobs.append(Job(command, name=name, stdout_file=logs["out"],
+                        stderr_file=logs["err"], working_directory=root,
                         native_specification=native or None, env=env or None))
     if spec.get("dependencies") is not None:
         dependencies = [(jobs[before], jobs[after]) for before, after in spec["dependencies"]]

@@ -1,0 +1,137 @@
+"""The ``[cluster]`` settings of a run, and what they become: a round's spec, the scheduler's
+options, the interpreters, how often the caller looks at a run.
+
+Imported by the caller only (never by the engine): the engine reads what it needs from the
+round's spec (``round_spec``), written as JSON in the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from remotemap.tasks import auto_chunksize
+
+SCHEDULERS = ("local", "slurm", "pbspro", "drmaa")
+#: Jobs a round aims at on a batch scheduler when ``tasks_per_job`` is 0 (automatic).
+AUTO_JOBS = 32
+#: Seconds between two looks at a run's files (round status, outcomes) when this machine
+#: submits: reading them costs a few system calls.
+LOCAL_POLL_INTERVAL = 0.05
+#: The same through ``cluster.host``: each look is an SFTP round trip (or a tar stream).
+SSH_POLL_INTERVAL = 0.3
+
+
+def poll_interval(settings: Mapping[str, Any]) -> float:
+    """Seconds between two looks at the files of a run made with ``settings``."""
+    return SSH_POLL_INTERVAL if settings.get("host") else LOCAL_POLL_INTERVAL
+
+
+def cluster_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[cluster]`` section's defaults, overridden by ``given``, checked; JSON-able."""
+    # Imported here, not above: the schema module is loaded only by a caller that makes
+    # settings (jobs and the engine never do).
+    from remotemap.backends.cluster.options import CLUSTER
+    from remotemap.config.schema import defaults_of
+
+    settings = {**defaults_of(CLUSTER), **dict(given)}
+    if settings["scheduler"] not in SCHEDULERS:
+        raise ValueError(f"cluster.scheduler: {settings['scheduler']!r} is not one of "
+                         f"{', '.join(SCHEDULERS)}")
+    if settings["walltime"]:
+        walltime_seconds(settings["walltime"])  # refuse a malformed one now
+    for option in settings["native_options"]:
+        if "\n" in option or not option.strip():
+            raise ValueError(f"cluster.native_options: bad option {option!r}")
+    return settings
+
+
+def walltime_seconds(text: str) -> int:
+    """Slurm's time formats ("M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S") in seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        raise ValueError(f"cluster.walltime: {text!r} is not a time limit (minutes, M:S, "
+                         "H:M:S, D-H, D-H:M or D-H:M:S)")
+    days, first, second, third = match.groups()
+    numbers = [int(first)] + [int(n) for n in (second, third) if n is not None]
+    if days is not None:
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+        return int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+    if len(numbers) == 3:
+        return numbers[0] * 3600 + numbers[1] * 60 + numbers[2]
+    return numbers[0] * 60 + (numbers[1] if len(numbers) == 2 else 0)
+
+
+def native_options(settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The scheduler options (``#SBATCH``/``#PBS`` lines) and the config key each comes from."""
+    scheduler = settings["scheduler"]
+    options: list[tuple[str, str]] = []
+    if scheduler in ("slurm", "drmaa"):
+        for key, flag in (("walltime", "--time"), ("memory", "--mem"),
+                          ("cpus_per_task", "--cpus-per-task")):
+            if settings[key]:
+                options.append((f"cluster.{key}", f"{flag}={settings[key]}"))
+    elif scheduler == "pbspro":
+        if settings["walltime"]:
+            hours, rest = divmod(walltime_seconds(settings["walltime"]), 3600)
+            wall = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+            options.append(("cluster.walltime", f"-l walltime={wall}"))
+        if settings["memory"]:
+            options.append(("cluster.memory", f"-l mem={settings['memory']}"))
+        if settings["cpus_per_task"]:
+            options.append(("cluster.cpus_per_task", f"-l ncpus={settings['cpus_per_task']}"))
+    if scheduler != "local":
+        options += [("cluster.native_options", o) for o in settings["native_options"]]
+    return [o for _, o in options], [k for k, _ in options]
+
+
+def tasks_per_job(settings: Mapping[str, Any], n_tasks: int) -> int:
+    if settings.get("tasks_per_job"):
+        return int(settings["tasks_per_job"])
+    if settings["scheduler"] == "local":
+        cpus = (os.cpu_count() or 1) if not settings.get("host") else 4
+        return auto_chunksize(n_tasks, cpus)
+    return max(1, math.ceil(n_tasks / AUTO_JOBS))
+
+
+def job_python(settings: Mapping[str, Any]) -> str:
+    """The interpreter the jobs run (default: this one when this machine submits)."""
+    return str(settings.get("python") or ("python3" if settings.get("host") else sys.executable))
+
+
+def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
+               files: list[tuple[int, int]], env: Mapping[str, str],
+               task_timeout: float | None, function: str) -> dict[str, Any]:
+    """What the engine needs to run one round (written to ``RUN/rounds/N.json``)."""
+    per_job = tasks_per_job(settings, len(files))
+    ids = [f for f, _ in files]
+    native, keys = native_options(settings)
+    local = settings["scheduler"] == "local"
+    return {
+        "run_id": run_id, "round": number, "scheduler": settings["scheduler"],
+        "python": job_python(settings), "queue": "" if local else settings["queue"],
+        "native": native, "native_keys": keys, "slurm_conf": settings["slurm_conf"],
+        "env": dict(env), "task_timeout": task_timeout,
+        "wrapper_walltime": walltime_seconds(settings["walltime"])
+        if local and settings["walltime"] else 0,
+        "poll_interval": settings["poll_interval"], "tick": 0.1, "proc_nb": 0,
+        "function": function, "files": files,
+        "jobs": [ids[i : i + per_job] for i in range(0, len(ids), per_job)],
+    }
+
+
+def engine_python(settings: Mapping[str, Any]) -> str:
+    """The interpreter that runs the engine: this one here, else ``cluster.python``."""
+    if not settings.get("host"):
+        return sys.executable
+    return str(settings.get("python") or "python3")
+
+
+def engine_env(settings: Mapping[str, Any]) -> dict[str, str]:
+    """What the engine process starts with (SLURM_CONF in its real environment, so tools that
+    look for a cluster's processes by it find the engine too)."""
+    return {"SLURM_CONF": str(settings["slurm_conf"])} if settings.get("slurm_conf") else {}

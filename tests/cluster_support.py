@@ -1,0 +1,82 @@
+"""What the cluster tests share (tests/test_cluster.py, tests/test_cluster_slurm.py): fixtures
+and helpers. A test module takes a fixture by naming it at module level (``runs_dir =
+cluster_support.runs_dir``), so each module gets its own module-scoped registry and runs dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.slurm import SingleNodeSlurm
+from tests.slurm_fixtures import require_soma_workflow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The run registry ($XDG_STATE_HOME) in a temp dir for the whole module."""
+    path = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster-runs")
+
+
+@pytest.fixture
+def swf() -> None:
+    require_soma_workflow()
+
+
+@pytest.fixture
+def local(swf: None, runs_dir: Path) -> dict[str, Any]:
+    return {"mode": "cluster", "scheduler": "local", "shared_dir": str(runs_dir),
+            "progress": False}
+
+
+def slurm_options(cluster: SingleNodeSlurm, runs_dir: Path) -> dict[str, Any]:
+    return {"scheduler": "slurm", "slurm_conf": str(cluster.conf_path),
+            "shared_dir": str(runs_dir), "poll_interval": 0.5}
+
+
+@pytest.fixture
+def slurm(swf: None, slurm_cluster: SingleNodeSlurm, runs_dir: Path) -> dict[str, Any]:
+    return {"mode": "cluster", "progress": False, **slurm_options(slurm_cluster, runs_dir)}
+
+
+def env_for_children(state_home: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_STATE_HOME": str(state_home), "PYTHONPATH": str(REPO)}
+
+
+def round_status(run_dir: Path, rnd: int = 0) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((run_dir / "rounds" / f"{rnd}.status.json").read_text())
+    return data
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def no_engine_left(runs_dir: Path) -> None:
+    """No cluster engine of this test module still runs (they exit with their rounds)."""
+    out = subprocess.run(["pgrep", "-f", f"cluster_engine start {runs_dir}"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    assert out == [], f"engines still running: {out}"
