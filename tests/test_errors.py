@@ -17,6 +17,7 @@ import remotemap
 from remotemap.backends.cluster.checks import EngineError
 from remotemap.backends.cluster.files import ClusterError
 from remotemap.backends.remote_files import RemoteSetupError
+from remotemap.config.modes import ModeLoadError
 from remotemap.errors import (
     BackendUnavailable,
     ConfigError,
@@ -120,6 +121,8 @@ SAMPLES: dict[type[RemotemapError], Callable[[], RemotemapError]] = {
     RemoteException: lambda: RemoteException([_failure()], [1, 2, 3, None]),
     ConfigError: lambda: ConfigError("unknown key", path="/etc/remotemap.toml", key="ssh.hots"),
     BackendUnavailable: lambda: BackendUnavailable("soma-workflow is not installed"),
+    ModeLoadError: lambda: ModeLoadError("mode 'threads' (entry point 'threads = m:C' of "
+                                         "distribution 'remotemap-threads 1.0'): no module 'm'"),
     TaskTimeout: lambda: TaskTimeout("the task ran longer than its timeout of 1 s"),
     UnsafePath: lambda: UnsafePath("/tmp/run", "writable by group"),
     TamperedFile: lambda: TamperedFile("/tmp/run/outcomes/000001.pkl"),
@@ -161,7 +164,7 @@ def test_every_error_class_has_a_pickling_sample() -> None:
 @pytest.mark.parametrize(("cls", "builtin"), [
     (BackendUnavailable, RuntimeError), (RunDirectoryBusy, RuntimeError),
     (PrerequisiteUnavailable, RuntimeError), (EngineError, RuntimeError),
-    (ClusterError, RuntimeError), (RemoteSetupError, RuntimeError),
+    (ClusterError, RuntimeError), (RemoteSetupError, RuntimeError), (ModeLoadError, ImportError),
     (WorkerServerGone, RuntimeError), (FunctionChanged, ValueError), (GraphError, ValueError),
 ], ids=lambda value: value.__qualname__)
 def test_errors_keep_the_builtin_base_callers_catch(
