@@ -35,7 +35,8 @@ def _replace_roles(obj: griffe.Object, text: str) -> str:
         target = found["target"]
         shown = target.rsplit(".", 1)[-1] if found["tilde"] else target
         identifier = html.escape(_identifier(obj, target), quote=True)
-        return f'<autoref identifier="{identifier}" optional><code>{html.escape(shown)}</code></autoref>'
+        code = f"<code>{html.escape(shown)}</code>"
+        return f'<autoref identifier="{identifier}" optional>{code}</autoref>'
 
     return ROLE.sub(autoref, text)
 
