@@ -76,11 +76,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
                "remotemap.backends.cluster_runs"}):
         "the flat cluster modules share helpers both ways; the cluster package split "
         "(issue 11 item 1) orders them",
-    frozenset({"remotemap.workflow.graph", "remotemap.workflow.run", "remotemap.workflow.keys",
-               "remotemap.workflow.schedule", "remotemap.workflow.on_cluster",
-               "remotemap.workflow.remote_step"}):
-        "Workflow.run calls run_workflow, which reads the graph; to be cut by making "
-        "Workflow.run a thin call into workflow.run from above",
     frozenset({"remotemap.cli.status_cmd", "remotemap.cli.ssh_status",
                "remotemap.cli.workflow_status"}):
         "the status blocks share StatusContext with the command that assembles them; "
