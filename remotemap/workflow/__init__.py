@@ -5,9 +5,9 @@ graph and returns a :class:`WorkflowReport`; :func:`dispatch` runs a :class:`Tre
 many subjects at once.
 """
 
-from remotemap.workflow.graph import GraphError, Result, Step, Workflow
+from remotemap.workflow.graph import GraphError, Result, Step
 from remotemap.workflow.report import StepReport, WorkflowFailed, WorkflowReport
-from remotemap.workflow.run import run_workflow
+from remotemap.workflow.run import Workflow, run_workflow
 from remotemap.workflow.schedule import (
     GraphBackend,
     GraphPlan,
