@@ -5,7 +5,7 @@ wheel from the sdist), in an isolated build environment held to constraints.txt 
 ``PIP_CONSTRAINT`` so that the setuptools doing the build is the pinned one. Then: ``twine check
 --strict``, the wheel's metadata and files, the sdist's files, and the wheel installed into a
 clean venv (its dependencies from the registry, held to constraints.txt) running
-``remotemap demo`` outside the checkout. About 25 s with a warm pip cache.
+``remotemap demo`` outside the checkout. 20-50 s with a warm pip cache (2 shared cores).
 """
 
 from __future__ import annotations
