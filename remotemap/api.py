@@ -13,7 +13,7 @@ from typing import Any
 from remotemap.backends import get_backend_class
 from remotemap.backends.base import Backend
 from remotemap.config import Config, load_config
-from remotemap.driver import Policy, Update, collect, drive, make_policy
+from remotemap.driver import Outcome, Policy, Update, collect, drive, make_policy
 from remotemap.errors import BackendUnavailable, RemoteException
 from remotemap.interrupts import terminate_unwinds
 from remotemap.run_records import Fingerprints
@@ -77,15 +77,7 @@ def remote_map(
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
                    env, run_dir, resume, function_changed, options)
-    started = time.monotonic()
-    try:
-        with terminate_unwinds():
-            outcome = collect(run.updates(progress), run.n_tasks)
-        log.debug("remote_map: %d tasks on %s in %.3f s, %d failed", run.n_tasks, run.mode,
-                  time.monotonic() - started, len(outcome.failures))
-        run.finish(len(outcome.failures))
-    finally:
-        run.close()
+    outcome = run.collect(progress)
     if outcome.failures:
         raise RemoteException(outcome.failures, outcome.results, run_dir=run.stored_at)
     return outcome.results
@@ -160,6 +152,19 @@ class _Run:
         log.debug("remote_map: %d tasks on %s", self.n_tasks, self.mode)
         return drive(self.backend, self.func, self.largs, self.lkwargs, self.policy,
                      progress=progress, store=self.store)
+
+    def collect(self, progress: bool | None) -> Outcome:
+        """Run every task to the end (``remote_map``); the stored run is left for others."""
+        started = time.monotonic()
+        try:
+            with terminate_unwinds():
+                outcome = collect(self.updates(progress), self.n_tasks)
+            log.debug("remote_map: %d tasks on %s in %.3f s, %d failed", self.n_tasks,
+                      self.mode, time.monotonic() - started, len(outcome.failures))
+            self.finish(len(outcome.failures))
+        finally:
+            self.close()
+        return outcome
 
     def finish(self, n_failed: int) -> None:
         if self.store is not None:

@@ -2,6 +2,21 @@
 
 Everything here is the same for every backend: the backend only runs chunks (see
 ``remotemap.session``); what to submit, what to retry and when to stop is decided here.
+
+:func:`dispatch` is the one dispatch loop. ``remote_map``/``remote_imap`` (through
+:func:`drive`), the :class:`~remotemap.Executor` and the ``cluster`` workflow runner all drive
+their sessions with it; they differ only in where their chunks come from, which is a
+:class:`Work`: a fixed list of chunks (:func:`drive`), submissions arriving from other threads
+(the executor), or the steps of a graph that become ready as others end
+(``workflow.on_cluster``). What comes back is theirs to handle: the loop yields each
+:class:`ChunkResult` as it arrives, and the caller decides which failures go to
+:meth:`RetrySchedule.consider`. One turn of the loop:
+
+1. the tasks whose retry is due go back to the work (:meth:`Work.again`);
+2. the session is filled up to its ``capacity`` (:meth:`Work.take`);
+3. with something out, ``session.wait`` until a result comes, the next retry is due, or
+   ``session.wake()`` is called; with nothing out, the work waits for more
+   (:meth:`Work.idle`), or the loop ends when no more can come.
 """
 
 from __future__ import annotations
@@ -9,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +33,8 @@ from remotemap.errors import TaskFailure
 from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
 from remotemap.runs import RunStore
-from remotemap.session import Backend, TaskOptions
-from remotemap.tasks import Chunk, make_chunks
+from remotemap.session import Backend, Session, TaskOptions
+from remotemap.tasks import Chunk, ChunkResult, make_chunks
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,90 @@ class RetrySchedule:
         return bool(self._due)
 
 
+class Work(ABC):
+    """Where a :func:`dispatch` loop's chunks come from."""
+
+    @abstractmethod
+    def again(self, indices: list[int]) -> None:
+        """Tasks whose retry is due: send them again (before new work, as a rule)."""
+
+    @abstractmethod
+    def take(self, room: int) -> list[Chunk] | None:
+        """At most ``room`` chunks to submit now (maybe none); None to stop the loop now,
+        whatever is still out."""
+
+    @abstractmethod
+    def ended(self) -> bool:
+        """No more work will come: the loop ends once nothing is out or waiting to retry."""
+
+    def idle(self, timeout: float | None) -> None:
+        """Nothing is out and nothing could be sent: wait for more work, or ``timeout``
+        seconds (the next retry is due then). Work that never grows has only retries to wait
+        for."""
+        time.sleep(timeout or 0)
+
+    def sent(self) -> None:  # noqa: B027 - most work has nothing to do here
+        """The chunks just taken were submitted; the loop waits next."""
+
+
+def _submit(session: Session, chunks: list[Chunk]) -> None:
+    # The chunks (functions and arguments) stay in this frame only, not held while waiting.
+    for chunk in chunks:
+        session.submit(chunk)
+
+
+def dispatch(session: Session, work: Work, retries: RetrySchedule) -> Iterator[ChunkResult]:
+    """Drive ``session`` with ``work`` until the work has ended and every result came back
+    (see the module docstring). Closing the generator stops sending; the session is the
+    caller's to close."""
+    while True:
+        due = retries.due()
+        if due:
+            work.again(due)
+        chunks = work.take(max(session.capacity - session.in_flight, 0))
+        if chunks is None:
+            return
+        _submit(session, chunks)
+        del chunks
+        work.sent()
+        if session.in_flight:
+            yield from session.wait(retries.next_in())
+        elif retries or not work.ended():
+            work.idle(retries.next_in())
+        else:
+            return
+
+
+class _Tasks(Work):
+    """A fixed list of tasks in chunks; retried tasks go out first, one chunk per due batch."""
+
+    def __init__(self, largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]],
+                 size: int, todo: list[int]) -> None:
+        self.largs, self.lkwargs = largs, lkwargs
+        self.source: Iterator[Chunk] = make_chunks(largs, lkwargs, size, indices=todo)
+        self.exhausted = not todo
+        self.retry: list[Chunk] = []
+        self.next_id = len(largs)  # retried tasks go out in chunks numbered after the first
+
+    def again(self, indices: list[int]) -> None:
+        self.retry.append(Chunk(self.next_id, indices, [self.largs[i] for i in indices],
+                                [self.lkwargs[i] for i in indices]))
+        self.next_id += 1
+
+    def take(self, room: int) -> list[Chunk]:
+        chunks, self.retry = self.retry[:room], self.retry[room:]
+        while len(chunks) < room and not self.exhausted:
+            chunk = next(self.source, None)
+            if chunk is None:
+                self.exhausted = True
+            else:
+                chunks.append(chunk)
+        return chunks
+
+    def ended(self) -> bool:
+        return self.exhausted and not self.retry
+
+
 @dataclass
 class Update:
     """What one wait brought: values of tasks that succeeded, failures that are final."""
@@ -145,39 +245,18 @@ def drive(
     # A timeout is per task: give each task its own chunk so one slow task cannot take others'
     # time, and a timed-out chunk kills only the task that overran.
     size = 1 if policy.options.timeout is not None else backend.chunksize(len(todo))
-    source: Iterator[Chunk] = make_chunks(largs, lkwargs, size, indices=todo)
-    next_id = n_tasks  # retried tasks go out in chunks numbered after the first ones
     retries = RetrySchedule(policy)
     with backend.open(function, policy.options) as session, \
             Progress(n_tasks, progress, backend.name) as bar:
         bar.update(n_tasks - len(todo))
-        exhausted = not todo
-        while True:
-            while session.in_flight < session.capacity:
-                due = retries.due()
-                if due:
-                    session.submit(Chunk(next_id, due, [largs[i] for i in due],
-                                         [lkwargs[i] for i in due]))
-                    next_id += 1
-                    continue
-                chunk = None if exhausted else next(source, None)
-                if chunk is None:
-                    exhausted = True
-                    break
-                session.submit(chunk)
-            if exhausted and not retries and session.in_flight == 0:
+        for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
+            if store is not None:
+                store.record(result)
+            finals = [f for f in map(retries.consider, result.failures) if f is not None]
+            bar.update(len(result.indices) + len(finals))
+            yield Update(result.indices, result.values, finals)
+            if finals and policy.on_error == "stop":
                 return
-            if session.in_flight == 0 and retries:  # only retries left, none due yet
-                time.sleep(retries.next_in() or 0)
-                continue
-            for result in session.wait(retries.next_in() if retries else None):
-                if store is not None:
-                    store.record(result)
-                finals = [f for f in map(retries.consider, result.failures) if f is not None]
-                bar.update(len(result.indices) + len(finals))
-                yield Update(result.indices, result.values, finals)
-                if finals and policy.on_error == "stop":
-                    return
 
 
 def collect(updates: Iterator[Update], n_tasks: int) -> Outcome:

@@ -35,9 +35,9 @@ from typing import Any
 from remotemap.api import make_backend
 from remotemap.backends.base import Backend, Session
 from remotemap.config import Config, load_config
-from remotemap.driver import Policy, RetrySchedule, make_policy
+from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy
 from remotemap.errors import RemoteException, RemotemapError, TaskFailure
-from remotemap.tasks import Chunk
+from remotemap.tasks import Chunk, ChunkResult
 
 as_completed = concurrent.futures.as_completed
 
@@ -227,9 +227,10 @@ class Executor(concurrent.futures.Executor):
         return None
 
 
-class _Dispatcher:
+class _Dispatcher(Work):
     """An executor's state and its one thread: submissions in, the backend session, futures
-    resolved. Its thread starts with the first submission and ends after shutdown."""
+    resolved. Its thread starts with the first submission and ends after shutdown; it runs
+    the one dispatch loop (``driver.dispatch``) with the submissions as its :class:`Work`."""
 
     def __init__(self, backend: Backend, policy: Policy) -> None:
         self.backend = backend
@@ -238,6 +239,8 @@ class _Dispatcher:
         self.lock = threading.Condition()
         #: Submitted, not yet handed to the backend: one list of tasks per chunk.
         self.pending: collections.deque[list[_Task]] = collections.deque()
+        #: Tasks whose retry is due, not yet handed to the backend (this thread's only).
+        self.retry: collections.deque[int] = collections.deque()
         self.tasks: dict[int, _Task] = {}
         self.count = 0
         self.shutdown = False
@@ -311,8 +314,9 @@ class _Dispatcher:
         try:
             with self.backend.open(_call, self.policy.options) as session:
                 self.session = session
-                while self._step(session, retries):
-                    pass
+                for result in dispatch(session, self, retries):
+                    self._hand_over(result, retries)
+                    del result  # no result stays referenced here while the loop waits
         except BaseException as exc:  # the backend itself failed: every open future fails
             error = exc
             with self.lock:  # from now on submit() refuses, rather than queue work never run
@@ -327,6 +331,14 @@ class _Dispatcher:
             with _exit_lock:
                 _running.discard(self)
 
+    def _hand_over(self, result: ChunkResult, retries: RetrySchedule) -> None:
+        for index, value in zip(result.indices, result.values, strict=True):
+            self._resolve(index).set_result(value)
+        for failure in result.failures:
+            final = retries.consider(failure)
+            if final is not None:
+                self._resolve(final.index).set_exception(task_exception(final))
+
     def _fail_open(self, error: Callable[[_Task], BaseException]) -> None:
         with self.lock:
             tasks, self.pending = list(self.tasks.values()), collections.deque()
@@ -335,19 +347,21 @@ class _Dispatcher:
             if not task.future.done():
                 task.future.set_exception(error(task))
 
-    def _next_chunks(self, session: Session, retries: RetrySchedule) -> list[Chunk] | None:
-        """Wait for work, then take the chunks that may go out now; None when all is done."""
+    # -- the dispatch loop's Work: what was submitted ------------------------------------------
+    def again(self, indices: list[int]) -> None:
+        self.retry.extend(indices)
+
+    def take(self, room: int) -> list[Chunk] | None:
+        """Retries first, then submissions, up to ``max_workers`` chunks out; None to stop."""
         with self.lock:
-            while not self.pending and session.in_flight == 0 and not self.shutdown:
-                if retries and retries.due_now():
-                    break
-                self.lock.wait(retries.next_in() if retries else None)
-            if self.abort or (self.shutdown and not self.pending
-                              and session.in_flight == 0 and not retries):
+            if self.abort:
                 return None
-            limit = min(session.capacity, self.max_workers or session.capacity)
+            if self.max_workers is not None and self.session is not None:
+                room = min(room, self.max_workers - self.session.in_flight)
             chunks: list[Chunk] = []
-            while self.pending and session.in_flight + len(chunks) < limit:
+            while self.retry and len(chunks) < room:
+                chunks.append(_chunk([self.tasks[self.retry.popleft()]]))
+            while self.pending and len(chunks) < room:
                 batch = self.pending.popleft()
                 kept = [task for task in batch if task.future.set_running_or_notify_cancel()]
                 for task in batch:
@@ -355,29 +369,22 @@ class _Dispatcher:
                         del self.tasks[task.index]
                 if kept:
                     chunks.append(_chunk(kept))
-            return chunks
-
-    def _step(self, session: Session, retries: RetrySchedule) -> bool:
-        """Submit what may go out, then take in what came back; False when all is done."""
-        chunks = self._next_chunks(session, retries)
-        if chunks is None:
-            return False
         if not self.backend.isolates_crashes:
             self.started.set()  # tasks run in this process: nothing to start first
-        for chunk in chunks:
-            session.submit(chunk)
-        del chunks  # the tasks' functions and arguments are not held while waiting
-        for index in retries.due():
-            session.submit(_chunk([self.tasks[index]]))
+        return chunks
+
+    def sent(self) -> None:
         self.started.set()
-        for result in session.wait(retries.next_in() if retries else None):
-            for index, value in zip(result.indices, result.values, strict=True):
-                self._resolve(index).set_result(value)
-            for failure in result.failures:
-                final = retries.consider(failure)
-                if final is not None:
-                    self._resolve(final.index).set_exception(task_exception(final))
-        return True
+
+    def ended(self) -> bool:
+        with self.lock:
+            return self.shutdown and not self.pending and not self.retry
+
+    def idle(self, timeout: float | None) -> None:
+        """Wait for a submission, ``stop``, or ``timeout`` (the next retry)."""
+        with self.lock:
+            if not self.pending and not self.abort:
+                self.lock.wait(timeout)
 
     def _resolve(self, index: int) -> concurrent.futures.Future[Any]:
         with self.lock:

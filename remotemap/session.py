@@ -10,19 +10,20 @@ per-task timeout and environment), ``wait`` for results, ``close`` to stop every
 remove every file. ``wake`` is the one method other threads may call: it makes a blocked
 ``wait`` return early, so a driver waiting for results notices new submissions at once.
 
-``Backend.run`` drives a session over a fixed list of chunks; ``remote_map`` and the executor
-build retries, timeouts, fail-fast and resume on the same sessions (see ``remotemap.driver``).
+``remote_map``, the executor and the ``cluster`` workflow runner drive sessions with the one
+dispatch loop, ``remotemap.driver.dispatch``, which owns retries and fail-fast; ``drive``
+adds timeouts, resume and progress (see ``remotemap.driver``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from remotemap.tasks import Chunk, ChunkResult, Results
+from remotemap.tasks import Chunk, ChunkResult
 
 if TYPE_CHECKING:
     from remotemap.config.declarations import Section
@@ -100,21 +101,3 @@ class Backend(ABC):
     @abstractmethod
     def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:
         """Start workers ready to run ``function``."""
-
-    def run(self, function: Callable[..., Any], chunks: Iterable[Chunk],
-            options: TaskOptions | None = None) -> Results:
-        """Run every chunk; yield each one's result as it finishes. Closing the generator early
-        stops the workers."""
-        with self.open(function, options or TaskOptions()) as session:
-            source = iter(chunks)
-            exhausted = False
-            while True:
-                while not exhausted and session.in_flight < session.capacity:
-                    chunk = next(source, None)
-                    if chunk is None:
-                        exhausted = True
-                    else:
-                        session.submit(chunk)
-                if exhausted and session.in_flight == 0:
-                    return
-                yield from session.wait()

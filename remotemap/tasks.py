@@ -6,7 +6,7 @@ tiny tasks, building and pickling per-task objects would cost more than the task
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,6 @@ class ChunkResult:
     indices: list[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)
-
-
-#: What a backend's ``run`` gives back: chunk results as they finish; closing it cancels the rest.
-Results = Generator[ChunkResult, None, None]
 
 
 def normalize_arguments(

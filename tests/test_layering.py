@@ -68,13 +68,7 @@ LAYERS: dict[str, int] = {
 KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 #: Import circles tolerated for now, as the set of modules in each; same rule as above.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"remotemap.workflow.graph", "remotemap.workflow.run", "remotemap.workflow.keys",
-               "remotemap.workflow.schedule", "remotemap.workflow.on_cluster",
-               "remotemap.workflow.remote_step"}):
-        "Workflow.run calls run_workflow, which reads the graph; to be cut by making "
-        "Workflow.run a thin call into workflow.run from above",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 @dataclass(frozen=True)

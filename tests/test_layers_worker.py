@@ -143,3 +143,27 @@ def test_every_public_name_resolves_and_star_import_works() -> None:
 def test_unknown_name_is_an_attribute_error_naming_it() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         remotemap.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+
+
+#: What a cluster job running one workflow step loads to unpickle ``call_step``: the step
+#: runner and the graph it resolves prerequisites with, nothing that runs workflows.
+STEP_JOB_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.execution",
+                    "remotemap.integrity", "remotemap.protocol", "remotemap.rundir",
+                    "remotemap.tasks", "remotemap.workflow", "remotemap.workflow.graph",
+                    "remotemap.workflow.remote_step"}
+
+
+def test_a_workflow_step_job_loads_no_runner(tmp_path: Path) -> None:
+    """``remotemap.workflow`` is lazy too, so a compute node unpickling a step's function
+    does not load the api, the executor, the config or the runners."""
+    _, loaded = _probe("import", "remotemap.workflow.remote_step", tmp_path)
+    ours = {n for n in loaded if n.split(".")[0] == "remotemap"}
+    assert ours == STEP_JOB_MODULES
+
+
+def test_the_lazy_workflow_names_are_its_public_names() -> None:
+    import remotemap.workflow as workflow
+
+    assert set(workflow.__all__) == set(workflow._LAZY)
+    for name in workflow.__all__:
+        assert getattr(workflow, name).__name__ == name

@@ -1,5 +1,9 @@
 """Steps with prerequisites: the graph a workflow runs, checked before anything runs.
 
+:class:`Graph` is a workflow without the means to run it: ``Workflow`` (in
+``remotemap.workflow.run``, above the runners) adds :meth:`run`, so that the runners, which
+read the graph, never import the module that calls them.
+
 A step is a function with its arguments. ``Workflow.add_step`` returns the step's id (1, 2,
 ...). Like Scipion's ``_insertFunctionStep``, a step given no ``prerequisites`` follows the
 step added just before it, so steps form a chain unless told otherwise; independent steps name
@@ -10,17 +14,11 @@ among a step's arguments stands for another step's value and makes that step a p
 from __future__ import annotations
 
 import heapq
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from remotemap.errors import RemotemapError
-
-if TYPE_CHECKING:
-    import concurrent.futures
-
-    from remotemap.workflow.report import WorkflowReport
 
 
 class GraphError(RemotemapError, ValueError):
@@ -108,8 +106,8 @@ def _describe_callable(func: Any) -> str:
     return getattr(func, "__qualname__", None) or type(func).__name__
 
 
-class Workflow:
-    """Steps with prerequisites, run on any mode by :meth:`run`."""
+class Graph:
+    """Steps with prerequisites (``remotemap.workflow.Workflow`` runs them)."""
 
     def __init__(self, name: str = "workflow") -> None:
         if not isinstance(name, str) or not name:
@@ -220,19 +218,3 @@ class Workflow:
         first = cycle.index(min(cycle))  # start at the lowest id: the same text every time
         cycle = cycle[first:] + cycle[:first]
         return [*cycle, cycle[0]]
-
-    def run(self, mode: str | None = None, *,
-            executor: concurrent.futures.Executor | None = None,
-            max_parallel: int | None = None, run_dir: str | os.PathLike[str] | None = None,
-            **options: Any) -> WorkflowReport:
-        """Run every step on ``mode`` and return the report of every step's state.
-
-        ``max_parallel`` bounds the steps running at once; rerunning with the same
-        ``run_dir`` skips the steps that finished there. Other options (``config``,
-        ``timeout``, ``retries``, ``backoff``, ``env``, the mode's own): see
-        :func:`remotemap.workflow.run.run_workflow`.
-        """
-        from remotemap.workflow.run import run_workflow
-
-        return run_workflow(self, mode, executor=executor, max_parallel=max_parallel,
-                            run_dir=run_dir, **options)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from remotemap.fingerprint import function_fingerprint, task_fingerprint
-from remotemap.workflow.graph import Result, Workflow
+from remotemap.workflow.graph import Graph, Result
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,7 +34,7 @@ def _replace_results(obj: Any, keys: Mapping[int, str]) -> Any:
     return obj
 
 
-def step_keys(workflow: Workflow, order: list[int]) -> dict[int, str]:
+def step_keys(workflow: Graph, order: list[int]) -> dict[int, str]:
     """Every step's key; ``order`` must put prerequisites first (``workflow.order()``)."""
     keys: dict[int, str] = {}
     seen: dict[str, int] = {}

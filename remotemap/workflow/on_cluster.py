@@ -1,7 +1,7 @@
 """``cluster`` workflows: the graph handed to the batch system as job dependencies.
 
 A workflow's steps run in one cluster run directory. They go out in *rounds* (one
-soma-workflow workflow each, see ``cluster_runs``): a round holds every step that can be
+soma-workflow workflow each, see ``backends/cluster/runs.py``): a round holds every step that can be
 placed now - each prerequisite done, or in the same round - as one job per step, with a
 soma-workflow dependency for each prerequisite. The batch system then starts each job once
 the jobs before it have ended well; a job whose step failed exits non-zero (``worker run
@@ -38,9 +38,12 @@ from remotemap.backends.cluster.files import ClusterError
 from remotemap.backends.cluster.runs import ClusterRun
 from remotemap.backends.cluster.session import close_run, create_run, local_problem
 from remotemap.backends.cluster.settings import poll_interval
-from remotemap.driver import Policy, RetrySchedule
+from remotemap.driver import Policy, RetrySchedule, Work, dispatch
 from remotemap.errors import BackendUnavailable, TaskFailure
 from remotemap.execution import failure_from_exception, pickle_function
+from remotemap.protocol import chunk_name
+from remotemap.session import Session
+from remotemap.tasks import Chunk, ChunkResult
 from remotemap.workflow.graph import Step, resolve
 from remotemap.workflow.remote_step import call_step
 from remotemap.workflow.schedule import GraphPlan, GraphState, StepOutcome, run_here
@@ -57,7 +60,12 @@ def run_graph(settings: dict[str, Any], plan: GraphPlan,
     return _GraphRun(settings, plan, policy).outcomes()
 
 
-class _GraphRun:
+class _GraphRun(Session, Work):
+    """The graph as the one dispatch loop (``driver.dispatch``) sees it: the :class:`Work`
+    is the steps that can be placed now (one chunk per step, its id as chunk id), and the
+    :class:`Session` sends the steps placed in one turn out as one round (client steps to a
+    thread here) and polls the run for the steps that ended."""
+
     def __init__(self, settings: dict[str, Any], plan: GraphPlan, policy: Policy) -> None:
         self.settings = settings
         self.plan = plan
@@ -65,6 +73,8 @@ class _GraphRun:
         self.graph = GraphState(plan)
         self.position = {step_id: i for i, step_id in enumerate(plan.order)}
         self.values: dict[int, Any] = dict(plan.reused)
+        #: Steps placed this turn, going out together as the next round.
+        self.batch: list[int] = []
         #: Steps out on the cluster -> the chunk file (= outcome file) of their attempt.
         self.on_cluster: dict[int, int] = {}
         #: Steps done on the cluster -> the outcome file holding their value.
@@ -72,35 +82,49 @@ class _GraphRun:
         self.on_client: dict[concurrent.futures.Future[StepOutcome], int] = {}
         self.retries = RetrySchedule(policy)
         self.run: ClusterRun | None = None
+        self.client: concurrent.futures.Executor | None = None
+        # A batch system has no bound per workflow: max_parallel is the only one.
+        self.capacity = plan.max_parallel if plan.max_parallel is not None else 1 << 30
         self.interval = poll_interval(settings)
 
     def outcomes(self) -> Iterator[StepOutcome]:
         with concurrent.futures.ThreadPoolExecutor(1, "remotemap-client-step") as client:
+            self.client = client
             try:
-                while True:
-                    self._wait_again(self.retries.due())
-                    self.graph.drop_blocked()
-                    settled = [o for o in self._place(client) if o is not None]
-                    yield from settled
-                    if settled:
-                        continue  # they may block or free other steps: place again first
-                    if not (self.on_cluster or self.on_client or self.retries):
-                        if self.graph.waiting:  # cannot happen: a graph's first step is ready
-                            log.error("workflow %s: steps %s could not be placed",
-                                      self.plan.workflow.name, self.graph.waiting)
-                        return
-                    yield from self._collect()
+                for result in dispatch(self, self, self.retries):
+                    yield from _outcomes(result)
             finally:
-                if self.run is not None:
-                    run, self.run = self.run, None
-                    close_run(run, self.settings)
+                self.close()
 
-    # -- placing steps ---------------------------------------------------------------------------
-    def _wait_again(self, steps: list[int]) -> None:
+    # -- Work: placing steps -------------------------------------------------------------------
+    def again(self, indices: list[int]) -> None:
         """Put steps back among those waiting, in the plan's order (prerequisites first)."""
-        if steps:
-            waiting = {*self.graph.waiting, *steps}
+        if indices:
+            waiting = {*self.graph.waiting, *indices}
             self.graph.waiting = sorted(waiting, key=self.position.__getitem__)
+
+    def take(self, room: int) -> list[Chunk]:
+        """Every step that can go now, up to ``room`` (client steps included)."""
+        self.graph.drop_blocked()
+        placed: list[int] = []
+        chained: set[int] = set()  # steps of this round the ones after them may depend on
+        for step_id in list(self.graph.waiting):
+            if len(placed) >= room:
+                break
+            step = self.plan.step(step_id)
+            if not self._can_place(step, set() if step.on_client else chained):
+                continue
+            self.graph.waiting.remove(step_id)
+            placed.append(step_id)
+            if not step.on_client and self.plan.max_parallel is None and not step.always:
+                chained.add(step_id)
+        return [Chunk(step_id, [step_id], [()], [{}]) for step_id in placed]
+
+    def ended(self) -> bool:
+        if self.graph.waiting:  # cannot happen: a graph's first step is ready
+            log.error("workflow %s: steps %s could not be placed",
+                      self.plan.workflow.name, self.graph.waiting)
+        return True
 
     def _can_place(self, step: Step, batch: set[int]) -> bool:
         ended = self.graph.ended
@@ -108,28 +132,46 @@ class _GraphRun:
             return all(p in ended for p in step.prerequisites)
         return all(ended.get(p) is True or p in batch for p in step.prerequisites)
 
-    def _place(self, client: concurrent.futures.Executor) -> list[StepOutcome | None]:
-        """Send out every step that can go now; the outcomes of those that failed at once."""
-        limit = self.plan.max_parallel
-        room = None if limit is None else limit - len(self.on_cluster) - len(self.on_client)
-        batch: list[int] = []
-        chained: set[int] = set()  # steps of this round the ones after them may depend on
-        for step_id in list(self.graph.waiting):
-            if room is not None and room <= 0:
-                break
-            step = self.plan.step(step_id)
-            if not self._can_place(step, set() if step.on_client else chained):
-                continue
-            self.graph.waiting.remove(step_id)
-            room = None if room is None else room - 1
-            if step.on_client:
-                values = {p: self.values[p] for p in step.uses}
-                self.on_client[client.submit(run_here, step, values)] = step_id
-            else:
-                batch.append(step_id)
-                if limit is None and not step.always:
-                    chained.add(step_id)
-        return self._launch(batch) if batch else []
+    # -- Session: rounds out, outcomes in ------------------------------------------------------
+    def submit(self, chunk: Chunk) -> None:
+        step = self.plan.step(chunk.id)
+        if step.on_client:
+            assert self.client is not None
+            values = {p: self.values[p] for p in step.uses}
+            self.on_client[self.client.submit(run_here, step, values)] = step.id
+        else:
+            self.batch.append(step.id)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.batch) + len(self.on_cluster) + len(self.on_client)
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        """Send this turn's round out; then the steps that ended since the last look, waiting
+        a little (the poll interval, or less until the next retry) when none did. Each comes
+        back settled (see :meth:`_settle`): a value, or a final failure."""
+        if self.batch:
+            batch, self.batch = self.batch, []
+            settled = [o for o in self._launch(batch) if o is not None]
+            if settled:  # failed at once: they may block or free other steps, place again
+                return [_as_result(o) for o in settled]
+        ended: list[StepOutcome | None] = []
+        if self.run is not None and self.on_cluster:
+            ended += self._poll(self.run)
+        for future in [f for f in self.on_client if f.done()]:
+            outcome = future.result()
+            del self.on_client[future]
+            ended.append(self._settle(outcome.step, outcome.value, outcome.failure))
+        settled = [o for o in ended if o is not None]
+        if not settled:
+            wait = self.interval if timeout is None else min(self.interval, timeout)
+            concurrent.futures.wait(self.on_client, wait)
+        return [_as_result(o) for o in settled]
+
+    def close(self) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            close_run(run, self.settings)
 
     def _launch(self, batch: list[int]) -> list[StepOutcome | None]:
         """One round with the ``batch`` steps, each a job depending on its prerequisites'."""
@@ -160,12 +202,12 @@ class _GraphRun:
             if step_id in sent and all(p in job for p in in_batch):
                 job[step_id] = len(job)
             elif step_id in sent:
-                self._wait_again([step_id])
+                self.again([step_id])
         kept = list(job)
         if kept:
             dependencies = [(job[p], job[step_id]) for step_id in kept
                             for p in self.plan.step(step_id).prerequisites if p in job]
-            names = {f"chunks/{files[s]:06d}.pkl" for s in kept}
+            names = {chunk_name(files[s]) for s in kept}
             run.files.write_many({name: blobs[name] for name in names})
             run.start_round([(files[s], s) for s in kept], dependencies=dependencies,
                             task_timeout=self.policy.options.timeout)
@@ -183,23 +225,6 @@ class _GraphRun:
         return self.run
 
     # -- outcomes ------------------------------------------------------------------------------
-    def _collect(self) -> Iterator[StepOutcome]:
-        """Whatever ended since the last look; waits a little when nothing did."""
-        ended: list[StepOutcome | None] = []
-        if self.run is not None and self.on_cluster:
-            ended += self._poll(self.run)
-        for future in [f for f in self.on_client if f.done()]:
-            outcome = future.result()
-            del self.on_client[future]
-            ended.append(self._settle(outcome.step, outcome.value, outcome.failure))
-        settled = [o for o in ended if o is not None]
-        if not settled:
-            wait = self.interval
-            due = self.retries.next_in()
-            wait = wait if due is None else min(wait, due)
-            concurrent.futures.wait(self.on_client, wait)
-        yield from settled
-
     def _poll(self, run: ClusterRun) -> list[StepOutcome | None]:
         try:
             values, failures = run.poll()
@@ -235,12 +260,12 @@ class _GraphRun:
                                    for p in step.prerequisites):
             # Its job never started: a prerequisite failed. That prerequisite's fate (retried,
             # or failed for good) decides this step's, not this "failure".
-            self._wait_again([step_id])
+            self.again([step_id])
             return None
         self._hold_followers(step_id)
         final = self.retries.consider(failure)
         if final is None:
-            return None  # due again after its backoff (see outcomes)
+            return None  # due again after its backoff (the dispatch loop calls again())
         self.graph.ended[step_id] = False
         return StepOutcome(step_id, failure=final)
 
@@ -255,5 +280,17 @@ class _GraphRun:
                 del self.on_cluster[step_id]
         if self.run is not None:  # nothing to wait for, or to cancel, in their old jobs
             self.run.forget(held - {failed})
-        self._wait_again(sorted(held - {failed}))
+        self.again(sorted(held - {failed}))
 
+
+
+def _as_result(outcome: StepOutcome) -> ChunkResult:
+    if outcome.failure is not None:
+        return ChunkResult(outcome.step, failures=[outcome.failure])
+    return ChunkResult(outcome.step, [outcome.step], [outcome.value])
+
+
+def _outcomes(result: ChunkResult) -> list[StepOutcome]:
+    """The settled outcomes a :meth:`_GraphRun.wait` result carries (the one way back)."""
+    return [*(StepOutcome(s, v) for s, v in zip(result.indices, result.values, strict=True)),
+            *(StepOutcome(f.index, failure=f) for f in result.failures)]

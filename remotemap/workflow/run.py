@@ -1,5 +1,9 @@
 """``Workflow.run``: check the graph, resume what a run directory holds, run the rest, report.
 
+:class:`Workflow` lives here, above the graph (``workflow.graph``) and the runners
+(``workflow.schedule``, ``workflow.on_cluster``): its :meth:`~Workflow.run` is a thin call
+into :func:`run_workflow`, so nothing below imports this module back.
+
 Everything that could stop the run is checked before the first step starts: the graph (ids,
 cycles), the options, the mode. Outcomes are stored the moment they arrive, so a run stopped
 half-way (Ctrl-C, SIGKILL) keeps every step it finished for the next run in the same
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -21,7 +26,7 @@ from remotemap.config import Config, load_config
 from remotemap.driver import Policy, make_policy
 from remotemap.execution import this_host
 from remotemap.executor import Executor
-from remotemap.workflow.graph import Workflow
+from remotemap.workflow.graph import Graph
 from remotemap.workflow.keys import step_keys
 from remotemap.workflow.report import DONE, FAILED, NOT_RUN, StepReport, WorkflowReport
 from remotemap.workflow.schedule import GraphPlan, StepOutcome, run_in_turn, run_on_executor
@@ -54,12 +59,30 @@ GRAPH_RUNNERS: dict[str, GraphRunner] = {
 _REPORT_EVERY = 0.5
 
 
-def run_workflow(workflow: Workflow, mode: str | None = None, *,
+class Workflow(Graph):
+    """Steps with prerequisites, run on any mode by :meth:`run`."""
+
+    def run(self, mode: str | None = None, *,
+            executor: concurrent.futures.Executor | None = None,
+            max_parallel: int | None = None, run_dir: str | os.PathLike[str] | None = None,
+            **options: Any) -> WorkflowReport:
+        """Run every step on ``mode`` and return the report of every step's state.
+
+        ``max_parallel`` bounds the steps running at once; rerunning with the same
+        ``run_dir`` skips the steps that finished there. Other options (``config``,
+        ``timeout``, ``retries``, ``backoff``, ``env``, the mode's own): see
+        :func:`remotemap.workflow.run.run_workflow`.
+        """
+        return run_workflow(self, mode, executor=executor, max_parallel=max_parallel,
+                            run_dir=run_dir, **options)
+
+
+def run_workflow(workflow: Graph, mode: str | None = None, *,
                  executor: concurrent.futures.Executor | None = None,
                  max_parallel: int | None = None,
                  run_dir: str | os.PathLike[str] | None = None,
                  config: Config | str | os.PathLike[str] | None = None,
-                 timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
+                 timeout: float | None = None, retries: int = 0, backoff: float | None = None,
                  env: Mapping[str, str] | None = None, **options: Any) -> WorkflowReport:
     """Run ``workflow``'s steps on ``mode`` (default: the config's mode); report every step.
 
@@ -70,8 +93,8 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
     - ``executor``: run the steps on this :class:`remotemap.Executor`, or any other
       ``concurrent.futures`` executor (then give neither a mode nor options); it is left
       open. A ``concurrent.futures.ThreadPoolExecutor`` suits steps that mostly wait.
-    - ``config``, ``timeout``, ``retries``, ``backoff``, ``env`` and the mode's ``options``
-      mean what they mean for :func:`remotemap.remote_map`, per step.
+    - ``config``, ``timeout``, ``retries``, ``backoff`` (None: 0.5 s), ``env`` and the
+      mode's ``options`` mean what they mean for :func:`remotemap.remote_map`, per step.
 
     A failed step does not stop the steps that do not depend on it; the steps that do are
     reported as not run, naming it. The report is returned, not raised:
@@ -82,47 +105,51 @@ def run_workflow(workflow: Workflow, mode: str | None = None, *,
                                      or not isinstance(max_parallel, int) or max_parallel < 1):
         raise ValueError(f"max_parallel must be None or a whole number >= 1, got "
                          f"{max_parallel!r}")
-    policy = make_policy("continue", timeout, retries, backoff, env)
-    per_mode = (mode, config, timeout, env, retries or None, None if backoff == 0.5 else backoff)
-    if executor is not None and (options or any(v is not None for v in per_mode)):
+    policy = make_policy("continue", timeout, retries,
+                         Policy.backoff if backoff is None else backoff, env)
+    if executor is not None and (options or any(v is not None for v in (
+            mode, config, timeout, env, retries or None, backoff))):
         # The executor was made with its own; taking some of these quietly would mislead.
         raise ValueError("give an executor, or a mode with its options (config, timeout, "
                          "retries, backoff, env, the mode's own), not both")
     with contextlib.ExitStack() as stack:
         backend: Any = None
-        if executor is None:
+        if executor is not None:
+            mode = str(getattr(executor, "mode", None) or type(executor).__name__)
+        else:
             cfg = config if isinstance(config, Config) else load_config(config)
             mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
             if mode in GRAPH_RUNNERS:
                 backend = make_backend(mode, cfg, options)
             else:
                 executor = stack.enter_context(Executor(
-                    mode, max_workers=max_parallel, config=cfg,
-                    timeout=timeout, retries=retries, backoff=backoff, env=env, **options))
-        else:
-            mode = str(getattr(executor, "mode", None) or type(executor).__name__)
+                    mode, max_workers=max_parallel, config=cfg, timeout=timeout,
+                    retries=retries, backoff=policy.backoff, env=env, **options))
         keys = step_keys(workflow, order)
         store = stack.enter_context(WorkflowStore.open(run_dir, workflow.name, mode))
         plan = GraphPlan(workflow, order, keys,
                          _reusable(workflow, order, store.load_values(keys)),
                          1 if mode == "serial" else max_parallel)
         tracker = _Tracker(plan, store, mode, run_dir is not None)
-        interrupted = True
-        try:
-            outcomes: Iterator[StepOutcome]
-            if executor is not None:
-                outcomes = run_on_executor(plan, executor)
-            else:  # the mode takes the whole graph (see GRAPH_RUNNERS)
-                outcomes = GRAPH_RUNNERS[mode](backend, plan, policy)
-            for outcome in outcomes:
-                tracker.record(outcome)
-            interrupted = False
-        finally:
-            report = tracker.finish(interrupted)
+        if executor is not None:
+            return _run_plan(tracker, functools.partial(run_on_executor, plan, executor))
+        # the mode takes the whole graph (see GRAPH_RUNNERS)
+        return _run_plan(tracker, functools.partial(GRAPH_RUNNERS[mode], backend, plan, policy))
+
+
+def _run_plan(tracker: _Tracker, start: Callable[[], Iterator[StepOutcome]]) -> WorkflowReport:
+    """Record every outcome ``start()`` yields; the report, also when the run is cut short."""
+    interrupted = True
+    try:
+        for outcome in start():
+            tracker.record(outcome)
+        interrupted = False
+    finally:
+        report = tracker.finish(interrupted)
     return report
 
 
-def _reusable(workflow: Workflow, order: list[int], stored: dict[int, Any]) -> dict[int, Any]:
+def _reusable(workflow: Graph, order: list[int], stored: dict[int, Any]) -> dict[int, Any]:
     """The stored steps that need not run again: a step is kept only if every prerequisite
     is kept too, so a step runs again after any prerequisite that runs again."""
     kept: dict[int, Any] = {}

@@ -26,7 +26,7 @@ from remotemap.driver import Policy
 from remotemap.errors import RemoteException, TaskFailure
 from remotemap.execution import failure_from_exception
 from remotemap.executor import failure_of
-from remotemap.workflow.graph import Step, Workflow, resolve
+from remotemap.workflow.graph import Graph, Step, resolve
 
 if TYPE_CHECKING:
     from remotemap.backends.base import Backend
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 class GraphPlan:
     """What is left to run of a workflow, checked."""
 
-    workflow: Workflow
+    workflow: Graph
     #: Every step id, each after its prerequisites.
     order: list[int]
     #: Each step's stable key (see ``remotemap.workflow.keys``).

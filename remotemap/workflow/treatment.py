@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from remotemap.workflow.graph import Result, Workflow
+from remotemap.workflow.graph import Result
 from remotemap.workflow.report import DONE, FAILED, StepReport, WorkflowReport
+from remotemap.workflow.run import Workflow
 
 SubjectT = TypeVar("SubjectT")
 PartT = TypeVar("PartT")
