@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from remotemap import Executor, RemoteException, RemoteTraceback, remote_imap, remote_map
+from remotemap.backends.foreign_executor import executor_backend
+from remotemap.session import TaskOptions
 from tests import taskfuncs as tf
 
 PoolMaker = Callable[[], cf.Executor]
@@ -137,6 +139,12 @@ def test_timeout_and_env_on_a_process_pool(process_pool: cf.Executor) -> None:
     assert got == ["a b"] and "RM_FOREIGN_TEST" not in os.environ
 
 
+def test_a_remotemap_executor_can_be_the_executor() -> None:
+    with Executor("local_with_dumps", n_jobs=2) as inner:
+        assert executor_backend(inner, TaskOptions()).workers >= 1
+        assert remote_map(lambda x: -x, [(1,), (2,)], executor=inner) == [-1, -2]
+
+
 def test_a_dead_worker_fails_its_tasks_as_a_crash() -> None:
     with cf.ProcessPoolExecutor(1) as processes, pytest.raises(RemoteException) as info:
         remote_map(tf.crash_on, [(3,)], executor=processes)
@@ -147,7 +155,7 @@ def test_a_dead_worker_fails_its_tasks_as_a_crash() -> None:
 def test_thread_pools_refuse_timeout_and_env_before_running(options: dict[str, Any],
                                                             tmp_path: Path) -> None:
     with cf.ThreadPoolExecutor(1) as threads, \
-            pytest.raises(ValueError, match=r"ThreadPoolExecutor: it runs calls on threads"):
+            pytest.raises(ValueError, match=r"ThreadPoolExecutor: remotemap stops"):
         remote_map(tf.touch_then_fail, [(str(tmp_path), 1)], executor=threads, **options)
     assert not list(tmp_path.iterdir())
 
@@ -205,7 +213,9 @@ def test_dask_runs_remotemaps_contract(dask_executor: cf.Executor, tmp_path: Pat
 
 def test_dask_refuses_a_timeout_and_serves_the_futures_interface(
         dask_executor: cf.Executor, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"ClientExecutor: it runs calls on threads"):
+    # Chunks are sized for the cluster's threads, not for this machine's CPUs.
+    assert executor_backend(dask_executor, TaskOptions()).workers == 2
+    with pytest.raises(ValueError, match=r"ClientExecutor: remotemap stops a task"):
         remote_map(tf.square, [(1,)], timeout=5.0, executor=dask_executor)
     with Executor(executor=dask_executor, retries=1, backoff=0.0) as ex:
         assert ex.submit(tf.add, 2, 3).result(timeout=60) == 5

@@ -86,10 +86,8 @@ class ExecutorBackend(Backend):
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         super().__init__({})
         self.executor = executor
-        workers = getattr(executor, "_max_workers", None)  # the standard pools, loky's
         #: How many calls the executor runs at once, as far as can be told.
-        self.workers = workers if isinstance(workers, int) and workers > 0 else \
-            os.cpu_count() or 1
+        self.workers = _workers_of(executor)
 
     def check(self, options: TaskOptions) -> None:
         if runs_in_worker_main_thread(self.executor):
@@ -99,10 +97,11 @@ class ExecutorBackend(Backend):
         if wanted:
             raise ValueError(
                 f"{' and '.join(wanted)} cannot be honoured on a "
-                f"{type(self.executor).__module__}.{type(self.executor).__qualname__}: it runs "
-                f"calls on threads, where a task can be neither stopped nor given its own "
-                f"environment; use a ProcessPoolExecutor (the standard library's or loky's) "
-                f"or a remotemap mode")
+                f"{type(self.executor).__module__}.{type(self.executor).__qualname__}: "
+                f"remotemap stops a task and sets its environment only where each call runs "
+                f"alone in the main thread of a worker process, as in a ProcessPoolExecutor "
+                f"(the standard library's or loky's); thread pools and dask run calls on "
+                f"threads. Use a process pool or a remotemap mode")
 
     def chunksize(self, n_tasks: int) -> int:
         return auto_chunksize(n_tasks, self.workers)
@@ -110,6 +109,19 @@ class ExecutorBackend(Backend):
     def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:
         self.check(options)
         return ExecutorSession(self, function, options)
+
+
+def _workers_of(executor: concurrent.futures.Executor) -> int:
+    """Calls at once: the standard pools' and loky's ``_max_workers``, a dask client's threads,
+    else this machine's CPUs (a guess: it only sizes chunks and how many are out at once)."""
+    workers = getattr(executor, "_max_workers", None)
+    client = getattr(executor, "_client", None)  # distributed's ClientExecutor
+    if workers is None and client is not None and hasattr(client, "nthreads"):
+        try:
+            workers = sum(client.nthreads().values())
+        except Exception:  # a client that cannot tell: fall back to the guess
+            workers = None
+    return workers if isinstance(workers, int) and workers > 0 else os.cpu_count() or 1
 
 
 class InProcessExecutorBackend(ExecutorBackend):
