@@ -104,6 +104,9 @@ class BuiltinModeOptions(TypedDict, total=False):
 class MapOptions(TaskSettings, RunSettings, BuiltinModeOptions, total=False):
     """``remote_map``/``remote_imap`` on a built-in mode (or the config's mode)."""
 
+    #: None: no executor (so ``executor=maybe_pool``, typed ``Executor | None``, type-checks).
+    executor: None
+
 
 class MapOnExecutorOptions(TaskSettings, RunSettings, total=False):
     """``remote_map``/``remote_imap`` on a ``concurrent.futures`` executor."""
@@ -111,3 +114,5 @@ class MapOnExecutorOptions(TaskSettings, RunSettings, total=False):
 
 class ExecutorOptions(TaskSettings, BuiltinModeOptions, total=False):
     """``Executor`` on a built-in mode (or the config's mode)."""
+
+    executor: None

@@ -56,6 +56,12 @@ def accepted_executors(pool: concurrent.futures.Executor) -> None:
     assert_type(Executor(), Executor)
 
 
+def accepted_optional_executor(maybe: concurrent.futures.Executor | None) -> None:
+    # None runs on the config's mode: an optional executor needs no branch at the call.
+    assert_type(remote_map(square, [(1,)], executor=maybe), list[int])
+    assert_type(Executor(executor=maybe), Executor)
+
+
 def refused_calls(pool: concurrent.futures.Executor, name: str) -> None:
     remote_map(square, [(1,)], mode="lcoal")  # type: ignore[call-overload]
     remote_map(square, [(1,)], mode="local", n_jobs="four")  # type: ignore[call-overload]
