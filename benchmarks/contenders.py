@@ -107,9 +107,10 @@ class Runner:
         if self.name == "serial":
             return [func(*args) for args in largs]
         if self.name in ("local", "local_with_dumps"):
-            from remotemap import remote_map
+            from remotemap import ModeName, remote_map
 
-            return remote_map(func, largs, mode=self.name, progress=False, n_jobs=self.n_jobs)
+            return remote_map(func, largs, mode=ModeName(self.name), progress=False,
+                              n_jobs=self.n_jobs)
         if self.name == "joblib":
             from joblib import Parallel, delayed
 

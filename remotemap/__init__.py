@@ -14,6 +14,7 @@ from remotemap._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from remotemap.api import remote_imap, remote_map
+    from remotemap.call_options import Mode, ModeName
     from remotemap.config import Config, load_config
     from remotemap.errors import (
         BackendUnavailable,
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
 _LAZY: dict[str, str] = {
     "remote_imap": "remotemap.api",
     "remote_map": "remotemap.api",
+    "Mode": "remotemap.call_options",
+    "ModeName": "remotemap.call_options",
     "Config": "remotemap.config",
     "load_config": "remotemap.config",
     "BackendUnavailable": "remotemap.errors",
@@ -70,6 +73,8 @@ __all__ = [
     "DispatchReport",
     "Executor",
     "GraphError",
+    "Mode",
+    "ModeName",
     "RemoteException",
     "RemoteTraceback",
     "RemotemapError",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from remotemap.backends import get_backend_class
 from remotemap.backends.base import Backend
+from remotemap.backends.foreign_executor import executor_backend
+from remotemap.call_options import Mode, ModeName, OnError, WhenFunctionChanged
 from remotemap.config import Config, load_config
 from remotemap.driver import Outcome, Policy, Update, collect, drive, make_policy
 from remotemap.errors import BackendUnavailable, RemoteException
@@ -20,16 +23,46 @@ from remotemap.run_records import Fingerprints
 from remotemap.runs import RunStore
 from remotemap.tasks import normalize_arguments
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from remotemap.call_options import MapOnExecutorOptions, MapOptions
+
 log = logging.getLogger("remotemap")
 
 _FUNCTION_CHANGED = ("error", "rerun", "keep")
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
+Largs = Sequence[Sequence[Any]] | None
+Lkwargs = Sequence[Mapping[str, Any]] | None
 
 
+@overload
+def remote_map(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None,
+               mode: Mode | None = None, **options: Unpack[MapOptions]) -> list[T]: ...
+@overload
+def remote_map(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None,
+               mode: None = None, *, executor: concurrent.futures.Executor,
+               **options: Unpack[MapOnExecutorOptions]) -> list[T]: ...
+@overload
+def remote_map(func: Callable[..., T], largs: Largs, lkwargs: Lkwargs, mode: ModeName, *,
+               config: Config | PathLike | None = None, progress: bool | None = None,
+               on_error: OnError = "continue", timeout: float | None = None,
+               retries: int = 0, backoff: float = 0.5, env: Mapping[str, str] | None = None,
+               run_dir: PathLike | None = None, resume: PathLike | None = None,
+               function_changed: WhenFunctionChanged = "error", **options: Any) -> list[T]: ...
+@overload
+def remote_map(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None, *,
+               mode: ModeName, config: Config | PathLike | None = None,
+               progress: bool | None = None, on_error: OnError = "continue",
+               timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
+               env: Mapping[str, str] | None = None, run_dir: PathLike | None = None,
+               resume: PathLike | None = None, function_changed: WhenFunctionChanged = "error",
+               **options: Any) -> list[T]: ...
 def remote_map(
     func: Callable[..., Any],
-    largs: Sequence[Sequence[Any]] | None = None,
-    lkwargs: Sequence[Mapping[str, Any]] | None = None,
+    largs: Largs = None,
+    lkwargs: Lkwargs = None,
     mode: str | None = None,
     *,
     config: Config | PathLike | None = None,
@@ -42,6 +75,7 @@ def remote_map(
     run_dir: PathLike | None = None,
     resume: PathLike | None = None,
     function_changed: str = "error",
+    executor: concurrent.futures.Executor | None = None,
     **options: Any,
 ) -> list[Any]:
     """Return ``[func(*largs[i], **lkwargs[i]) for i in ...]``, computed by the backend ``mode``.
@@ -74,19 +108,51 @@ def remote_map(
       result of another version (also those kept before) and runs those tasks again;
       ``"keep"`` keeps the results of the earlier version for unchanged tasks and runs the
       others with this one.
+    - ``executor``: run the tasks on this ``concurrent.futures`` executor (a thread or process
+      pool, loky's, a dask client's ``get_executor()``) instead of a mode: then give neither a
+      mode, nor ``config``, nor a mode's options. Retries, ``on_error``, ``run_dir`` and the
+      failures mean the same; ``timeout`` and ``env`` need a process pool (see
+      :mod:`remotemap.backends.foreign_executor`). The executor is left open.
+
+    Type checkers see ``mode`` as a :data:`~remotemap.Mode` (a built-in mode, with its typed
+    options) or a :data:`~remotemap.ModeName` (any other mode, any option).
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
-                   env, run_dir, resume, function_changed, options)
+                   env, run_dir, resume, function_changed, options, executor)
     outcome = run.collect(progress)
     if outcome.failures:
         raise RemoteException(outcome.failures, outcome.results, run_dir=run.stored_at)
     return outcome.results
 
 
+@overload
+def remote_imap(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None,
+                mode: Mode | None = None,
+                **options: Unpack[MapOptions]) -> Iterator[tuple[int, T]]: ...
+@overload
+def remote_imap(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None,
+                mode: None = None, *, executor: concurrent.futures.Executor,
+                **options: Unpack[MapOnExecutorOptions]) -> Iterator[tuple[int, T]]: ...
+@overload
+def remote_imap(func: Callable[..., T], largs: Largs, lkwargs: Lkwargs, mode: ModeName, *,
+                config: Config | PathLike | None = None, progress: bool | None = None,
+                on_error: OnError = "continue", timeout: float | None = None,
+                retries: int = 0, backoff: float = 0.5, env: Mapping[str, str] | None = None,
+                run_dir: PathLike | None = None, resume: PathLike | None = None,
+                function_changed: WhenFunctionChanged = "error",
+                **options: Any) -> Iterator[tuple[int, T]]: ...
+@overload
+def remote_imap(func: Callable[..., T], largs: Largs = None, lkwargs: Lkwargs = None, *,
+                mode: ModeName, config: Config | PathLike | None = None,
+                progress: bool | None = None, on_error: OnError = "continue",
+                timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
+                env: Mapping[str, str] | None = None, run_dir: PathLike | None = None,
+                resume: PathLike | None = None, function_changed: WhenFunctionChanged = "error",
+                **options: Any) -> Iterator[tuple[int, T]]: ...
 def remote_imap(
     func: Callable[..., Any],
-    largs: Sequence[Sequence[Any]] | None = None,
-    lkwargs: Sequence[Mapping[str, Any]] | None = None,
+    largs: Largs = None,
+    lkwargs: Lkwargs = None,
     mode: str | None = None,
     *,
     config: Config | PathLike | None = None,
@@ -99,6 +165,7 @@ def remote_imap(
     run_dir: PathLike | None = None,
     resume: PathLike | None = None,
     function_changed: str = "error",
+    executor: concurrent.futures.Executor | None = None,
     **options: Any,
 ) -> Iterator[tuple[int, Any]]:
     """Like :func:`remote_map`, but yield ``(index, result)`` as each task finishes.
@@ -107,7 +174,7 @@ def remote_imap(
     ``on_error="stop"``: at the first one); leaving the loop early stops the workers.
     """
     run = _prepare(func, largs, lkwargs, mode, config, on_error, timeout, retries, backoff,
-                   env, run_dir, resume, function_changed, options)
+                   env, run_dir, resume, function_changed, options, executor)
     return _imap(run, progress)
 
 
@@ -178,20 +245,28 @@ class _Run:
             self.store.close()
 
 
-def _prepare(func: Callable[..., Any], largs: Sequence[Sequence[Any]] | None,
-             lkwargs: Sequence[Mapping[str, Any]] | None, mode: str | None,
+def _prepare(func: Callable[..., Any], largs: Largs, lkwargs: Lkwargs, mode: str | None,
              config: Config | PathLike | None, on_error: str, timeout: float | None,
              retries: int, backoff: float, env: Mapping[str, str] | None,
              run_dir: PathLike | None, resume: PathLike | None, function_changed: str,
-             options: dict[str, Any]) -> _Run:
+             options: dict[str, Any], executor: concurrent.futures.Executor | None) -> _Run:
     """Check every argument before anything starts; build the backend and the run's store."""
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
     policy = make_policy(on_error, timeout, retries, backoff, env)
     all_args, all_kwargs = normalize_arguments(largs, lkwargs)
-    cfg = config if isinstance(config, Config) else load_config(config)
-    mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-    backend = make_backend(mode, cfg, options)
+    backend: Backend
+    if executor is not None:
+        if mode is not None or config is not None or options:
+            given = [f"mode={mode!r}"] * (mode is not None) + ["config"] * (config is not None)
+            raise ValueError(f"give an executor or a mode with its options, not both: "
+                             f"executor= was given with {', '.join(given + sorted(options))}")
+        backend = executor_backend(executor, policy.options)
+        mode = backend.name
+    else:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
+        backend = make_backend(mode, cfg, options)
     store = open_store(run_dir, resume, mode, func, all_args, all_kwargs, function_changed)
     return _Run(mode, backend, func, all_args, all_kwargs, policy, store)
 

@@ -30,47 +30,29 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from remotemap.api import make_backend
 from remotemap.backends.base import Backend, Session
+from remotemap.backends.foreign_executor import executor_backend
+from remotemap.call_options import Mode, ModeName
 from remotemap.config import Config, load_config
 from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy
-from remotemap.errors import RemoteException, RemotemapError, TaskFailure
+from remotemap.errors import RemoteException, TaskFailure
+
+# Where a future's exception comes from; here too, where they were first defined.
+from remotemap.future_errors import RemoteTraceback, failure_of, task_exception
 from remotemap.tasks import Chunk, ChunkResult
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from remotemap.call_options import ExecutorOptions, TaskSettings
+
 as_completed = concurrent.futures.as_completed
-
-
-class RemoteTraceback(RemotemapError):
-    """The ``__cause__`` of an exception that ``Future.result()`` re-raises: its text is the
-    traceback as the worker saw it; ``failure`` is the task's whole :class:`TaskFailure`."""
-
-    def __init__(self, failure: TaskFailure) -> None:
-        super().__init__(failure)
-        self.failure = failure
-
-    def __str__(self) -> str:
-        where = f"task {self.failure.index} on {self.failure.host}"
-        return f'{where}, remote traceback:\n"""\n{self.failure.traceback.rstrip()}\n"""'
-
-
-def failure_of(exc: BaseException) -> TaskFailure | None:
-    """The :class:`TaskFailure` behind an exception a future of :class:`Executor` raised."""
-    if isinstance(exc, RemoteException) and exc.failures:
-        return exc.failures[0]
-    cause = exc.__cause__
-    return cause.failure if isinstance(cause, RemoteTraceback) else None
-
-
-def task_exception(failure: TaskFailure) -> BaseException:
-    """What ``result()`` raises for ``failure``: the task's own exception, rebuilt, with the
-    remote traceback as cause; or a :class:`RemoteException` where it cannot be rebuilt."""
-    exc = failure.exception()
-    if exc is None:
-        return RemoteException([failure], [None])
-    exc.__cause__ = RemoteTraceback(failure)
-    return exc
+__all__ = ["Executor", "RemoteTraceback", "as_completed", "failure_of", "task_exception"]
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 # -- finishing the work at interpreter exit --------------------------------------------------
@@ -173,14 +155,33 @@ class Executor(concurrent.futures.Executor):
     ``shutdown`` still finishes its work, then frees its workers.
     """
 
+    @overload
+    def __init__(self, mode: Mode | None = None, *, max_workers: int | None = None,
+                 **options: Unpack[ExecutorOptions]) -> None: ...
+    @overload
+    def __init__(self, mode: ModeName, *, max_workers: int | None = None,
+                 config: Config | str | os.PathLike[str] | None = None,
+                 timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
+                 env: Mapping[str, str] | None = None, **options: Any) -> None: ...
+    @overload
+    def __init__(self, *, executor: concurrent.futures.Executor, max_workers: int | None = None,
+                 **options: Unpack[TaskSettings]) -> None: ...
     def __init__(self, mode: str | None = None, *, max_workers: int | None = None,
                  config: Config | str | os.PathLike[str] | None = None,
                  timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
-                 env: Mapping[str, str] | None = None, **options: Any) -> None:
-        cfg = config if isinstance(config, Config) else load_config(config)
-        self.mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
+                 env: Mapping[str, str] | None = None,
+                 executor: concurrent.futures.Executor | None = None, **options: Any) -> None:
         policy = make_policy("continue", timeout, retries, backoff, env)
-        self._dispatcher = _Dispatcher(make_backend(self.mode, cfg, options), policy)
+        if executor is not None:  # the same rule as remote_map(executor=...)
+            if mode is not None or config is not None or options:
+                raise ValueError("give an executor or a mode with its options, not both")
+            backend: Backend = executor_backend(executor, policy.options)
+            self.mode = backend.name
+        else:
+            cfg = config if isinstance(config, Config) else load_config(config)
+            self.mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
+            backend = make_backend(self.mode, cfg, options)
+        self._dispatcher = _Dispatcher(backend, policy)
         self.max_workers = max_workers
         # The dispatcher thread holds the dispatcher, never this object: dropping the last
         # reference to an executor shuts it down as shutdown(wait=False) would.
@@ -197,12 +198,12 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"max_workers must be None or a whole number >= 1, got {value!r}")
         self._dispatcher.max_workers = value
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any,
-               **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
         return self._dispatcher.enqueue(fn, [(args, kwargs)], 1)[0]
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[T]:
         """Results of ``fn`` over the zipped ``iterables``, in order; every call is submitted
         now. ``chunksize`` calls go to a worker together (each still fails alone); waiting
         past ``timeout`` seconds from this call raises ``TimeoutError``."""

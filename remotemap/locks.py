@@ -23,6 +23,31 @@ LOCK = "lock"
 #: How long a refused process waits for the holder to write who it is (it writes right after
 #: taking the lock).
 _HOLDER_WAIT = 1.0
+#: The lock files this process holds open (descriptors).
+_HELD: set[int] = set()
+
+
+def _drop_in_child() -> None:
+    """In a forked child (a process pool's worker, a task that forks), let go of the locks.
+
+    An flock belongs to the open file, which a forked child shares: a child that outlives the
+    run would keep its run directory locked. Its copies are pointed at /dev/null instead of
+    closed, so the numbers stay valid for whatever closes them later."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in _HELD:
+        os.dup2(null, fd)
+    os.close(null)
+    _HELD.clear()
+
+
+def _close(fd: int) -> None:
+    _HELD.discard(fd)
+    os.close(fd)
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class RunDirectoryBusy(RemotemapError, RuntimeError):
@@ -37,6 +62,7 @@ class DirectoryLock:
         #: Words for the directory in the error, e.g. "the workflow run directory".
         self.what = what
         self._fd: int | None = None
+        self._pid = os.getpid()
 
     def acquire(self, label: str = "") -> None:
         """Take the lock, or raise RunDirectoryBusy naming the process that has it."""
@@ -52,13 +78,15 @@ class DirectoryLock:
         holder = {"pid": os.getpid(), "host": this_host(), "label": label, "since": now}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         # A lock whose owner is dropped unreleased (a remote_imap never iterated) goes too.
-        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._finalizer = weakref.finalize(self, _close, fd)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # no one holds it now: forget who did
+            if self._pid == os.getpid():  # not in a forked child, whose copy is /dev/null
+                os.ftruncate(self._fd, 0)  # no one holds it now: forget who did
             self._finalizer()
             self._fd = None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from remotemap import Executor, remote_imap, remote_map
+from remotemap import Executor, ModeName, remote_imap, remote_map
 from remotemap.backends import backend_names, get_backend_class
 
 
@@ -33,16 +33,16 @@ class Runner:
 
     def map(self, func: Callable[..., Any], largs: Sequence[Any] | None = None,
             lkwargs: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> list[Any]:
-        return remote_map(func, largs, lkwargs, mode=self.mode, progress=False,
+        return remote_map(func, largs, lkwargs, mode=ModeName(self.mode), progress=False,
                           **{**self.options, **options})
 
     def imap(self, func: Callable[..., Any], largs: Sequence[Any] | None = None,
              **options: Any) -> Iterator[tuple[int, Any]]:
-        return remote_imap(func, largs, mode=self.mode, progress=False,
+        return remote_imap(func, largs, mode=ModeName(self.mode), progress=False,
                            **{**self.options, **options})
 
     def executor(self, **options: Any) -> Executor:
-        return Executor(self.mode, **{**self.options, **options})
+        return Executor(ModeName(self.mode), **{**self.options, **options})
 
 
 def _serial(request: pytest.FixtureRequest) -> Runner:

@@ -36,22 +36,23 @@ def test_bad_argument_lists_name_the_culprit(largs: Any, lkwargs: Any, words: st
 
 def test_func_must_be_callable() -> None:
     with pytest.raises(TypeError, match="func must be callable, got int"):
-        remote_map(3, [(1,)], mode="serial")  # type: ignore[arg-type]
+        remote_map(3, [(1,)], mode="serial")  # type: ignore[call-overload]
 
 
 def test_unknown_mode_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown mode 'nope'.*'serial', 'local'"):
-        remote_map(tf.foo, [(1,)], mode="nope")
+        remote_map(tf.foo, [(1,)], mode="nope")  # type: ignore[call-overload]
 
 
 def test_unknown_option_lists_the_valid_ones() -> None:
     with pytest.raises(TypeError, match="n_job"):
-        remote_map(tf.foo, [(1,)], mode="local", n_job=3)
+        remote_map(tf.foo, [(1,)], mode="local", n_job=3)  # type: ignore[call-overload]
 
 
 def test_bad_on_error() -> None:
     with pytest.raises(ValueError, match="on_error must be one of 'continue', 'stop'"):
-        remote_map(tf.foo, [(1,)], mode="serial", on_error="ignore")
+        remote_map(tf.foo, [(1,)], mode="serial",  # type: ignore[call-overload]
+                   on_error="ignore")
 
 
 def test_default_mode_is_local_and_config_can_change_it(tmp_path: Any) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from remotemap import Executor, RemoteException, RemoteTraceback
+from remotemap import Executor, ModeName, RemoteException, RemoteTraceback
 from tests.backends import Runner
 from tests.futures_support import MODES, capture, mul, wait_for
 
@@ -185,7 +185,7 @@ def test_arguments_are_freed_where_the_task_ran(mode_runner: Runner, tmp_path: P
 @pytest.mark.parametrize("number", [0, -1, 2.0])
 def test_max_workers_must_be_a_whole_number_of_at_least_one(mode: str, number: Any) -> None:
     with pytest.raises(ValueError, match="max_workers"):
-        Executor(mode, max_workers=number)
+        Executor(ModeName(mode), max_workers=number)
 
 
 # -- what result() raises ---------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_result_keeps_the_exception_attributes(executor: Executor) -> None:
 
 
 def test_except_clauses_from_process_pool_code_still_match(executor: Executor) -> None:
-    caught = []
+    caught: list[Any] = []
     for future in futures.as_completed([executor.submit(divmod, 1, d) for d in (1, 0)]):
         try:
             caught.append(future.result())

@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,8 @@ def test_first_exception(executor: Executor, release: Callable[[str], str]) -> N
 
     opener = threading.Thread(target=open_gate1)
     opener.start()
-    finished, pending = futures.wait([future1, future2, future3],
+    submitted: list[futures.Future[Any]] = [future1, future2, future3]
+    finished, pending = futures.wait(submitted,
                                      return_when=futures.FIRST_EXCEPTION)
     opener.join()
     assert (finished, pending) == ({future1, future2}, {future3})

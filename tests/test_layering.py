@@ -47,11 +47,13 @@ LAYERS: dict[str, int] = {
     "remotemap.driver": 3,
     "remotemap.runs": 3,
     "remotemap.run_records": 3,
+    "remotemap.call_options": 3,
     # 4. The modes, each fulfilling the Session contract.
     "remotemap.backends": 4,
     # 5. What callers use.
     "remotemap.api": 5,
     "remotemap.executor": 5,
+    "remotemap.future_errors": 5,
     "remotemap.workflow": 5,
     # 6. Programs built on the public interface.
     "remotemap.cli": 6,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import tests.taskfuncs as tf
-from remotemap import remote_map
+from remotemap import ModeName, remote_map
 from remotemap.backends import get_backend_class, register
 from remotemap.backends.base import Session, TaskOptions
 from remotemap.backends.serial import SerialBackend
@@ -52,7 +52,7 @@ def registry() -> Iterator[None]:
 def test_a_mode_registered_at_run_time_runs_with_its_own_section(registry: None,
                                                                  tmp_path: Path) -> None:
     register("scale_test", f"{__name__}:ScaleBackend")
-    assert remote_map(tf.square, [(1,), (2,), (3,)], mode="scale_test", progress=False) \
+    assert remote_map(tf.square, [(1,), (2,), (3,)], mode=ModeName("scale_test"), progress=False) \
         == [1, 4, 9]
     assert SCHEMA["scale_test"] is ScaleBackend.config_section
     path = tmp_path / "c.toml"
@@ -60,9 +60,10 @@ def test_a_mode_registered_at_run_time_runs_with_its_own_section(registry: None,
     config = load_config(path)
     assert remote_map(tf.square, [(1,), (2,)], config=config, progress=False) == [10, 40]
     # Per-call options are checked against the plug-in's section like a built-in's.
-    assert remote_map(tf.square, [(2,)], mode="scale_test", factor=3, progress=False) == [12]
+    assert remote_map(tf.square, [(2,)], mode=ModeName("scale_test"), factor=3,
+                      progress=False) == [12]
     with pytest.raises(ValueError, match=r"scale_test\.factor: 0 is too small"):
-        remote_map(tf.square, [(2,)], mode="scale_test", factor=0, progress=False)
+        remote_map(tf.square, [(2,)], mode=ModeName("scale_test"), factor=0, progress=False)
     path.write_text("[scale_test]\nfactr = 2\n")
     with pytest.raises(ConfigError, match=r"unknown key 'scale_test.factr'.*did you mean "
                                           r"'factor'") as info:
@@ -93,7 +94,7 @@ def test_a_bad_target_is_an_error_naming_it(registry: None) -> None:
     with pytest.raises(BackendUnavailable, match=r"backend of mode 'ghost' \(registered with "
                        r"remotemap.backends.register\(\)\): cannot import "
                        r"'remotemap_no_such_module' for 'remotemap_no_such_module:Ghost'") as info:
-        remote_map(tf.square, [(1,)], mode="ghost", progress=False)
+        remote_map(tf.square, [(1,)], mode=ModeName("ghost"), progress=False)
     assert isinstance(info.value, ImportError)
     register("no_attr", f"{__name__}:NoSuchClass")
     with pytest.raises(ImportError, match="has no attribute 'NoSuchClass'"):

@@ -100,7 +100,8 @@ def test_another_function_is_refused_unless_told_what_to_do(tmp_path: Path) -> N
     assert remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir,
                       function_changed="rerun") == [1, 4, 9]
     with pytest.raises(ValueError, match="function_changed must be one of"):
-        remote_map(tf.square, [(1,)], mode="serial", run_dir=run_dir, function_changed="yes")
+        remote_map(tf.square, [(1,)], mode="serial",  # type: ignore[call-overload]
+                   run_dir=run_dir, function_changed="yes")
 
 
 def test_a_changed_function_with_only_failures_stored_just_runs(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from remotemap.api import make_backend
+from remotemap.call_options import ModeName
 from remotemap.config import Config, load_config
 from remotemap.driver import Policy, make_policy
 from remotemap.execution import this_host
@@ -123,7 +124,7 @@ def run_workflow(workflow: Graph, mode: str | None = None, *,
                 backend = make_backend(mode, cfg, options)
             else:
                 executor = stack.enter_context(Executor(
-                    mode, max_workers=max_parallel, config=cfg, timeout=timeout,
+                    ModeName(mode), max_workers=max_parallel, config=cfg, timeout=timeout,
                     retries=retries, backoff=policy.backoff, env=env, **options))
         keys = step_keys(workflow, order)
         store = stack.enter_context(WorkflowStore.open(run_dir, workflow.name, mode))
