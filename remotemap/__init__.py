@@ -110,8 +110,9 @@ def __dir__() -> list[str]:
 # -- joblib's backend "remotemap", registered without importing joblib -----------------------
 # joblib is registered with at once if loaded, else by a finder that wraps the loader of
 # joblib.parallel (the module that holds joblib's backend table) and registers once that
-# module has run, then leaves sys.meta_path (a failed import leaves it for the next try). What it registers is a factory that imports
-# remotemap.joblib_backend only when a Parallel call uses it: `import remotemap` stays light.
+# module has run, then leaves sys.meta_path (a failed import leaves it for the next try).
+# What it registers is a factory that imports remotemap.joblib_backend only when a Parallel
+# call uses it: `import remotemap` stays light.
 # Hand-written (wrapt's post-import hooks would do it) so that remotemap needs no dependency
 # for it and loads no module here.
 

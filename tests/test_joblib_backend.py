@@ -21,7 +21,7 @@ import remotemap
 from remotemap import RemoteException, RemoteTraceback
 from remotemap.joblib_backend import RemotemapBackend
 
-DUMPS = {"mode": "local_with_dumps", "n_jobs": 2}
+DUMPS: dict[str, Any] = {"mode": "local_with_dumps", "n_jobs": 2}
 
 
 def _pid_after(x: int, seconds: float = 0.0) -> tuple[int, int]:
