@@ -24,6 +24,9 @@ from remotemap.joblib_backend import RemotemapBackend
 from tests import cluster_support
 from tests.infra.sshd import SSHServer
 
+# Each fit pays scikit-learn's import in a process of its own (about 2 s of CPU here).
+pytestmark = pytest.mark.slow
+
 state_home = cluster_support.state_home
 runs_dir = cluster_support.runs_dir
 swf = cluster_support.swf
