@@ -8,6 +8,7 @@ the workflow runner they never use.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from remotemap._version import __version__
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         TaskFailure,
     )
     from remotemap.executor import Executor, RemoteTraceback, as_completed
+    from remotemap.joblib_backend import register_joblib
     from remotemap.workflow import (
         DispatchReport,
         GraphError,
@@ -51,6 +53,7 @@ _LAZY: dict[str, str] = {
     "Executor": "remotemap.executor",
     "RemoteTraceback": "remotemap.executor",
     "as_completed": "remotemap.executor",
+    "register_joblib": "remotemap.joblib_backend",
     **{
         name: "remotemap.workflow"
         for name in (
@@ -88,6 +91,7 @@ __all__ = [
     "as_completed",
     "dispatch",
     "load_config",
+    "register_joblib",
     "remote_imap",
     "remote_map",
 ]
@@ -106,3 +110,69 @@ if not TYPE_CHECKING:  # hidden from type checkers, else any misspelt name would
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# -- joblib's backend "remotemap", registered without importing joblib -----------------------
+# joblib is registered with at once if loaded, else by a finder that wraps the loader of
+# joblib.parallel (the module that holds joblib's backend table) and registers once that
+# module has run, then leaves sys.meta_path (a failed import leaves it for the next try).
+# What it registers is a factory that imports remotemap.joblib_backend only when a Parallel
+# call uses it: `import remotemap` stays light.
+# Hand-written (wrapt's post-import hooks would do it) so that remotemap needs no dependency
+# for it and loads no module here.
+
+
+def _joblib_backend_factory(*args: Any, **kwargs: Any) -> Any:
+    from remotemap.joblib_backend import RemotemapBackend
+
+    return RemotemapBackend(*args, **kwargs)
+
+
+def _register_in(parallel: Any) -> None:
+    parallel.register_parallel_backend("remotemap", _joblib_backend_factory)
+
+
+class _JoblibLoader:
+    """joblib.parallel's own loader, registering remotemap once the module has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code...: the real loader's
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        _register_in(module)
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _JoblibFinder)]
+
+
+class _JoblibFinder:
+    """On sys.meta_path until joblib.parallel has run: gives the spec the other finders find,
+    its loader wrapped."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "joblib.parallel":
+            return None
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                if hasattr(spec.loader, "exec_module"):
+                    spec.loader = _JoblibLoader(spec.loader)
+                return spec
+        return None
+
+
+def _hook_joblib() -> None:
+    parallel = sys.modules.get("joblib.parallel")
+    if parallel is not None and hasattr(parallel, "register_parallel_backend"):
+        _register_in(parallel)
+    elif not any(isinstance(finder, _JoblibFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _JoblibFinder())
+
+
+_hook_joblib()

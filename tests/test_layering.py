@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "remotemap.api": 5,
     "remotemap.executor": 5,
     "remotemap.future_errors": 5,
+    "remotemap.joblib_backend": 5,
     "remotemap.workflow": 5,
     # 6. Programs built on the public interface.
     "remotemap.cli": 6,

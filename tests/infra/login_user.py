@@ -27,6 +27,9 @@ from tests.infra.system import (
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_USER = "rmtest"
+#: Installed beside remotemap for the test user (versions from the constraints, as the rest):
+#: what the joblib backend's tests run there (joblib's batches, scikit-learn's fits).
+REMOTE_EXTRAS = ("joblib", "scikit-learn")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def pip_version_args(source: Path) -> list[str]:
 def _checkout_digest(checkout: Path) -> str:
     digest = hashlib.sha256()
     digest.update(os.environ.get("REMOTEMAP_CONSTRAINTS", "pinned").encode() + b"\0")
+    digest.update(" ".join(REMOTE_EXTRAS).encode() + b"\0")
     files = [checkout / "pyproject.toml", checkout / "constraints.txt"]
     files += sorted(p for p in (checkout / "remotemap").rglob("*") if p.is_file())
     for path in files:
@@ -130,7 +134,8 @@ def _pip_install_copy(user: TestUser, checkout: Path, python: Path) -> None:
         if not (source / "README.md").exists():
             (source / "README.md").write_text("remotemap\n")  # pyproject names a readme
         pip = [str(python), "-m", "pip", "install", "--quiet", "--no-input"]
-        pip += ["--disable-pip-version-check", *pip_version_args(source), str(source)]
+        pip += ["--disable-pip-version-check", *pip_version_args(source), str(source),
+                *REMOTE_EXTRAS]
         # The build writes next to the sources (egg-info): the copy is the user's.
         for path in [source, *source.rglob("*")]:
             os.chown(path, user.uid, user.gid)
