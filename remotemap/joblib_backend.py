@@ -36,6 +36,7 @@ from joblib.parallel import (
 
 from remotemap.api import make_backend
 from remotemap.backends.base import Backend
+from remotemap.call_options import ModeName
 from remotemap.config import Config, load_config, resolve_n_jobs
 from remotemap.executor import Executor
 
@@ -131,7 +132,7 @@ class RemotemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             if self.inner_max_num_threads is not None:
                 threads = str(self.inner_max_num_threads)
                 env = {**dict.fromkeys(self.MAX_NUM_THREADS_VARS, threads), **env}
-            self._executor = Executor(self.mode, max_workers=self._max_workers,
+            self._executor = Executor(ModeName(self.mode), max_workers=self._max_workers,
                                       config=self.config, env=env, **self.policy,
                                       **self.options)
         return self._executor
