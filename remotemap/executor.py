@@ -218,11 +218,18 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._dispatcher.stop(wait, cancel_futures=cancel_futures)
 
+    def terminate_workers(self) -> None:
+        """Stop now, as ``ProcessPoolExecutor.terminate_workers`` does (Python 3.14): futures
+        not started are cancelled, tasks that run are stopped (their futures fail with a
+        ``RemoteException`` of kind ``"cancelled"``), and the executor shuts down. A mode
+        that runs tasks in this process (``serial``) cannot stop a running task: it ends it."""
+        self._dispatcher.stop(True, cancel_futures=True, abort=True)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool | None:
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or exit while waiting: stop everything now rather than finish the work.
-            self._dispatcher.stop(True, cancel_futures=True, abort=True)
+            self.terminate_workers()
             return None
         self.shutdown(wait=True)
         return None

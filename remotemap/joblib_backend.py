@@ -174,9 +174,9 @@ class RemotemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
 
 
 def _abort(executor: Executor) -> None:
-    """Stop ``executor`` now, killing running tasks. The executor has no public way to do it
-    but leaving its ``with`` block on an interrupt (``shutdown`` lets running tasks finish)."""
-    executor.__exit__(KeyboardInterrupt, None, None)
+    """Stop ``executor`` now, killing running tasks (``shutdown`` would let them finish), as
+    joblib's own backends do after an error."""
+    executor.terminate_workers()
 
 
 # -- a mode's slots --------------------------------------------------------------------------
