@@ -152,7 +152,7 @@ def test_generators_ordered_and_unordered() -> None:
         assert next(ordered)[0] == 0  # a generator, started before the others are consumed
         assert [x for x, _ in ordered] == [1, 2, 3, 4]
         # The slow first task comes last when results come as they finish.
-        waits = [0.8, 0.0, 0.0]
+        waits = [3.0, 0.0, 0.0]  # room for two forks on a loaded machine
         unordered = Parallel(return_as="generator_unordered", batch_size=1)(
             delayed(_pid_after)(i, w) for i, w in enumerate(waits))
         got = [x for x, _ in unordered]
