@@ -39,6 +39,9 @@ from remotemap.execution import (
 from remotemap.protocol import new_token
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
+#: Arguments of a chunk above this many bytes are scattered rather than put in the task.
+LARGE = 1 << 20
+
 
 class DaskBackend(Backend):
     name = "dask"
@@ -90,7 +93,8 @@ class DaskBackend(Backend):
         if n_jobs:
             return n_jobs
         # The cluster's threads now: workers that join later get chunks too, through dask.
-        return max(1, sum(self.connect().nthreads().values()))
+        threads: dict[str, int] = self.connect().nthreads()
+        return max(1, sum(threads.values()))
 
     def chunksize(self, n_tasks: int) -> int:
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, self.n_jobs))
@@ -123,6 +127,7 @@ class DaskSession(Session):
         return len(self.futures) + len(self.ready)
 
     def submit(self, chunk: Chunk) -> None:
+        arguments: Any
         try:
             arguments = dumps((chunk.largs, chunk.lkwargs))
         except PICKLING_ERRORS:
@@ -133,6 +138,8 @@ class DaskSession(Session):
             chunk, arguments = keep, dumps((keep.largs, keep.lkwargs))
         # The key is also the name of the chunk's started-marker (see dask_worker).
         key = f"remotemap-{self.token}-{chunk.id}-{next(self.numbers)}"
+        if len(arguments) > LARGE:  # as data beside the task, not inside its graph
+            arguments = self.client.scatter(arguments, hash=False)
         future = self.client.submit(
             run_task, key, chunk.id, chunk.indices, self.blob, arguments, self.sys_path,
             self.options.timeout, dict(self.options.env), key=key, pure=False, retries=0)
@@ -151,7 +158,7 @@ class DaskSession(Session):
             keys.append(self.done.get())
         for key in keys:
             entry = self.futures.pop(key, None) if key is not None else None  # None: wake()
-            if entry is not None:
+            if key is not None and entry is not None:
                 results.append(self._result(key, *entry))
         return results
 
