@@ -107,6 +107,9 @@ def _kill_when_written(path: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.exists(path):
+            # Let the caller fetch the other chunks' results first: a worker killed while it
+            # holds one loses it too (dask would compute it again: that chunk fails "lost").
+            time.sleep(1.0)
             os.kill(int(Path(path).read_text()), signal.SIGKILL)
             return
         time.sleep(0.02)
@@ -148,3 +151,12 @@ def test_progress_names_the_mode_and_counts_every_task(dask_scheduler: str,
     assert remote_map(tf.square, [(i,) for i in range(12)], mode="dask",
                       scheduler=dask_scheduler, progress=True) == [i * i for i in range(12)]
     assert "12/12" in err.getvalue() and "dask" in err.getvalue()
+
+
+def test_a_crash_in_a_chunk_of_many_tasks_fails_that_task_only(dask_scheduler: str) -> None:
+    with pytest.raises(RemoteException) as info:
+        remote_map(tf.crash_on, [(i,) for i in range(5)], [{"how": "exit"}] * 5, mode="dask",
+                   scheduler=dask_scheduler, chunksize=5, progress=False)
+    assert info.value.failed_indices == [3]
+    assert "exited with code 3" in info.value.failures[0].message
+    assert info.value.results == [0, 1, 2, None, 4]

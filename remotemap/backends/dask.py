@@ -166,7 +166,12 @@ class DaskSession(Session):
         from distributed import Event
 
         try:
-            result = loads_result(future.result())[1]
+            result = ChunkResult(chunk.id)
+            for data in future.result():  # one result, or one per task run again alone
+                part = loads_result(data)[1]
+                result.indices += part.indices
+                result.values += part.values
+                result.failures += part.failures
         except Exception as exc:  # not the tasks' (they fail in the child): dask's own
             # KilledWorker, a cancelled future (scheduler gone), a worker without remotemap.
             result = ChunkResult(chunk.id, failures=[

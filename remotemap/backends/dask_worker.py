@@ -48,8 +48,9 @@ from remotemap.tasks import Chunk
 
 
 def run_task(marker: str, chunk_id: int, indices: list[int], blob: bytes, arguments: bytes,
-             sys_path: list[str], timeout: float | None, env: Mapping[str, str]) -> bytes:
-    """The dask task: run one chunk in a child process; its ChunkResult, pickled."""
+             sys_path: list[str], timeout: float | None, env: Mapping[str, str]) -> list[bytes]:
+    """The dask task: run one chunk in a child process; its ChunkResults, pickled (one, or
+    one per task when a crash took the whole chunk and each task ran again alone)."""
     from distributed import Event, get_worker
 
     worker = get_worker()
@@ -57,15 +58,21 @@ def run_task(marker: str, chunk_id: int, indices: list[int], blob: bytes, argume
     chunk = Chunk(chunk_id, indices, [], [])
     started = Event(marker)
     if started.is_set():
-        return dumps_result(lost_chunk_result(
+        return [dumps_result(lost_chunk_result(
             chunk, f"was lost with its dask worker (the scheduler then sent the chunk to "
                    f"{address}, which did not run it again: retries are remotemap's)",
-            kind="lost"))
+            kind="lost"))]
     started.set()
     with tempfile.TemporaryDirectory(prefix="remotemap-dask-") as tmp:
-        payload = dumps((chunk_id, indices, blob, arguments, sys_path))
-        return _run_in_child(chunk, Path(tmp), payload, timeout, env, address,
-                             lambda: _still_wanted(worker, marker))
+        child = _Child(Path(tmp), (blob, arguments, sys_path), timeout, env, address,
+                       lambda: _still_wanted(worker, marker))
+        data, crashed = child.run(chunk, None)
+        if not crashed or len(indices) == 1:
+            return [data]
+        # A task killed the chunk's process: run each task alone, so that only the one that
+        # crashes fails (those that had finished run again, as in mode local).
+        return [child.run(Chunk(chunk_id, [index], [], []), [k])[0]
+                for k, index in enumerate(indices)]
 
 
 def _still_wanted(worker: Any, key: str) -> bool:
@@ -75,34 +82,50 @@ def _still_wanted(worker: Any, key: str) -> bool:
     return state is not None and state.state not in ("cancelled", "released", "forgotten")
 
 
-def _run_in_child(chunk: Chunk, tmp: Path, payload: bytes, timeout: float | None,
-                  env: Mapping[str, str], address: str,
-                  wanted: Callable[[], bool]) -> bytes:
-    (tmp / "payload.pkl").write_bytes(payload)
-    result = tmp / "result.pkl"
-    with open(tmp / "output.log", "w+b") as log:
-        # Its own session: the timeout kills the whole process group, the task's children too.
-        child = subprocess.Popen(
-            [sys.executable, "-m", "remotemap.backends.dask_worker", str(tmp)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **env}, start_new_session=True)
-        try:
-            code = _wait(child, timeout, wanted)
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        log.seek(0)
-        output = tail(log.read())
-    if code is None:
+class _Child:
+    """Runs a chunk's tasks in a child process, in the task's private directory ``tmp``."""
+
+    def __init__(self, tmp: Path, payload: tuple[bytes, bytes, list[str]],
+                 timeout: float | None, env: Mapping[str, str], address: str,
+                 wanted: Callable[[], bool]) -> None:
+        self.tmp, self.payload, self.timeout, self.env = tmp, payload, timeout, env
+        self.address, self.wanted = address, wanted
+
+    def run(self, chunk: Chunk, positions: list[int] | None) -> tuple[bytes, bool]:
+        """The chunk's result (its tasks at ``positions`` of the arguments, None: all), and
+        whether its process died without giving one."""
+        blob, arguments, sys_path = self.payload
+        (self.tmp / "payload.pkl").write_bytes(
+            dumps((chunk.id, chunk.indices, positions, blob, arguments, sys_path)))
+        result = self.tmp / "result.pkl"
+        result.unlink(missing_ok=True)
+        code, output = self._spawn()
+        if code is None:
+            return dumps_result(lost_chunk_result(
+                chunk, f"was killed after exceeding its timeout of {self.timeout:g} s (dask "
+                       f"worker {self.address})", kind="timeout", log_tail=output)), False
+        if code == 0 and result.exists():
+            return result.read_bytes(), False
+        status = f"signal:{-code}" if code < 0 else f"exit:{code}"
         return dumps_result(lost_chunk_result(
-            chunk, f"was killed after exceeding its timeout of {timeout:g} s (dask worker "
-                   f"{address})", kind="timeout", log_tail=output))
-    if code == 0 and result.exists():
-        return result.read_bytes()
-    status = f"signal:{-code}" if code < 0 else f"exit:{code}"
-    return dumps_result(lost_chunk_result(
-        chunk, f"{exit_status_text(status)} (dask worker {address})", log_tail=output))
+            chunk, f"{exit_status_text(status)} (dask worker {self.address})",
+            log_tail=output)), True
+
+    def _spawn(self) -> tuple[int | None, str]:
+        with open(self.tmp / "output.log", "w+b") as log:
+            # Its own session: killing its process group kills what the tasks started too.
+            child = subprocess.Popen(
+                [sys.executable, "-m", "remotemap.backends.dask_worker", str(self.tmp)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env}, start_new_session=True)
+            try:
+                code = _wait(child, self.timeout, self.wanted)
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+            log.seek(0)
+            return code, tail(log.read())
 
 
 def _wait(child: subprocess.Popen[bytes], timeout: float | None,
@@ -133,12 +156,15 @@ def _follow_parent() -> None:
 def _child(tmp: Path) -> None:
     """The child process: run the chunk, write its result where the task reads it."""
     _follow_parent()
-    chunk_id, indices, blob, arguments, sys_path = loads((tmp / "payload.pkl").read_bytes())
+    payload = loads((tmp / "payload.pkl").read_bytes())
+    chunk_id, indices, positions, blob, arguments, sys_path = payload
     try:
         # The caller's sys.path first: a module it imported from a notebook's directory.
         sys.path[:0] = [p for p in sys_path if p not in sys.path]
         function = loads(blob)
         largs, lkwargs = loads(arguments)
+        if positions is not None:
+            largs, lkwargs = [largs[k] for k in positions], [lkwargs[k] for k in positions]
         chunk = Chunk(chunk_id, indices, largs, lkwargs)
     except Exception as exc:
         data = dumps_result(chunk_failed(Chunk(chunk_id, indices, [], []), exc))
