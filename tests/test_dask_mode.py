@@ -160,3 +160,24 @@ def test_a_crash_in_a_chunk_of_many_tasks_fails_that_task_only(dask_scheduler: s
     assert info.value.failed_indices == [3]
     assert "exited with code 3" in info.value.failures[0].message
     assert info.value.results == [0, 1, 2, None, 4]
+
+
+def test_a_scheduler_gone_mid_run_fails_the_tasks_as_lost_not_a_hang() -> None:
+    from distributed import LocalCluster
+
+    # A cluster of its own, closed mid-run. (Its worker in a process of its own: one in this
+    # process would wait for the running task before the scheduler closes.)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    timer = threading.Timer(2.0, cluster.close)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RemoteException) as info:
+            remote_map(tf.sleep_for, [(0, 30.0), (1, 30.0)], mode="dask", progress=False,
+                       scheduler=cluster.scheduler_address)
+    finally:
+        timer.join()
+    assert info.value.failed_indices == [0, 1]
+    assert {f.kind for f in info.value.failures} == {"lost"}
+    assert time.monotonic() - started < 20

@@ -99,6 +99,7 @@ class _Child:
             dumps((chunk.id, chunk.indices, positions, blob, arguments, sys_path)))
         result = self.tmp / "result.pkl"
         result.unlink(missing_ok=True)
+        (self.tmp / "started").unlink(missing_ok=True)
         code, output = self._spawn()
         if code is None:
             return dumps_result(lost_chunk_result(
@@ -119,7 +120,7 @@ class _Child:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env}, start_new_session=True)
             try:
-                code = _wait(child, self.timeout, self.wanted)
+                code = _wait(child, self.timeout, self.wanted, self.tmp / "started")
             finally:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGKILL)
@@ -128,14 +129,22 @@ class _Child:
             return code, tail(log.read())
 
 
-def _wait(child: subprocess.Popen[bytes], timeout: float | None,
-          wanted: Callable[[], bool]) -> int | None:
-    """The child's exit code, or None once it ran past ``timeout`` or nobody wants it."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _wait(child: subprocess.Popen[bytes], timeout: float | None, wanted: Callable[[], bool],
+          started: Path) -> int | None:
+    """The child's exit code, or None once it ran past ``timeout`` or nobody wants it.
+
+    The timeout counts from ``started`` (the child's tasks begin), not from the child's own
+    start: a busy machine can take a second to start a Python, which is no task's doing.
+    """
+    deadline: float | None = None
     while True:
-        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if deadline is None and timeout is not None and started.exists():
+            deadline = time.monotonic() + timeout
+        step = 0.05 if timeout is not None and deadline is None else 0.5
+        if deadline is not None:
+            step = max(min(step, deadline - time.monotonic()), 0)
         try:
-            return child.wait(max(left, 0))
+            return child.wait(step)
         except subprocess.TimeoutExpired:
             if (deadline is not None and time.monotonic() >= deadline) or not wanted():
                 return None
@@ -169,6 +178,7 @@ def _child(tmp: Path) -> None:
     except Exception as exc:
         data = dumps_result(chunk_failed(Chunk(chunk_id, indices, [], []), exc))
     else:
+        (tmp / "started").touch()  # the timeout counts from here (see _wait)
         data = dumps_result(run_chunk(function, chunk))
     partial = tmp / "result.part"
     partial.write_bytes(data)
