@@ -181,3 +181,13 @@ def test_a_scheduler_gone_mid_run_fails_the_tasks_as_lost_not_a_hang() -> None:
     assert info.value.failed_indices == [0, 1]
     assert {f.kind for f in info.value.failures} == {"lost"}
     assert time.monotonic() - started < 20
+
+
+def test_a_large_function_is_scattered_once_and_works(dask_scheduler: str) -> None:
+    table = bytes(range(256)) * (5 << 12)  # 5 MiB the function closes over: scattered
+
+    def lookup(i: int) -> int:
+        return table[i] + len(table)
+
+    assert remote_map(lookup, [(1,), (255,), (256,)], mode="dask", scheduler=dask_scheduler,
+                      progress=False) == [1 + len(table), 255 + len(table), len(table)]

@@ -4,8 +4,9 @@ The caller connects a ``distributed.Client`` to the address in ``[dask] schedule
 each chunk as one dask task (:func:`remotemap.backends.dask_worker.run_task`), which runs it in
 a child process of the dask worker: see that module for why, and for how a dask worker lost
 mid-chunk turns into failures rather than a silent re-run. The function is cloudpickled once
-(``execution.pickle_function``) and scattered once; each chunk's arguments are cloudpickled in
-the caller, so lambdas, ``__main__`` functions and their arguments travel as in every mode.
+(``execution.pickle_function``), and scattered to every worker when large; each chunk's
+arguments are cloudpickled in the caller, so lambdas, ``__main__`` functions and their
+arguments travel as in every mode.
 
 Declared in remotemap's own ``pyproject.toml`` under the entry-point group
 ``remotemap.backends``, as a plug-in would be, so that path is exercised by every install.
@@ -103,20 +104,25 @@ class DaskBackend(Backend):
         blob = pickle_function(function)
         n_jobs = self.n_jobs
         client, self._client = self.connect(), None
-        return DaskSession(client, blob, options, n_jobs)
+        return DaskSession(client, blob, options, n_jobs, self.address)
 
 
 class DaskSession(Session):
-    def __init__(self, client: Any, blob: bytes, options: TaskOptions, n_jobs: int) -> None:
+    def __init__(self, client: Any, blob: bytes, options: TaskOptions, n_jobs: int,
+                 address: str) -> None:
         self.client = client
+        self.address = address  # the scheduler's: where a chunk that dask lost was
         self.options = options
         # Two chunks per thread in flight: a dask worker never waits for the next one.
         self.capacity = 2 * n_jobs
         self.token = new_token()
         self.sys_path = list(sys.path)
         self.numbers = itertools.count()
-        # The function goes to the scheduler's workers once, not with every chunk.
-        self.blob = client.scatter(blob, hash=False)
+        # A small function goes with each chunk: nothing to lose with a worker. A large one
+        # (a closure over an array) goes to every worker once, so that one dying loses no copy
+        # the next chunks need.
+        self.blob: Any = (client.scatter(blob, hash=False, broadcast=True) if len(blob) > LARGE
+                          else blob)
         self.futures: dict[str, tuple[Any, Chunk]] = {}  # dask key -> (future, chunk)
         self.done: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.ready: list[ChunkResult] = []
@@ -175,7 +181,7 @@ class DaskSession(Session):
         except Exception as exc:  # not the tasks' (they fail in the child): dask's own
             # KilledWorker, a cancelled future (scheduler gone), a worker without remotemap.
             result = ChunkResult(chunk.id, failures=[
-                failure_from_exception(i, exc, kind="lost", host=self.client.scheduler.address)
+                failure_from_exception(i, exc, kind="lost", host=self.address)
                 for i in chunk.indices])
         future.release()
         with contextlib.suppress(Exception):  # the scheduler may be gone: nothing to clean
