@@ -17,7 +17,7 @@ DASK = Section(
         Key("n_jobs", "int", 0, "chunks running at once; 0 = the cluster's threads when the "
             "run starts", minimum=0),
         Key("chunksize", "int", 0, "tasks per dask task; 0 = automatic", minimum=0),
-        Key("connect_timeout", "float", 10.0, "seconds to reach the scheduler (or to reach it again) before giving up",
-            minimum=0.1),
+        Key("connect_timeout", "float", 10.0, "seconds to reach the scheduler (or to reach it "
+            "again) before giving up", minimum=0.1),
     ),
 )  # fmt: skip
