@@ -1,7 +1,8 @@
 """The contract suite's view of each backend: how to call it and what it promises.
 
-The built-in modes have a ``Runner`` factory each in :data:`RUNNERS` (with the fixtures they
-need: an sshd, a SLURM cluster). Every other registered or installed mode (a plug-in) gets
+The built-in modes, and ``dask`` (declared by remotemap's own entry point), have a ``Runner``
+factory each in :data:`RUNNERS` (with the fixtures they need: an sshd, a SLURM cluster, a dask
+cluster). Every other registered or installed mode (a plug-in) gets
 :func:`plugin_runner`, so every contract test runs against it too.
 """
 
@@ -88,12 +89,36 @@ def _cluster(request: pytest.FixtureRequest) -> Runner:
                   same_host_python=True)
 
 
+def _dask(request: pytest.FixtureRequest) -> Runner:
+    address = request.getfixturevalue("dask_scheduler")
+    # The dask workers run tasks with this interpreter on this machine; each chunk in a child
+    # process of a worker, so a crash fails its own tasks only.
+    return Runner("dask", {"scheduler": address})
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """The address of a real dask.distributed cluster on loopback: a scheduler and two worker
+    processes of one thread each, started once, closed (every process) at the end."""
+    pytest.importorskip("distributed", reason="mode 'dask' needs distributed: pip install "
+                        "'remotemap[dask]' (the test extra has it)")
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+
 RUNNERS: dict[str, Callable[[pytest.FixtureRequest], Runner]] = {
     "serial": _serial,
     "local": _local,
     "local_with_dumps": _dumps,
     "ssh": _ssh,
     "cluster": _cluster,
+    "dask": _dask,
 }
 
 

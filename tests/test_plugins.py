@@ -135,7 +135,7 @@ def test_builtin_sections_are_their_backends_own() -> None:
         assert declared is section, name
 
 
-HEAVY = ("paramiko", "soma_workflow", "loky", "joblib")
+HEAVY = ("paramiko", "soma_workflow", "loky", "joblib", "dask", "distributed")
 
 # Runs in a fresh interpreter: checks the config file given, then runs ``remotemap`` with the
 # given arguments as ``python -m remotemap`` would, and reports which heavy modules got loaded.
