@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 
-from remotemap import RemoteException, remote_map
+from remotemap import ModeName, RemoteException, remote_map
 from remotemap.config.modes import BUILTIN_MODES, mode_target
 from remotemap.errors import BackendUnavailable, ConfigError
 from tests import taskfuncs as tf
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: A mode from an entry point is checked at run time: type checkers take it as ModeName.
+DASK = ModeName("dask")
 
 
 def parent_pid_and_sleep(path: str, x: int, seconds: float) -> int:
@@ -52,7 +55,7 @@ def test_dask_ships_as_an_entry_point_and_loads_nothing_heavy_to_check_a_config(
 
 def test_missing_scheduler_names_the_key_and_the_file(isolated_config: Path) -> None:
     with pytest.raises(ConfigError, match=r"dask\.scheduler") as info:
-        remote_map(tf.square, [(1,)], mode="dask", progress=False)
+        remote_map(tf.square, [(1,)], mode=DASK, progress=False)
     assert info.value.key == "dask.scheduler"
     assert info.value.path == isolated_config / "remotemap" / "config.toml"
     assert str(info.value.path) in str(info.value)
@@ -65,7 +68,7 @@ def test_unreachable_scheduler_is_unavailable_within_the_connect_timeout() -> No
     address = f"tcp://127.0.0.1:{port}"
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match=f"dask scheduler at {address}.* within 1 s"):
-        remote_map(tf.square, [(1,)], mode="dask", scheduler=address, connect_timeout=1,
+        remote_map(tf.square, [(1,)], mode=DASK, scheduler=address, connect_timeout=1,
                    progress=False)
     assert time.monotonic() - started < 8
 
@@ -119,7 +122,7 @@ def test_stopping_early_kills_the_running_tasks(dask_scheduler: str, tmp_path: P
     stem = str(tmp_path / "pid")
     largs = [(stem, 0, 30.0), (stem, 1, 0.0)]
     with pytest.raises(RemoteException):
-        remote_map(_sleep_or_fail, largs, mode="dask", scheduler=dask_scheduler,
+        remote_map(_sleep_or_fail, largs, mode=DASK, scheduler=dask_scheduler,
                    chunksize=1, on_error="stop", progress=False)
     pid = int(Path(f"{stem}.0").read_text())
     deadline = time.monotonic() + 10
@@ -148,14 +151,14 @@ def test_progress_names_the_mode_and_counts_every_task(dask_scheduler: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    assert remote_map(tf.square, [(i,) for i in range(12)], mode="dask",
+    assert remote_map(tf.square, [(i,) for i in range(12)], mode=DASK,
                       scheduler=dask_scheduler, progress=True) == [i * i for i in range(12)]
     assert "12/12" in err.getvalue() and "dask" in err.getvalue()
 
 
 def test_a_crash_in_a_chunk_of_many_tasks_fails_that_task_only(dask_scheduler: str) -> None:
     with pytest.raises(RemoteException) as info:
-        remote_map(tf.crash_on, [(i,) for i in range(5)], [{"how": "exit"}] * 5, mode="dask",
+        remote_map(tf.crash_on, [(i,) for i in range(5)], [{"how": "exit"}] * 5, mode=DASK,
                    scheduler=dask_scheduler, chunksize=5, progress=False)
     assert info.value.failed_indices == [3]
     assert "exited with code 3" in info.value.failures[0].message
@@ -183,7 +186,7 @@ def test_a_scheduler_killed_mid_run_fails_the_tasks_as_lost_not_a_hang(tmp_path:
         killer.start()
         started = time.monotonic()
         with pytest.raises(RemoteException) as info:
-            remote_map(tf.sleep_for, [(0, 30.0), (1, 30.0)], mode="dask", progress=False,
+            remote_map(tf.sleep_for, [(0, 30.0), (1, 30.0)], mode=DASK, progress=False,
                        scheduler=address, connect_timeout=2)
         # The client tries to reconnect for connect_timeout seconds, then gives the run up.
         assert time.monotonic() - started < 2.0 + 2.0 + 5
@@ -203,5 +206,5 @@ def test_a_large_function_is_scattered_once_and_works(dask_scheduler: str) -> No
     def lookup(i: int) -> int:
         return table[i] + len(table)
 
-    assert remote_map(lookup, [(1,), (255,), (256,)], mode="dask", scheduler=dask_scheduler,
+    assert remote_map(lookup, [(1,), (255,), (256,)], mode=DASK, scheduler=dask_scheduler,
                       progress=False) == [1 + len(table), 255 + len(table), len(table)]
