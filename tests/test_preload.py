@@ -181,10 +181,9 @@ def test_ssh_children_inherit_the_chunks_modules(sshd_host: Any, remote_python: 
         directory.chmod(0o755)
         made.record.touch(0o666)
         made.record.chmod(0o666)
-        options = {"hosts": [sshd_host.alias], "ssh_config": str(sshd_host.ssh_config),
-                   "python": str(remote_python), "n_jobs": 2}
         env = {RECORD: str(made.record), "PYTHONPATH": str(directory)}
-        with Executor("ssh", env=env, **options) as ex:
+        with Executor("ssh", hosts=[sshd_host.alias], ssh_config=str(sshd_host.ssh_config),
+                      python=str(remote_python), n_jobs=2, env=env) as ex:
             seen = [f.result(timeout=120) for f in [ex.submit(made.module.probe)
                                                      for _ in range(4)]]
         _check_imports(seen, made.importers(), preload=True)
