@@ -69,6 +69,8 @@ class BuiltinModeOptions(TypedDict, total=False):
     # local, local_with_dumps, ssh
     n_jobs: int
     chunksize: int
+    # local_with_dumps, ssh
+    preload: bool
     # local_with_dumps, cluster
     keep_files: bool
     temp_dir: PathLike

@@ -8,7 +8,7 @@ Two ways to run it:
     ``--fail-exit`` it exits with status 3 when a task failed, so a batch system holding
     jobs that depend on this one does not start them (a workflow's steps on ``cluster``).
 
-``python -m remotemap.worker serve RUN_DIR``
+``python -m remotemap.worker serve RUN_DIR [--task-dirs] [--no-preload]``
     A preloaded server: it reads the run's key from the first line of its stdin (``key HEX``,
     plus ``DEV INO`` when the caller knows which directory it made), then loads the function
     once (importing what the function needs), then forks one child per chunk it is told to
@@ -17,16 +17,32 @@ Two ways to run it:
     ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
 
+    Before forking a chunk's child, the server reads the chunk's sealed file (only once its
+    seal checks out; a refused file is left to the child, which reports it as before) and
+    imports in its own process the modules the chunk's pickle names (``remotemap.preload``,
+    which walks the opcodes and unpickles nothing), so the children inherit them imported:
+    an ``Executor`` or joblib chunk carries its own callables, and each child would otherwise
+    import, say, scikit-learn again. The trade-off: those imports now run in the server, which
+    forks afterwards. Only modules the tasks import anyway are imported, by the same user for
+    the same run, and one that fails to import is skipped (the child fails or not, as without
+    preloading); but a module whose import starts threads (a BLAS pool, a client's
+    background thread) makes every later fork copy a process with those threads, an import
+    that hangs holds up the server (and the chunks after it, whose timeouts start when they
+    are forked), and one that crashes the interpreter ends the server and the chunks it ran.
+    ``--no-preload`` (the ``preload = false`` option of ``[local_with_dumps]`` and ``[ssh]``)
+    turns it off.
+
 Either way the worker enters the run directory only if no other user can change it, reaches
 its files through a descriptor opened once (``remotemap.rundir``), unpickles only files whose
 seal the run's key checks, and seals the outcomes it writes (see ``remotemap.protocol``).
 
 The worker imports only the standard library, cloudpickle and remotemap's lower modules
-(``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``protocol``, ``rundir``,
-``tasks``, ``worker_run``; ``remotemap/__init__`` imports its public names lazily), never the
-driver, config, api, executor, workflow or cli; ``tests/test_layers_worker.py`` holds it to
-that list. This module holds the program (its commands, the key line) and the fork server;
-what runs a chunk in the run directory is ``remotemap.worker_run``.
+(``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``preload``,
+``protocol``, ``rundir``, ``tasks``, ``worker_run``; ``remotemap/__init__`` imports its public
+names lazily), never the driver, config, api, executor, workflow or cli;
+``tests/test_layers_worker.py`` holds it to that list. This module holds the program (its
+commands, the key line) and the fork server; what runs a chunk in the run directory is
+``remotemap.worker_run``.
 """
 
 from __future__ import annotations
@@ -42,7 +58,8 @@ from collections.abc import Callable
 from remotemap._version import __version__
 from remotemap.errors import UnsafePath
 from remotemap.integrity import read_key_file
-from remotemap.protocol import log_name
+from remotemap.preload import Preloader
+from remotemap.protocol import chunk_name, log_name
 from remotemap.rundir import LocalRunDir
 from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
 
@@ -55,9 +72,10 @@ OUTCOME_UNWRITABLE_EXIT = 70
 class _Server:
     """The fork server: one child process per chunk, at most as many as the caller sends."""
 
-    def __init__(self, run: WorkerRun, task_dirs: bool = False) -> None:
+    def __init__(self, run: WorkerRun, task_dirs: bool = False, preload: bool = True) -> None:
         self.run = run
         self.task_dirs = task_dirs
+        self.preloader = Preloader() if preload else None
         # The protocol gets its own copy of stdout; fd 1 then points at stderr so that a stray
         # print() in user code can never corrupt the protocol stream.
         self.out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -115,13 +133,27 @@ class _Server:
             self.out.write(f"error unknown command {line!r}\n")
             return
         chunk_id = int(words[1])
+        data = self._preload(chunk_id)
         deadline = time.monotonic() + float(words[2]) if len(words) == 3 else None
         pid = os.fork()
         if pid == 0:
-            self._child(chunk_id)  # never returns
+            self._child(chunk_id, data)  # never returns
         self.children[pid] = (chunk_id, deadline)
 
-    def _child(self, chunk_id: int) -> None:
+    def _preload(self, chunk_id: int) -> bytes | None:
+        """The chunk's checked content, once the modules it names are imported here; None
+        when preloading is off or the file cannot be read (the child then reads it and
+        reports why, as without preloading)."""
+        if self.preloader is None:
+            return None
+        try:
+            data = self.run.load(chunk_name(chunk_id))
+        except Exception:
+            return None  # missing or tampered: never looked into here
+        self.preloader.preload(data)
+        return data
+
+    def _child(self, chunk_id: int, data: bytes | None) -> None:
         code = 0
         try:
             signal.set_wakeup_fd(-1)
@@ -134,7 +166,7 @@ class _Server:
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            execute_chunk(self.run, chunk_id, self.function, self.task_dirs)
+            execute_chunk(self.run, chunk_id, self.function, self.task_dirs, data)
         except BaseException:
             import traceback
 
@@ -280,13 +312,17 @@ def _enter(root: str, expected: tuple[int, int] | None = None) -> LocalRunDir:
         raise SystemExit(f"remotemap.worker: {exc}") from None
 
 
+_SERVE_FLAGS = {"--task-dirs", "--no-preload"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _adopt_caller_sys_path()
-    if len(args) in (2, 3) and args[0] == "serve":
+    if len(args) >= 2 and args[0] == "serve" and set(args[2:]) <= _SERVE_FLAGS:
         key, identity = read_key_line()
         run = WorkerRun(_enter(args[1], identity), key)
-        _Server(run, task_dirs="--task-dirs" in args[2:]).serve()
+        _Server(run, task_dirs="--task-dirs" in args[2:],
+                preload="--no-preload" not in args[2:]).serve()
         return 0
     if len(args) >= 5 and args[0] == "run" and args[2] == "--key-file":
         try:
@@ -297,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         chunks = [int(c) for c in args[4:] if c != "--fail-exit"]
         ok = run_chunks(WorkerRun(_enter(args[1]), key), chunks)
         return TASK_FAILED_EXIT if fail_exit and not ok else 0
-    usage = ("serve RUN_DIR [--task-dirs] (key line on stdin) | "
+    usage = ("serve RUN_DIR [--task-dirs] [--no-preload] (key line on stdin) | "
              "run RUN_DIR --key-file PATH [--fail-exit] CHUNK...")
     print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
     return 2

@@ -64,11 +64,15 @@ def load_function(run: WorkerRun) -> Function:
 
 
 def execute_chunk(
-    run: WorkerRun, chunk_id: int, function: Function | None, task_dirs: bool = False
+    run: WorkerRun, chunk_id: int, function: Function | None, task_dirs: bool = False,
+    data: bytes | None = None,
 ) -> bool:
     """Run one chunk and write its outcome; any failure becomes a failed task, never silence.
-    True when every task succeeded."""
-    token, _, indices, stream = decode_chunk_header(run.load(chunk_name(chunk_id)))
+    True when every task succeeded. ``data``: the chunk file's content, already checked
+    (``WorkerRun.load``) by the fork server; None to read it here."""
+    if data is None:
+        data = run.load(chunk_name(chunk_id))
+    token, _, indices, stream = decode_chunk_header(data)
     try:
         if function is None:
             function = load_function(run)

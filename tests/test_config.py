@@ -80,7 +80,8 @@ def test_missing_default_file_means_defaults(isolated_env: Path) -> None:
     config = load_config()
     assert not config.exists
     assert config.section("local") == {"n_jobs": 0, "chunksize": 0}
-    assert config.section("local_with_dumps") == {"n_jobs": 0, "keep_files": False, "temp_dir": ""}
+    assert config.section("local_with_dumps") == {"n_jobs": 0, "keep_files": False, "temp_dir": "",
+                                                  "preload": True}
     assert config.get("remotemap.mode") == "local"
     assert config.origin("local.n_jobs") == "default"
     assert not (isolated_env / ".config").exists()

@@ -72,6 +72,7 @@ class DumpsBackend(Backend):
             n_jobs=resolve_n_jobs(self.settings.get("n_jobs", 0)),
             temp_dir=self.settings.get("temp_dir") or None,
             keep_files=bool(self.settings.get("keep_files")),
+            preload=bool(self.settings.get("preload", True)),
         )
 
 
@@ -108,8 +109,10 @@ class DumpsSession(Session):
     """A local worker server and its run directory; at most ``n_jobs`` tasks at a time."""
 
     def __init__(self, function_blob: bytes, options: TaskOptions, *, n_jobs: int,
-                 temp_dir: str | None = None, keep_files: bool = False) -> None:
+                 temp_dir: str | None = None, keep_files: bool = False,
+                 preload: bool = True) -> None:
         self.options = options
+        self.preload = preload
         self.capacity = n_jobs
         self.keep_files = keep_files
         self.token = new_token()
@@ -139,7 +142,8 @@ class DumpsSession(Session):
         check_same_dir(self.layout.root, self.rundir.identity)
         env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root],
+            [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root,
+             *([] if self.preload else ["--no-preload"])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             # Its own session: a Ctrl-C at the terminal reaches only the caller, which then
             # stops the server in order instead of every process dying at once.

@@ -10,6 +10,10 @@ from remotemap.config.declarations import Key, Section
 
 N_JOBS = Key("n_jobs", "int", 0, "worker processes; 0 or -1 = all usable CPUs, -2 = all but one")
 
+#: local_with_dumps and ssh: the worker server's imports ahead of each fork (remotemap.worker).
+PRELOAD = Key("preload", "bool", True,
+              "the worker server imports the modules a chunk names before forking its process")
+
 LOCAL = Section(
     "local",
     "mode 'local': worker processes on this machine (loky, joblib's executor)",
@@ -24,5 +28,6 @@ LOCAL_WITH_DUMPS = Section(
         Key("keep_files", "bool", False, "keep the task and result files after the run"),
         Key("temp_dir", "str", "", "where the files go; empty = a private temp dir",
             is_path=True),
+        PRELOAD,
     ),
 )  # fmt: skip

@@ -123,6 +123,8 @@ class RemoteRun:
         argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
+        if not self.settings.get("preload", True):
+            argv.append("--no-preload")  # only then: a host's older remotemap knows no flag
         self.process = conn.open_process(argv)
         with contextlib.suppress(Exception):  # a server that died at once says so below
             self.process.write(f"key {self.key.hex()}\n".encode())  # never on the host's disk

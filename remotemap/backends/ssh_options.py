@@ -6,6 +6,7 @@ importing the ssh backend or paramiko.
 
 from __future__ import annotations
 
+from remotemap.backends.local_options import PRELOAD
 from remotemap.config.declarations import Key, Section
 
 #: How hosts are found and trusted, the same for [ssh] hosts and a [cluster] submitting host.
@@ -35,6 +36,7 @@ SSH = Section(
         Key("n_jobs", "int", 0, "tasks at once per host; 0 = the host's CPUs"),
         Key("chunksize", "int", 0, "tasks per chunk sent to a host; 0 = automatic", minimum=0),
         Key("keep_remote_files", "bool", False, "keep the run directories on the hosts"),
+        PRELOAD,
         Key("fetch", "list[str]", [],
             "glob patterns of files tasks write in their working directory, copied back"),
         Key("fetch_dir", "str", "remotemap-files",
