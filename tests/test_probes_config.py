@@ -149,3 +149,13 @@ def test_config_set_in_a_directory_that_cannot_be_written(shared_dir: Path) -> N
     assert f"{readonly / 'new'}: permission denied" in done.stderr
     assert f"cannot create it in {readonly} (no write (w) permission" in done.stderr
     assert not (readonly / "new").exists()
+
+
+def test_example_config_names_every_builtin_mode() -> None:
+    """docs/config.md is checked by test_config_docs; the packaged example's comment too."""
+    from remotemap.config.modes import BUILTIN_MODES
+
+    text = (REPO / "remotemap" / "config" / "example.toml").read_text(encoding="utf-8")
+    comment = text.split("[remotemap]", 1)[1].split("# mode =", 1)[0]
+    missing = [name for name in BUILTIN_MODES if f'"{name}"' not in comment]
+    assert not missing, f"example.toml's remotemap.mode comment lacks {missing}"

@@ -134,7 +134,7 @@ class RemoteRun:
         layout = self.layout = self._make_run_dir()
         root = layout.root
         conn.put_bytes(layout.function, seal_file(self.key, FUNCTION, self.function_blob))
-        from remotemap.ssh.quoting import expand_remote_home
+        from remotemap.ssh.safety import expand_remote_home
 
         python = expand_remote_home(conn, self.settings.get("python") or "python3")
         # Environment variables for the tasks: set on the server, so its imports see them too.

@@ -16,7 +16,7 @@ from remotemap.ssh.errors import (
     SSHError,
 )
 from remotemap.ssh.hosts import HostSpec, resolve_host
-from remotemap.ssh.quoting import expand_remote_home
+from remotemap.ssh.safety import expand_remote_home
 
 ProbeStatus = Literal[
     "ok", "unreachable", "auth-failed", "host-key-unknown", "host-key-changed", "no-python", "error"

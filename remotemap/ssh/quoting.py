@@ -12,10 +12,6 @@ from __future__ import annotations
 import posixpath
 import shlex
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from remotemap.ssh.connection import Connection
 
 
 def quote_argv(argv: Sequence[str]) -> str:
@@ -49,16 +45,3 @@ def remote_path(path: str) -> str:
     if path.startswith("~"):
         raise ValueError(f"~user paths are not supported: {path!r}")
     return posixpath.normpath(path)
-
-
-def expand_remote_home(conn: Connection, path: str) -> str:
-    """``path`` with a leading ``~`` or ``~/`` made the home of the remote user.
-
-    For a program to run (``ssh.python``): it is quoted like every argument, so the remote
-    shell would not expand it. SFTP starts in the login's home, so ``normalize(".")`` is it.
-    """
-    if path != "~" and not path.startswith("~/"):
-        return path
-    with conn._sftp_lock:
-        home = conn.sftp().normalize(".")
-    return posixpath.join(home, path[2:].lstrip("/")) if path != "~" else home
