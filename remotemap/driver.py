@@ -34,7 +34,7 @@ from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
 from remotemap.runs import RunStore
 from remotemap.session import Backend, Session, TaskOptions
-from remotemap.tasks import Chunk, ChunkResult, make_chunks
+from remotemap.tasks import Chunk, ChunkResult, check_env, make_chunks
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def make_policy(on_error: str, timeout: float | None, retries: int, backoff: flo
     if bad:
         raise TypeError(f"env must map names to strings; env[{bad[0]!r}] is "
                         f"{type(env[bad[0]]).__name__}")
+    check_env(env)
     return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env))
 
 

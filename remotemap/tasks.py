@@ -135,3 +135,20 @@ def auto_chunksize(n_tasks: int, n_workers: int) -> int:
         return 1
     chunks_wanted = 4 * max(1, n_workers)
     return max(1, -(-n_tasks // chunks_wanted))
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """ValueError naming the first variable of ``env`` no process environment can hold.
+
+    Checked once, before anything runs, so every mode refuses the same names: ``os.environ``
+    would turn ``{"A=B": "x"}`` into ``A="B=x"`` on some modes, and other modes refuse it or
+    an empty name later, in a worker.
+    """
+    for name, value in env.items():
+        if not name:
+            raise ValueError("env: an environment variable name must not be empty")
+        if "=" in name or "\0" in name:
+            raise ValueError(f"env: invalid environment variable name {name!r}: a name "
+                             "must contain no '=' and no NUL character")
+        if "\0" in value:
+            raise ValueError(f"env[{name!r}]: the value must contain no NUL character")

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from remotemap.backends.base import TaskOptions
-from remotemap.errors import FailureKind, RemotemapError, TamperedFile
+from remotemap.errors import ConfigError, FailureKind, RemotemapError, TamperedFile
 from remotemap.execution import lost_chunk_result, tail
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -42,6 +42,18 @@ log = logging.getLogger("remotemap")
 
 class RemoteSetupError(RemotemapError, RuntimeError):
     """The host is reachable but cannot run remotemap's worker (no Python, no remotemap...)."""
+
+
+def remote_dir(settings: Mapping[str, Any]) -> str:
+    """``ssh.remote_dir``; ConfigError if, relative, it climbs out of the home with ``..``
+    (checked before anything is made: such a run directory would not be removed at the end)."""
+    value = str(settings.get("remote_dir") or ".cache/remotemap/runs")
+    relative = value[2:] if value.startswith("~/") else value
+    if not relative.startswith("/") and ".." in relative.split("/"):
+        raise ConfigError(f"ssh.remote_dir: {value!r} climbs out of the remote home with "
+                          "'..'; give an absolute path or one inside the home",
+                          key="ssh.remote_dir")
+    return value
 
 
 class _ProcessWriter:
@@ -103,10 +115,15 @@ class RemoteRun:
 
         conn = self.connection
         uid = remote_uid(conn)
-        parent = check_remote_parent(conn, self.settings.get("remote_dir")
-                                     or ".cache/remotemap/runs", uid)
+        parent = check_remote_parent(conn, remote_dir(self.settings), uid)
         layout = RunLayout(posixpath.join(parent, f"run-{self.token}"))
-        conn.makedirs_private(layout.root)
+        try:
+            conn.makedirs_private(layout.root)
+        except PermissionError as exc:
+            raise RemoteSetupError(
+                f"{conn.spec.target}: permission denied: user {conn.spec.user} (uid {uid}) "
+                f"cannot create the run directory {layout.root} ({exc.strerror}); set "
+                "ssh.remote_dir to a directory that user may write") from exc
         check_remote_private(conn, layout.root, uid)
         for sub in layout.subdirs():
             conn.makedirs_private(sub)
@@ -117,7 +134,9 @@ class RemoteRun:
         layout = self.layout = self._make_run_dir()
         root = layout.root
         conn.put_bytes(layout.function, seal_file(self.key, FUNCTION, self.function_blob))
-        python = self.settings.get("python") or "python3"
+        from remotemap.ssh.safety import expand_remote_home
+
+        python = expand_remote_home(conn, self.settings.get("python") or "python3")
         # Environment variables for the tasks: set on the server, so its imports see them too.
         env = [f"{name}={value}" for name, value in self.options.env.items()]
         argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
@@ -245,20 +264,34 @@ class RemoteRun:
 def fetch_task_files(remote: RemoteRun, chunk: Chunk, result: ChunkResult,
                      settings: Mapping[str, Any]) -> None:
     """Copy the files matching ``fetch`` from each finished task's working directory to
-    ``fetch_dir/INDEX/``, pulled over SFTP from this side (the host never connects back)."""
+    ``fetch_dir/INDEX/``, pulled over SFTP from this side (the host never connects back).
+
+    A file that cannot be fetched (a name that is not UTF-8, a file gone or unreadable) is
+    skipped with a warning naming it: it is not the link's failure, nor the task's."""
     assert remote.layout is not None
     patterns = list(settings.get("fetch") or [])
     dirs = [remote.layout.workdir(i) for i in result.indices]
     if not dirs:
         return
-    listing = remote.connection.run(["find", *dirs, "-maxdepth", "1", "-type", "f"])
+    # NUL-separated: a file name may hold a newline, or bytes that are not UTF-8.
+    listing = remote.connection.run(["find", *dirs, "-maxdepth", "1", "-type", "f", "-print0"])
     local_root = os.path.expanduser(str(settings.get("fetch_dir") or "remotemap-files"))
-    for path in listing.stdout_text.splitlines():
-        folder, name = posixpath.split(path)
-        if not any(fnmatch.fnmatch(name, p) for p in patterns):
+    for raw in listing.stdout.split(b"\0"):
+        folder, name = posixpath.split(raw.decode("utf-8", "surrogateescape"))
+        if not raw or not any(fnmatch.fnmatch(name, p) for p in patterns):
             continue
-        index = posixpath.basename(folder)
-        target_dir = os.path.join(local_root, index)
-        os.makedirs(target_dir, exist_ok=True)
-        with open(os.path.join(target_dir, name), "wb") as f:
-            f.write(remote.connection.get_bytes(path))
+        try:
+            _fetch_one(remote, folder, name, local_root)
+        except (UnicodeError, FileNotFoundError, PermissionError) as exc:
+            log.warning("%s: cannot fetch %r of task %s: %s", remote.host,
+                        posixpath.join(folder, name), posixpath.basename(folder), exc)
+
+
+def _fetch_one(remote: RemoteRun, folder: str, name: str, local_root: str) -> None:
+    path = posixpath.join(folder, name)
+    path.encode("utf-8")  # UnicodeEncodeError: SFTP paths are UTF-8, this name is not
+    data = remote.connection.get_bytes(path)
+    target_dir = os.path.join(local_root, posixpath.basename(folder))
+    os.makedirs(target_dir, exist_ok=True)
+    with open(os.path.join(target_dir, name), "wb") as f:
+        f.write(data)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.remote_files import RemoteRun, fetch_task_files
+from remotemap.backends.remote_files import RemoteRun, fetch_task_files, remote_dir
 from remotemap.backends.ssh_options import SSH
 from remotemap.errors import ConfigError
 from remotemap.execution import lost_chunk_result, pickle_function
@@ -187,6 +187,7 @@ class SSHBackend(Backend):
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, max(1, slots)))
 
     def open(self, function: Callable[..., Any], options: TaskOptions) -> SSHSession:
+        remote_dir(self.settings)  # refused before any host is reached
         return SSHSession(self.hosts, self.settings, pickle_function(function), options)
 
 

@@ -8,6 +8,8 @@ Exit codes: 0 success, 1 failure (invalid config, failed run), 2 usage error (ar
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 
 from remotemap._version import __version__
@@ -69,4 +71,45 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except PermissionError as exc:  # a config file or directory this user may not use
+        print(f"{PROG}: error: {permission_message(exc)}", file=sys.stderr)
+        return 1
     return code
+
+
+def permission_message(exc: PermissionError) -> str:
+    """What ``exc`` was refused, said as the fix: the path, the permission it lacks, who."""
+    user = _user_name()
+    if exc.filename is None:
+        return f"permission denied ({exc.strerror}) for user {user}"
+    path = os.path.abspath(os.fsdecode(exc.filename))
+    # The first directory on the way that cannot be entered is the culprit, whatever the call.
+    for parent in _parents(path):
+        if not os.access(parent, os.X_OK):
+            return (f"{path}: permission denied: user {user} cannot enter directory {parent} "
+                    "(no search (x) permission)")
+    if os.path.lexists(path):
+        missing = [name for flag, name in ((os.R_OK, "read (r)"), (os.W_OK, "write (w)"))
+                   if not os.access(path, flag)]
+        what = " or ".join(missing) or "the needed"
+        return f"{path}: permission denied: user {user} has no {what} permission on it"
+    parent = os.path.dirname(path)
+    return (f"{path}: permission denied: user {user} cannot create it in {parent} "
+            "(no write (w) permission on that directory)")
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above ``path``, nearest last (``/a/b/c`` -> ``/``, ``/a``, ``/a/b``)."""
+    parents: list[str] = []
+    head = os.path.dirname(path)
+    while head not in parents:
+        parents.insert(0, head)
+        head = os.path.dirname(head)
+    return parents
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER
+        return f"uid {os.getuid()}"

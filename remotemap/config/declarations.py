@@ -38,6 +38,8 @@ class Key:
     #: of backends is read only when a file is actually checked).
     choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
     minimum: int | float | None = None
+    #: The largest value accepted; None = the ceiling ``schema.check_value`` applies by name.
+    maximum: int | float | None = None
     #: A filesystem path: ``~`` is expanded, and per-call overrides may be ``os.PathLike``.
     is_path: bool = False
     #: For ``type="table"``: the keys each named sub-table may hold.

@@ -9,6 +9,7 @@ without further changes. Checking values against the declarations is done here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
@@ -159,7 +160,10 @@ def check_value(key: Key, dotted: str, value: Any) -> Any:
     if key.type == "table":
         return {name: _check_entry(key, f"{dotted}.{name}", entry) for name, entry in value.items()}
     if key.type == "float":
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float: as absurd as inf
+            value = math.inf
     elif key.type == "list[str]":
         value = list(value)
     elif key.is_path and value:
@@ -171,12 +175,38 @@ def check_value(key: Key, dotted: str, value: Any) -> Any:
             + ", ".join(format_value(c) for c in choices),
             key=dotted,
         )
+    _check_range(key, dotted, value)
+    return value
+
+
+#: Ceilings for int keys that declare no ``maximum``, by key name. Past them a value is a typo,
+#: not a wish: 4096 workers (per host, or per job) is above any machine remotemap targets (the
+#: largest common nodes have 512 hardware threads) and far below where the OS would refuse
+#: the processes; a TCP port ends at 65535.
+_MAXIMA: dict[str, int] = {"n_jobs": 4096, "cpus_per_task": 4096, "port": 65535}
+#: Any other int key: what a C int holds, so nothing absurd reaches a system call or a sleep.
+_INT_CEILING = 2**31 - 1
+
+
+def _check_range(key: Key, dotted: str, value: Any) -> None:
+    """ConfigError naming ``dotted`` if a number is nan, infinite or out of its bounds."""
+    if key.type not in ("int", "float"):
+        return
+    if key.type == "float" and not math.isfinite(value):
+        raise ConfigError(f"{dotted}: {format_value(value)} is not a finite number", key=dotted)
     if key.minimum is not None and value < key.minimum:
         raise ConfigError(
             f"{dotted}: {format_value(value)} is too small; the minimum is {key.minimum}",
             key=dotted,
         )
-    return value
+    maximum = key.maximum
+    if maximum is None and key.type == "int":
+        maximum = _MAXIMA.get(key.name, _INT_CEILING)
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"{dotted}: {format_value(value)} is too large; the maximum is {maximum}",
+            key=dotted,
+        )
 
 
 def _check_entry(key: Key, dotted: str, entry: Any) -> dict[str, Any]:

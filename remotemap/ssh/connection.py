@@ -377,8 +377,11 @@ class Connection:
                     except FileNotFoundError:
                         try:
                             sftp.mkdir(prefix, 0o700)
-                        except OSError:
-                            attrs = sftp.stat(prefix)  # made meanwhile by someone else?
+                        except OSError as refused:
+                            try:  # made meanwhile by someone else?
+                                attrs = sftp.stat(prefix)
+                            except FileNotFoundError:
+                                raise refused from None  # EACCES, not the stat's ENOENT
                         else:
                             continue
                     if not stat.S_ISDIR(attrs.st_mode or 0):

@@ -16,6 +16,7 @@ from remotemap.ssh.errors import (
     SSHError,
 )
 from remotemap.ssh.hosts import HostSpec, resolve_host
+from remotemap.ssh.safety import expand_remote_home
 
 ProbeStatus = Literal[
     "ok", "unreachable", "auth-failed", "host-key-unknown", "host-key-changed", "no-python", "error"
@@ -79,7 +80,8 @@ def probe(
         with Connection(spec, password=password, allow_agent=allow_agent) as conn:
             conn.connect()
             left = max(timeout - (time.monotonic() - started), 0.5)
-            done = conn.run([remote_python, "-c", _PROBE_CODE], timeout=left)
+            python = expand_remote_home(conn, remote_python)
+            done = conn.run([python, "-c", _PROBE_CODE], timeout=left)
     except HostUnreachable as exc:
         return result("unreachable", str(exc))
     except AuthenticationFailed as exc:

@@ -27,6 +27,19 @@ def remote_uid(conn: Connection) -> int:
     return int(conn.run(["id", "-u"], check=True).stdout_text.strip())
 
 
+def expand_remote_home(conn: Connection, path: str) -> str:
+    """``path`` with a leading ``~`` or ``~/`` made the home of the remote user.
+
+    For a program to run (``ssh.python``): it is quoted like every argument, so the remote
+    shell would not expand it. SFTP starts in the login's home, so ``normalize(".")`` is it.
+    """
+    if path != "~" and not path.startswith("~/"):
+        return path
+    with conn._sftp_lock:
+        home = conn.sftp().normalize(".")
+    return posixpath.join(home, path[2:].lstrip("/")) if path != "~" else home
+
+
 def check_remote_parent(conn: Connection, path: str, uid: int) -> str:
     """UnsafePath (naming ``host:path``) unless a directory made at ``path`` could not be
     renamed away by another user of the host; ``path`` as an absolute path there."""

@@ -99,8 +99,12 @@ def tasks_per_job(settings: Mapping[str, Any], n_tasks: int) -> int:
 
 
 def job_python(settings: Mapping[str, Any]) -> str:
-    """The interpreter the jobs run (default: this one when this machine submits)."""
-    return str(settings.get("python") or ("python3" if settings.get("host") else sys.executable))
+    """The interpreter the jobs run (default: this one when this machine submits).
+
+    When this machine submits, its user runs the jobs: ``~`` is that user's home here."""
+    if not settings.get("host"):
+        return os.path.expanduser(str(settings.get("python") or sys.executable))
+    return str(settings.get("python") or "python3")
 
 
 def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
