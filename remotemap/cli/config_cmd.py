@@ -174,7 +174,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--bare", action="store_true", help="print only the path"
     )
     add("show", cmd_show, "print every setting with its value and origin")
-    add("get", cmd_get, "print one setting's value").add_argument(
+    add("get", cmd_get, "print one setting's value",
+        "Print one setting's value (its default when the file does not set it). Exit status "
+        "2 if no such key exists, 1 if the file is invalid.").add_argument(
         "key", type=_check_key, metavar="KEY", help="dotted key, e.g. local.n_jobs"
     )
     setter = add(
@@ -183,7 +185,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "set a value in the config file (keeping its comments)",
         "Set KEY to VALUE in the config file, creating the file if needed. VALUE is read as "
         'TOML when it parses as TOML (4, true, "text", ["a", "b"]), else as plain text. '
-        "The file is validated before it is written and is left untouched on error.",
+        "The file is validated before it is written and is left untouched on error. Exit "
+        "status 1 for a refused value, 2 if no such key exists.",
     )
     setter.add_argument("key", type=_check_key, metavar="KEY", help="dotted key")
     setter.add_argument("value", metavar="VALUE", help="the new value")
