@@ -147,6 +147,29 @@ def _check_key(text: str) -> str:
     return text
 
 
+_EDIT_DETAILS = (
+    "Open a copy of the config file in $VISUAL, else $EDITOR, else vi (the example if the file "
+    "is missing), validate it and only then save it. If it is invalid, a terminal asks: edit "
+    "again, discard or save anyway; without one the file is left as it was. Exit status 1 "
+    "unless a valid file was saved.")
+
+
+def _list_options(setter: argparse.ArgumentParser) -> None:
+    how = setter.add_mutually_exclusive_group()
+    how.add_argument("--add", action="store_true",
+                     help="list keys: append VALUE, unless the list holds it already")
+    how.add_argument("--remove", action="store_true",
+                     help="list keys: remove VALUE (exit status 1 if the list lacks it)")
+
+
+def _unset_arguments(unsetter: argparse.ArgumentParser) -> None:
+    unsetter.add_argument("key", metavar="KEY",
+                          help="dotted key (unknown keys in the file may be removed too)")
+    unsetter.add_argument("--section", action="store_true",
+                          help="KEY is a section: remove it whole, with its comments")
+    unsetter.set_defaults(parser=unsetter)  # for its usage line in cmd_unset's errors
+
+
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "config",
@@ -190,33 +213,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     setter.add_argument("key", type=_check_key, metavar="KEY", help="dotted key")
     setter.add_argument("value", metavar="VALUE", help="the new value")
-    how = setter.add_mutually_exclusive_group()
-    how.add_argument("--add", action="store_true",
-                     help="list keys: append VALUE, unless the list holds it already")
-    how.add_argument("--remove", action="store_true",
-                     help="list keys: remove VALUE (exit status 1 if the list lacks it)")
-    unsetter = add(
+    _list_options(setter)
+    _unset_arguments(add(
         "unset",
         cmd_unset,
         "remove a setting from the config file, so its default applies",
         "Remove KEY from the config file, so its default applies. Exit status 1 if KEY is not "
         "set in the file, 2 if no such key exists. Unknown keys that are in the file may be "
         "removed too, to repair it.",
-    )
-    unsetter.add_argument("key", metavar="KEY",
-                          help="dotted key (unknown keys in the file may be removed too)")
-    unsetter.add_argument("--section", action="store_true",
-                          help="KEY is a section: remove it whole, with its comments")
-    unsetter.set_defaults(parser=unsetter)
-    add(
-        "edit",
-        cmd_edit,
-        "open a copy of the config file in $VISUAL / $EDITOR; save it if valid",
-        "Open a copy of the config file in $VISUAL, else $EDITOR, else vi (the example if "
-        "the file is missing), validate it and only then save it. If it is invalid, a "
-        "terminal asks: edit again, discard or save anyway; without one the file is left as "
-        "it was. Exit status 1 unless a valid file was saved.",
-    )
+    ))
+    add("edit", cmd_edit, "open a copy of the config file in $VISUAL / $EDITOR; save it if valid",
+        _EDIT_DETAILS)
     add("init", cmd_init, "write the commented example config file").add_argument(
         "--force", action="store_true", help="overwrite an existing file"
     )
