@@ -216,8 +216,8 @@ def test_unset(run: Run, xdg_file: Path) -> None:
     assert xdg_file.read_text() == "[local]\n# keep me\nchunksize = 2\n"
     assert run("config", "get", "local.n_jobs").stdout == "0\n"
     again = run("config", "unset", "local.n_jobs")
-    assert again.returncode == 0
-    assert "not set" in again.stdout
+    assert again.returncode == 1  # as `git config --unset`: not set is a failure
+    assert "local.n_jobs is not set" in again.stderr
 
 
 def test_unset_removes_an_unknown_key_to_fix_the_file(run: Run, xdg_file: Path) -> None:

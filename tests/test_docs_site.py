@@ -200,6 +200,28 @@ def test_cli_page_covers_every_subcommand() -> None:
             f"docs/cli.md has no section for `remotemap {name}`"
 
 
+def cli_sections() -> dict[str, str]:
+    """docs/cli.md's sections by command words ("config set", "runs"), heading included."""
+    cli = (DOCS / "cli.md").read_text(encoding="utf-8")
+    parts = re.split(r"^(?=## `remotemap )", cli, flags=re.MULTILINE)[1:]
+    named = [(re.match(r"## `remotemap ([a-z]+(?: [a-z]+)*)", part), part) for part in parts]
+    return {match[1]: part for match, part in named if match}  # `remotemap --version` has none
+
+
+@pytest.mark.parametrize("words", ["config get", "config set", "config unset", "config edit",
+                                   "status", "demo", "runs", "retry", "clean", "collect",
+                                   "cancel"])
+def test_cli_page_documents_each_commands_options_and_exit_status(words: str) -> None:
+    """Every option `--help` shows is in the command's section, and so is its exit status."""
+    done = subprocess.run([sys.executable, "-m", "remotemap", *words.split(), "--help"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    section = cli_sections()[words]
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", done.stdout))
+    for option in options - {"--help", "--config"}:  # those two are the page's preamble
+        assert option in section, f"docs/cli.md: `remotemap {words}` lacks {option}"
+    assert re.search(r"[Ee]xit status", section), f"`remotemap {words}`: no exit status"
+
+
 def remotemap_calls(text: str) -> Iterator[ast.Call]:
     """Every ``remote_map(...)``, ``remote_imap(...)`` or ``Executor(...)`` call in the text's
     code spans and Python blocks that parses as Python."""

@@ -41,8 +41,10 @@ RECONNECTS = 2
 class _Dispatch:
     """The queue of chunks shared by the host threads, with an account of each one."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: list[str]) -> None:
         self._queue: collections.deque[Chunk] = collections.deque()
+        #: The hosts still in the run, by runner index (a host may be listed twice).
+        self._live = dict(enumerate(hosts))
         self._ready = threading.Condition()
         self._attempts: collections.Counter[int] = collections.Counter()
         self.results: queue.Queue[ChunkResult | BaseException | None] = queue.Queue()
@@ -65,6 +67,12 @@ class _Dispatch:
             chunks, self._queue = list(self._queue), collections.deque()
             return chunks
 
+    def leave(self, index: int) -> list[str]:
+        """Runner ``index``'s host leaves the run; the hosts still in it."""
+        with self._ready:
+            self._live.pop(index, None)
+            return list(self._live.values())
+
     def give_back(self, chunks: Iterable[Chunk], why: str, host: str) -> None:
         """Chunks whose host was lost go back to the queue, unless they were lost too often."""
         for chunk in chunks:
@@ -81,9 +89,10 @@ class _Dispatch:
 class _HostRunner(threading.Thread):
     """Runs chunks on one host until the queue is empty, reconnecting if the link drops."""
 
-    def __init__(self, host: str, settings: Mapping[str, Any], blob: bytes,
+    def __init__(self, index: int, host: str, settings: Mapping[str, Any], blob: bytes,
                  dispatch: _Dispatch, options: TaskOptions) -> None:
         super().__init__(name=f"remotemap-ssh-{host}", daemon=True)
+        self.index = index
         self.host = host
         self.settings = settings
         self.blob = blob
@@ -93,6 +102,12 @@ class _HostRunner(threading.Thread):
         self.chunks_done = 0
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:  # however it ended, this host is no longer one the others can count on
+            self.dispatch.leave(self.index)
+
+    def _run(self) -> None:
         from paramiko import SSHException
 
         from remotemap.ssh import AuthenticationFailed, HostKeyError, SSHError
@@ -114,13 +129,13 @@ class _HostRunner(threading.Thread):
                 drops += 1
                 if self.chunks_done == 0 and drops == 1 and not in_flight:
                     self.error = exc  # never got going: let the others carry on
-                    log.warning("ssh host %s is not usable, the run goes on without it: %s",
-                                self.host, exc)
+                    log.warning("ssh host %s is not usable, %s: %s",
+                                self.host, self._what_next(), exc)
                     return
                 if drops > RECONNECTS:
                     self.error = exc
-                    log.warning("ssh host %s dropped %d times; giving it up: %s",
-                                self.host, drops, exc)
+                    log.warning("ssh host %s dropped %d times; giving it up, %s: %s",
+                                self.host, drops, self._what_next(), exc)
                     return
                 log.warning("connection to %s lost (%s); %d unfinished chunk(s) go back to the "
                             "queue; reconnecting", self.host, exc, len(in_flight))
@@ -130,6 +145,13 @@ class _HostRunner(threading.Thread):
                 self.dispatch.give_back(in_flight.values(), repr(exc), self.host)
                 self.dispatch.results.put(exc)
                 return
+
+    def _what_next(self) -> str:
+        """What the run does without this host, truly: it goes on only if others are left."""
+        others = self.dispatch.leave(self.index)
+        if not others:
+            return "and no other host is left: the run stops"
+        return f"the run goes on without it, on {', '.join(others)}"
 
     def _serve(self, remote: RemoteRun, in_flight: dict[int, Chunk]) -> None:
         slots = remote.slots
@@ -197,8 +219,9 @@ class SSHSession(Session):
     def __init__(self, hosts: list[str], settings: Mapping[str, Any], blob: bytes,
                  options: TaskOptions) -> None:
         self.capacity = max(8, 4 * len(hosts) * int(settings.get("n_jobs") or 2))
-        self.dispatch = _Dispatch()
-        self.runners = [_HostRunner(h, settings, blob, self.dispatch, options) for h in hosts]
+        self.dispatch = _Dispatch(hosts)
+        self.runners = [_HostRunner(i, h, settings, blob, self.dispatch, options)
+                        for i, h in enumerate(hosts)]
         self._outstanding = 0
         for runner in self.runners:
             runner.start()

@@ -87,9 +87,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "collect", parents=[common], help="wait for a cluster run and print its results",
         description="Wait until every task of cluster run RUN is done (starting whatever its "
         "engine left undone), then print one line per task: INDEX<TAB>repr(result). Exit "
-        "status 1 when tasks failed (their failures go to stderr).")
+        "status 1 when tasks failed (their failures go to stderr), the run is unknown or the "
+        "timeout passed.")
     collect.add_argument("run", metavar="RUN", help="run id (or a unique prefix of it)")
-    collect.add_argument("--timeout", type=float, default=None, help="give up after SECONDS")
+    collect.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                         help="give up after SECONDS (default: wait as long as it takes)")
     collect.add_argument("--remove", action="store_true",
                          help="delete the run directory and forget the run afterwards")
     collect.add_argument("--output", metavar="FILE",
@@ -99,8 +101,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "cancel", parents=[common], help="cancel a cluster run's jobs",
         description="Cancel every job of cluster run RUN (running ones are killed, queued "
         "ones dropped) and wait until its engines stopped. What was computed can still be "
-        "collected.")
+        "collected. Exit status 1 when the run is unknown or cannot be cancelled.")
     cancel.add_argument("run", metavar="RUN", help="run id (or a unique prefix of it)")
-    cancel.add_argument("--timeout", type=float, default=90.0,
+    cancel.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
                         help="seconds to wait for the jobs to stop (default 90)")
     cancel.set_defaults(handler=cmd_cancel)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from remotemap.cli.config_edit import cmd_edit
 from remotemap.config import config_path, load_config
-from remotemap.config.editing import init_file, set_value, unset_value
-from remotemap.config.schema import format_value, lookup_key
+from remotemap.config.editing import change_list, init_file, set_value, unset_value
+from remotemap.config.schema import format_value, get_section, lookup_key
 from remotemap.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -73,45 +71,54 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_set(args: argparse.Namespace) -> int:
     path, _ = config_path(args.config)
+    if args.add or args.remove:
+        values, changed = change_list(path, args.key, args.value, add=args.add)
+        if not changed:
+            print(f"{args.key} already contains {format_value(args.value)}; nothing to do")
+            return 0
+        print(f"{args.key} = {format_value(values)}  (written to {path})")
+        return 0
     value = set_value(path, args.key, args.value)
     print(f"{args.key} = {format_value(value)}  (written to {path})")
     return 0
 
 
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    """Report ``message`` as argparse does for a bad argument: usage, error, exit status 2."""
+    args.parser.print_usage(sys.stderr)
+    print(f"{args.parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _unknown_name(args: argparse.Namespace) -> str | None:
+    """Why ``args.key`` names no declared key or section (a typo), or None if it names one."""
+    try:
+        if args.section:
+            get_section(args.key)
+        else:
+            _check_key(args.key)  # the same lookup (and message) as `config get` and `set`
+    except (ConfigError, argparse.ArgumentTypeError) as exc:
+        return str(exc)
+    return None
+
+
 def cmd_unset(args: argparse.Namespace) -> int:
     path, _ = config_path(args.config)
-    if unset_value(path, args.key):
-        print(f"removed {args.key} from {path}")
-    else:
-        print(f"{args.key} is not set in {path}; nothing to do")
+    if args.section != ("." not in args.key):
+        if args.section:
+            return _usage_error(args, f"--section takes a section name; {args.key!r} is a key")
+        return _usage_error(args, f"{args.key!r} is a whole section: to remove [{args.key}] "
+                            "with all its keys and comments, add --section")
+    what = f"[{args.key}]" if args.section else args.key
+    if not unset_value(path, args.key, section=args.section):
+        unknown = _unknown_name(args)
+        if unknown is not None:
+            return _usage_error(args, f"argument KEY: {unknown}")
+        print(f"remotemap: error: {what} is not set in {path}; nothing removed", file=sys.stderr)
+        return 1
+    print(f"removed {what} from {path}")
     # The file may still be invalid for other reasons: say so rather than stay silent.
-    if path.exists():
-        load_config(path)
-    return 0
-
-
-def cmd_edit(args: argparse.Namespace) -> int:
-    path, _ = config_path(args.config)
-    if not path.exists():
-        init_file(path)
-        print(f"created {path} from the example")
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    command = [*shlex.split(editor), str(path)]
-    try:
-        status = subprocess.run(command, check=False).returncode
-    except OSError as exc:
-        print(f"remotemap: error: cannot run the editor {editor!r}: {exc}", file=sys.stderr)
-        return 1
-    if status != 0:
-        print(f"remotemap: error: the editor exited with status {status}", file=sys.stderr)
-        return 1
-    try:
-        load_config(path)
-    except ConfigError as exc:
-        print(f"remotemap: error: the edited file is not valid: {exc}", file=sys.stderr)
-        print("remotemap: run `remotemap config edit` again to fix it", file=sys.stderr)
-        return 1
-    print(f"{path}: valid")
+    load_config(path)
     return 0
 
 
@@ -138,6 +145,29 @@ def _check_key(text: str) -> str:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+_EDIT_DETAILS = (
+    "Open a copy of the config file in $VISUAL, else $EDITOR, else vi (the example if the file "
+    "is missing), validate it and only then save it. If it is invalid, a terminal asks: edit "
+    "again, discard or save anyway; without one the file is left as it was. Exit status 1 "
+    "unless a valid file was saved.")
+
+
+def _list_options(setter: argparse.ArgumentParser) -> None:
+    how = setter.add_mutually_exclusive_group()
+    how.add_argument("--add", action="store_true",
+                     help="list keys: append VALUE, unless the list holds it already")
+    how.add_argument("--remove", action="store_true",
+                     help="list keys: remove VALUE (exit status 1 if the list lacks it)")
+
+
+def _unset_arguments(unsetter: argparse.ArgumentParser) -> None:
+    unsetter.add_argument("key", metavar="KEY",
+                          help="dotted key (unknown keys in the file may be removed too)")
+    unsetter.add_argument("--section", action="store_true",
+                          help="KEY is a section: remove it whole, with its comments")
+    unsetter.set_defaults(parser=unsetter)  # for its usage line in cmd_unset's errors
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -167,7 +197,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--bare", action="store_true", help="print only the path"
     )
     add("show", cmd_show, "print every setting with its value and origin")
-    add("get", cmd_get, "print one setting's value").add_argument(
+    add("get", cmd_get, "print one setting's value",
+        "Print one setting's value (its default when the file does not set it). Exit status "
+        "2 if no such key exists, 1 if the file is invalid.").add_argument(
         "key", type=_check_key, metavar="KEY", help="dotted key, e.g. local.n_jobs"
     )
     setter = add(
@@ -176,22 +208,22 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "set a value in the config file (keeping its comments)",
         "Set KEY to VALUE in the config file, creating the file if needed. VALUE is read as "
         'TOML when it parses as TOML (4, true, "text", ["a", "b"]), else as plain text. '
-        "The file is validated before it is written and is left untouched on error.",
+        "The file is validated before it is written and is left untouched on error. Exit "
+        "status 1 for a refused value, 2 if no such key exists.",
     )
     setter.add_argument("key", type=_check_key, metavar="KEY", help="dotted key")
     setter.add_argument("value", metavar="VALUE", help="the new value")
-    add(
+    _list_options(setter)
+    _unset_arguments(add(
         "unset",
         cmd_unset,
         "remove a setting from the config file, so its default applies",
-    ).add_argument("key", metavar="KEY", help="dotted key (unknown keys may be removed too)")
-    add(
-        "edit",
-        cmd_edit,
-        "open the config file in $VISUAL / $EDITOR, then validate it",
-        "Open the config file in $VISUAL, else $EDITOR, else vi (creating it from the example "
-        "if missing), then validate it: exit status 1 if the edited file is invalid.",
-    )
+        "Remove KEY from the config file, so its default applies. Exit status 1 if KEY is not "
+        "set in the file, 2 if no such key exists. Unknown keys that are in the file may be "
+        "removed too, to repair it.",
+    ))
+    add("edit", cmd_edit, "open a copy of the config file in $VISUAL / $EDITOR; save it if valid",
+        _EDIT_DETAILS)
     add("init", cmd_init, "write the commented example config file").add_argument(
         "--force", action="store_true", help="overwrite an existing file"
     )

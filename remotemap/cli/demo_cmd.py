@@ -68,7 +68,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run a small remote_map to check that it works here",
         description="Compute the squares of 0..N-1 with remote_map on the default mode (or "
-        "--mode) and print the results and the time it took.",
+        "--mode) and print the results and the time it took. Exit status 1 when the mode "
+        "cannot run here or the results are wrong.",
     )
     parser.add_argument(
         "-n",

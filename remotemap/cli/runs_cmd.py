@@ -106,12 +106,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     runs = subparsers.add_parser(
         "runs", parents=[common], help="list stored runs (mode, when, ok/failed/pending)",
         description="List the runs stored with remote_map(..., run_dir=...) and where they "
-        f"are ({state_dir('runs')}).")
+        f"are ({state_dir('runs')}). Exit status 1 when their index is not safe to read.")
     runs.set_defaults(handler=cmd_runs)
     retry = subparsers.add_parser(
         "retry", parents=[common], help="rerun the failed and unfinished tasks of a run",
         description="Rerun the tasks of a stored run that failed or never finished, with the "
-        "function and arguments stored in it. Exit status 1 if some still fail.")
+        "function and arguments stored in it. Exit status 1 if some still fail, or the run "
+        "cannot be found, read or locked.")
     retry.add_argument("run", metavar="RUN", help="run id (see `remotemap runs`) or directory")
     retry.add_argument("--mode", help="run them on this mode (default: the run's own)")
     retry.add_argument("--function-changed", choices=("error", "rerun", "keep"),
@@ -123,7 +124,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     clean = subparsers.add_parser(
         "clean", parents=[common], help="remove stored runs",
         description="Remove stored runs: the ones named, else every finished run older than "
-        "--older-than days.")
+        "--older-than days. A run going on now is kept. Exit status 1 when the index of runs "
+        "is not safe to read.")
     clean.add_argument("run", metavar="RUN", nargs="*", help="run ids to remove")
     clean.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
                        help="age in days of the finished runs to remove (default 7; 0 = all)")

@@ -22,7 +22,7 @@ from tomlkit.items import Item, Table
 
 from remotemap.config.loader import parse_toml, read_document, validate_document
 from remotemap.config.lock import locked
-from remotemap.config.schema import lookup_key
+from remotemap.config.schema import TYPE_NAMES, format_value, lookup_key
 from remotemap.errors import ConfigError
 
 #: Mode of a config file we create: it may name hosts and accounts, so keep it private.
@@ -130,25 +130,74 @@ def set_value(path: Path, dotted: str, raw: str) -> Any:
     return _plain(item)
 
 
-def unset_value(path: Path, dotted: str) -> bool:
+def unset_value(path: Path, dotted: str, section: bool = False) -> bool:
     """Remove ``dotted`` from the file so its default applies; False if it was not set.
 
-    Unknown keys may be removed too, which is how a file that fails validation gets fixed.
-    Removing a key cannot make a valid file invalid, so this writes without re-validating.
+    ``section=True`` removes a whole section (``dotted`` is then a section name), comments and
+    all; a section name without it is refused, so a slip cannot drop a section silently.
+    Unknown names may be removed too, which is how a file that fails validation gets fixed:
+    the caller tells an unknown name apart from one that is merely not set. Removing a key
+    cannot make a valid file invalid, so this writes without re-validating.
     """
     parts = dotted.split(".")
+    if section != (len(parts) == 1):
+        what = "a section" if len(parts) == 1 else "a key, not a section"
+        raise ConfigError(f"{dotted!r} is {what}; removing a whole section needs section=True",
+                          key=dotted)
     if not path.exists():
-        lookup_key(dotted)
         return False
     with locked(path):  # see set_value
         doc = _load_document(path)
         node = _container(doc, parts, create=False)
         if node is None or parts[-1] not in node:
-            lookup_key(dotted)  # a typo in a name that is not in the file deserves an error
             return False
         del node[parts[-1]]
         atomic_write(path, tomlkit.dumps(doc))
     return True
+
+
+def change_list(path: Path, dotted: str, raw: str, add: bool) -> tuple[list[str], bool]:
+    """Append ``raw`` to the list key ``dotted`` unless it is there (``add``), or remove it.
+
+    Like ``git config --add``: the list is the file's, else the key's default. Returns the new
+    list and whether the file changed. Refused, naming the key and its type, for a key that is
+    not a list; removing a value the list does not hold is an error naming the value.
+    """
+    _, key, tail = lookup_key(dotted)
+    if len(tail) == 2:  # a field of one entry of a table key
+        key = key.field(tail[1]) or key
+    if key.type != "list[str]":
+        raise ConfigError(
+            f"{dotted} is {_a(TYPE_NAMES[key.type])} key, not a list: --add and --remove "
+            "work on list keys only; set it with `remotemap config set KEY VALUE`", key=dotted)
+    value = _plain(parse_cli_value(raw))
+    value = value if isinstance(value, str) else raw
+    parts = dotted.split(".")
+    with locked(path):  # see set_value
+        doc = _load_document(path)
+        node = _container(doc, parts, create=True)
+        items = node[parts[-1]] if parts[-1] in node else tomlkit.item(list(key.default))
+        if not isinstance(items, list):
+            raise ConfigError(f"{dotted} is not an array in the file", path, dotted)
+        held = [_plain(v) for v in items]
+        if add and value in held:
+            return held, False
+        if not add and value not in held:
+            raise ConfigError(f"{dotted} does not contain {format_value(value)}; it holds "
+                              f"{format_value(held)}", path, dotted)
+        if add:
+            items.append(value)
+        else:
+            for index in reversed(range(len(items))):
+                if _plain(items[index]) == value:
+                    del items[index]
+        node[parts[-1]] = items
+        atomic_write(path, _validated_text(doc, path))
+    return [_plain(v) for v in items], True
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def init_file(path: Path, force: bool = False) -> None:
