@@ -279,10 +279,11 @@ def run_config(config: Config | PathLike | None, mode: str | None) -> tuple[Conf
     """The config of a run and its mode. Only the sections the run uses must be valid: an
     error elsewhere in the file is a warning (see :meth:`Config.require`)."""
     cfg = config if isinstance(config, Config) else load_config(config, strict=False)
+    used = [] if mode is not None else ["remotemap"]
     if mode is None:
-        cfg.require(["remotemap"])
+        cfg.require(used, warn=False)  # the rest once the mode is known
         mode = str(cfg.get("remotemap.mode"))
-    cfg.require([mode])
+    cfg.require([*used, mode])
     return cfg, mode
 
 

@@ -70,7 +70,10 @@ def suggestion(name: object, valid: Sequence[str], synonyms: dict[str, str] | No
         close = difflib.get_close_matches(name, list(pool), n=1)
         if close:
             return close[0]
-    return None
+    # a misspelt synonym: "parttion" is "partition", which is "queue"
+    known = [s for s, meant in (synonyms or {}).items() if meant in valid or meant in others]
+    close = difflib.get_close_matches(normal, known, n=1)
+    return (synonyms or {})[close[0]] if close else None
 
 
 def did_you_mean(name: object, valid: Sequence[str], synonyms: dict[str, str] | None = None,

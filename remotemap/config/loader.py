@@ -199,14 +199,14 @@ class Config:
         self.problems: Problems = dict(problems or {})
         self._warned = False
 
-    def require(self, used: Sequence[str]) -> None:
+    def require(self, used: Sequence[str], warn: bool = True) -> None:
         """Raise the error of the first section in ``used`` that has one; warn once for the
         others' (a typo in ``[cluster]`` must not stop a ``serial`` run)."""
         for name in used:
             if name in self.problems:
                 raise self.problems[name]
         unused = [(n, e) for n, e in self.problems.items() if n not in used]
-        if unused and not self._warned:
+        if unused and warn and not self._warned:
             self._warned = True
             listing = "; ".join(str(e) for _, e in unused)
             warnings.warn(f"ignoring the config file's section{'s' * (len(unused) > 1)} "
