@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,8 @@ def test_summary_of_a_failure_in_the_users_code_is_its_tail() -> None:
 ])
 def test_unknown_option_says_what_was_meant(mode: str, given: str, meant: str) -> None:
     with pytest.raises(TypeError) as info:
-        remote_map(pid, [(1,)], mode=ModeName(mode), **{given: 1})
+        options: dict[str, Any] = {given: 1}
+        remote_map(pid, [(1,)], mode=ModeName(mode), **options)
     message = str(info.value)
     assert f"unknown option {given!r} for {mode!r} (did you mean {meant}?)" in message
     assert "common options: timeout, retries" in message
@@ -142,7 +144,7 @@ def test_another_modes_options_are_ignored_with_one_warning() -> None:
     assert "mode 'serial' ignores" in message and "n_jobs" in message and "chunksize" in message
     assert caught[0].filename == __file__  # it points at the call
     with pytest.raises(TypeError, match=r"'n_jbos' for 'serial' \(did you mean 'n_jobs', an "):
-        remote_map(pid, [(1,)], mode="serial", n_jbos=4)
+        remote_map(pid, [(1,)], mode=ModeName("serial"), n_jbos=4)
 
 
 def test_n_jobs_none_means_the_configured_value(isolated_config: Path) -> None:
