@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +94,9 @@ _FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line \d+')
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
 #: Where a remote host's standard library is, whatever its prefix.
 _REMOTE_STDLIB = re.compile(r"[/\\]lib[/\\]python\d+\.\d+[/\\]")
-_STDLIB = tuple(os.path.join(p, "") for p in {sysconfig.get_paths()[k] for k in
-                                                ("stdlib", "platstdlib")})
+#: This interpreter's standard library (where ``os`` is; not sysconfig, whose data module the
+#: worker would then load).
+_STDLIB = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
