@@ -151,6 +151,9 @@ def test_n_jobs_none_means_the_configured_value(isolated_config: Path) -> None:
     _write_config(isolated_config, "[local]\nn_jobs = 1\nchunksize = 1\n")
     pids = remote_map(pid, [(i,) for i in range(4)], mode="local", n_jobs=None, progress=False)
     assert len(set(pids)) == 1 and os.getpid() not in pids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # None asks for nothing: serial has nothing to ignore
+        assert remote_map(pid, [(1,)], mode="serial", n_jobs=None) == [os.getpid()]
 
 
 def test_a_typo_in_a_section_the_run_does_not_use_is_a_warning(isolated_config: Path) -> None:

@@ -276,7 +276,8 @@ class Config:
                 owners = _owners(name, section)
                 if not owners:
                     raise TypeError(_unknown_option_message(name, section, declared, common))
-                foreign[name] = owners
+                if value is not None:  # None asks for nothing, so nothing is ignored
+                    foreign[name] = owners
             elif value is not None:
                 settings[name] = coerce_override(key, section, value)
         if foreign:
