@@ -8,6 +8,7 @@ the workflow runner they never use.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,47 @@ if not TYPE_CHECKING:  # hidden from type checkers, else any misspelt name would
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# -- logging: `logging.getLogger("remotemap").setLevel(logging.DEBUG)` prints, as documented -
+# A library's records reach stderr by themselves only through logging.lastResort, which
+# prints WARNING and above whatever level was asked for: the documented one-liner would print
+# nothing. remotemap's logger has this handler instead: it prints whatever the logger's own
+# level lets through, and only while the application has configured no handler on the
+# record's way up (once it has, records go there and only there, never twice). Like
+# lastResort it writes to the sys.stderr of the moment.
+
+
+class _StderrUntilConfigured(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if _configured(logging.getLogger(record.name), self):
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _configured(logger: logging.Logger | None, ours: logging.Handler) -> bool:
+    """Whether a record of ``logger`` reaches a handler other than ``ours``."""
+    while logger is not None:
+        if any(handler is not ours for handler in logger.handlers):
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("remotemap")
+    if not any(isinstance(h, _StderrUntilConfigured) for h in logger.handlers):
+        handler = _StderrUntilConfigured()
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+_log_to_stderr()
 
 
 # -- joblib's backend "remotemap", registered without importing joblib -----------------------

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("remotemap")
 
 _FUNCTION_CHANGED = ("error", "rerun", "keep")
+#: The options remote_map takes besides a mode's own, listed when an option is unknown.
+MAP_OPTIONS = ("timeout", "retries", "backoff", "env", "on_error", "progress", "run_dir",
+               "resume", "function_changed", "config", "executor")
+#: The same for Executor.
+EXECUTOR_OPTIONS = ("max_workers", "timeout", "retries", "backoff", "env", "config", "executor")
 PathLike = str | os.PathLike[str]
 T = TypeVar("T")
 Largs = Sequence[Sequence[Any]] | None
@@ -264,16 +269,30 @@ def _prepare(func: Callable[..., Any], largs: Largs, lkwargs: Lkwargs, mode: str
         backend = executor_backend(executor, policy.options)
         mode = backend.name
     else:
-        cfg = config if isinstance(config, Config) else load_config(config)
-        mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-        backend = make_backend(mode, cfg, options)
+        cfg, mode = run_config(config, mode)
+        backend = make_backend(mode, cfg, options, MAP_OPTIONS)
     store = open_store(run_dir, resume, mode, func, all_args, all_kwargs, function_changed)
     return _Run(mode, backend, func, all_args, all_kwargs, policy, store)
 
 
-def make_backend(mode: str, cfg: Config, options: Mapping[str, Any]) -> Backend:
+def run_config(config: Config | PathLike | None, mode: str | None) -> tuple[Config, str]:
+    """The config of a run and its mode. Only the sections the run uses must be valid: an
+    error elsewhere in the file is a warning (see :meth:`Config.require`)."""
+    cfg = config if isinstance(config, Config) else load_config(config, strict=False)
+    used = [] if mode is not None else ["remotemap"]
+    if mode is None:
+        cfg.require(used, warn=False)  # the rest once the mode is known
+        mode = str(cfg.get("remotemap.mode"))
+    cfg.require([*used, mode])
+    return cfg, mode
+
+
+def make_backend(mode: str, cfg: Config, options: Mapping[str, Any],
+                 common: Sequence[str] = ()) -> Backend:
+    """The backend of ``mode``; ``common`` are the caller's other options (named when an
+    option is unknown)."""
     backend_class = get_backend_class(mode)
-    settings = cfg.settings_for(mode, options)
+    settings = cfg.settings_for(mode, options, common)
     reason = backend_class.unavailable_reason(settings)
     if reason is not None:
         raise BackendUnavailable(f"mode {mode!r} cannot run here: {reason}")

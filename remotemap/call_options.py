@@ -12,7 +12,8 @@ messages that name the culprit.
   a plug-in, so the caller says which it means. Calls with a ``ModeName`` take any keyword
   option (a plug-in's section is not known to the type checker).
 - :class:`BuiltinModeOptions`: every option of the built-in modes' config sections, typed as
-  the section declares it (``tests/test_typed_api.py`` checks the two agree).
+  the section declares it (``tests/test_typed_api.py`` checks the two agree); those in
+  :data:`NONE_MEANS_CONFIGURED` also take None, the configured value.
 
 Nothing here is imported at run time by the worker; the module holds declarations only.
 """
@@ -41,6 +42,10 @@ Scheduler = Literal["local", "slurm", "pbspro", "drmaa"]
 
 PathLike = str | os.PathLike[str]
 
+#: Options typed ``X | None``: None means the config's value (any option does at run time, see
+#: ``Config.settings_for``; these are the ones where callers are used to passing None).
+NONE_MEANS_CONFIGURED = frozenset({"n_jobs"})
+
 
 class TaskSettings(TypedDict, total=False):
     """What applies to every task, whatever runs it."""
@@ -66,8 +71,8 @@ class BuiltinModeOptions(TypedDict, total=False):
     does not have is refused at run time, naming the mode and its valid options)."""
 
     config: Config | PathLike | None
-    # local, local_with_dumps, ssh
-    n_jobs: int
+    # local, local_with_dumps, ssh; None: the configured value, as joblib's n_jobs=None
+    n_jobs: int | None
     chunksize: int
     # local_with_dumps, ssh
     preload: bool

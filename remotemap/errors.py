@@ -9,7 +9,9 @@ messages.
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +85,67 @@ class TaskFailure:
         tail = [line for line in self.traceback.rstrip().splitlines() if line.strip()]
         if not tail:
             return head
-        shown = "\n".join("    " + line for line in tail[-traceback_lines:])
-        return f"{head}\n{shown}"
+        shown = _user_and_last_frames(tail, traceback_lines) or tail[-traceback_lines:]
+        return head + "".join("\n    " + line for line in shown)
+
+
+#: The first line of a frame in a formatted traceback.
+_FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line \d+')
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+#: Where a remote host's standard library is, whatever its prefix.
+_REMOTE_STDLIB = re.compile(r"[/\\]lib[/\\]python\d+\.\d+[/\\]")
+#: This interpreter's standard library (where ``os`` is; not sysconfig, whose data module the
+#: worker would then load).
+_STDLIB = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "")
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _library(path: str) -> str | None:
+    """The library a traceback's file belongs to, or None when it is the user's own code."""
+    parts = [p for p in re.split(r"[/\\]", path) if p]
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    for i, part in enumerate(parts[:-1]):
+        # remotemap here, or a copy of it on a remote host (its files are those of ours)
+        if part == "remotemap" and os.path.isfile(os.path.join(_PACKAGE_PARENT, *parts[i:])):
+            return "remotemap"
+    if path.startswith("<frozen ") or path.startswith(_STDLIB) or _REMOTE_STDLIB.search(path):
+        return "the standard library"
+    return None
+
+
+def _user_and_last_frames(lines: list[str], max_tail: int) -> list[str] | None:
+    """The deepest frame of the user's own code, one line saying which frames follow it
+    unshown, the last frame and the exception: for a task that failed deep in a library,
+    where the last lines alone show only the library's frames. None when the last frame is
+    the user's (the tail then shows it) or the text is not a traceback this can read."""
+    if _TRACEBACK_HEAD not in lines:
+        return None
+    body = lines[len(lines) - lines[::-1].index(_TRACEBACK_HEAD):]  # the last exception's
+    frames: list[list[str]] = []
+    libraries: list[str | None] = []
+    read = 0  # lines of body that belong to frames; the exception follows them
+    for line in body:
+        frame = _FRAME.match(line)
+        if frame is not None:
+            frames.append([line])
+            libraries.append(_library(frame["file"]))
+        elif frames and line.startswith("  "):
+            frames[-1].append(line)
+        else:
+            break
+        read += 1
+    if not frames or libraries[-1] is None or None not in libraries:
+        return None
+    user = len(libraries) - 1 - libraries[::-1].index(None)
+    hidden = libraries[user + 1:-1]
+    between = []
+    if hidden:
+        names = ", ".join(dict.fromkeys(str(name) for name in hidden))
+        between = [f"  ... {len(hidden)} frame{'s' * (len(hidden) > 1)} in {names} not shown "
+                   "(the failure's .traceback has them all)"]
+    return [*frames[user], *between, *frames[-1], *body[read:][:max_tail]]
 
 
 class RemoteException(RemotemapError):

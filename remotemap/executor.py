@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from remotemap.api import make_backend
+from remotemap.api import EXECUTOR_OPTIONS, make_backend, run_config
 from remotemap.backends.base import Backend, Session
 from remotemap.backends.foreign_executor import executor_backend
 from remotemap.call_options import Mode, ModeName
-from remotemap.config import Config, load_config
+from remotemap.config import Config
 from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy
 from remotemap.errors import RemoteException, TaskFailure
 
@@ -178,9 +178,8 @@ class Executor(concurrent.futures.Executor):
             backend: Backend = executor_backend(executor, policy.options)
             self.mode = backend.name
         else:
-            cfg = config if isinstance(config, Config) else load_config(config)
-            self.mode = mode if mode is not None else str(cfg.get("remotemap.mode"))
-            backend = make_backend(self.mode, cfg, options)
+            cfg, self.mode = run_config(config, mode)
+            backend = make_backend(self.mode, cfg, options, EXECUTOR_OPTIONS)
         self._dispatcher = _Dispatcher(backend, policy)
         self.max_workers = max_workers
         # The dispatcher thread holds the dispatcher, never this object: dropping the last

@@ -226,7 +226,10 @@ def test_settings_for_a_mode_without_a_section() -> None:
     config = Config(Path("x.toml"), "default", exists=False)
     assert config.settings_for("serial", {}) == {}
     with pytest.raises(TypeError, match="takes no options"):
-        config.settings_for("serial", {"n_jobs": 2})
+        config.settings_for("serial", {"bogus": 2})
+    # Another mode's option is ignored, with a warning (tests/test_hints.py).
+    with pytest.warns(UserWarning, match="ignores"):
+        assert config.settings_for("serial", {"n_jobs": 2}) == {}
 
 
 # --- n_jobs --------------------------------------------------------------------------------

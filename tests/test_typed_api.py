@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
-from remotemap.call_options import BuiltinModeOptions, Mode
+from remotemap.call_options import NONE_MEANS_CONFIGURED, BuiltinModeOptions, Mode
 from remotemap.config import Config
 from remotemap.config.declarations import Key
 from remotemap.config.modes import BUILTIN_MODES
@@ -53,8 +53,10 @@ def test_builtin_mode_options_are_the_sections_keys_with_their_types() -> None:
         for key in section.keys if section is not None else ():
             declared.setdefault(key.name, key)
     assert set(hints) - {"config"} == set(declared)
-    wrong = {name: (hints[name], _expected_type(key)) for name, key in declared.items()
-             if hints[name] != _expected_type(key)}
+    expected = {name: _expected_type(key) | None if name in NONE_MEANS_CONFIGURED
+                else _expected_type(key) for name, key in declared.items()}
+    wrong = {name: (hints[name], expected[name]) for name in declared
+             if hints[name] != expected[name]}
     assert not wrong, f"typed as (in call_options, in the config section): {wrong}"
 
 

@@ -5,13 +5,19 @@ Nothing here writes to disk: loading a config (or importing this module) never c
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from remotemap.config.hints import (
+    OPTION_SYNONYMS,
+    caller_stacklevel,
+    did_you_mean,
+    suggestion,
+)
 from remotemap.config.modes import SECTION_PROBLEMS
 from remotemap.config.schema import (
     SCHEMA,
@@ -80,52 +86,81 @@ def read_document(path: Path) -> str:
 
 
 def _did_you_mean(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, valid, OPTION_SYNONYMS)
+
+
+#: section name -> the first error found in it, for a file loaded with ``strict=False``.
+Problems = dict[str, ConfigError]
 
 
 def validate_document(
-    data: Mapping[str, Any], path: Path
+    data: Mapping[str, Any], path: Path, problems: Problems | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Check parsed TOML against :data:`SCHEMA`: the merged values and where each came from."""
+    """Check parsed TOML against :data:`SCHEMA`: the merged values and where each came from.
+
+    The first error is raised, unless ``problems`` is given: then each section's first error
+    is put there (the section keeps its defaults) and the other sections are still read.
+    """
     values = {name: defaults_of(section) for name, section in SCHEMA.items()}
     origins: dict[str, str] = {}
-    sections = list(SCHEMA)
     for name, table in data.items():
-        section = SCHEMA.get(name)
-        if section is None and name in SECTION_PROBLEMS:
-            # A plug-in's section that could not be loaded: say why, not "unknown".
-            raise ConfigError(SECTION_PROBLEMS[name], path, name)
-        if section is None:
-            raise ConfigError(_unknown_section_message(name, table, sections), path, name)
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"{name}: expected a table [{name}], found {toml_type_name(table)} "
-                f"{format_value(table)}",
-                path,
-                name,
-            )
-        for key_name, value in table.items():
-            dotted = f"{name}.{key_name}"
-            key = section.key(key_name)
-            if key is None:
-                valid = section.key_names()
-                raise ConfigError(
-                    f"unknown key {dotted!r}; valid keys in [{name}]: "
-                    f"{', '.join(valid) or '(none)'}{_did_you_mean(key_name, valid)}",
-                    path,
-                    dotted,
-                )
-            try:
-                values[name][key_name] = check_value(key, dotted, value)
-            except ConfigError as exc:
-                raise ConfigError(str(exc), path, exc.key or dotted) from None
-            origins[dotted] = str(path)
-            if key.type == "table":
-                for entry, fields in value.items():
-                    for field_name in fields:
-                        origins[f"{dotted}.{entry}.{field_name}"] = str(path)
+        try:
+            _validate_section(name, table, path, values, origins)
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.setdefault(_culprit_section(name, table), exc)
+            if name in values and name in SCHEMA:  # the whole section falls back
+                values[name] = defaults_of(SCHEMA[name])
+                for dotted in [d for d in origins if d.startswith(f"{name}.")]:
+                    del origins[dotted]
     return values, origins
+
+
+def _culprit_section(name: str, table: Any) -> str:
+    """The section an error at top-level name ``name`` is charged to (a key written above
+    every header belongs to the section that has such a key)."""
+    if isinstance(table, dict) or name in SCHEMA:
+        return name
+    owners = [s.name for s in SCHEMA.values() if s.key(name) is not None]
+    return owners[0] if owners else name
+
+
+def _validate_section(name: str, table: Any, path: Path, values: dict[str, dict[str, Any]],
+                      origins: dict[str, str]) -> None:
+    section = SCHEMA.get(name)
+    if section is None and name in SECTION_PROBLEMS:
+        # A plug-in's section that could not be loaded: say why, not "unknown".
+        raise ConfigError(SECTION_PROBLEMS[name], path, name)
+    if section is None:
+        raise ConfigError(_unknown_section_message(name, table, list(SCHEMA)), path, name)
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{name}: expected a table [{name}], found {toml_type_name(table)} "
+            f"{format_value(table)}",
+            path,
+            name,
+        )
+    for key_name, value in table.items():
+        dotted = f"{name}.{key_name}"
+        key = section.key(key_name)
+        if key is None:
+            valid = section.key_names()
+            raise ConfigError(
+                f"unknown key {dotted!r}; valid keys in [{name}]: "
+                f"{', '.join(valid) or '(none)'}{_did_you_mean(key_name, valid)}",
+                path,
+                dotted,
+            )
+        try:
+            values[name][key_name] = check_value(key, dotted, value)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), path, exc.key or dotted) from None
+        origins[dotted] = str(path)
+        if key.type == "table":
+            for entry, fields in value.items():
+                for field_name in fields:
+                    origins[f"{dotted}.{entry}.{field_name}"] = str(path)
 
 
 def _unknown_section_message(name: str, value: Any, sections: list[str]) -> str:
@@ -153,12 +188,31 @@ class Config:
         exists: bool,
         values: dict[str, dict[str, Any]] | None = None,
         origins: dict[str, str] | None = None,
+        problems: Problems | None = None,
     ) -> None:
         self.path = path
         self.source = source
         self.exists = exists
         self._values = values if values is not None else validate_document({}, path)[0]
         self._origins = dict(origins or {})
+        #: Each section's first error, for a file loaded with ``strict=False``.
+        self.problems: Problems = dict(problems or {})
+        self._warned = False
+
+    def require(self, used: Sequence[str], warn: bool = True) -> None:
+        """Raise the error of the first section in ``used`` that has one; warn once for the
+        others' (a typo in ``[cluster]`` must not stop a ``serial`` run)."""
+        for name in used:
+            if name in self.problems:
+                raise self.problems[name]
+        unused = [(n, e) for n, e in self.problems.items() if n not in used]
+        if unused and warn and not self._warned:
+            self._warned = True
+            listing = "; ".join(str(e) for _, e in unused)
+            warnings.warn(f"ignoring the config file's section{'s' * (len(unused) > 1)} "
+                          f"{', '.join(f'[{n}]' for n, _ in unused)}, which this run does "
+                          f"not use and which {'are' if len(unused) > 1 else 'is'} not valid: "
+                          f"{listing}", UserWarning, stacklevel=caller_stacklevel())
 
     def __repr__(self) -> str:
         state = "exists" if self.exists else "missing"
@@ -201,26 +255,55 @@ class Config:
                         sub = f"{dotted}.{entry}.{field_name}"
                         yield sub, _copy(field_value), self._origins.get(sub, DEFAULT_ORIGIN)
 
-    def settings_for(self, section: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    def settings_for(self, section: str, overrides: Mapping[str, Any],
+                     common: Sequence[str] = ()) -> dict[str, Any]:
         """Section ``section`` with per-call ``overrides`` validated and merged on top.
 
-        An unknown option is a TypeError listing the valid ones, like an unexpected keyword
-        argument; a wrong type is a TypeError and a refused value a ValueError. A name that is
-        not a declared section (e.g. mode ``"serial"``) is a section without options.
+        An option no mode knows is a TypeError listing the valid ones (the section's, then the
+        ``common`` options the caller takes), with a hint, like an unexpected keyword
+        argument; an option of another mode is ignored with one warning naming them all (so a
+        call flips to ``mode="serial"`` to debug and nothing else). A wrong type is a
+        TypeError and a refused value a ValueError; None means the configured value (as
+        joblib's ``n_jobs=None``). A name that is not a declared section (e.g. mode
+        ``"serial"``) is a section without options.
         """
         declared: Section | None = SCHEMA.get(section)
         settings = self.section(section) if declared is not None else {}
-        valid = declared.key_names() if declared is not None else []
+        foreign: dict[str, list[str]] = {}
         for name, value in overrides.items():
             key = declared.key(name) if declared is not None else None
             if key is None:
-                listing = ", ".join(valid) if valid else "none (it takes no options)"
-                raise TypeError(
-                    f"unknown option {name!r} for {section!r}; valid options: {listing}"
-                    f"{_did_you_mean(name, valid)}"
-                )
-            settings[name] = coerce_override(key, section, value)
+                owners = _owners(name, section)
+                if not owners:
+                    raise TypeError(_unknown_option_message(name, section, declared, common))
+                if value is not None:  # None asks for nothing, so nothing is ignored
+                    foreign[name] = owners
+            elif value is not None:
+                settings[name] = coerce_override(key, section, value)
+        if foreign:
+            named = "; ".join(f"{n} (of {', '.join(o)})" for n, o in foreign.items())
+            warnings.warn(f"mode {section!r} ignores the option{'s' * (len(foreign) > 1)} of "
+                          f"other modes: {named}", UserWarning, stacklevel=caller_stacklevel())
         return settings
+
+
+def _owners(option: str, section: str) -> list[str]:
+    """The other modes' sections that declare ``option``."""
+    return [s.name for s in SCHEMA.values()
+            if s.name not in ("remotemap", section) and s.key(option) is not None]
+
+
+def _unknown_option_message(name: str, section: str, declared: Section | None,
+                            common: Sequence[str]) -> str:
+    valid = declared.key_names() if declared is not None else []
+    listing = ", ".join(valid) if valid else "none (it takes no options)"
+    others = sorted({k.name for s in SCHEMA.values() if s.name != "remotemap" for k in s.keys})
+    meant = suggestion(name, [*valid, *common], OPTION_SYNONYMS, others)
+    hint = f" (did you mean {meant!r}?)" if meant is not None else ""
+    if meant is not None and meant not in valid and meant not in common:
+        hint = f" (did you mean {meant!r}, an option of {', '.join(_owners(meant, section))}?)"
+    shared = f"; common options: {', '.join(common)}" if common else ""
+    return f"unknown option {name!r} for {section!r}{hint}; valid options: {listing}{shared}"
 
 
 def _copy(value: Any) -> Any:
@@ -231,12 +314,14 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, strict: bool = True) -> Config:
     """Read and validate the config file (see :func:`config_path` for which one).
 
     A missing file means defaults, unless the path was chosen explicitly (argument or
     ``$REMOTEMAP_CONFIG``): then it is a ConfigError, since a typo there would otherwise be
-    silently ignored.
+    silently ignored. With ``strict=False`` an invalid section is kept in
+    :attr:`Config.problems` (and falls back to its defaults) instead of raising: a run raises
+    only for the sections it uses (:meth:`Config.require`).
     """
     file, source = config_path(path)
     if not file.exists():
@@ -245,8 +330,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return Config(file, source, exists=False)
     if file.is_dir():
         raise ConfigError(f"is a directory, not a config file (path given by {source})", file)
-    values, origins = validate_document(parse_toml(read_document(file), file), file)
-    return Config(file, source, exists=True, values=values, origins=origins)
+    problems: Problems | None = None if strict else {}
+    values, origins = validate_document(parse_toml(read_document(file), file), file, problems)
+    return Config(file, source, exists=True, values=values, origins=origins, problems=problems)
 
 
 def resolve_n_jobs(n_jobs: int) -> int:

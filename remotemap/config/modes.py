@@ -26,6 +26,7 @@ import warnings
 from typing import Any
 
 from remotemap.config.declarations import Section
+from remotemap.config.hints import MODE_SYNONYMS, did_you_mean
 from remotemap.errors import BackendUnavailable
 
 #: The entry-point group a package declares its modes in.
@@ -136,7 +137,8 @@ def mode_target(name: str) -> str:
         return TARGETS[name]
     except (KeyError, TypeError):
         valid = ", ".join(repr(n) for n in TARGETS)
-        raise ValueError(f"unknown mode {name!r}: expected one of {valid}") from None
+        hint = did_you_mean(name, list(TARGETS), MODE_SYNONYMS)
+        raise ValueError(f"unknown mode {name!r}: expected one of {valid}{hint}") from None
 
 
 def load_target(name: str, target: str, what: str) -> Any:

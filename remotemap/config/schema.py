@@ -15,6 +15,7 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from remotemap.config.declarations import TYPE_NAMES, Key, KeyType, Section
+from remotemap.config.hints import OPTION_SYNONYMS, did_you_mean
 from remotemap.config.modes import mode_names, mode_sections, registry_signature
 from remotemap.errors import ConfigError
 
@@ -75,7 +76,8 @@ def get_section(name: str) -> Section:
         return SCHEMA[name]
     except KeyError:
         raise ConfigError(
-            f"unknown section [{name}]; valid sections: {', '.join(SCHEMA)}", key=name
+            f"unknown section [{name}]; valid sections: {', '.join(SCHEMA)}"
+            f"{did_you_mean(name, list(SCHEMA))}", key=name
         ) from None
 
 
@@ -111,7 +113,9 @@ def lookup_key(dotted: str) -> tuple[Section, Key, list[str]]:
 
 
 def _unknown_key_message(dotted: str, where: str, valid: Sequence[str]) -> str:
-    return f"unknown key {dotted!r}; valid keys in [{where}]: {', '.join(valid) or '(none)'}"
+    hint = did_you_mean(dotted.rpartition(".")[2], valid, OPTION_SYNONYMS, prefix=f"{where}.")
+    return (f"unknown key {dotted!r}; valid keys in [{where}]: {', '.join(valid) or '(none)'}"
+            f"{hint}")
 
 
 def toml_type_name(value: Any) -> str:

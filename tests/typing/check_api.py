@@ -34,6 +34,8 @@ def accepted_calls(pool: concurrent.futures.Executor) -> None:
                            host_key_policy="accept-new", run_dir="runs/x"), list[int])
     assert_type(remote_map(square, [(1,)], mode="cluster", scheduler="slurm",
                            walltime="1:00:00", function_changed="rerun"), list[int])
+    # n_jobs=None: the configured value, as in joblib.
+    assert_type(remote_map(square, [(1,)], mode="local", n_jobs=None), list[int])
     mode: Mode = "local_with_dumps"
     assert_type(remote_map(square, [(1,)], mode=mode, keep_files=True), list[int])
     # A plug-in's mode (or a name read at run time) takes any option, checked at run time.
@@ -46,6 +48,7 @@ def accepted_calls(pool: concurrent.futures.Executor) -> None:
 
 
 def accepted_executors(pool: concurrent.futures.Executor) -> None:
+    assert_type(Executor("local", n_jobs=None), Executor)
     with Executor("local", n_jobs=2, retries=1) as ex:
         assert_type(ex, Executor)
         assert_type(ex.submit(square, 2), concurrent.futures.Future[int])
@@ -82,6 +85,7 @@ def refused_calls(pool: concurrent.futures.Executor, name: str) -> None:
 def refused_executors(pool: concurrent.futures.Executor) -> None:
     Executor("lcoal")  # type: ignore[call-overload]
     Executor("local", n_jobs="four")  # type: ignore[call-overload]
+    Executor("local", chunksize=None)  # type: ignore[call-overload]
     Executor("local", executor=pool)  # type: ignore[call-overload]
     Executor(executor=pool, n_jobs=2)  # type: ignore[call-overload]
     with Executor("serial") as ex:
