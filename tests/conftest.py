@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import pytest
 
 pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.slurm_fixtures",
                   "tests.futures_support"]
+
+
+# A shell starts a background job (`cmd &` without job control) with SIGINT ignored, and the
+# programs the tests start inherit that: their Ctrl-C tests would then wait for a SIGINT they
+# never see. Tests stand for a user at a terminal, where Ctrl-C is delivered.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
