@@ -169,8 +169,15 @@ class LocalSession(Session):
             if not keep.indices:
                 return
             chunk, packed = keep, self.spill.pack(keep)
-        future = self._pool().submit(_run_in_worker, self.token, self.blob, self.sys_path,
-                                     packed)
+        try:
+            future = self._pool().submit(_run_in_worker, self.token, self.blob,
+                                         self.sys_path, packed)
+        except BrokenProcessPool:
+            # A worker died and loky flagged the pool before a wait() saw the failed future:
+            # the chunks it held come back through their futures; this one goes to a new pool.
+            self._executor = None
+            future = self._pool().submit(_run_in_worker, self.token, self.blob,
+                                         self.sys_path, packed)
         self.futures[future] = chunk
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
