@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from remotemap.workflow import Workflow
-
-
-@pytest.fixture(autouse=True)
-def state_home(tmp_path_factory: pytest.TempPathFactory,
-               monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Workflow runs are indexed under a private state directory, not the real one."""
-    home = tmp_path_factory.mktemp("xdg-state")
-    monkeypatch.setenv("XDG_STATE_HOME", str(home))
-    return home
+from tests.test_workflow import (
+    state_home,  # noqa: F401  (autouse: workflow runs are indexed in a private state home)
+)
 
 
 def fail_first_time(log: str) -> str:
