@@ -38,6 +38,17 @@ class Progress:
         if self._bar is not None and n:
             self._bar.update(n)
 
+    def write(self, text: str, *, stderr: bool = False) -> None:
+        """Print ``text`` (lines a task printed, say) above the bar, which is redrawn below it,
+        instead of through it; on stdout, or stderr when ``stderr``."""
+        stream = sys.stderr if stderr else sys.stdout
+        if self._bar is None:
+            print(text, file=stream, flush=True)
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=stream)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
