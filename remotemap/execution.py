@@ -183,7 +183,7 @@ def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
     if _PLAIN.issuperset(map(type, result.values)):
         return dumps((token, result))
     blob, ends = _pickle_each(result)
-    bare = ChunkResult(result.chunk_id, result.indices, [], result.failures)
+    bare = dataclasses.replace(result, values=[])
     return dumps((token, bare, blob, ends))
 
 

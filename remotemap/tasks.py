@@ -38,6 +38,14 @@ class ChunkResult:
     indices: list[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)
+    #: What each task printed (stdout and stderr, as written), by index; tasks that printed
+    #: nothing are absent.
+    outputs: dict[int, str] = field(default_factory=dict)
+    #: When each task ran, by index: (start, end) in seconds since the epoch on the host that
+    #: ran it.
+    timings: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: Who ran the chunk: ``host:pid`` of the worker process ("" where nothing recorded it).
+    worker: str = ""
 
 
 def normalize_arguments(
