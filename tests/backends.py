@@ -144,7 +144,27 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=contract_modes())
+#: Modes that run only the contract suite (the modules that set ``CONTRACT_SUITE = True``) and
+#: their own test file, not every test taking ``runner``. dask: its tasks run through the same
+#: worker code as ``local_with_dumps``'s, and its cluster makes each test several seconds
+#: slower; the contract suite already holds it to every promise.
+CONTRACT_ONLY = frozenset({"dask"})
+
+
+def runner_modes(module: object) -> list[str]:
+    """The modes the ``runner`` tests of ``module`` run on."""
+    modes = contract_modes()
+    if getattr(module, "CONTRACT_SUITE", False):
+        return modes
+    return [mode for mode in modes if mode not in CONTRACT_ONLY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "runner" in metafunc.fixturenames:
+        metafunc.parametrize("runner", runner_modes(metafunc.module), indirect=True)
+
+
+@pytest.fixture
 def runner(request: pytest.FixtureRequest) -> Runner:
     factory = RUNNERS.get(request.param)
     return factory(request) if factory is not None else plugin_runner(request.param)
