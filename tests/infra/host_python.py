@@ -11,6 +11,7 @@ host's. The caller binds the returned directory at the same place inside the hos
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shlex
@@ -19,11 +20,12 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.infra.login_user import REPO, pip_version_args
 from tests.infra.mounts import mount_script
-from tests.infra.system import SYSTEM_PYTHON, machine_lock, run
+from tests.infra.system import SYSTEM_PYTHON, run
 
 #: Where the host's venv is, inside the host (and nowhere on the caller's side).
 HOST_PYTHON_DIR = Path("/opt/remotemap-host")
@@ -92,7 +94,8 @@ def host_python_dir(checkout: Path = REPO) -> Path:
         pins = pip_version_args(dist)
         digest = wheel_digest(wheel, dist / "constraints.txt" if "-c" in pins else None)
         venv = CACHE_DIR / digest[:16]
-        with machine_lock():
+        # A lock of its own: the machine's is held for minutes by other sessions' installs.
+        with _cache_lock():
             if (venv / ".installed").exists():
                 (venv / ".installed").touch()  # in use: keep it from being pruned
                 return venv
@@ -105,6 +108,15 @@ def host_python_dir(checkout: Path = REPO) -> Path:
         return venv
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    """One venv build at a time across test processes."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _make_venv(venv: Path, pins: list[str]) -> None:
@@ -136,7 +148,7 @@ def _prune(keep: Path) -> None:
         if time.time() - wheels.stat().st_mtime >= _UNUSED:
             shutil.rmtree(wheels, ignore_errors=True)
     for venv in CACHE_DIR.iterdir():
-        if venv.name == "wheels":
+        if venv.name in ("wheels", ".lock"):
             continue
         stamp = venv / ".installed"
         unused = time.time() - stamp.stat().st_mtime if stamp.exists() else _UNUSED
