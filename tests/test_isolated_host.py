@@ -10,7 +10,9 @@ import json
 import os
 import pwd
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -20,6 +22,8 @@ from remotemap import remote_map
 from remotemap.ssh import HostKeyUnknown
 from tests.infra.host_python import HOST_PYTHON_DIR
 from tests.infra.login_user import REPO
+from tests.infra.netns import cleanup_stale_netns
+from tests.infra.system import run
 from tests.isolated_fixtures import IsolatedSSHHost
 
 pytestmark = pytest.mark.ssh
@@ -111,3 +115,66 @@ def test_openssh_reaches_it_as_its_user(isolated_ssh_host: IsolatedSSHHost) -> N
     assert done.returncode == 0, done.stderr
     user = isolated_ssh_host.user
     assert done.stdout.split() == [isolated_ssh_host.hostname, user, user]
+
+
+_HOLD_A_HOST = """
+import json, sys, time
+from tests.infra.isolated_host import IsolatedHost
+host = IsolatedHost(__import__("pathlib").Path(sys.argv[1]))
+host.start()
+mounts = __import__("os").readlink(f"/proc/{host.server.pid}/ns/mnt")
+print(json.dumps({"namespaces": [host.client_ns, host.host_ns], "subnet": str(host.subnet),
+                  "sshd": host.server.pid, "paths": [str(p) for p in host.leftovers()],
+                  "mounts": mounts}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_test_process_leaves_nothing_after_the_next_start(
+        isolated_ssh_host: IsolatedSSHHost) -> None:
+    """SIGKILL gives no chance to clean up: the next start's reaper removes the namespaces,
+    the route, the processes (so the mounts, which die with the mount namespace's last one)
+    and the files."""
+    argv = [sys.executable, "-c", _HOLD_A_HOST, str(isolated_ssh_host.host.venv)]
+    holder = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        left = json.loads(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _running(left["sshd"])  # orphaned, still running
+    assert left["mounts"] in _mount_namespaces()
+    assert set(left["namespaces"]) <= set(_netns_names())
+    cleanup_stale_netns()
+    deadline = time.monotonic() + 5  # SIGKILL takes effect soon, not at once
+    while _running(left["sshd"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _running(left["sshd"])
+    assert left["mounts"] not in _mount_namespaces()  # its tmpfs and bind mounts with it
+    assert not set(left["namespaces"]) & set(_netns_names())
+    assert run(["ip", "route", "show", "exact", left["subnet"]]) == ""
+    assert not any(Path(p).exists() for p in left["paths"])
+    assert isolated_ssh_host.ssh("true").returncode == 0  # another session's host is untouched
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a parent that never reaps)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _mount_namespaces() -> set[str]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            found.add(os.readlink(entry / "ns" / "mnt"))
+        except OSError:
+            continue
+    return found
+
+
+def _netns_names() -> list[str]:
+    return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line]
