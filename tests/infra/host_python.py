@@ -75,8 +75,9 @@ def build_wheel(checkout: Path, out: Path) -> Path:
 
 def wheel_digest(wheel: Path, constraints: Path | None) -> str:
     """A digest of what the venv would hold: the wheel's members (not the zip's timestamps),
-    the pinned versions and the host's Python."""
-    digest = hashlib.sha256(SYSTEM_PYTHON.encode() + sys.version.encode() + b"\0")
+    the pinned versions and the host's Python (the machine's, whose venv it is)."""
+    version = run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version)"])
+    digest = hashlib.sha256(f"{SYSTEM_PYTHON} {version}".encode() + b"\0")
     with zipfile.ZipFile(wheel) as archive:
         for name in sorted(archive.namelist()):
             digest.update(name.encode() + b"\0" + archive.read(name) + b"\0")
