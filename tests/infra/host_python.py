@@ -59,7 +59,8 @@ def build_wheel(checkout: Path, out: Path) -> Path:
                 (source / path.relative_to(checkout)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, source / path.relative_to(checkout))
             run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-input",
-                 "--wheel-dir", str(source / "dist"), str(source)], timeout=300)  # fmt: skip
+                 "--wheel-dir", str(source / "dist"), str(source)],
+                timeout=300, env=_clean_env(), cwd=source)  # fmt: skip
             # Renamed into place whole: a session building the same wheel at once keeps its own.
             shutil.copytree(source / "dist", source / "kept")
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +137,22 @@ def _make_venv(venv: Path, pins: list[str]) -> None:
         [SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(HOST_PYTHON_DIR)],
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
          "--no-input", *pins, str(dist / wheel)],
+        # -I: without the environment and the current directory, as the host will run it.
+        [str(python), "-I", "-c", f"import remotemap; assert remotemap.__file__.startswith("
+         f"{str(HOST_PYTHON_DIR / 'lib')!r}), remotemap.__file__"],
     ]  # fmt: skip
     script = mount_script([opt], shown) + "\n".join(map(shlex.join, commands))
     started = time.monotonic()
     run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
-        timeout=600)  # fmt: skip
+        timeout=600, env=_clean_env(), cwd="/")  # fmt: skip
     (venv / ".build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without its Python settings: with the checkout on PYTHONPATH, pip
+    would find remotemap "already installed" and skip the wheel."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PYTHON") and k not in ("VIRTUAL_ENV", "PIP_PREFIX")}
 
 
 def _prune(keep: Path) -> None:
