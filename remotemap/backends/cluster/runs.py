@@ -223,6 +223,15 @@ class ClusterRun:
             self.start_round(requeue, task_timeout=self._timeout())
         return values, failures
 
+    def snapshot(self) -> tuple[list[tuple[int, Any]], list[TaskFailure]]:
+        """What :meth:`poll` would resolve now, without starting a round or an engine: a
+        task a new round would run stays pending (``remotemap runs show``, ``load_run``)."""
+        ended = [rnd for rnd in self.rounds.values() if self._read_status(rnd).get("ended")]
+        values, failures = self._read_outcomes()
+        for rnd in ended:
+            failures += self._judge(rnd, [])
+        return values, failures
+
     def _read_status(self, rnd: Round) -> dict[str, Any]:
         """The round's latest status (the last one read while it is being rewritten)."""
         rnd.status = self.files.read_json(layout.status_name(rnd.number)) or rnd.status
