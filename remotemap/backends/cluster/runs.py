@@ -15,7 +15,7 @@ When a round is over, every task of it without an outcome is judged from its job
   ``crash``, ``timeout`` (walltime or time limit) or ``cancelled`` (scancel, ``remotemap
   cancel``); the tasks after it never ran and go to a new round (once);
 * the job never ran (the round's first job failed, the engine died): its tasks go to a new
-  round once, then fail;
+  round once, then fail; after a cancel they fail at once, kind ``cancelled``;
 * the job could not be submitted: its tasks fail with the scheduler's message;
 * the job exited normally but a task left no outcome: that task fails as ``lost``.
 
