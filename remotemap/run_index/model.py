@@ -149,10 +149,11 @@ class LoadedRun:
     def results(self) -> list[Any]:
         """Every task's value, in task order, as ``remote_map`` would have returned them.
 
-        Like ``remote_map`` (and joblib, submitit), a run with failed tasks raises
+        Like ``remote_map`` (and joblib, submitit), a run that ended with failed tasks raises
         :class:`~remotemap.RemoteException` (``.failures``, and ``.results`` with every value
-        that was computed, None elsewhere); a run with tasks still pending raises
-        :class:`RunNotFinished`, naming them. A workflow's values come in step id order
+        that was computed, None elsewhere; a task that never ran because of them is None
+        too); a run still going on or stopped half-way, with tasks that have no result yet,
+        raises :class:`RunNotFinished`, naming them. A workflow's values come in step id order
         (``results()[0]`` is step 1's; its failures are indexed by step id); a workflow run
         kept them only if it was given a ``run_dir``: otherwise this raises
         :class:`~remotemap.RemotemapError` saying so.
@@ -160,7 +161,8 @@ class LoadedRun:
         values = self.load_values()
         indices = self.indices if self.indices is not None else range(self.summary.n_tasks)
         results = [values.get(index) for index in indices]
-        if self.pending:
+        going_on = self.summary.state in (RUNNING, STOPPED, UNKNOWN)
+        if self.pending and (going_on or not self.failures):
             raise RunNotFinished(self.id, results, self.pending, self.failures)
         if self.failures:
             raise RemoteException(self.failures, results)
