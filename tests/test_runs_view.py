@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Generator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ def test_load_run_for_each_kind(kept: dict[str, Any], runs_dir: Path) -> None:
 def test_a_run_stopped_half_way_is_not_finished(tmp_path: Path) -> None:
     results = remote_imap(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=tmp_path / "r",
                           progress=False)
-    assert next(results) == (0, 1)
+    assert isinstance(results, Generator) and next(results) == (0, 1)
     run_id = str(RunStore.existing(tmp_path / "r").meta()["id"])
     assert load_run(run_id).summary.state == "running"  # its lock is held, here
     results.close()  # the call ends with two tasks never run
