@@ -48,3 +48,11 @@ def test_collect_after_cancel_says_the_run_was_cancelled(
         assert "first job failed" not in failure.message
         assert f"task {failure.index} was not run: its job was not started: the run was " \
                "cancelled before the job's turn (remotemap cancel)" in failure.message
+    # `remotemap runs` reads it the same way, without waiting; then it can be removed.
+    assert cli_main(["runs", "show", run_id]) == 0
+    out = capsys.readouterr().out
+    assert f"state: cancelled; {n} tasks: 1 ok, {n - 1} failed, 0 pending" in out
+    assert "the run was cancelled before the job's turn" in out
+    assert cli_main(["runs", "clean", run_id]) == 1  # not without --force
+    assert cli_main(["runs", "clean", "--force", run_id]) == 0
+    assert not run_dir.exists()

@@ -193,12 +193,16 @@ def test_load_run_for_each_kind(kept: dict[str, Any], runs_dir: Path) -> None:
     assert info.value.results == [1, None]
 
 
-def test_a_run_stopped_half_way_is_not_finished(tmp_path: Path) -> None:
+def test_a_run_stopped_half_way_is_not_finished(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     results = remote_imap(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=tmp_path / "r",
                           progress=False)
     assert isinstance(results, Generator) and next(results) == (0, 1)
     run_id = str(RunStore.existing(tmp_path / "r").meta()["id"])
     assert load_run(run_id).summary.state == "running"  # its lock is held, here
+    assert cli_main(["runs", "clean", "--force", run_id]) == 1  # never while it runs
+    assert f"kept {run_id} (run_dir): it is running now" in capsys.readouterr().out
+    assert (tmp_path / "r" / "run.json").is_file()
     results.close()  # the call ends with two tasks never run
     run = load_run(run_id)
     assert (run.summary.state, run.pending) == ("stopped", [1, 2])

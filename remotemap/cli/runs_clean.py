@@ -10,7 +10,7 @@ from typing import Any
 
 from remotemap.errors import RemotemapError, TamperedFile, UnsafePath
 from remotemap.locks import RunDirectoryBusy
-from remotemap.run_index.model import LoadedRun
+from remotemap.run_index.model import RUNNING, LoadedRun
 from remotemap.state import state_dir
 
 
@@ -22,15 +22,19 @@ def error(message: object) -> int:
 
 def _why_kept(run: LoadedRun) -> str:
     s = run.summary
-    return (f"it is {s.state} ({s.ok} ok, {s.failed} failed, {s.pending} pending); --force "
-            "removes it")
+    counts = f"{s.ok} ok, {s.failed} failed, {s.pending} pending"
+    if s.state == RUNNING:
+        stop = f"`remotemap cancel {s.id}` stops it" if s.kind == "cluster" else \
+            "wait for it to end"
+        return f"it is running now ({counts}); {stop}"
+    return f"it is {s.state} ({counts}); --force removes it"
 
 
 def _clean_one(run: LoadedRun, force: bool) -> bool:
     """Remove ``run`` unless it is unfinished or failed (without ``force``) or running."""
     from remotemap.run_index import remove_run
 
-    if not run.summary.finished_well and not force:
+    if run.summary.state == RUNNING or (not run.summary.finished_well and not force):
         print(f"kept {run.id} ({run.kind}): {_why_kept(run)}")
         return False
     try:

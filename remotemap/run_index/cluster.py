@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotemap.backends.cluster.registry import registered, unregister
 from remotemap.locks import RunDirectoryBusy
@@ -22,6 +22,9 @@ from remotemap.run_index.model import (
     epoch,
 )
 from remotemap.state import pid_alive
+
+if TYPE_CHECKING:
+    from remotemap.backends.cluster.detached import Peek
 
 #: A round whose engine has not written its status for this long is not being followed
 #: (``remotemap collect`` starts another engine): the run shows as stopped, not running.
@@ -47,7 +50,7 @@ def _followed(entry: dict[str, Any]) -> bool:
     return not entry.get("detached") and pid_alive(entry.get("pid"))
 
 
-def _state(entry: dict[str, Any], peek: Any) -> str:
+def _state(entry: dict[str, Any], peek: Peek) -> str:
     rounds = peek.rounds.values()
     engines_on = any(not r.get("ended") and time.time() - float(r.get("heartbeat") or 0)
                      < _SILENT_AFTER for r in rounds)
