@@ -52,7 +52,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     runs = subparsers.add_parser(
         "runs", parents=[common],
         help="list every kept run (run_dir, workflow, cluster); show, results, clean, retry",
-        description="List every run remotemap keeps, of all three kinds: remote_map(..., "
+        description="Without a COMMAND: list every run remotemap keeps, of all three "
+        "kinds: remote_map(..., "
         "run_dir=...) runs (kind run_dir), workflow runs (workflow) and cluster runs "
         "(cluster): id, kind, mode, state, tasks ok/failed/pending, age, function or "
         f"workflow name. They are indexed under {state_dir('runs').parent}. Exit status 1 "

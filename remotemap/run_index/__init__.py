@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
 
 from remotemap.errors import RemotemapError
 from remotemap.run_index import cluster, stored, workflows
@@ -112,12 +111,3 @@ def remove_run(run: LoadedRun) -> str:
     """Delete a run of any kind (its directory, key and index entry); what was done.
     :class:`~remotemap.locks.RunDirectoryBusy` when it is running now."""
     return _REMOVERS[run.kind](run)
-
-
-def summaries() -> list[RunSummary]:
-    return [run.summary for run in load_all()]
-
-
-def describe_kind(kind: Any) -> str:
-    return {"run_dir": "remote_map(..., run_dir=...) run", "workflow": "workflow run",
-            "cluster": "cluster run"}.get(str(kind), str(kind))

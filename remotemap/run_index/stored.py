@@ -46,10 +46,6 @@ def find(run: str) -> RunStore | None:
     return RunStore.existing(root)
 
 
-def summary(store: RunStore) -> RunSummary:
-    return load(store).summary
-
-
 def load(store: RunStore) -> LoadedRun:
     """The run with its counts, failures and values (each outcome's seal checked first)."""
     meta = store.meta()
