@@ -30,6 +30,7 @@ from remotemap.cli import main as cli_main
 from remotemap.runs import RunStore
 from tests import cluster_support
 from tests import taskfuncs as tf
+from tests.cluster_support import wait_for
 from tests.slurm_fixtures import require_soma_workflow
 
 state_home = cluster_support.state_home  # module-scoped: $XDG_STATE_HOME in a temp dir
@@ -262,3 +263,24 @@ def test_runs_clean_keeps_failed_runs_unless_forced(
     assert not (tmp_path / "shared" / cluster).exists()
     assert cli_main(["runs"]) == 0
     assert capsys.readouterr().out.startswith("no stored runs in ")
+
+
+def test_a_cluster_run_going_on_reads_as_running_and_is_never_removed(
+        runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_soma_workflow()
+    stem = str(tmp_path / "t")
+    run_id = submit(tf.pid_and_sleep, [(stem, 0, 0.0), (stem, 1, 60.0)], scheduler="local",
+                    shared_dir=str(runs_dir))
+    try:
+        wait_for("task 1 to start", lambda: Path(f"{stem}.1").exists(), timeout=60)
+        wait_for("task 0's result", lambda: load_run(run_id).summary.ok == 1, timeout=60)
+        run = load_run(run_id)
+        assert (run.summary.state, run.pending) == ("running", [1])
+        with pytest.raises(RunNotFinished, match=r"1 of 2 tasks have no result yet \(tasks 1\)"):
+            run.results()
+        assert cli_main(["runs", "clean", "--force", run_id]) == 1
+        assert f"`remotemap cancel {run_id}` stops it" in capsys.readouterr().out
+        assert (runs_dir / run_id).is_dir()
+    finally:
+        assert cli_main(["cancel", run_id]) == 0
+    assert load_run(run_id).summary.state == "cancelled"
