@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -16,7 +17,6 @@ from remotemap import RemoteException, remote_map
 from remotemap.progress import Progress
 from tests import taskfuncs as tf
 
-
 SUMMARY = re.compile(r"^remotemap serial: (.*) in \d+\.\d s, (.*)$")
 
 
@@ -25,10 +25,8 @@ def run_with_bar(monkeypatch: pytest.MonkeyPatch, func: Callable[..., Any],
     """Run with ``progress=True`` on a captured stderr: (all it got, its summary's figures)."""
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    try:
+    with contextlib.suppress(RemoteException):
         remote_map(func, largs, mode="serial", progress=True, **options)
-    except RemoteException:
-        pass
     text = err.getvalue()
     last = text.split("\r")[-1]
     assert last.endswith("\n") and last.count("\n") == 1, text  # one line, after the bar
