@@ -252,6 +252,8 @@ def drive(
     with Progress(n_tasks, progress, backend.name) as bar, \
             backend.open(function, policy.options) as session:
         bar.restored(n_tasks - len(todo))
+        if bar.shown:  # counting costs the workers a little: only for a bar someone sees
+            bar.follow(session.count_running())
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
             if store is not None:
                 store.record(result)

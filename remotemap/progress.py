@@ -17,10 +17,13 @@ notebooks draw in place too), never tqdm.auto's ``IProgress not found`` warning.
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import os
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -39,6 +42,9 @@ class Progress:
         self._file: TextIO = sys.stderr
         self._bar: Any = None
         self._ticker: _Ticker | None = None
+        self._running: Callable[[], int] | None = None
+        # The driver's thread counts results, the ticker's adds what runs: one at a time.
+        self._lock = threading.Lock()
         if enabled is None:
             enabled = _stderr_is_terminal() or in_kernel()
         if enabled and total > 0:
@@ -46,7 +52,7 @@ class Progress:
             # shows that it has started; leave=False: the summary line takes its place.
             self._bar = bar_class()(total=total, desc=description, unit="task", delay=0.0,
                                     file=self._file, leave=False, dynamic_ncols=True)
-            self._ticker = _Ticker(self._bar)
+            self._ticker = _Ticker(self._tick)
 
     @property
     def shown(self) -> bool:
@@ -60,10 +66,29 @@ class Progress:
         self.retried += retried
         if self._bar is None:
             return
-        if failed or retried:
-            self._show_postfix()
-        if n:
-            self._bar.update(n)
+        with self._lock:
+            if failed or retried:
+                self._show_postfix()
+            # The bar may be ahead: it showed tasks of this chunk as they finished (follow).
+            if self.done > self._bar.n:
+                self._bar.update(min(self.done, self.total) - self._bar.n)
+
+    def follow(self, running: Callable[[], int] | None) -> None:
+        """Also show the tasks that finished in chunks still running: ``running()`` counts
+        them (any thread may call it), and the bar is redrawn with it five times a second."""
+        if self._bar is not None and self._ticker is not None and running is not None:
+            self._running = running
+            self._ticker.interval = _TICK_FOLLOWING
+
+    def _tick(self) -> None:
+        with self._lock:
+            if self._bar is None:
+                return
+            if self._running is not None:
+                ahead = min(self.total, self.done + self._running())
+                if ahead > self._bar.n:
+                    self._bar.n = ahead
+            self._bar.refresh()
 
     def restored(self, n: int) -> None:
         """``n`` tasks have a result kept from an earlier run (resume): finished already."""
@@ -74,7 +99,8 @@ class Progress:
         """Show ``text`` after the bar (why a cluster run is still pending, say); "" clears it."""
         self._status = text
         if self._bar is not None:
-            self._show_postfix()
+            with self._lock:
+                self._show_postfix()
 
     def _show_postfix(self) -> None:
         parts = [self._status, f"{self.failed} failed" if self.failed else "",
@@ -109,9 +135,10 @@ class Progress:
         """Replace the bar by the summary line (nothing when no bar was shown)."""
         if self._bar is None:
             return
-        bar, self._bar = self._bar, None
         if self._ticker is not None:
             self._ticker.stop()
+        with self._lock:
+            bar, self._bar = self._bar, None
         bar.close()
         print(self.summary(interrupted), file=self._file, flush=True)
 
@@ -127,31 +154,107 @@ class Progress:
         self.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
-#: Seconds between redraws while nothing else draws the bar.
+#: Seconds between redraws while nothing else draws the bar; while following running chunks.
 _TICK = 1.0
+_TICK_FOLLOWING = 0.2
 
 
 class _Ticker:
-    """Redraws the bar every :data:`_TICK` seconds from a thread of its own.
+    """Calls ``tick`` (a redraw) every ``interval`` seconds from a thread of its own.
 
     tqdm draws only when told of progress, and skips a draw that comes within 0.1 s of the
     previous one: without this, the bar would keep showing 0/N (and a frozen clock) for as long
     as the next task takes when the first finished just after the bar appeared.
     """
 
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
+    def __init__(self, tick: Callable[[], None]) -> None:
+        self.interval = _TICK
+        self._tick = tick
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="remotemap-progress", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopped.wait(_TICK):
-            self._bar.refresh()
+        while not self._stopped.wait(self.interval):
+            self._tick()
 
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+class TaskCounter:
+    """Tasks finished inside chunks still running, as the workers count them (``local``).
+
+    Each running chunk gets a slot, an 8-byte integer in a small file mapped in memory (in
+    ``/dev/shm`` where there is one); the worker running the chunk writes into it how many of
+    the chunk's tasks have ended, after each one (:func:`counting_in_worker`), and the caller
+    adds the slots up. One writer per slot and aligned 8-byte writes: no lock is needed, and a
+    task pays one store into shared memory, not a message.
+    """
+
+    def __init__(self, slots: int) -> None:
+        where = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self.path = tempfile.mkstemp(prefix="remotemap-progress-", dir=where)
+        try:
+            os.ftruncate(fd, 8 * slots)
+            self._map = mmap.mmap(fd, 8 * slots)
+        finally:
+            os.close(fd)
+        self._counts = memoryview(self._map).cast("q")
+        self._free = list(range(slots - 1, -1, -1))
+        self._closed = False
+
+    def take(self) -> int | None:
+        """A slot for a chunk about to start; None when all are taken (it is not counted)."""
+        return self._free.pop() if self._free else None
+
+    def release(self, slot: int) -> None:
+        """The chunk's result came back: its tasks are counted by the driver from now on."""
+        self._counts[slot] = 0
+        self._free.append(slot)
+
+    def running(self) -> int:
+        """Tasks ended in the chunks holding a slot (from any thread; 0 once closed)."""
+        try:
+            return 0 if self._closed else sum(self._counts)
+        except ValueError:  # closed by the driver's thread meanwhile
+            return 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._counts.release()
+        self._map.close()
+        os.unlink(self.path)
+
+
+#: Worker side: the counter file of the current run, mapped once per worker process.
+_WORKER_COUNTS: dict[str, memoryview] = {}
+
+
+def counting_in_worker(where: tuple[str, int] | None) -> Callable[[int], None] | None:
+    """In a worker: what writes a chunk's count of ended tasks into its slot ``where``
+    (a :class:`TaskCounter`'s path and a slot), for ``run_chunk(..., finished=)``."""
+    if where is None:
+        _WORKER_COUNTS.clear()  # a run without a bar: let go of the last run's file
+        return None
+    path, slot = where
+    counts = _WORKER_COUNTS.get(path)
+    if counts is None:
+        _WORKER_COUNTS.clear()  # one run at a time: unmap the previous run's file
+        try:
+            with open(path, "r+b") as file:
+                counts = memoryview(mmap.mmap(file.fileno(), 0)).cast("q")
+        except (OSError, ValueError):  # the run ended meanwhile: count nothing
+            return None
+        _WORKER_COUNTS[path] = counts
+
+    def finished(n: int) -> None:
+        counts[slot] = n
+
+    return finished
 
 
 def bar_class() -> Any:

@@ -22,7 +22,8 @@ def task(i):
         time.sleep(0.01)
     return i
 
-options = {"n_jobs": 2} if mode == "local" else {}
+# local: one chunk of the four tasks, so the bar can only move per task if the worker says so.
+options = {"n_jobs": 1, "chunksize": 4} if mode == "local" else {}
 assert remote_map(task, [(i,) for i in range(4)], mode=mode, **options) == [0, 1, 2, 3]
 """
 
