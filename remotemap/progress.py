@@ -27,6 +27,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
+from remotemap.tasks import ChunkResult
+
 
 class Progress:
     """Counts finished tasks; draws the bar and the summary line when they are to be seen."""
@@ -188,9 +190,8 @@ class TaskCounter:
 
     Each running chunk gets a slot, an 8-byte integer in a small file mapped in memory (in
     ``/dev/shm`` where there is one); the worker running the chunk writes into it how many of
-    the chunk's tasks have ended, after each one (:func:`counting_in_worker`), and the caller
-    adds the slots up. One writer per slot and aligned 8-byte writes: no lock is needed, and a
-    task pays one store into shared memory, not a message.
+    the chunk's tasks have ended, ten times a second (:class:`ChunkWatch`), and the caller
+    adds the slots up. One writer per slot and aligned 8-byte writes: no lock is needed.
     """
 
     def __init__(self, slots: int) -> None:
@@ -230,31 +231,61 @@ class TaskCounter:
         os.unlink(self.path)
 
 
-#: Worker side: the counter file of the current run, mapped once per worker process.
-_WORKER_COUNTS: dict[str, memoryview] = {}
+class ChunkWatch:
+    """In a worker: copies how many tasks of the running chunk have ended into its slot of a
+    :class:`TaskCounter`, every :data:`_TICK_WORKER` seconds, from a thread of its own.
+
+    The tasks loop pays nothing for it (the thread reads the lengths of the result's lists as
+    ``run_chunk`` fills them), and no write can land after the chunk ended: :meth:`unwatch`
+    takes the lock the thread writes under, and the caller frees the slot only after that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: tuple[memoryview, int, ChunkResult] | None = None
+        self._busy = threading.Event()
+        self._maps: dict[str, memoryview] = {}  # the current run's counter file, mapped once
+        threading.Thread(target=self._run, name="remotemap-count", daemon=True).start()
+
+    def watch(self, where: tuple[str, int]) -> Callable[[ChunkResult], None] | None:
+        """For ``run_chunk(started=)``: the chunk with slot ``where`` (a counter's file, a
+        slot) starts; None when the file is gone (the run ended meanwhile)."""
+        path, slot = where
+        counts = self._maps.get(path)
+        if counts is None:
+            self._maps.clear()  # one run at a time: unmap the previous run's file
+            try:
+                with open(path, "r+b") as file:
+                    counts = memoryview(mmap.mmap(file.fileno(), 0)).cast("q")
+            except (OSError, ValueError):
+                return None
+            self._maps[path] = counts
+        mapped = counts
+
+        def started(result: ChunkResult) -> None:
+            with self._lock:
+                self._current = (mapped, slot, result)
+                self._busy.set()
+
+        return started
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def _run(self) -> None:
+        while self._busy.wait():
+            time.sleep(_TICK_WORKER)
+            with self._lock:
+                if self._current is None:
+                    self._busy.clear()  # idle until the next chunk (set under the same lock)
+                    continue
+                counts, slot, result = self._current
+                counts[slot] = len(result.indices) + len(result.failures)
 
 
-def counting_in_worker(where: tuple[str, int] | None) -> Callable[[int], None] | None:
-    """In a worker: what writes a chunk's count of ended tasks into its slot ``where``
-    (a :class:`TaskCounter`'s path and a slot), for ``run_chunk(..., finished=)``."""
-    if where is None:
-        _WORKER_COUNTS.clear()  # a run without a bar: let go of the last run's file
-        return None
-    path, slot = where
-    counts = _WORKER_COUNTS.get(path)
-    if counts is None:
-        _WORKER_COUNTS.clear()  # one run at a time: unmap the previous run's file
-        try:
-            with open(path, "r+b") as file:
-                counts = memoryview(mmap.mmap(file.fileno(), 0)).cast("q")
-        except (OSError, ValueError):  # the run ended meanwhile: count nothing
-            return None
-        _WORKER_COUNTS[path] = counts
-
-    def finished(n: int) -> None:
-        counts[slot] = n
-
-    return finished
+#: Seconds between a worker's writes of its running chunk's count.
+_TICK_WORKER = 0.1
 
 
 def bar_class() -> Any:

@@ -43,7 +43,7 @@ from remotemap.execution import (
     run_chunk,
 )
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
-from remotemap.progress import TaskCounter, counting_in_worker
+from remotemap.progress import ChunkWatch, TaskCounter
 from remotemap.protocol import new_token
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
@@ -53,6 +53,14 @@ log = logging.getLogger("remotemap")
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
 # Worker-side: stdout and stderr as the worker started, put back after a task closed them.
 _STDIO: list[Stdio] = []
+# Worker-side: what counts the running chunk's tasks for a progress bar, started when needed.
+_WATCH: list[ChunkWatch] = []
+
+
+def _watch() -> ChunkWatch:
+    if not _WATCH:
+        _WATCH.append(ChunkWatch())
+    return _WATCH[0]
 
 
 def _init_worker() -> None:
@@ -93,7 +101,12 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
     except Exception as exc:
         return dumps_result(chunk_failed(Chunk(packed.id, packed.indices, [], []), exc))
     try:
-        return dumps_result(run_chunk(function, chunk, finished=counting_in_worker(counter)))
+        if counter is None:
+            return dumps_result(run_chunk(function, chunk))
+        try:
+            return dumps_result(run_chunk(function, chunk, started=_watch().watch(counter)))
+        finally:
+            _watch().unwatch()  # before the result goes: the caller then frees the slot
     finally:
         # What the chunk's tasks left behind must not reach the next chunk in this worker.
         kill_children()
