@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from remotemap import remote_map
 gate, mode = sys.argv[1:3]
 
 def task(i):
+    open(f"{gate}.running", "w").close()
     while not os.path.exists(f"{gate}.{i}"):
         time.sleep(0.01)
     return i
@@ -70,6 +73,23 @@ def test_the_bar_shows_at_zero_advances_per_task_and_leaves_a_summary(
     screen = terminal.finish()
     assert len(screen) == 1 and re.fullmatch(
         rf"remotemap {mode}: 4 tasks in \d+\.\d s, 0 failed", screen[0]), screen
+
+
+def test_ctrl_c_leaves_a_summary_that_says_interrupted(tmp_path: Path,
+                                                      terminals: list[Terminal]) -> None:
+    gate = tmp_path / "gate"
+    terminal = Terminal(GATED_RUN, str(gate), "serial")
+    terminals.append(terminal)
+    terminal.wait_for(BAR.format(mode="serial", done=0, total=4))
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.running").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # Ctrl-C while the first task runs
+    terminal.process.send_signal(signal.SIGINT)
+    terminal.process.wait(timeout=30)
+    screen = terminal.wait_for(r"KeyboardInterrupt")
+    assert re.fullmatch(r"remotemap serial: 0 of 4 tasks in \d+\.\d s, 0 failed, interrupted",
+                        screen[0]), screen
+    assert screen[1].startswith("Traceback"), screen
 
 
 def test_lines_written_during_a_run_go_above_the_bar(tmp_path: Path,
