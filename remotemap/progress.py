@@ -113,10 +113,11 @@ class Progress:
         """Print ``text`` (lines a task printed, say) above the bar, which is redrawn below it,
         instead of through it; on stdout, or stderr when ``stderr``."""
         stream = sys.stderr if stderr else sys.stdout
-        if self._bar is None:
+        bar = self._bar  # once: another thread may be closing it
+        if bar is None:
             print(text, file=stream, flush=True)
             return
-        self._bar.write(text, file=stream)
+        bar.write(text, file=stream)  # clears the bar, writes, redraws it, under tqdm's lock
         stream.flush()
 
     def summary(self, interrupted: bool = False) -> str:

@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.progress import Progress
+from remotemap.errors import TaskFailure
+from remotemap.progress import ChunkWatch, Progress, TaskCounter
+from remotemap.tasks import ChunkResult
 from tests import taskfuncs as tf
 
 SUMMARY = re.compile(r"^remotemap serial: (.*) in \d+\.\d s, (.*)$")
@@ -94,3 +97,31 @@ def test_runs_are_logged_under_the_remotemap_logger(caplog: pytest.LogCaptureFix
         remote_map(tf.square, [(1,), (2,)], mode="serial")
     messages = [r.getMessage() for r in caplog.records if r.name == "remotemap"]
     assert any("2 tasks on serial" in m for m in messages)
+
+
+def test_a_worker_counts_its_running_chunk_and_stops_when_it_ends() -> None:
+    # The two halves of local's per-task count, in one process: the caller's counter file and
+    # the worker's watch over the result run_chunk fills.
+    counter = TaskCounter(2)
+    watch = ChunkWatch()
+    try:
+        slot = counter.take()
+        assert slot is not None
+        result = ChunkResult(0)
+        started = watch.watch((counter.path, slot))
+        assert started is not None
+        started(result)
+        result.indices += [0, 1]
+        result.failures.append(TaskFailure(2, "ValueError", "bad", ""))
+        deadline = time.monotonic() + 10
+        while counter.running() != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counter.running() == 3
+        watch.unwatch()
+        counter.release(slot)
+        result.indices.append(3)  # after its end, the chunk is no longer written
+        time.sleep(0.3)
+        assert counter.running() == 0
+    finally:
+        counter.close()
+    assert counter.running() == 0 and not Path(counter.path).exists()
