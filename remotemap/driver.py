@@ -247,14 +247,19 @@ def drive(
     # time, and a timed-out chunk kills only the task that overran.
     size = 1 if policy.options.timeout is not None else backend.chunksize(len(todo))
     retries = RetrySchedule(policy)
-    with backend.open(function, policy.options) as session, \
-            Progress(n_tasks, progress, backend.name) as bar:
-        bar.update(n_tasks - len(todo))
+    # The bar first: it shows 0/N while the session opens (hosts connect, workers start), and
+    # its summary line comes after the session has closed.
+    with Progress(n_tasks, progress, backend.name) as bar, \
+            backend.open(function, policy.options) as session:
+        bar.restored(n_tasks - len(todo))
+        if bar.shown:  # counting costs the workers a little: only for a bar someone sees
+            bar.follow(session.count_running())
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
             if store is not None:
                 store.record(result)
             finals = [f for f in map(retries.consider, result.failures) if f is not None]
-            bar.update(len(result.indices) + len(finals))
+            bar.update(len(result.indices) + len(finals), failed=len(finals),
+                       retried=len(result.failures) - len(finals))
             yield Update(result.indices, result.values, finals)
             if finals and policy.on_error == "stop":
                 return

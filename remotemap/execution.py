@@ -138,15 +138,20 @@ def safe_str(obj: object) -> str:
 
 
 def run_chunk(function: Callable[..., Any], chunk: Chunk,
-              interrupted: Callable[[], bool] | None = None) -> ChunkResult:
+              interrupted: Callable[[], bool] | None = None,
+              started: Callable[[ChunkResult], None] | None = None) -> ChunkResult:
     """Call ``function`` on every task of ``chunk``; an exception fails its task only.
 
     Any exception does, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` included,
     except a ``KeyboardInterrupt`` that a real Ctrl-C raised in this very process:
     ``interrupted()`` says whether one arrived (given by the caller's own process, where Ctrl-C
-    must stop the run; a worker process leaves it None).
+    must stop the run; a worker process leaves it None). ``started(result)`` is given the
+    result as it is filled, before the first task: what a progress bar that moves per task
+    watches, at no cost per task.
     """
     result = ChunkResult(chunk.id)
+    if started is not None:
+        started(result)
     ok_indices, values, failures = result.indices, result.values, result.failures
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:

@@ -62,6 +62,12 @@ class Session(ABC):
     def wake(self) -> None:  # noqa: B027 - a no-op is right for sessions that never block
         """Make a blocked ``wait`` return now (thread-safe)."""
 
+    def count_running(self) -> Callable[[], int] | None:
+        """Start counting the tasks that end inside chunks still running (for a progress bar
+        that moves per task, not per chunk); what returns that count, callable from any
+        thread. None (the default): only whole chunks' results say that tasks ended."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Stop every worker (killing running tasks) and remove every file. Idempotent."""

@@ -43,6 +43,7 @@ from remotemap.execution import (
     run_chunk,
 )
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
+from remotemap.progress import ChunkWatch, TaskCounter
 from remotemap.protocol import new_token
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
@@ -52,6 +53,14 @@ log = logging.getLogger("remotemap")
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
 # Worker-side: stdout and stderr as the worker started, put back after a task closed them.
 _STDIO: list[Stdio] = []
+# Worker-side: what counts the running chunk's tasks for a progress bar, started when needed.
+_WATCH: list[ChunkWatch] = []
+
+
+def _watch() -> ChunkWatch:
+    if not _WATCH:
+        _WATCH.append(ChunkWatch())
+    return _WATCH[0]
 
 
 def _init_worker() -> None:
@@ -78,7 +87,8 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="remotemap-watch-parent", daemon=True).start()
 
 
-def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk) -> bytes:
+def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk,
+                   counter: tuple[str, int] | None = None) -> bytes:
     function = _FUNCTIONS.get(token)
     try:
         if function is None:
@@ -91,7 +101,12 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
     except Exception as exc:
         return dumps_result(chunk_failed(Chunk(packed.id, packed.indices, [], []), exc))
     try:
-        return dumps_result(run_chunk(function, chunk))
+        if counter is None:
+            return dumps_result(run_chunk(function, chunk))
+        try:
+            return dumps_result(run_chunk(function, chunk, started=_watch().watch(counter)))
+        finally:
+            _watch().unwatch()  # before the result goes: the caller then frees the slot
     finally:
         # What the chunk's tasks left behind must not reach the next chunk in this worker.
         kill_children()
@@ -135,6 +150,9 @@ class LocalSession(Session):
         self._executor: Any = None
         self._wake: Future[None] = Future()
         self._broken_logged = False
+        # Per-task progress (count_running): each running chunk's slot in the counter.
+        self.counter: TaskCounter | None = None
+        self.slots: dict[Future[bytes], int] = {}
 
     def _pool(self) -> Any:
         if self._executor is None:
@@ -169,16 +187,20 @@ class LocalSession(Session):
             if not keep.indices:
                 return
             chunk, packed = keep, self.spill.pack(keep)
+        slot = self.counter.take() if self.counter is not None else None
+        where = None if slot is None or self.counter is None else (self.counter.path, slot)
         try:
             future = self._pool().submit(_run_in_worker, self.token, self.blob,
-                                         self.sys_path, packed)
+                                         self.sys_path, packed, where)
         except BrokenProcessPool:
             # A worker died and loky flagged the pool before a wait() saw the failed future:
             # the chunks it held come back through their futures; this one goes to a new pool.
             self._executor = None
             future = self._pool().submit(_run_in_worker, self.token, self.blob,
-                                         self.sys_path, packed)
+                                         self.sys_path, packed, where)
         self.futures[future] = chunk
+        if slot is not None:
+            self.slots[future] = slot
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
         results, self.ready = self.ready, []
@@ -197,6 +219,9 @@ class LocalSession(Session):
             chunk = self.futures.pop(future, None)
             if chunk is None:
                 continue  # the wake-up
+            slot = self.slots.pop(future, None)
+            if slot is not None and self.counter is not None:
+                self.counter.release(slot)
             self.spill.release(chunk.id)
             error = future.exception()
             if isinstance(error, BrokenProcessPool):
@@ -216,6 +241,13 @@ class LocalSession(Session):
         for single in _singles(chunk):
             self._isolated().submit(single)
 
+    def count_running(self) -> Callable[[], int] | None:
+        # Chunks through the isolated session (timeouts, after a crash) hold one task each:
+        # their results already come per task.
+        if self.counter is None:
+            self.counter = TaskCounter(self.capacity)
+        return self.counter.running
+
     def wake(self) -> None:
         wake = self._wake
         if not wake.done():
@@ -231,8 +263,11 @@ class LocalSession(Session):
                 future.cancel()
             self._executor.shutdown(wait=False, kill_workers=True)
         self.futures.clear()
+        self.slots.clear()
         self.ready = []
         self.spill.close()
+        if self.counter is not None:
+            self.counter.close()
         if self.isolated is not None:
             self.isolated.close()
 
