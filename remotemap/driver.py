@@ -249,6 +249,7 @@ def drive(
     retries = RetrySchedule(policy)
     with backend.open(function, policy.options) as session, \
             Progress(n_tasks, progress, backend.name) as bar:
+        session.show_status = bar.set_status
         bar.update(n_tasks - len(todo))
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
             if store is not None:

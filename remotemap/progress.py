@@ -38,6 +38,11 @@ class Progress:
         if self._bar is not None and n:
             self._bar.update(n)
 
+    def set_status(self, text: str) -> None:
+        """Show ``text`` after the counts (why the run waits, say); "" clears it."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+
     def write(self, text: str, *, stderr: bool = False) -> None:
         """Print ``text`` (lines a task printed, say) above the bar, which is redrawn below it,
         instead of through it; on stdout, or stderr when ``stderr``."""
