@@ -226,9 +226,10 @@ def test_over_ssh_limits_are_read_there_and_python_may_start_with_a_tilde(
                "python": "~/" + str(rmtest_can_submit.relative_to(home)),
                "slurm_conf": str(slurm_cluster.conf_path), "poll_interval": 0.5,
                "shared_dir": shared, "queue": SHORT_PARTITION, "progress": False}
+    before = ((home / shared).exists(), _tree(home / shared))
     with pytest.raises(PartitionRefused, match=r"exceeds partition 'short' MaxTime 00:01:00"):
         remote_map(abs, [(-1,)], walltime="5", **options)
-    assert not (home / shared).exists()
+    assert ((home / shared).exists(), _tree(home / shared)) == before  # nothing made there
     # "~/venvs/.../python" starts the engine (over SSH) and the jobs (from the engine).
     assert remote_map(abs, [(-3,)], walltime="1", **options) == [3]
     assert list((home / shared).iterdir()) == []

@@ -8,9 +8,11 @@ from pathlib import Path
 
 PARTITION = "debug"
 #: A partition with small limits (tests of remotemap's check against them): MaxTime 1 minute,
-#: 2 CPUs and 1000 MB per node.
+#: 2 CPUs and 1000 MB per node. A job that asks no memory gets 500 MB (without a default it
+#: would get the node's 4000 MB, above the limit, and pend as MaxMemPerLimit).
 SHORT_PARTITION = "short"
-SHORT_LIMITS = {"MaxTime": "1", "MaxCPUsPerNode": "2", "MaxMemPerNode": "1000"}
+SHORT_LIMITS = {"MaxTime": "1", "MaxCPUsPerNode": "2", "MaxMemPerNode": "1000",
+                "DefMemPerNode": "500"}
 #: A partition that queues jobs but never starts them (State=DOWN): they pend with the reason
 #: PartitionDown (tests of how a run reports why it waits).
 DOWN_PARTITION = "held"
