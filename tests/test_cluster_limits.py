@@ -43,7 +43,8 @@ state_home = cluster_support.state_home
 runs_dir = cluster_support.runs_dir
 swf = cluster_support.swf
 
-# `scontrol -o show partition` on the test SLURM (fields cut to those read, and a few others).
+# `scontrol -o show partition` on the test SLURM (fields cut to those read and a few others;
+# held's MaxTime set to a day, to read the D-HH:MM:SS form).
 SCONTROL = """\
 PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=00:10:00 MaxNodes=UNLIMITED MaxTime=00:10:00 MinNodes=0 MaxCPUsPerNode=UNLIMITED Nodes=localhost State=UP TotalCPUs=16 TotalNodes=1 JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=16,mem=4000M,node=1,billing=16
 PartitionName=short AllowGroups=ALL Default=NO QoS=N/A DefaultTime=NONE MaxNodes=UNLIMITED MaxTime=00:01:00 MinNodes=0 MaxCPUsPerNode=2 Nodes=localhost State=UP TotalCPUs=16 TotalNodes=1 JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=1000 TRES=cpu=16,mem=4000M,node=1,billing=16
@@ -115,6 +116,7 @@ def test_within_limits_or_unlimited_passes() -> None:
     assert _problem(queue="short", walltime="1", memory="1000M", cpus_per_task=2) is None
     assert _problem(walltime="10:00", memory="4000", cpus_per_task=16) is None
     assert _problem(queue="held", walltime="23:59:00") is None
+    assert _problem(queue="short,debug", walltime="5") is None  # SLURM picks one of them
     assert _problem(walltime="100000", memory="1T") is not None  # debug: MaxTime 10 min
     assert limits_problem({"walltime": "100000"}, {}, (None, None), "h") is None  # unknown
 

@@ -104,7 +104,10 @@ def requested_partition(settings: Mapping[str, Any]) -> tuple[str, str]:
     """The partition the jobs go to, and the config key naming it ("" when the default)."""
     chosen = (str(settings.get("queue") or ""), "cluster.queue")
     for option in settings.get("native_options") or []:
-        words = shlex.split(option)
+        try:
+            words = shlex.split(option)
+        except ValueError:  # unbalanced quotes: sbatch --test-only will name it
+            words = option.split()
         for i, word in enumerate(words):
             if word.startswith("--partition="):
                 chosen = (word.split("=", 1)[1], "cluster.native_options")
@@ -118,6 +121,8 @@ def limits_problem(settings: Mapping[str, Any], partitions: Mapping[str, Partiti
     """Why SLURM would leave the jobs of a run with ``settings`` pending (or refuse them), or
     None. ``nodes``: the most CPUs and memory (MB) of one node of the partition."""
     name, key = requested_partition(settings)
+    if "," in name:
+        return None  # SLURM picks one of several partitions: its call, judged when it does
     if name:
         part = partitions.get(name)
         if part is None:
