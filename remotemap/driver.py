@@ -254,6 +254,7 @@ def drive(
         bar.restored(n_tasks - len(todo))
         if bar.shown:  # counting costs the workers a little: only for a bar someone sees
             bar.follow(session.count_running())
+        session.show_status = bar.set_status
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
             if store is not None:
                 store.record(result)

@@ -44,6 +44,9 @@ class Session(ABC):
 
     #: How many chunks to keep submitted at once: enough to keep every worker busy.
     capacity: int = 1
+    #: Where the session says what holds its tasks back (a cluster job's pending reason; ""
+    #: once nothing does): the driver points it at the progress bar. None: nowhere.
+    show_status: Callable[[str], None] | None = None
 
     @abstractmethod
     def submit(self, chunk: Chunk) -> None:

@@ -128,10 +128,15 @@ def test_scancel_is_reported_as_cancelled(slurm: dict[str, Any], slurm_cluster: 
 
 @pytest.mark.slurm
 def test_unknown_partition_names_the_option(slurm: dict[str, Any]) -> None:
-    with pytest.raises(ClusterError) as info:
+    # Refused before anything is made (cluster.limits), naming the partitions there are.
+    with pytest.raises(ClusterError, match=r"cluster\.queue: partition 'nope' does not exist "
+                                           r"on localhost \(its partitions: debug, short, held"):
         remote_map(tf.square, [(1,)], queue="nope", **slurm)
-    assert "cluster.queue = 'nope'" in str(info.value)
-    assert "Invalid partition name specified" in str(info.value)
+    # An option only sbatch can judge: its own message, through sbatch --test-only.
+    with pytest.raises(ClusterError) as info:
+        remote_map(tf.square, [(1,)], native_options=["--constraint=gpu"], **slurm)
+    assert "cluster.native_options (--constraint=gpu) was refused by SLURM" in str(info.value)
+    assert "Invalid feature specification" in str(info.value)
 
 
 @pytest.mark.slurm

@@ -92,6 +92,10 @@ def cluster_block(ctx: Any) -> bool:
         total = run.get("n_tasks")
         ctx.line(f"    tasks with an outcome: {run.get('outcomes')}"
                  + (f" of {total}" if total else "") + f"; jobs: {_counts(run['jobs'])}")
+        if run.get("pending"):
+            from remotemap.backends.cluster.pending import describe_reasons
+
+            ctx.line(f"    waiting: {describe_reasons(run['pending'])}")
     return True
 
 

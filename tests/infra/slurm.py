@@ -308,8 +308,9 @@ class SingleNodeSlurm:
         )
 
     def _node_idle(self) -> bool:
+        # One line per partition the node is in.
         result = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False, timeout=10)
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        return result.returncode == 0 and set(result.stdout.split()) == {"idle"}
 
     def _sacct_answers(self) -> bool:
         result = self.run(["sacct", "-n", "-X", "-j", "1"], check=False, timeout=10)

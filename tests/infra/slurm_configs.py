@@ -7,6 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PARTITION = "debug"
+#: A partition with small limits (tests of remotemap's check against them): MaxTime 1 minute,
+#: 2 CPUs and 1000 MB per node. A job that asks no memory gets 500 MB (without a default it
+#: would get the node's 4000 MB, above the limit, and pend as MaxMemPerLimit).
+SHORT_PARTITION = "short"
+SHORT_LIMITS = {"MaxTime": "1", "MaxCPUsPerNode": "2", "MaxMemPerNode": "1000",
+                "DefMemPerNode": "500"}
+#: A partition that queues jobs but never starts them (State=DOWN): they pend with the reason
+#: PartitionDown (tests of how a run reports why it waits).
+DOWN_PARTITION = "held"
+#: The node's memory as SLURM sees it (MB; memory is not a consumable resource here).
+NODE_MEMORY_MB = 4000
 CLUSTER_NAME = "remotemaptest"
 DB_USER = "slurm"
 
@@ -23,9 +34,11 @@ class Ports:
 
 def slurm_conf(root: Path, munge_socket: Path, ports: Ports, *, cpus: int,
                max_time_minutes: int) -> str:
-    """slurm.conf: one node (``localhost``), one partition, accounting through slurmdbd."""
+    """slurm.conf: one node (``localhost``), three partitions (the default ``debug``, ``short``
+    with small limits, ``held`` down), accounting through slurmdbd."""
     etc = root / "etc"
     auth_info = f"AuthInfo=socket={munge_socket}"
+    short = " ".join(f"{key}={value}" for key, value in SHORT_LIMITS.items())
     return f"""\
 ClusterName={CLUSTER_NAME}
 SlurmctldHost=localhost(127.0.0.1)
@@ -67,9 +80,11 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort={ports.dbd}
 AccountingStoragePass={munge_socket}
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={NODE_MEMORY_MB} State=UNKNOWN
 PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime={max_time_minutes} \
 DefaultTime={max_time_minutes} State=UP
+PartitionName={SHORT_PARTITION} Nodes=localhost {short} State=UP
+PartitionName={DOWN_PARTITION} Nodes=localhost MaxTime={max_time_minutes} State=DOWN
 """
 
 

@@ -12,16 +12,19 @@ The modules, each importing only those above it in this list:
 
 * ``layout``: every on-disk name a cluster run adds to protocol's run directory;
 * ``checks``: what the submitting host needs (soma-workflow, the scheduler's commands);
+* ``pending``: SLURM's pending reasons of queued jobs (the engine asks ``squeue``);
 * ``engine``: the engine program (``python -m remotemap.backends.cluster_engine``, a shim);
 * ``verdict``: ``sacct`` rows to soma-workflow's statuses, and a job's end to a failure;
 * ``swf``: soma-workflow driven in light mode (imported by the engine only);
 * ``settings``: the ``[cluster]`` settings, a round's spec, the poll interval;
 * ``files``: the run directory here or over SSH (``RunFiles``), ``ClusterError``;
+* ``limits``: a SLURM partition's limits, checked before a run makes anything;
 * ``registry``: where each run is, for later processes;
 * ``rounds``: a round's status and its engine, as the caller follows them;
 * ``runs``: ``ClusterRun``, one run seen from the caller (tasks, rounds, verdicts);
 * ``session``: ``ClusterBackend``, ``ClusterSession``, ``create_run``, ``close_run``;
-* ``detached``: :func:`submit`, :func:`collect`, :func:`cancel`, :func:`list_runs`.
+* ``detached``: :func:`submit`, :func:`collect`, :func:`cancel`, :func:`list_runs`,
+  :func:`pending_reasons`.
 
 This ``__init__`` imports none of them: the engine loads the package on a submitting host
 with no more than the standard library. The names below are imported on first use (PEP 562),
@@ -38,8 +41,10 @@ if TYPE_CHECKING:
     from remotemap.backends.cluster.detached import cancel as cancel
     from remotemap.backends.cluster.detached import collect as collect
     from remotemap.backends.cluster.detached import list_runs as list_runs
+    from remotemap.backends.cluster.detached import pending_reasons as pending_reasons
     from remotemap.backends.cluster.detached import submit as submit
     from remotemap.backends.cluster.files import ClusterError as ClusterError
+    from remotemap.backends.cluster.limits import PartitionRefused as PartitionRefused
     from remotemap.backends.cluster.session import ClusterBackend as ClusterBackend
     from remotemap.backends.cluster.session import ClusterSession as ClusterSession
     from remotemap.backends.cluster.settings import cluster_settings as cluster_settings
@@ -54,10 +59,12 @@ _LAZY = {
     "collect": "detached",
     "cancel": "detached",
     "list_runs": "detached",
+    "pending_reasons": "detached",
+    "PartitionRefused": "limits",
 }
 
-__all__ = ["ClusterBackend", "ClusterError", "ClusterSession", "cancel", "cluster_settings",
-           "collect", "list_runs", "submit"]
+__all__ = ["ClusterBackend", "ClusterError", "ClusterSession", "PartitionRefused", "cancel",
+           "cluster_settings", "collect", "list_runs", "pending_reasons", "submit"]
 
 
 def __getattr__(name: str) -> Any:

@@ -164,8 +164,20 @@ def cancel(run_id: str, *, timeout: float = 90.0) -> dict[str, int]:
         run.files.close()
 
 
+def pending_reasons(run_id: str) -> dict[str, int]:
+    """How many of the run's queued jobs wait for each of SLURM's pending reasons
+    (``PartitionTimeLimit``, ``Resources``...), as its engine last read them; {} when none
+    waits (see ``pending.describe_reasons`` for a sentence)."""
+    _, run = _open(run_id)
+    try:
+        return run.pending_reasons(fresh=True)
+    finally:
+        run.files.close()
+
+
 def list_runs() -> list[dict[str, Any]]:
-    """Every registered run: id, where, function, task and outcome counts, jobs per state."""
+    """Every registered run: id, where, function, task and outcome counts, jobs per state,
+    queued jobs per pending reason (``pending``)."""
     summaries = []
     for entry in registered():
         settings = entry.get("settings") or {}
@@ -186,6 +198,7 @@ def list_runs() -> list[dict[str, Any]]:
             run = ClusterRun.open(files)
             summary["outcomes"] = run.outcome_count()
             summary["jobs"] = run.job_counts()
+            summary["pending"] = run.pending_reasons(fresh=True)
         except Exception as exc:
             summary["error"] = f"{type(exc).__name__}: {exc}"
         finally:

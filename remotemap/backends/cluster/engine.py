@@ -92,6 +92,8 @@ class Engine:
         self.spec = spec
         self.status: dict[str, Any] = read_json(self.paths.status) or {}
         self._written = 0.0
+        self._asked = 0.0  # when squeue was last asked why jobs wait
+        self._reasons: dict[str, tuple[str, str]] = {}
 
     def save(self, **changes: Any) -> None:
         self.status.update(changes, heartbeat=time.time())
@@ -164,6 +166,7 @@ class Engine:
                         "status": status, "exit_status": exit_status,
                         "exit_value": _cast(exit_value), "signal": _cast(signal),
                         "usage": usage or "", "drms": _cast(drms_id)}
+            self.add_reasons(jobs)
             done = wf_status == constants.WORKFLOW_DONE
             given_up = cancelling is not None and time.monotonic() - cancelling > CANCEL_GRACE
             if done or given_up:
@@ -173,6 +176,26 @@ class Engine:
             if jobs != self.status.get("jobs") or time.monotonic() - self._written > HEARTBEAT:
                 self.save(jobs=jobs, cancel_requested=cancelling is not None)
             time.sleep(tick)
+
+
+    def add_reasons(self, jobs: list[dict[str, Any]]) -> None:
+        """Put SLURM's pending reason on the row of each job it holds in its queue (squeue
+        asked at most once per ``poll_interval``): soma-workflow's status does not say why."""
+        if self.spec.get("scheduler") != "slurm":
+            return
+        from remotemap.backends.cluster.pending import QUEUED, squeue_reasons
+
+        queued = [str(j["drms"]) for j in jobs if j.get("status") == QUEUED and j.get("drms")]
+        if not queued:
+            self._reasons = {}
+            return
+        if time.monotonic() - self._asked >= float(self.spec.get("poll_interval", 1.0)):
+            self._asked = time.monotonic()
+            self._reasons = squeue_reasons(queued)
+        for job in jobs:
+            state, reason = self._reasons.get(str(job.get("drms")), ("", ""))
+            if job.get("status") == QUEUED and state == "PENDING" and reason:
+                job["reason"] = reason
 
 
 class Abandoned(Exception):

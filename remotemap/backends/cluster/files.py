@@ -115,6 +115,10 @@ class RunFiles(ABC):
         ClusterError with the reason if not."""
 
     @abstractmethod
+    def command(self, argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+        """Run ``argv`` on the submitting host (``env`` added): exit status, stdout, stderr."""
+
+    @abstractmethod
     def engine_running(self, rnd: int) -> bool | None:
         """Whether the round's engine is alive; None when only its heartbeat can tell."""
 
@@ -215,6 +219,14 @@ class LocalFiles(RunFiles):
         if done.returncode != 0:
             raise _engine_error(self.label, python, done.returncode, done.stdout, done.stderr)
         return done.stdout.strip()
+
+    def command(self, argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                                  stdin=subprocess.DEVNULL, env={**os.environ, **env})
+        except OSError as exc:
+            return 127, "", str(exc)
+        return done.returncode, done.stdout, done.stderr
 
     def engine_running(self, rnd: int) -> bool | None:
         return engine_running(self.root, rnd)
@@ -343,6 +355,9 @@ class SSHFiles(RunFiles):
             return []
 
     def engine(self, python: str, rnd: int, env: Mapping[str, str]) -> str:
+        from remotemap.ssh.safety import expand_remote_home
+
+        python = expand_remote_home(self.connection, python)  # "~/venv/..." is quoted below
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
         result = self.connection.run(
             [*prefix, python, "-m", ENGINE_MODULE, "start", self.root, str(rnd)], timeout=120)
@@ -350,6 +365,11 @@ class SSHFiles(RunFiles):
             raise _engine_error(self.label, python, result.exit_status, result.stdout_text,
                                 result.stderr_text)
         return result.stdout_text.strip()
+
+    def command(self, argv: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+        prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        result = self.connection.run([*prefix, *argv], timeout=60)
+        return result.exit_status, result.stdout_text, result.stderr_text
 
     def engine_running(self, rnd: int) -> bool | None:
         return None

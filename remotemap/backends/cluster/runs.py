@@ -34,6 +34,7 @@ from typing import Any
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import ClusterError, RunFiles
+from remotemap.backends.cluster.pending import count_reasons
 from remotemap.backends.cluster.rounds import Round, watch_engine
 from remotemap.backends.cluster.settings import (
     engine_env,
@@ -374,6 +375,17 @@ class ClusterRun:
                 row = rows[number] if number < len(rows) else {}
                 state = str(row.get("status") or status.get("state") or "starting")
                 counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def pending_reasons(self, *, fresh: bool = False) -> dict[str, int]:
+        """How many queued jobs of rounds not over wait for each of SLURM's pending reasons
+        (``pending``), from the statuses last read (``fresh``: read them now)."""
+        counts: dict[str, int] = {}
+        for rnd in self.rounds.values():
+            status = self._read_status(rnd) if fresh else rnd.status or {}
+            if not status.get("ended"):
+                for reason, n in count_reasons(status.get("jobs") or []).items():
+                    counts[reason] = counts.get(reason, 0) + n
         return counts
 
     def outcome_count(self) -> int:

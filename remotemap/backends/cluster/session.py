@@ -22,7 +22,9 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.cluster.checks import preflight
 from remotemap.backends.cluster.files import RunFiles, open_files
+from remotemap.backends.cluster.limits import check_partition
 from remotemap.backends.cluster.options import CLUSTER
+from remotemap.backends.cluster.pending import describe_reasons, worrying
 from remotemap.backends.cluster.registry import register, unregister
 from remotemap.backends.cluster.runs import ClusterRun
 from remotemap.backends.cluster.settings import cluster_settings, poll_interval, tasks_per_job
@@ -62,6 +64,7 @@ def create_run(settings: dict[str, Any], blob: bytes, *, function: str,
         shared = os.path.join(os.path.expanduser("~"), os.path.expanduser(shared))
     files: RunFiles = open_files(settings, posixpath.join(shared, run_id))
     try:
+        check_partition(files, settings)  # before anything is made, here or there
         env = dict(env)
         if not settings.get("host"):  # same machine: modules found through our sys.path too
             env.setdefault(SYS_PATH_ENV, json.dumps(sys.path))
@@ -122,6 +125,8 @@ class ClusterSession(Session):
         self._wake = threading.Event()
         self._closed = False
         self._interval = poll_interval(settings)
+        self._waiting = ""  # why jobs wait, as last shown
+        self._reasons: set[str] = set()
 
     @property
     def in_flight(self) -> int:
@@ -166,6 +171,7 @@ class ClusterSession(Session):
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready and self._left and self.run is not None:
             self._deliver(*self.run.poll())
+            self._say_why_waiting(self.run)
             if self._ready:
                 break
             left = self._interval if deadline is None else min(self._interval,
@@ -177,6 +183,20 @@ class ClusterSession(Session):
                 break
         results, self._ready = self._ready, []
         return results
+
+    def _say_why_waiting(self, run: ClusterRun) -> None:
+        """SLURM's reasons for holding jobs back: on the progress bar while they last, in the
+        log once per change of reasons (a WARNING, which prints, for one that may hold them
+        for ever)."""
+        counts = run.pending_reasons()
+        text = describe_reasons(counts)
+        if text and set(counts) != self._reasons:
+            log.log(logging.WARNING if worrying(counts) else logging.INFO,
+                    "cluster run %s waits: %s", run.run_id, text)
+        self._reasons = set(counts)
+        if text != self._waiting and self.show_status is not None:
+            self.show_status(f"waiting: {text}" if text else "")
+        self._waiting = text
 
     def wake(self) -> None:
         self._wake.set()

@@ -275,11 +275,14 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
     """
     env = dict(spec.get("env") or {})
     native = list(spec.get("native") or [])
+    # The engine runs on the submitting host as the jobs' user: a "~" in cluster.python is
+    # that user's home there (a batch script would not expand it once quoted).
+    python = os.path.expanduser(str(spec["python"]))
     jobs = []
     for number, files in enumerate(spec["jobs"]):
         seconds = _job_seconds(spec, len(files))
         wrapper = ["timeout", "-k", "5", f"{seconds:g}"] if seconds else []
-        command = [*wrapper, spec["python"], "-m", "remotemap.worker", "run", root,
+        command = [*wrapper, python, "-m", "remotemap.worker", "run", root,
                    "--key-file", spec["key_file"],
                    *(["--fail-exit"] if spec.get("fail_exit") else []),
                    *(str(f) for f in files)]
