@@ -9,9 +9,11 @@ partition ``held`` down), and through a real sshd as the submitting host.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +224,8 @@ def test_over_ssh_limits_are_read_there_and_python_may_start_with_a_tilde(
         swf: None, slurm_cluster: SingleNodeSlurm, sshd_host: Any,
         rmtest_can_submit: Path) -> None:
     home = Path(sshd_host.user.home)
-    shared = ".cache/remotemap/cluster-limits"
+    # A directory of this test's own: another session's leftovers must not count.
+    shared = f".cache/remotemap/cluster-limits-{os.getpid()}-{time.monotonic_ns()}"
     options = {"mode": "cluster", "scheduler": "slurm", "host": sshd_host.alias,
                "ssh_config": str(sshd_host.ssh_config),
                "python": "~/" + str(rmtest_can_submit.relative_to(home)),
@@ -235,3 +238,4 @@ def test_over_ssh_limits_are_read_there_and_python_may_start_with_a_tilde(
     # "~/venvs/.../python" starts the engine (over SSH) and the jobs (from the engine).
     assert remote_map(abs, [(-3,)], walltime="1", **options) == [3]
     assert list((home / shared).iterdir()) == []
+    (home / shared).rmdir()
