@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from remotemap.executor import Executor, RemoteTraceback, as_completed
     from remotemap.joblib_backend import register_joblib
+    from remotemap.staged import Staged, staged_path
     from remotemap.workflow import (
         DispatchReport,
         GraphError,
@@ -55,6 +56,8 @@ _LAZY: dict[str, str] = {
     "RemoteTraceback": "remotemap.executor",
     "as_completed": "remotemap.executor",
     "register_joblib": "remotemap.joblib_backend",
+    "Staged": "remotemap.staged",
+    "staged_path": "remotemap.staged",
     **{
         name: "remotemap.workflow"
         for name in (
@@ -83,6 +86,7 @@ __all__ = [
     "RemoteTraceback",
     "RemotemapError",
     "Result",
+    "Staged",
     "TaskFailure",
     "Treatment",
     "Workflow",
@@ -95,6 +99,7 @@ __all__ = [
     "register_joblib",
     "remote_imap",
     "remote_map",
+    "staged_path",
 ]
 
 
