@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from remotemap import RemoteException, Staged, remote_map, staged_path
+from remotemap import Mode, RemoteException, Staged, remote_map, staged_path
 from remotemap.staged import replace_staged
 
 LOCAL_MODES = ["serial", "local", "local_with_dumps"]
@@ -36,7 +36,7 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("mode", LOCAL_MODES)
-def test_a_staged_argument_is_the_absolute_path_here(mode: str, data: Path) -> None:
+def test_a_staged_argument_is_the_absolute_path_here(mode: Mode, data: Path) -> None:
     args = [(Staged(f"data/sub-{i}.txt"),) for i in range(2)] + [(Staged(Path("atlas.txt")),)]
     got = remote_map(_read, args, mode=mode, progress=False)
     assert got == [("str", str(data / f"data/sub-{i}.txt"), f"subject {i}") for i in range(2)] \
@@ -44,7 +44,7 @@ def test_a_staged_argument_is_the_absolute_path_here(mode: str, data: Path) -> N
 
 
 @pytest.mark.parametrize("mode", LOCAL_MODES)
-def test_send_files_are_found_by_their_relative_names(mode: str, data: Path) -> None:
+def test_send_files_are_found_by_their_relative_names(mode: Mode, data: Path) -> None:
     options: dict[str, Any] = {} if mode == "serial" else {"send": ["atlas.txt", "data"]}
     got = remote_map(_read_sent, [("atlas.txt",), ("data/sub-2.txt",)], mode=mode,
                      progress=False, **options)
@@ -52,7 +52,7 @@ def test_send_files_are_found_by_their_relative_names(mode: str, data: Path) -> 
 
 
 @pytest.mark.parametrize("mode", LOCAL_MODES)
-def test_a_missing_input_fails_its_task_only_naming_the_path(mode: str, data: Path) -> None:
+def test_a_missing_input_fails_its_task_only_naming_the_path(mode: Mode, data: Path) -> None:
     args = [(Staged("data/sub-0.txt"),), (Staged("data/nope.txt"),), (Staged("data/sub-1.txt"),)]
     with pytest.raises(RemoteException) as info:
         remote_map(_read, args, mode=mode, progress=False)
