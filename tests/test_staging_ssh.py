@@ -11,9 +11,11 @@ by tasks on the host, so the fixture can point at a host that shares no files wi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -30,6 +32,8 @@ from remotemap.backends.staging_targets import SSHTarget
 from remotemap.ssh import Connection, SSHError, connection_options
 from remotemap.staged import STAGED_ROOT_ENV, mirrored
 from tests.test_interrupt import _signal_when_running, caller_script
+from tests.test_treatment import SCRIPT, subjects_in
+from tests.test_treatment import remote_numpy as remote_numpy  # a fixture, for the script test
 
 pytestmark = pytest.mark.ssh
 
@@ -244,3 +248,23 @@ def test_a_dropped_link_resumes_the_file_where_it_stopped(host: dict[str, Any],
 
 def test_mirrored_paths_keep_the_callers_absolute_path() -> None:
     assert mirrored("/h/area/", "/home/me/x.txt") == "/h/area/home/me/x.txt"
+
+
+def test_dispatch_script_over_ssh_with_relative_paths(
+        host: dict[str, Any], data: Path, request: pytest.FixtureRequest) -> None:
+    """The new user's first try: relative paths, a host that cannot read the caller's files;
+    each subject is staged to the host, its result comes back here, the copies go."""
+    host = {**host, "python": str(request.getfixturevalue("remote_numpy"))}
+    subjects_in(data / "data")
+    options = [f"{key}={json.dumps(host[key])}"
+               for key in ("hosts", "ssh_config", "python", "stage_dir")]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "data", "--mode", "ssh", "--parts", "2",
+         "--output", "out", "--verify", *(a for o in options for a in ("--option", o))],
+        capture_output=True, text=True, timeout=600, check=False, cwd=data,
+        env={**os.environ, "XDG_STATE_HOME": str(data / "state")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(verified)") == 2, done.stdout
+    assert sorted(os.listdir(data / "out")) == ["sub-example4d_tstats.nii",
+                                                "sub-functional_tstats.nii"]
+    assert areas_left(host) == []
