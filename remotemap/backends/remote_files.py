@@ -86,7 +86,8 @@ class RemoteRun:
 
     def __init__(self, host: str, settings: Mapping[str, Any], function_blob: bytes,
                  options: TaskOptions, staging: HostStaging | None = None, user: int = 0,
-                 stop: Callable[[], bool] = lambda: False) -> None:
+                 stop: Callable[[], bool] = lambda: False,
+                 pending: dict[int, list[TaskFailure]] | None = None) -> None:
         self.host = host
         #: The host's staging area (``send``, ``Staged`` inputs), shared by its runners.
         self.staging = staging
@@ -104,8 +105,10 @@ class RemoteRun:
         self.info: ServerInfo | None = None
         self._reader: _ProcessReader | None = None
         self.server: WorkerServer | None = None
-        #: Tasks of a staged chunk that failed to pickle, reported with the chunk's result.
-        self._pending_failures: dict[int, list[Any]] = {}
+        #: Tasks of a staged chunk that failed to pickle or whose inputs could not be sent,
+        #: reported with the chunk's result; shared by the session's runs (``pending``), so a
+        #: chunk that loses its host and runs elsewhere still reports them.
+        self._pending_failures = pending if pending is not None else {}
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -220,13 +223,12 @@ class RemoteRun:
         chunk.indices = list(runnable.indices)
         chunk.largs = [mine[i][0] for i in runnable.indices]
         chunk.lkwargs = [mine[i][1] for i in runnable.indices]
+        if failures:  # they come back with the chunk's result (see collect), once it has one
+            self._pending_failures.setdefault(chunk.id, []).extend(failures)
         self.connection.put_bytes(self.layout.chunk(chunk.id),
                                   seal_file(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
-        if failures:
-            # The pickling failures come back with the chunk's result (see collect).
-            self._pending_failures[chunk.id] = failures
         return None
 
     def next_done(self, timeout: float) -> tuple[int, str] | None:

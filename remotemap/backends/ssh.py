@@ -26,7 +26,7 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files, remote_dir
 from remotemap.backends.ssh_options import SSH
 from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
-from remotemap.errors import ConfigError
+from remotemap.errors import ConfigError, TaskFailure
 from remotemap.execution import lost_chunk_result, pickle_function
 from remotemap.protocol import new_token
 from remotemap.server_client import WorkerServerGone
@@ -51,6 +51,9 @@ class _Dispatch:
         self._ready = threading.Condition()
         self._attempts: collections.Counter[int] = collections.Counter()
         self.results: queue.Queue[ChunkResult | BaseException | None] = queue.Queue()
+        #: Failures of tasks left out of a chunk when it was staged, by chunk id: they go with
+        #: the chunk's result, from whichever host gives it (see ``RemoteRun.stage``).
+        self.pending: dict[int, list[TaskFailure]] = {}
         self.stop = threading.Event()
 
     def put(self, chunk: Chunk) -> None:
@@ -83,8 +86,10 @@ class _Dispatch:
                 self._attempts[chunk.id] += 1
                 give_up = self._attempts[chunk.id] >= MAX_ATTEMPTS
             if give_up:
-                self.results.put(lost_chunk_result(
-                    chunk, f"was lost {MAX_ATTEMPTS} times ({why})", kind="lost", host=host))
+                result = lost_chunk_result(
+                    chunk, f"was lost {MAX_ATTEMPTS} times ({why})", kind="lost", host=host)
+                result.failures += self.pending.pop(chunk.id, [])
+                self.results.put(result)
             else:
                 self.put(chunk)
 
@@ -124,7 +129,8 @@ class _HostRunner(threading.Thread):
             in_flight: dict[int, Chunk] = {}
             try:
                 with RemoteRun(self.host, self.settings, self.blob, self.options, self.staging,
-                               self.index, self.dispatch.stop.is_set) as remote:
+                               self.index, self.dispatch.stop.is_set,
+                               self.dispatch.pending) as remote:
                     with contextlib.suppress(StagingStopped):  # closing: clean up below
                         self._serve(remote, in_flight)
                     if self.staging is not None:
@@ -289,9 +295,12 @@ class SSHSession(Session):
         if not any(r.chunks_done for r in self.runners) and errors:
             raise errors[0]  # nothing ran anywhere: the reason is the answer
         why = "; ".join(f"{r.host}: {r.error}" for r in self.runners if r.error is not None)
-        return [lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
-                                  kind="lost", host=self.runners[0].host)
-                for chunk in self.dispatch.queued()]
+        results = [lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
+                                     kind="lost", host=self.runners[0].host)
+                   for chunk in self.dispatch.queued()]
+        for result in results:
+            result.failures += self.dispatch.pending.pop(result.chunk_id, [])
+        return results
 
     def close(self) -> None:
         self.dispatch.stop.set()
