@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -270,4 +271,44 @@ def test_dispatch_script_over_ssh_with_relative_paths(
     assert done.stdout.count("(verified)") == 2, done.stdout
     assert sorted(os.listdir(data / "out")) == ["sub-example4d_tstats.nii",
                                                 "sub-functional_tstats.nii"]
+    assert areas_left(host) == []
+
+
+def _cut_the_link_once(path: str, marker: str) -> str:
+    """On the host: the first time, kill this login's sshd process (the link drops)."""
+    marker = os.path.expanduser(marker)
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        pid = os.getppid()
+        while pid > 1:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().startswith("sshd"):
+                    os.kill(pid, signal.SIGKILL)
+                    break
+            pid = int(fields[1])
+    return Path(path).read_text()
+
+
+def _remove(path: str) -> None:
+    os.remove(os.path.expanduser(path))
+
+
+def test_a_task_whose_input_was_not_sent_is_reported_after_its_chunk_moved(
+        host: dict[str, Any], data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A chunk staged without one of its tasks (a missing input) loses its host: the task's
+    failure still comes back with the chunk's result from the next connection."""
+    marker = f"~/{host['stage_dir']}-cut"
+    args = [(Staged("data/missing.txt"), marker), (Staged("data/sub-1.txt"), marker)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="remotemap"), \
+                pytest.raises(RemoteException) as info:
+            remote_map(_cut_the_link_once, args, mode="ssh", chunksize=2, **host)
+    finally:
+        remote_map(_remove, [(marker,)], mode="ssh", **host)
+    assert "unfinished chunk(s) go back to the queue" in caplog.text  # the link did drop
+    assert info.value.failed_indices == [0]
+    assert str(data / "data" / "missing.txt") in info.value.failures[0].message
+    assert info.value.results[1] == "subject 1"  # run again after the link dropped
     assert areas_left(host) == []
