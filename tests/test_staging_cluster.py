@@ -4,6 +4,8 @@ directory (the run directory, ``RUN/staged``) and go with it."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,36 @@ def test_inputs_go_through_the_shared_directory(slurm: dict[str, Any], runs_dir:
             runs.add(runs_dir / relative.parts[0])
     assert len(runs) == 1
     assert not any(os.path.exists(run) for run in runs)  # gone with the run directory
+
+
+def _read_as(path: str) -> tuple[str, str, str]:
+    import getpass
+
+    return path, Path(path).read_text(), getpass.getuser()
+
+
+@pytest.mark.ssh
+def test_inputs_go_to_a_remote_submitting_host_over_ssh(
+        swf: None, slurm_cluster: Any, sshd_host: Any, rmtest_can_submit: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a submitting host reached over SSH, whose user cannot read the caller's files:
+    the inputs are copied over SFTP into the run directory in its shared directory."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # that host lacks the tests
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub.txt").write_text("subject")
+    shared = f".cache/rm-staging-cluster-{os.getpid()}"
+    options = {"mode": "cluster", "scheduler": "slurm", "host": sshd_host.alias,
+               "ssh_config": str(sshd_host.ssh_config), "python": str(rmtest_can_submit),
+               "slurm_conf": str(slurm_cluster.conf_path), "poll_interval": 0.5,
+               "shared_dir": shared, "progress": False}
+    home_runs = Path(sshd_host.user.home) / shared
+    try:
+        [(path, text, user)] = remote_map(_read_as, [(Staged("sub.txt"),)], **options)
+        assert (text, user) == ("subject", "rmtest")  # read by the SSH user: the copy
+        relative = Path(path).relative_to(home_runs)
+        assert relative.parts[1] == "staged" and path.endswith(str(tmp_path / "sub.txt"))
+        assert list(home_runs.iterdir()) == []  # gone with the run directory
+    finally:
+        shutil.rmtree(home_runs, ignore_errors=True)

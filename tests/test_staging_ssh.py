@@ -10,6 +10,7 @@ by tasks on the host, so the fixture can point at a host that shares no files wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,21 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture
-def host(sshd_host: Any, remote_python: Path) -> dict[str, Any]:
-    """The options that reach the test host, with a staging folder of this test's own."""
+def host(sshd_host: Any, remote_python: Path) -> Iterator[dict[str, Any]]:
+    """The options that reach the test host, with a staging folder of this test's own
+    (removed at the end, when the test left it empty)."""
     server = sshd_host  # an isolated host (no shared files): request isolated_ssh_host here
-    return {"hosts": [server.alias], "ssh_config": str(server.ssh_config),
-            "python": str(remote_python), "progress": False,
-            "stage_dir": f".cache/rm-staging-{uuid.uuid4().hex[:8]}"}
+    options: dict[str, Any] = {
+        "hosts": [server.alias], "ssh_config": str(server.ssh_config),
+        "python": str(remote_python), "progress": False,
+        "stage_dir": f".cache/rm-staging-{uuid.uuid4().hex[:8]}"}
+    yield options
+    remote_map(_remove_if_empty, [(options["stage_dir"],)], mode="ssh", **options)
+
+
+def _remove_if_empty(stage_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(os.path.expanduser(f"~/{stage_dir}"))
 
 
 @pytest.fixture
