@@ -58,7 +58,8 @@ def host(sshd_host: Any, remote_python: Path) -> Iterator[dict[str, Any]]:
 
 
 def _remove_if_empty(stage_dir: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    # Hygiene only: the tests that promise removal check it themselves (areas_left).
+    with contextlib.suppress(OSError):
         os.rmdir(os.path.expanduser(f"~/{stage_dir}"))
 
 
