@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from remotemap.executor import Executor, RemoteTraceback, as_completed
     from remotemap.joblib_backend import register_joblib
     from remotemap.run_index import LoadedRun, RunNotFinished, RunSummary, load_run
+    from remotemap.staged import Staged, staged_path
     from remotemap.workflow import (
         DispatchReport,
         GraphError,
@@ -60,6 +61,8 @@ _LAZY: dict[str, str] = {
     "RunNotFinished": "remotemap.run_index",
     "RunSummary": "remotemap.run_index",
     "load_run": "remotemap.run_index",
+    "Staged": "remotemap.staged",
+    "staged_path": "remotemap.staged",
     **{
         name: "remotemap.workflow"
         for name in (
@@ -91,6 +94,7 @@ __all__ = [
     "Result",
     "RunNotFinished",
     "RunSummary",
+    "Staged",
     "TaskFailure",
     "Treatment",
     "Workflow",
@@ -104,6 +108,7 @@ __all__ = [
     "register_joblib",
     "remote_imap",
     "remote_map",
+    "staged_path",
 ]
 
 

@@ -74,6 +74,9 @@ class BuiltinModeOptions(TypedDict, total=False):
     # local, local_with_dumps, ssh; None: the configured value, as joblib's n_jobs=None
     n_jobs: int | None
     chunksize: int
+    # every mode with a section: inputs sent to where the tasks run
+    send: list[str]
+    keep_staged: bool
     # local_with_dumps, ssh
     preload: bool
     # local_with_dumps, cluster
@@ -95,6 +98,7 @@ class BuiltinModeOptions(TypedDict, total=False):
     keep_remote_files: bool
     fetch: list[str]
     fetch_dir: PathLike
+    stage_dir: str
     # cluster
     scheduler: Scheduler
     queue: str

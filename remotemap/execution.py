@@ -12,6 +12,7 @@ import linecache
 import pickle
 import re
 import socket
+import sys
 import traceback
 import types
 from collections import ChainMap
@@ -153,8 +154,12 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     if started is not None:
         started(result)
     ok_indices, values, failures = result.indices, result.values, result.failures
+    # Loaded only by unpickling (or making) a Staged marker: a run without one never pays.
+    staged = sys.modules.get("remotemap.staged")
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
+            if staged is not None:  # inputs still marked here are on this disk already
+                args, kwargs = staged.resolve_here(args, kwargs)
             value = function(*args, **kwargs)
         except BaseException as exc:
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():

@@ -5,7 +5,9 @@
 
 Each subject is split in parts, the parts are processed in parallel, merged, and the merged
 result is written to --output here; subjects are independent, so one that fails (a missing or
-corrupt file) does not stop the others. Prints one line per subject (ok, or failed and why);
+corrupt file) does not stop the others. Each subject file is sent to the host its steps run
+on (remotemap.Staged: paths are made absolute here first), so the hosts need no copy of the
+data; the staged copies are removed at the end. Prints one line per subject (ok, or failed and why);
 exit status 0 when every subject is ok, 1 when one failed, 2 on a usage error.
 
 The default treatment is remotemap.examples.fmri:TemporalStats (each voxel's temporal mean
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,8 +81,10 @@ def load_treatment_class(spec: str) -> Any:
 
 
 def find_subjects(data_dir: Path, pattern: str) -> list[str]:
-    """The subject files, sorted; a dangling link counts (its subject fails, naming it)."""
-    return sorted(str(p) for p in data_dir.glob(pattern) if not p.is_dir())
+    """The subject files as absolute paths (the steps may run on another host, in another
+    directory), sorted; a dangling link counts (its subject fails, naming it)."""
+    folder = Path(os.path.abspath(data_dir))
+    return sorted(str(p) for p in folder.glob(pattern) if not p.is_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dispatch_subjects: error: {exc}", file=sys.stderr)
         return 2
 
+    from remotemap.staged import Staged
     from remotemap.workflow.treatment import dispatch
 
     print(f"dispatching {len(subjects)} subjects from {args.data_dir} "
           f"({type(treatment).__name__}, {args.parts} parts each) on "
           f"{args.mode or 'the configured mode'}", flush=True)
-    report = dispatch(treatment, subjects, args.mode, max_parallel=args.max_parallel,
-                      run_dir=args.run_dir, config=args.config, **options)
+    # Each subject's file goes to the host its steps run on (the identity on local modes).
+    report = dispatch(treatment, [Staged(s) for s in subjects], args.mode,
+                      max_parallel=args.max_parallel, run_dir=args.run_dir, config=args.config,
+                      **options)
     failed = 0
     width = max(len(label) for label in report.subjects)
     for label, outcome in report.subjects.items():

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "remotemap.server_client": 1,
     "remotemap.locks": 1,
     "remotemap.state": 1,
+    "remotemap.staged": 1,
     # 2. Reaching hosts and reading settings.
     "remotemap.ssh": 2,
     "remotemap.config": 2,

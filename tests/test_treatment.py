@@ -245,7 +245,8 @@ def test_dispatch_script_reports_every_subject(tmp_path: Path, state_home: Path)
     assert lines[1:4] == [
         f"{'sub-example4d':<{w}}  ok      {out / 'sub-example4d_tstats.nii'}  (verified)",
         f"{'sub-functional':<{w}}  ok      {out / 'sub-functional_tstats.nii'}  (verified)",
-        f"{'sub-gone':<{w}}  FAILED  split: FileNotFoundError: subject file "
+        # subjects are Staged: a missing one fails before split runs, naming its path
+        f"{'sub-gone':<{w}}  FAILED  split: FileNotFoundError: staged input "
         f"{data / 'sub-gone.nii.gz'} does not exist"]
     assert lines[4].startswith(f"{'sub-junk':<{w}}  FAILED  split: ValueError: subject file "
                                f"{data / 'sub-junk.nii'} is not a readable NIfTI image: ")

@@ -14,10 +14,21 @@ N_JOBS = Key("n_jobs", "int", 0, "worker processes; 0 or -1 = all usable CPUs, -
 PRELOAD = Key("preload", "bool", True,
               "the worker server imports the modules a chunk names before forking its process")
 
+#: Every mode: inputs sent to where the tasks run (here, where tasks share this disk, the
+#: files are already there: nothing is copied), and whether they stay there after the run.
+STAGING = (
+    Key("send", "list[str]", [], "files and directories every task needs, sent to each host "
+        "once (relative = to the caller's directory); tasks find them with "
+        "remotemap.staged_path"),
+    Key("keep_staged", "bool", False,
+        "keep the staged inputs on the hosts after the run, for later runs to reuse"),
+)
+
 LOCAL = Section(
     "local",
     "mode 'local': worker processes on this machine (loky, joblib's executor)",
-    (N_JOBS, Key("chunksize", "int", 0, "tasks per worker batch; 0 = automatic", minimum=0)),
+    (N_JOBS, Key("chunksize", "int", 0, "tasks per worker batch; 0 = automatic", minimum=0),
+     *STAGING),
 )
 
 LOCAL_WITH_DUMPS = Section(
@@ -29,5 +40,6 @@ LOCAL_WITH_DUMPS = Section(
         Key("temp_dir", "str", "", "where the files go; empty = a private temp dir",
             is_path=True),
         PRELOAD,
+        *STAGING,
     ),
 )  # fmt: skip

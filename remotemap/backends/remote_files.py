@@ -15,12 +15,12 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotemap.backends.base import TaskOptions
-from remotemap.errors import ConfigError, FailureKind, RemotemapError, TamperedFile
+from remotemap.errors import ConfigError, FailureKind, RemotemapError, TamperedFile, TaskFailure
 from remotemap.execution import lost_chunk_result, tail
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -36,6 +36,10 @@ from remotemap.protocol import (
 from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
 from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import OUTCOME_UNWRITABLE_EXIT
+
+if TYPE_CHECKING:
+    from remotemap.backends.staging import HostStaging
+    from remotemap.backends.staging_targets import SSHTarget
 
 log = logging.getLogger("remotemap")
 
@@ -81,8 +85,14 @@ class RemoteRun:
     """Context manager: connect, make the private run directory, start the worker server."""
 
     def __init__(self, host: str, settings: Mapping[str, Any], function_blob: bytes,
-                 options: TaskOptions) -> None:
+                 options: TaskOptions, staging: HostStaging | None = None, user: int = 0,
+                 stop: Callable[[], bool] = lambda: False,
+                 pending: dict[int, list[TaskFailure]] | None = None) -> None:
         self.host = host
+        #: The host's staging area (``send``, ``Staged`` inputs), shared by its runners.
+        self.staging = staging
+        self.staging_user = user
+        self.stop = stop
         self.options = options
         self.settings = settings
         self.function_blob = function_blob
@@ -95,8 +105,10 @@ class RemoteRun:
         self.info: ServerInfo | None = None
         self._reader: _ProcessReader | None = None
         self.server: WorkerServer | None = None
-        #: Tasks of a staged chunk that failed to pickle, reported with the chunk's result.
-        self._pending_failures: dict[int, list[Any]] = {}
+        #: Tasks of a staged chunk that failed to pickle or whose inputs could not be sent,
+        #: reported with the chunk's result; shared by the session's runs (``pending``), so a
+        #: chunk that loses its host and runs elsewhere still reports them.
+        self._pending_failures = pending if pending is not None else {}
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -137,8 +149,11 @@ class RemoteRun:
         from remotemap.ssh.safety import expand_remote_home
 
         python = expand_remote_home(conn, self.settings.get("python") or "python3")
+        variables = dict(self.options.env)
+        if self.staging is not None:  # where the tasks find what was sent
+            variables.update(self.staging.open(self.target(), self.staging_user, self.stop))
         # Environment variables for the tasks: set on the server, so its imports see them too.
-        env = [f"{name}={value}" for name, value in self.options.env.items()]
+        env = [f"{name}={value}" for name, value in variables.items()]
         argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
@@ -167,6 +182,12 @@ class RemoteRun:
         log.debug("ssh host %s ready: python %s, %d CPUs, run directory %s", self.host,
                   self.info.python_version, self.info.cpus, root)
 
+    def target(self) -> SSHTarget:
+        """This connection as the place staged inputs go."""
+        from remotemap.backends.staging_targets import SSHTarget
+
+        return SSHTarget(self.connection)
+
     def _stderr_after_exit(self) -> str:
         """The server's stderr once it has exited (its last bytes may trail its stdout's end)."""
         with contextlib.suppress(Exception):
@@ -186,19 +207,28 @@ class RemoteRun:
     def stage(self, chunk: Chunk) -> ChunkResult | None:
         """Upload the chunk and start it; tasks whose arguments cannot be pickled fail here."""
         assert self.layout is not None and self.server is not None
-        runnable, data, failures = encode_runnable(self.token, chunk)
+        sendable, not_sent = chunk, list[TaskFailure]()
+        if self.staging is not None:  # inputs go first; the chunk names their copies
+            sendable, not_sent = self.staging.localize(self.target(), chunk, self.stop)
+            if not sendable.indices:
+                return ChunkResult(chunk.id, failures=not_sent)
+        runnable, data, failures = encode_runnable(self.token, sendable)
+        failures += not_sent
         if data is None:
             return ChunkResult(chunk.id, failures=failures)
-        # The host reports on the tasks it ran; the caller's chunk must say the same.
-        chunk.indices, chunk.largs, chunk.lkwargs = (runnable.indices, runnable.largs,
-                                                     runnable.lkwargs)
+        # The host reports on the tasks it ran; the caller's chunk must say the same (with
+        # its own arguments: a chunk given back may go to another host, staged anew there).
+        mine = {i: (a, k) for i, a, k in zip(chunk.indices, chunk.largs, chunk.lkwargs,
+                                              strict=True)}
+        chunk.indices = list(runnable.indices)
+        chunk.largs = [mine[i][0] for i in runnable.indices]
+        chunk.lkwargs = [mine[i][1] for i in runnable.indices]
+        if failures:  # they come back with the chunk's result (see collect), once it has one
+            self._pending_failures.setdefault(chunk.id, []).extend(failures)
         self.connection.put_bytes(self.layout.chunk(chunk.id),
                                   seal_file(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
-        if failures:
-            # The pickling failures come back with the chunk's result (see collect).
-            self._pending_failures[chunk.id] = failures
         return None
 
     def next_done(self, timeout: float) -> tuple[int, str] | None:

@@ -14,6 +14,7 @@ counted twice. A chunk that has lost its host ``MAX_ATTEMPTS`` times fails as ``
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -24,8 +25,10 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.remote_files import RemoteRun, fetch_task_files, remote_dir
 from remotemap.backends.ssh_options import SSH
-from remotemap.errors import ConfigError
+from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
+from remotemap.errors import ConfigError, TaskFailure
 from remotemap.execution import lost_chunk_result, pickle_function
+from remotemap.protocol import new_token
 from remotemap.server_client import WorkerServerGone
 from remotemap.ssh.lib import import_paramiko_quietly
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
@@ -48,6 +51,9 @@ class _Dispatch:
         self._ready = threading.Condition()
         self._attempts: collections.Counter[int] = collections.Counter()
         self.results: queue.Queue[ChunkResult | BaseException | None] = queue.Queue()
+        #: Failures of tasks left out of a chunk when it was staged, by chunk id: they go with
+        #: the chunk's result, from whichever host gives it (see ``RemoteRun.stage``).
+        self.pending: dict[int, list[TaskFailure]] = {}
         self.stop = threading.Event()
 
     def put(self, chunk: Chunk) -> None:
@@ -80,8 +86,10 @@ class _Dispatch:
                 self._attempts[chunk.id] += 1
                 give_up = self._attempts[chunk.id] >= MAX_ATTEMPTS
             if give_up:
-                self.results.put(lost_chunk_result(
-                    chunk, f"was lost {MAX_ATTEMPTS} times ({why})", kind="lost", host=host))
+                result = lost_chunk_result(
+                    chunk, f"was lost {MAX_ATTEMPTS} times ({why})", kind="lost", host=host)
+                result.failures += self.pending.pop(chunk.id, [])
+                self.results.put(result)
             else:
                 self.put(chunk)
 
@@ -90,7 +98,8 @@ class _HostRunner(threading.Thread):
     """Runs chunks on one host until the queue is empty, reconnecting if the link drops."""
 
     def __init__(self, index: int, host: str, settings: Mapping[str, Any], blob: bytes,
-                 dispatch: _Dispatch, options: TaskOptions) -> None:
+                 dispatch: _Dispatch, options: TaskOptions,
+                 staging: SessionStaging | None = None) -> None:
         super().__init__(name=f"remotemap-ssh-{host}", daemon=True)
         self.index = index
         self.host = host
@@ -100,12 +109,15 @@ class _HostRunner(threading.Thread):
         self.options = options
         self.error: BaseException | None = None
         self.chunks_done = 0
+        self.staging = staging.host(host) if staging is not None else None
 
     def run(self) -> None:
         try:
             self._run()
         finally:  # however it ended, this host is no longer one the others can count on
             self.dispatch.leave(self.index)
+            if self.staging is not None:  # left by a lost link: the others may clean up
+                self.staging.release(self.index, None)
 
     def _run(self) -> None:
         from paramiko import SSHException
@@ -116,8 +128,13 @@ class _HostRunner(threading.Thread):
         while not self.dispatch.stop.is_set():
             in_flight: dict[int, Chunk] = {}
             try:
-                with RemoteRun(self.host, self.settings, self.blob, self.options) as remote:
-                    self._serve(remote, in_flight)
+                with RemoteRun(self.host, self.settings, self.blob, self.options, self.staging,
+                               self.index, self.dispatch.stop.is_set,
+                               self.dispatch.pending) as remote:
+                    with contextlib.suppress(StagingStopped):  # closing: clean up below
+                        self._serve(remote, in_flight)
+                    if self.staging is not None:
+                        self.staging.release(self.index, remote.target())
                 return
             except (HostKeyError, AuthenticationFailed) as exc:
                 self.error = exc  # no retry can fix these, and no other host should cover
@@ -210,17 +227,20 @@ class SSHBackend(Backend):
 
     def open(self, function: Callable[..., Any], options: TaskOptions) -> SSHSession:
         remote_dir(self.settings)  # refused before any host is reached
-        return SSHSession(self.hosts, self.settings, pickle_function(function), options)
+        return SSHSession(self.hosts, self.settings, pickle_function(function), options,
+                          SessionStaging(staging_plan(self.settings, new_token())))
 
 
 class SSHSession(Session):
     """One thread (and connection) per host, all drawing chunks from one queue."""
 
     def __init__(self, hosts: list[str], settings: Mapping[str, Any], blob: bytes,
-                 options: TaskOptions) -> None:
+                 options: TaskOptions, staging: SessionStaging | None = None) -> None:
         self.capacity = max(8, 4 * len(hosts) * int(settings.get("n_jobs") or 2))
         self.dispatch = _Dispatch(hosts)
-        self.runners = [_HostRunner(i, h, settings, blob, self.dispatch, options)
+        #: The staging areas of the session's hosts (``send``, ``Staged`` inputs).
+        self.staging = staging
+        self.runners = [_HostRunner(i, h, settings, blob, self.dispatch, options, staging)
                         for i, h in enumerate(hosts)]
         self._outstanding = 0
         for runner in self.runners:
@@ -275,9 +295,12 @@ class SSHSession(Session):
         if not any(r.chunks_done for r in self.runners) and errors:
             raise errors[0]  # nothing ran anywhere: the reason is the answer
         why = "; ".join(f"{r.host}: {r.error}" for r in self.runners if r.error is not None)
-        return [lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
-                                  kind="lost", host=self.runners[0].host)
-                for chunk in self.dispatch.queued()]
+        results = [lost_chunk_result(chunk, f"could not run: no SSH host left ({why})",
+                                     kind="lost", host=self.runners[0].host)
+                   for chunk in self.dispatch.queued()]
+        for result in results:
+            result.failures += self.dispatch.pending.pop(result.chunk_id, [])
+        return results
 
     def close(self) -> None:
         self.dispatch.stop.set()

@@ -6,7 +6,7 @@ importing the ssh backend or paramiko.
 
 from __future__ import annotations
 
-from remotemap.backends.local_options import PRELOAD
+from remotemap.backends.local_options import PRELOAD, STAGING
 from remotemap.config.declarations import Key, Section
 
 #: How hosts are found and trusted, the same for [ssh] hosts and a [cluster] submitting host.
@@ -41,5 +41,8 @@ SSH = Section(
             "glob patterns of files tasks write in their working directory, copied back"),
         Key("fetch_dir", "str", "remotemap-files",
             "local directory the fetched files go to, one subdirectory per task", is_path=True),
+        *STAGING,
+        Key("stage_dir", "str", ".cache/remotemap/staged",
+            "where staged inputs go on the hosts (relative = under the remote home)"),
     ),
 )  # fmt: skip

@@ -5,10 +5,13 @@ computes each voxel's mean and variance over time per slab, merges the slabs int
 (x, y, z, 2: mean then variance) written with nibabel, and fetches it into ``output_dir``.
 :func:`temporal_stats` is the same computation in one piece, to check the result against.
 
-The parts travel as values (through the caller) by default, which works on every mode and
-host. With ``scratch`` (a directory every worker sees, as on a cluster's shared disk), the
-split writes the slabs there instead and each part is only a file name; ``clean`` removes the
-subject's scratch files once its result is home, or after a failure.
+Subjects may be given as paths or as :class:`remotemap.Staged` paths: then each subject's
+file is sent to the host its steps run on (``split`` reads the copy), while ``label`` and
+``fetch``, here, see the caller's path. The parts travel as values (through the caller) by
+default, which works on every mode and host. With ``scratch`` (a directory every worker
+sees, as on a cluster's shared disk), the split writes the slabs there instead and each part
+is only a file name; ``clean`` removes the subject's scratch files once its result is home,
+or after a failure.
 
 Needs numpy and nibabel where the steps run (``pip install nibabel``).
 """
@@ -106,7 +109,11 @@ def _stem(path: str) -> str:
     return name
 
 
-class TemporalStats(Treatment[str, Slab, SlabStats, bytes]):
+#: A subject: its file's path, or the path wrapped in remotemap.Staged to send it to the hosts.
+Subject = str | os.PathLike[str]
+
+
+class TemporalStats(Treatment[Subject, Slab, SlabStats, bytes]):
     """Temporal mean and variance of a 4-D image, ``n_parts`` slabs of slices at a time."""
 
     def __init__(self, n_parts: int = 4, output_dir: str | os.PathLike[str] = ".",
@@ -117,13 +124,13 @@ class TemporalStats(Treatment[str, Slab, SlabStats, bytes]):
         self.output_dir = os.path.abspath(output_dir)
         self.scratch = os.path.abspath(scratch) if scratch is not None else None
 
-    def label(self, subject: str) -> str:
+    def label(self, subject: Subject) -> str:
         return _stem(os.fspath(subject))
 
-    def output_path(self, subject: str) -> str:
+    def output_path(self, subject: Subject) -> str:
         return os.path.join(self.output_dir, f"{self.label(subject)}_tstats.nii")
 
-    def scratch_dir(self, subject: str) -> str | None:
+    def scratch_dir(self, subject: Subject) -> str | None:
         """This subject's scratch directory (named after the file and its full path, so two
         subjects with the same file name in different folders do not meet)."""
         if self.scratch is None:
@@ -131,7 +138,7 @@ class TemporalStats(Treatment[str, Slab, SlabStats, bytes]):
         digest = hashlib.sha256(os.path.abspath(subject).encode()).hexdigest()[:10]
         return os.path.join(self.scratch, f"{self.label(subject)}-{digest}")
 
-    def split(self, subject: str) -> list[Slab]:
+    def split(self, subject: Subject) -> list[Slab]:
         data, affine = load_4d(subject)
         # n_parts slabs even when there are fewer slices: a slab may be empty.
         bounds = np.linspace(0, data.shape[2], self.n_parts + 1).astype(int)
@@ -143,18 +150,18 @@ class TemporalStats(Treatment[str, Slab, SlabStats, bytes]):
             voxels = np.ascontiguousarray(data[:, :, start:stop, :])
             z = (int(start), int(stop))
             if where is None:
-                slabs.append(Slab(subject, index, z, affine, data=voxels))
+                slabs.append(Slab(os.fspath(subject), index, z, affine, data=voxels))
                 continue
             path = os.path.join(where, f"slab-{index}.npy")
             np.save(path, voxels)
-            slabs.append(Slab(subject, index, z, affine, path=path))
+            slabs.append(Slab(os.fspath(subject), index, z, affine, path=path))
         return slabs
 
     def process(self, part: Slab) -> SlabStats:
         mean, variance = stats(part.load())
         return SlabStats(part.index, part.z, part.affine, mean, variance)
 
-    def merge(self, subject: str, results: list[SlabStats]) -> bytes:
+    def merge(self, subject: Subject, results: list[SlabStats]) -> bytes:
         ordered = sorted(results, key=lambda r: r.index)
         mean = np.concatenate([r.mean for r in ordered], axis=2)
         variance = np.concatenate([r.variance for r in ordered], axis=2)
@@ -163,18 +170,18 @@ class TemporalStats(Treatment[str, Slab, SlabStats, bytes]):
         data: bytes = image.to_bytes()
         return data
 
-    def fetch(self, subject: str, merged: bytes) -> str:
+    def fetch(self, subject: Subject, merged: bytes) -> str:
         os.makedirs(self.output_dir, exist_ok=True)
         path = self.output_path(subject)
         write_atomic(path, merged, mode=0o644)
         return path
 
-    def clean(self, subject: str) -> None:
+    def clean(self, subject: Subject) -> None:
         where = self.scratch_dir(subject)
         if where is not None:
             shutil.rmtree(where, ignore_errors=True)
 
-    def verify(self, subject: str, output: str | os.PathLike[str]) -> None:
+    def verify(self, subject: Subject, output: str | os.PathLike[str]) -> None:
         """Raise AssertionError unless ``output`` equals the one-piece computation exactly."""
         image: Any = nibabel.load(os.fspath(output))
         got = np.asanyarray(image.dataobj)

@@ -177,6 +177,11 @@ def dispatch(treatment: Treatment[SubjectT, Any, Any, Any],
     ``subjects`` is a mapping ``label -> subject`` or an iterable of subjects (labelled by
     ``treatment.label``). The other arguments are :meth:`Workflow.run`'s; with ``run_dir``,
     dispatching again runs only the subjects' steps that did not finish.
+
+    A subject that is a file (or holds some) reaches hosts that do not share the caller's
+    disk when wrapped in :class:`remotemap.Staged`: each step then receives the copy on the
+    host it runs on, ``fetch`` (here) the caller's path, and the copies are removed at the end
+    (see ``docs/staging.md``; ``send=[...]`` sends files every step needs).
     """
     pairs = list(subjects.items()) if isinstance(subjects, Mapping) \
         else [(treatment.label(s), s) for s in subjects]

@@ -7,6 +7,7 @@ object.
 
 from __future__ import annotations
 
+from remotemap.backends.local_options import STAGING
 from remotemap.backends.ssh_options import HOST_CHECKING
 from remotemap.config.declarations import Key, Section
 
@@ -40,5 +41,6 @@ CLUSTER = Section(
         Key("poll_interval", "float", 1.0, "seconds between two job-state queries (sacct...)",
             minimum=0.1),
         Key("keep_files", "bool", False, "keep the run directory after the run"),
+        *STAGING,
     ),
 )  # fmt: skip

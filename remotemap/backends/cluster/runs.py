@@ -30,7 +30,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import ClusterError, RunFiles
@@ -60,6 +60,10 @@ from remotemap.protocol import (
     unseal_file,
 )
 from remotemap.tasks import Chunk
+
+if TYPE_CHECKING:
+    from remotemap.backends.staging import HostStaging
+    from remotemap.backends.staging_targets import Target
 
 log = logging.getLogger("remotemap")
 
@@ -92,6 +96,8 @@ class ClusterRun:
         #: Whether tasks whose job never reached them go to a new round. A workflow's run
         #: says no: there, a job not run was held back by a failed prerequisite.
         self.requeue = True
+        #: Where the tasks' staged inputs go, and how (``session.stage_inputs``).
+        self.staging: tuple[HostStaging, Target] | None = None
 
     # -- making and reopening -----------------------------------------------------------------
     @classmethod
@@ -165,8 +171,13 @@ class ClusterRun:
         failures: list[TaskFailure] = []
         files: list[tuple[int, int]] = []
         for file, index, args, kwargs in tasks:
-            _, data, unpicklable = encode_runnable(self.token,
-                                                   Chunk(file, [index], [args], [kwargs]))
+            chunk = Chunk(file, [index], [args], [kwargs])
+            if self.staging is not None:  # the inputs first; the task names their copies
+                chunk, not_sent = self.staging[0].localize(self.staging[1], chunk, _never)
+                failures += not_sent
+                if not chunk.indices:
+                    continue
+            _, data, unpicklable = encode_runnable(self.token, chunk)
             failures += unpicklable
             if data is not None:
                 blobs[chunk_name(file)] = seal_file(self.key, chunk_name(file), data)
@@ -391,3 +402,6 @@ class ClusterRun:
     def outcome_count(self) -> int:
         return len([n for n in self.files.listdir("outcomes") if n.endswith(".pkl")])
 
+
+def _never() -> bool:
+    return False  # staging for a cluster run is never stopped half-way by a closing session

@@ -70,6 +70,7 @@ def create_run(settings: dict[str, Any], blob: bytes, *, function: str,
             env.setdefault(SYS_PATH_ENV, json.dumps(sys.path))
         run = ClusterRun.create(files, run_id, settings, blob, function=function, env=env,
                                 n_tasks=n_tasks)
+        stage_inputs(run, settings)
     except BaseException:
         files.close()
         raise
@@ -77,6 +78,22 @@ def create_run(settings: dict[str, Any], blob: bytes, *, function: str,
               "function": function, "n_tasks": n_tasks, "created": time.time(),
               "detached": detached, "pid": os.getpid()})
     return run
+
+
+def stage_inputs(run: ClusterRun, settings: Mapping[str, Any]) -> None:
+    """Inputs go through the submitting host's shared directory: the run-wide ones now, each
+    task's own when it is staged (``ClusterRun.stage``); the jobs learn where from their
+    environment."""
+    from remotemap.backends.cluster.files import SSHFiles
+    from remotemap.backends.staging import HostStaging, cluster_plan, never
+    from remotemap.backends.staging_targets import LocalTarget, SSHTarget, Target
+
+    files = run.files
+    target: Target = SSHTarget(files.connection) if isinstance(files, SSHFiles) \
+        else LocalTarget()
+    staging = HostStaging(files.label, cluster_plan(settings, files.root))
+    run.env.update(staging.open(target, 0, never))
+    run.staging = (staging, target)
 
 
 # -- the backend --------------------------------------------------------------------------------

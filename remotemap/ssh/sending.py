@@ -1,0 +1,119 @@
+"""Whole files between this side and a host, for staging: send one (resuming a part that
+already arrived), fetch one, and ask what the host holds.
+
+Kept apart from :mod:`remotemap.ssh.connection` so the transfer itself can change there
+without touching what staging asks of it: these are the only calls staging makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+from remotemap.ssh.quoting import remote_path
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from remotemap.ssh.connection import Connection
+
+#: Bytes read from the local file per SFTP write (writes are pipelined).
+BLOCK = 1 << 20
+
+
+def remote_state(conn: Connection, path: str) -> tuple[int, int] | None:
+    """``(size, mtime)`` of the remote regular file ``path``; None if there is none."""
+    target = remote_path(path)
+    with conn._link_errors(f"stat {target}"), conn._sftp_lock:
+        try:
+            attrs = conn.sftp().stat(target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise conn._file_error(exc, target) from exc
+    if not stat.S_ISREG(attrs.st_mode or 0):
+        return None
+    return int(attrs.st_size or 0), int(attrs.st_mtime or 0)
+
+
+def part_name(path: str, size: int, mtime_ns: int) -> str:
+    """Where ``path`` is written until it is whole, named after the local file's size and
+    mtime, so a later attempt resumes only a part of the very same version of the file."""
+    return f"{path}.part-{size}-{mtime_ns}"
+
+
+def send_file(conn: Connection, local: str, path: str, *,
+              progress: Callable[[int], None] | None = None) -> int:
+    """Copy the local file ``local`` to ``path`` on the host; the bytes sent.
+
+    The bytes go to a part file first, renamed over ``path`` once whole and given the local
+    file's mtime (so :func:`remote_state` can tell it is unchanged). A part left by a dropped
+    link, for the same size and mtime of the local file, is resumed from its size: what
+    arrived is not sent again. The local file is opened before anything happens on the host,
+    so an OSError naming ``local`` is this side's (missing, unreadable); the host's errors
+    name ``host:path``. ``progress(n)`` is called with the bytes sent so far after each
+    block (it may raise, to stop the transfer)."""
+    target = remote_path(path)
+    with open(local, "rb") as source:
+        info = os.fstat(source.fileno())
+        part = part_name(target, info.st_size, info.st_mtime_ns)
+        with conn._link_errors(f"upload of {local} to {target}"), conn._sftp_lock:
+            sftp = conn.sftp()
+            try:
+                sent = _write_part(sftp, source, part, info.st_size, progress)
+                sftp.utime(part, (int(info.st_atime), int(info.st_mtime)))
+                sftp.posix_rename(part, target)
+            except OSError as exc:
+                raise conn._file_error(exc, target) from exc
+    return sent
+
+
+def _write_part(sftp: paramiko.SFTPClient, source: BinaryIO, part: str, size: int,
+                progress: Callable[[int], None] | None) -> int:
+    """Append to ``part`` what it lacks of ``source`` (a part longer than the file, which
+    cannot be a prefix of it, is started again)."""
+    try:
+        offset = int(sftp.stat(part).st_size or 0)
+    except FileNotFoundError:
+        offset = 0
+    if offset > size:
+        offset = 0
+    with sftp.open(part, "r+b" if offset else "wb") as f:
+        f.chmod(0o600)
+        f.set_pipelined(True)
+        f.seek(offset)
+        source.seek(offset)
+        sent = 0
+        while True:
+            block = source.read(BLOCK)
+            if not block:
+                break
+            f.write(block)
+            sent += len(block)
+            if progress is not None:
+                progress(sent)
+    return sent
+
+
+def fetch_file(conn: Connection, path: str, local: str) -> int:
+    """Copy the remote file ``path`` to ``local`` (written whole or not at all); its size."""
+    target = remote_path(path)
+    folder, name = os.path.split(os.path.abspath(local))
+    temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    with conn._link_errors(f"download of {target}"), conn._sftp_lock:
+        try:
+            with open(temp, "wb") as sink:
+                conn.sftp().getfo(target, sink)
+            size = os.path.getsize(temp)
+            os.replace(temp, local)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            if exc.filename in (temp, local):
+                raise
+            raise conn._file_error(exc, target) from exc
+    return size

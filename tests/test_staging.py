@@ -1,0 +1,77 @@
+"""Staging inputs where tasks share this disk (serial, local, local_with_dumps): the same API as
+over SSH, and the identity: a ``Staged`` argument is the file's absolute path, ``staged_path``
+finds a ``send`` file under its relative name, and a missing input fails its task alone."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remotemap import Mode, RemoteException, Staged, remote_map, staged_path
+from remotemap.staged import replace_staged
+
+LOCAL_MODES = ["serial", "local", "local_with_dumps"]
+
+
+def _read(path: Any) -> tuple[str, str, str]:
+    return type(path).__name__, os.fspath(path), Path(path).read_text()
+
+
+def _read_sent(name: str) -> str:
+    return Path(staged_path(name)).read_text()
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        (tmp_path / "data" / f"sub-{i}.txt").write_text(f"subject {i}")
+    (tmp_path / "atlas.txt").write_text("atlas")
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", LOCAL_MODES)
+def test_a_staged_argument_is_the_absolute_path_here(mode: Mode, data: Path) -> None:
+    args = [(Staged(f"data/sub-{i}.txt"),) for i in range(2)] + [(Staged(Path("atlas.txt")),)]
+    got = remote_map(_read, args, mode=mode, progress=False)
+    assert got == [("str", str(data / f"data/sub-{i}.txt"), f"subject {i}") for i in range(2)] \
+        + [("PosixPath", str(data / "atlas.txt"), "atlas")]
+
+
+@pytest.mark.parametrize("mode", LOCAL_MODES)
+def test_send_files_are_found_by_their_relative_names(mode: Mode, data: Path) -> None:
+    options: dict[str, Any] = {} if mode == "serial" else {"send": ["atlas.txt", "data"]}
+    got = remote_map(_read_sent, [("atlas.txt",), ("data/sub-2.txt",)], mode=mode,
+                     progress=False, **options)
+    assert got == ["atlas", "subject 2"]
+
+
+@pytest.mark.parametrize("mode", LOCAL_MODES)
+def test_a_missing_input_fails_its_task_only_naming_the_path(mode: Mode, data: Path) -> None:
+    args = [(Staged("data/sub-0.txt"),), (Staged("data/nope.txt"),), (Staged("data/sub-1.txt"),)]
+    with pytest.raises(RemoteException) as info:
+        remote_map(_read, args, mode=mode, progress=False)
+    assert info.value.failed_indices == [1]
+    assert str(data / "data" / "nope.txt") in info.value.failures[0].message
+    assert info.value.results[2] == ("str", str(data / "data/sub-1.txt"), "subject 1")
+
+
+def test_staged_path_names_what_was_not_sent(data: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt was not staged"):
+        staged_path("nope.txt")
+
+
+def test_the_marker_pickles_and_is_replaced_inside_containers(data: Path) -> None:
+    marker = Staged(Path("data/sub-0.txt"))
+    again = pickle.loads(pickle.dumps(marker))
+    assert again == marker and again.as_path and os.fspath(again) == str(data / "data/sub-0.txt")
+    value = {"a": [marker, 1], "b": (2, {"c": marker})}
+    replaced = replace_staged(value, lambda s: "X")
+    assert replaced == {"a": ["X", 1], "b": (2, {"c": "X"})}
+    untouched = {"a": [1, 2]}
+    assert replace_staged(untouched, lambda s: "X") is untouched
