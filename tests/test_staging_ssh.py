@@ -1,11 +1,10 @@
 """Staging inputs on a real SSH host: sent once per host, found by the tasks, skipped when
 unchanged, resumed after a dropped link, removed after success, failure and Ctrl-C.
 
-The host comes from one fixture, :func:`host`. On the loopback sshd the tasks run as another
-user, who cannot read the caller's files (pytest's directories are private to root): a task
-that reads an input proves it reads the staged copy. Every check of the host's side is made
-by tasks on the host, so the fixture can point at a host that shares no files with the caller
-(``isolated_ssh_host``) without other changes.
+The host comes from one fixture, :func:`host`: the isolated host (``isolated_ssh_host``),
+whose files are not the caller's (the caller's paths do not exist there), so a task that reads
+an input proves it reads the staged copy. Every check of the host's side is made by tasks on
+the host.
 """
 
 from __future__ import annotations
@@ -34,9 +33,9 @@ from remotemap.backends.staging_targets import SSHTarget
 from remotemap.ssh import Connection, SSHError, connection_options
 from remotemap.ssh.sending import fetch_file
 from remotemap.staged import STAGED_ROOT_ENV, mirrored
+from tests.isolated_fixtures import IsolatedSSHHost
 from tests.test_interrupt import _signal_when_running, caller_script
 from tests.test_treatment import SCRIPT, subjects_in
-from tests.test_treatment import remote_numpy as remote_numpy  # a fixture, for the script test
 
 pytestmark = pytest.mark.ssh
 
@@ -45,13 +44,12 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture
-def host(sshd_host: Any, remote_python: Path) -> Iterator[dict[str, Any]]:
-    """The options that reach the test host, with a staging folder of this test's own
-    (removed at the end, when the test left it empty)."""
-    server = sshd_host  # an isolated host (no shared files): request isolated_ssh_host here
+def host(isolated_ssh_host: IsolatedSSHHost) -> Iterator[dict[str, Any]]:
+    """The options that reach the isolated test host (none of the caller's files are there),
+    with a staging folder of this test's own (removed at the end, when the test left it
+    empty)."""
     options: dict[str, Any] = {
-        "hosts": [server.alias], "ssh_config": str(server.ssh_config),
-        "python": str(remote_python), "progress": False,
+        **isolated_ssh_host.options(), "progress": False,
         "stage_dir": f".cache/rm-staging-{uuid.uuid4().hex[:8]}"}
     yield options
     remote_map(_remove_if_empty, [(options["stage_dir"],)], mode="ssh", **options)
@@ -266,13 +264,12 @@ def test_mirrored_paths_keep_the_callers_absolute_path() -> None:
 
 
 def test_dispatch_script_over_ssh_with_relative_paths(
-        host: dict[str, Any], data: Path, request: pytest.FixtureRequest) -> None:
+        host: dict[str, Any], data: Path) -> None:
     """The new user's first try: relative paths, a host that cannot read the caller's files;
     each subject is staged to the host, its result comes back here, the copies go."""
-    host = {**host, "python": str(request.getfixturevalue("remote_numpy"))}
     subjects_in(data / "data")
     options = [f"{key}={json.dumps(host[key])}"
-               for key in ("hosts", "ssh_config", "python", "stage_dir")]
+               for key in ("hosts", "ssh_config", "python", "remote_dir", "stage_dir")]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "data", "--mode", "ssh", "--parts", "2",
          "--output", "out", "--verify", *(a for o in options for a in ("--option", o))],

@@ -29,6 +29,9 @@ from tests.infra.system import SYSTEM_PYTHON, run
 
 #: Where the host's venv is, inside the host (and nowhere on the caller's side).
 HOST_PYTHON_DIR = Path("/opt/remotemap-host")
+#: Beyond remotemap's own dependencies: what the fMRI example's steps import (the versions
+#: this process has, from constraints.txt: a numpy array pickled by numpy 2 needs numpy 2).
+HOST_EXTRAS = ("numpy", "nibabel")
 #: The venvs, one per digest, kept across test sessions.
 CACHE_DIR = Path(os.environ.get("REMOTEMAP_TEST_CACHE")
                  or Path.home() / ".cache" / "remotemap-tests") / "isolated-host"  # fmt: skip
@@ -83,6 +86,7 @@ def wheel_digest(wheel: Path, constraints: Path | None) -> str:
         for name in sorted(archive.namelist()):
             digest.update(name.encode() + b"\0" + archive.read(name) + b"\0")
     digest.update(constraints.read_bytes() if constraints else b"newest")
+    digest.update(" ".join(HOST_EXTRAS).encode())
     return digest.hexdigest()
 
 
@@ -136,7 +140,7 @@ def _make_venv(venv: Path, pins: list[str]) -> None:
     commands = [
         [SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(HOST_PYTHON_DIR)],
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-input", *pins, str(dist / wheel)],
+         "--no-input", *pins, str(dist / wheel), *HOST_EXTRAS],
         # -I: without the environment and the current directory, as the host will run it.
         [str(python), "-I", "-c", f"import remotemap; assert remotemap.__file__.startswith("
          f"{str(HOST_PYTHON_DIR / 'lib')!r}), remotemap.__file__"],
