@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import linecache
+import os
 import pickle
 import re
 import socket
@@ -16,6 +17,7 @@ import traceback
 import types
 from collections import ChainMap
 from collections.abc import Callable
+from time import time
 from typing import Any, ClassVar
 
 import cloudpickle
@@ -98,6 +100,12 @@ def this_host() -> str:
     return _HOST
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process, as a chunk's result names who ran it (read each time, not
+    at import: forked workers share this module)."""
+    return f"{_HOST}:{os.getpid()}"
+
+
 def failure_from_exception(
     index: int, exc: BaseException, *, kind: FailureKind = "exception", host: str | None = None
 ) -> TaskFailure:
@@ -146,18 +154,22 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     ``interrupted()`` says whether one arrived (given by the caller's own process, where Ctrl-C
     must stop the run; a worker process leaves it None).
     """
-    result = ChunkResult(chunk.id)
+    result = ChunkResult(chunk.id, worker=worker_id())
     ok_indices, values, failures = result.indices, result.values, result.failures
+    timings = result.timings
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
+        start = time()
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
+            timings[index] = (start, time())
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
                 raise
             # Drop this frame: the traceback should start in the user's function.
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             failures.append(failure_from_exception(index, exc))
         else:
+            timings[index] = (start, time())
             ok_indices.append(index)
             values.append(value)
     return result
@@ -165,7 +177,8 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
 
 def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
     """Every task of ``chunk`` failed with ``exc`` (the function could not even be loaded)."""
-    return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices])
+    return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices],
+                       worker=worker_id())
 
 
 #: Result types that every Python can load: a chunk of only these goes as one pickle.

@@ -108,6 +108,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="List the runs stored with remote_map(..., run_dir=...) and where they "
         f"are ({state_dir('runs')}). Exit status 1 when their index is not safe to read.")
     runs.set_defaults(handler=cmd_runs)
+    from remotemap.cli import runs_plot
+
+    runs_plot.register(runs.add_subparsers(title="commands", metavar="COMMAND"), common)
     retry = subparsers.add_parser(
         "retry", parents=[common], help="rerun the failed and unfinished tasks of a run",
         description="Rerun the tasks of a stored run that failed or never finished, with the "
