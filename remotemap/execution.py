@@ -156,23 +156,50 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     """
     result = ChunkResult(chunk.id, worker=worker_id())
     ok_indices, values, failures = result.indices, result.values, result.failures
-    timings = result.timings
+    ends, marks = result.ends, result.marks  # see ChunkResult.ends
+    last = result.starts[0] = time()
+    stride = countdown = 1
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
-        start = time()
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
-            timings[index] = (start, time())
+            end = time()
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
                 raise
             # Drop this frame: the traceback should start in the user's function.
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             failures.append(failure_from_exception(index, exc))
+            last = _time_failure(result, index, last, end)
+            stride = countdown = 1
         else:
-            timings[index] = (start, time())
             ok_indices.append(index)
             values.append(value)
+            countdown -= 1
+            if not countdown:  # read the clock; every few tasks where they take under 10 us
+                now = time()
+                ends.append(now)
+                marks.append(len(ok_indices))
+                stride = min(stride * 2, 64) if now - last < stride * 1e-5 else 1
+                countdown, last = stride, now
+    if len(ok_indices) != (marks[-1] if marks else 0):
+        ends.append(time())
+        marks.append(len(ok_indices))
     return result
+
+
+def _time_failure(result: ChunkResult, index: int, last: float, end: float) -> float:
+    """Record when failed task ``index`` ran: it shares the span from the last clock read to
+    ``end`` with the tasks done since. Returns when the next task starts: once its failure
+    was recorded."""
+    done = len(result.indices)
+    pending = done - (result.marks[-1] if result.marks else 0)
+    share = (end - last) / (pending + 1)
+    if pending:
+        result.ends.append(end - share)
+        result.marks.append(done)
+    result.timings[index] = (end - share, end)
+    now = result.starts[done] = time()
+    return now
 
 
 def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
@@ -222,6 +249,8 @@ def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
             kept.append(index)
             kept_values.append(value)
             ends.append(buffer.tell())
+    if len(kept) != len(result.indices):
+        result.spell_out_times()
     result.indices, result.values = kept, kept_values
     return buffer.getvalue(), ends
 
@@ -252,6 +281,8 @@ def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
         else:
             indices.append(index)
         start = end
+    if len(indices) != len(result.indices):
+        result.spell_out_times()
     result.indices = indices
     return token, result
 

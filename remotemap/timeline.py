@@ -13,6 +13,7 @@ not drawn; the page says how many.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 from collections.abc import Iterable, Sequence
@@ -64,8 +65,9 @@ def bars_from_results(results: Iterable[ChunkResult]) -> tuple[list[Bar], int]:
     attempts: dict[int, int] = {}
     missing = 0
     for number, result in enumerate(results):
+        times = result.task_times()
         for index in result.indices:
-            timing = result.timings.get(index)
+            timing = times.get(index)
             attempts[index] = attempt = attempts.get(index, 0) + 1
             if timing is None:
                 missing += 1
@@ -74,19 +76,17 @@ def bars_from_results(results: Iterable[ChunkResult]) -> tuple[list[Bar], int]:
                             attempt))
         for failure in result.failures:
             attempts[failure.index] = attempt = attempts.get(failure.index, 0) + 1
-            if failure.timing is None and failure.index in result.timings:
-                failure = _with_timing(failure, result)
+            if failure.timing is None and failure.index in times:
+                failure = _with_timing(failure, times[failure.index], result.worker)
             bar = _failure_bar(failure, number, attempt)
             missing += bar is None
             bars += [bar] if bar else []
     return bars, missing
 
 
-def _with_timing(failure: TaskFailure, result: ChunkResult) -> TaskFailure:
-    import dataclasses
-
-    return dataclasses.replace(failure, timing=result.timings[failure.index],
-                               worker=failure.worker or result.worker)
+def _with_timing(failure: TaskFailure, timing: tuple[float, float], worker: str
+                 ) -> TaskFailure:
+    return dataclasses.replace(failure, timing=timing, worker=failure.worker or worker)
 
 
 def bars_from_failures(failures: Iterable[TaskFailure]) -> tuple[list[Bar], int]:

@@ -35,7 +35,7 @@ def test_each_task_has_its_time_and_worker(runner: Runner, tmp_path: Path) -> No
         runner.map(tf.fail_on, [(i,) for i in range(n)], run_dir=str(tmp_path / "run"))
     after = time.time()
     results = run_results(tmp_path / "run")
-    timings = {i: t for r in results for i, t in r.timings.items()}
+    timings = {i: t for r in results for i, t in r.task_times().items()}
     assert sorted(timings) == list(range(n))
     for start, end in timings.values():  # the ssh host is this machine: the same clock
         assert before <= start <= end <= after
@@ -48,7 +48,7 @@ def test_each_task_has_its_time_and_worker(runner: Runner, tmp_path: Path) -> No
     [failure] = info.value.failures
     assert failure.index == 2
     assert failure.timing == timings[2]
-    assert failure.worker == next(r.worker for r in results if 2 in r.timings)
+    assert failure.worker == next(r.worker for r in results if 2 in r.task_times())
 
 
 @pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
@@ -63,7 +63,7 @@ def test_a_crashed_task_gets_the_time_the_caller_knows(mode: str, tmp_path: Path
     # The worker died with its record: from the chunk's sending to the caller learning of it.
     assert failure.timing is not None
     assert before <= failure.timing[0] <= failure.timing[1] <= after
-    stored = {i: t for r in run_results(tmp_path / "run") for i, t in r.timings.items()}
+    stored = {i: t for r in run_results(tmp_path / "run") for i, t in r.task_times().items()}
     assert stored[3] == failure.timing
     assert sorted(stored) == list(range(5))
 
@@ -90,3 +90,22 @@ def test_earlier_attempts_and_timeouts_keep_their_times(tmp_path: Path) -> None:
     [timeout] = info.value.failures
     assert timeout.kind == "timeout" and timeout.timing is not None
     assert 0.9 <= timeout.timing[1] - timeout.timing[0] < 30
+
+
+@pytest.mark.parametrize("mode", ["serial", "local"])
+def test_each_bar_spans_its_own_task(mode: str, tmp_path: Path) -> None:
+    """Tiny tasks are timed in groups (a clock read each would cost more than they do); a
+    slow one among them still gets its own span, and a chunk's tasks follow one another."""
+    n, slow = 300, 150
+    options = {"n_jobs": 1, "chunksize": n} if mode == "local" else {}
+    Runner(mode, options).map(tf.sleep_for, [(i,) for i in range(n)],
+                              [{"seconds": 0.2 if i == slow else 0.0} for i in range(n)],
+                              run_dir=str(tmp_path / "run"))
+    results = run_results(tmp_path / "run")
+    times = {i: t for r in results for i, t in r.task_times().items()}
+    assert sorted(times) == list(range(n))
+    assert times[slow][1] - times[slow][0] >= 0.2
+    assert all(end - start < 0.05 for i, (start, end) in times.items() if i != slow)
+    for result in results:
+        spans = [times[i] for i in sorted(result.indices)]
+        assert all(a[0] <= a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(spans))

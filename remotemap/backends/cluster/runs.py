@@ -259,7 +259,7 @@ class ClusterRun:
             del self.pending[index]
             values += zip(result.indices, result.values, strict=True)
             failures += result.failures
-            self.ran.update((i, (t, result.worker)) for i, t in result.timings.items())
+            self.ran.update((i, (t, result.worker)) for i, t in result.task_times().items())
         return values, failures
 
     def _timeout(self) -> float | None:
