@@ -61,19 +61,22 @@ class ChunkResult:
         """Each task's (start, end) by index, of those with a recorded time."""
         times: dict[int, tuple[float, float]] = {}
         done, last = 0, 0.0
-        for end, mark in zip(self.ends, self.marks, strict=False):
-            start = self.starts.get(done, last)
+        # getattr: a result stored by a version without these fields has none of them
+        ends, marks = getattr(self, "ends", ()), getattr(self, "marks", ())
+        starts: dict[int, float] = getattr(self, "starts", {})
+        for end, mark in zip(ends, marks, strict=False):
+            start = starts.get(done, last)
             share = (end - start) / max(mark - done, 1)
             for k in range(done, min(mark, len(self.indices))):
                 times[self.indices[k]] = (start + (k - done) * share,
                                           start + (k - done + 1) * share)
             done, last = mark, end
-        times.update(self.timings)
+        times.update(getattr(self, "timings", {}))
         return times
 
     def spell_out_times(self) -> None:
         """Move the compact record into ``timings``, before ``indices`` loses or gains one."""
-        if self.ends:
+        if getattr(self, "ends", ()):
             self.timings = self.task_times()
             self.ends, self.marks, self.starts = array("d"), array("q"), {}
 

@@ -65,19 +65,19 @@ def bars_from_results(results: Iterable[ChunkResult]) -> tuple[list[Bar], int]:
     attempts: dict[int, int] = {}
     missing = 0
     for number, result in enumerate(results):
-        times = result.task_times()
+        times, worker = result.task_times(), getattr(result, "worker", "")  # older records
         for index in result.indices:
             timing = times.get(index)
             attempts[index] = attempt = attempts.get(index, 0) + 1
             if timing is None:
                 missing += 1
                 continue
-            bars.append(Bar(index, timing[0], timing[1], result.worker or "?", number, "ok",
+            bars.append(Bar(index, timing[0], timing[1], worker or "?", number, "ok",
                             attempt))
         for failure in result.failures:
             attempts[failure.index] = attempt = attempts.get(failure.index, 0) + 1
             if failure.timing is None and failure.index in times:
-                failure = _with_timing(failure, times[failure.index], result.worker)
+                failure = _with_timing(failure, times[failure.index], worker)
             bar = _failure_bar(failure, number, attempt)
             missing += bar is None
             bars += [bar] if bar else []

@@ -5,6 +5,7 @@ its PNG is a real picture; without Chromium the error says what to install."""
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from remotemap import RemoteException, remote_map
 from remotemap.cli import main
 from remotemap.cli.runs_plot import NoRenderer, chromium_command, find_chromium
+from remotemap.tasks import ChunkResult
 from remotemap.timeline import COLOURS, run_results, timeline_html
 from tests import taskfuncs as tf
 
@@ -176,3 +178,13 @@ def test_runs_plot_refuses_an_unknown_run_and_format(tmp_path: Path,
     remote_map(tf.square, [(1,)], mode="serial", run_dir=str(run), progress=False)
     assert main(["runs", "plot", str(run), "-o", str(tmp_path / "x.pdf")]) == 1
     assert ".html or .png, not .pdf" in capsys.readouterr().err
+
+
+def test_results_stored_without_times_are_counted_not_drawn() -> None:
+    """A result pickled by a version that recorded no times: loaded, it lacks the fields."""
+    old = ChunkResult(0, [0, 1], [0, 1])
+    for name in ("timings", "worker", "ends", "marks", "starts"):
+        del old.__dict__[name]
+    page = timeline_html([pickle.loads(pickle.dumps(old))])
+    assert page.count('class="task') == 0
+    assert "2 attempt(s) without a recorded time are not drawn" in page
