@@ -158,31 +158,63 @@ class _Scale:
         return max(self.x(end) - self.x(start), 1.0)  # a tiny task stays visible
 
 
-def _chunk_spans(bars: Sequence[Bar], lanes: dict[str, int], scale: _Scale) -> list[str]:
-    """A shaded band behind the bars of each chunk, alternating shades along a lane."""
-    spans: dict[tuple[str, int], list[float]] = {}
-    for bar in bars:
+def _host(worker: str) -> str:
+    name = worker.split("\0")[0]
+    return name.rpartition(":")[0] if ":" in name else name
+
+
+def _rows(bars: Sequence[Bar]) -> tuple[list[int], list[str]]:
+    """Each bar's row, and each row's label: a row per worker, except that workers of one
+    host that never run at once (a process per task, as local_with_dumps forks) take turns
+    on a row, so the picture is as tall as the run was wide."""
+    spans: dict[str, list[float]] = {}
+    keys = []
+    for i, bar in enumerate(bars):
+        key = bar.lane if ":" in bar.lane else f"{bar.lane}\0{i}"  # no pid: alone
+        keys.append(key)
+        span = spans.setdefault(key, [bar.start, bar.end])
+        span[0], span[1] = min(span[0], bar.start), max(span[1], bar.end)
+    slots: list[tuple[str, list[float], list[str]]] = []  # host, [end], its workers
+    row_of: dict[str, int] = {}
+    for key, (start, end) in sorted(spans.items(), key=lambda kv: (_host(kv[0]), kv[1][0])):
+        free = [r for r, (host, last, _) in enumerate(slots)
+                if host == _host(key) and last[0] < start]
+        row = free[0] if free else len(slots)
+        if not free:
+            slots.append((_host(key), [end], []))
+        slots[row][1][0] = end
+        slots[row][2].append(key)
+        row_of[key] = row
+    labels = [members[0].split("\0")[0] if len(members) == 1 else
+              f"{host} ({len(members)} in turn)" for host, _, members in slots]
+    return [row_of[key] for key in keys], labels
+
+
+def _chunk_spans(bars: Sequence[Bar], rows: list[int], scale: _Scale) -> list[str]:
+    """A shaded band behind the bars of each chunk, alternating shades along a row."""
+    spans: dict[tuple[int, int], list[float]] = {}
+    for bar, row in zip(bars, rows, strict=True):
         if bar.chunk is not None:
-            span = spans.setdefault((bar.lane, bar.chunk), [bar.start, bar.end])
+            span = spans.setdefault((row, bar.chunk), [bar.start, bar.end])
             span[0], span[1] = min(span[0], bar.start), max(span[1], bar.end)
-    out, seen = [], dict.fromkeys(lanes, 0)
-    for (lane, chunk), (start, end) in sorted(spans.items(), key=lambda kv: kv[1][0]):
-        parity = "odd" if seen[lane] % 2 else "even"
-        seen[lane] += 1
-        y, x = _TOP + lanes[lane] * _LANE + 1, scale.x(start)
+    out, seen = [], dict.fromkeys(rows, 0)
+    for (row, chunk), (start, end) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+        parity = "odd" if seen[row] % 2 else "even"
+        seen[row] += 1
+        y, x = _TOP + row * _LANE + 1, scale.x(start)
         out.append(f'<rect class="chunk chunk-{parity}" data-chunk="{chunk}" x="{x:.2f}" '
                    f'y="{y}" width="{scale.width(start, end):.2f}" height="{_LANE - 2}">'
-                   f"<title>chunk {chunk} on {html.escape(lane)}</title></rect>"
+                   f"<title>chunk {chunk}</title></rect>"
                    f'<line class="chunk-edge" x1="{x:.2f}" y1="{y}" x2="{x:.2f}" '
                    f'y2="{y + _LANE - 2}"/>')
     return out
 
 
-def _task_rects(bars: Sequence[Bar], lanes: dict[str, int], scale: _Scale) -> list[str]:
+def _task_rects(bars: Sequence[Bar], rows: list[int], scale: _Scale) -> list[str]:
     out = []
-    for bar in bars:
+    for bar, row in zip(bars, rows, strict=True):
         classes = f"task {bar.status}" + (" retry" if bar.attempt > 1 else "")
-        y = _TOP + lanes[bar.lane] * _LANE + (_LANE - _BAR) / 2
+        y = _TOP + row * _LANE + (_LANE - _BAR) / 2
         out.append(f'<rect class="{classes}" data-index="{bar.index}" '
                    f'data-attempt="{bar.attempt}" fill="{_fill(bar)}" '
                    f'x="{scale.x(bar.start):.2f}" y="{y}" '
@@ -217,24 +249,25 @@ def _legend() -> str:
 
 
 def render_html(bars: Sequence[Bar], title: str = "remotemap run", missing: int = 0) -> str:
-    """The page: one lane per worker, x = time, one rect (class ``task``) per attempt."""
-    lanes = {lane: i for i, lane in enumerate(sorted({b.lane for b in bars}))}
+    """The page: a row per worker (see :func:`_rows`), x = time, one rect (class ``task``)
+    per attempt."""
+    rows, names = _rows(bars)
     scale = _Scale(bars)
-    height = _TOP + max(len(lanes), 1) * _LANE + 8
+    height = _TOP + max(len(names), 1) * _LANE + 8
     failed = sum(b.status != "ok" for b in bars)
     summary = (f"{len({b.index for b in bars})} tasks, {len(bars)} attempts ({failed} failed), "
-               f"{len(lanes)} workers, {scale.span:.3g} s")
+               f"{len({b.lane for b in bars})} workers, {scale.span:.3g} s")
     if missing:
         summary += f"; {missing} attempt(s) without a recorded time are not drawn"
     labels = [f'<text class="lane-label" x="{_LABEL_WIDTH - 6}" '
-              f'y="{_TOP + i * _LANE + _LANE / 2 + 4}">{html.escape(lane)}</text>'
-              for lane, i in lanes.items()]
+              f'y="{_TOP + i * _LANE + _LANE / 2 + 4}">{html.escape(name)}</text>'
+              for i, name in enumerate(names)]
     svg = "".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LABEL_WIDTH + _PLOT_WIDTH + 10}" '
         f'height="{height}">', _DEFS,
         f'<text x="{_LABEL_WIDTH}" y="24" style="font-size:14px">{html.escape(summary)}</text>',
-        _legend(), *_axis(scale, height), *labels, *_chunk_spans(bars, lanes, scale),
-        *_task_rects(bars, lanes, scale), "</svg>"])
+        _legend(), *_axis(scale, height), *labels, *_chunk_spans(bars, rows, scale),
+        *_task_rects(bars, rows, scale), "</svg>"])
     # The policy forbids every fetch and script: the page is only what it holds.
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "

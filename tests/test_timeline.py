@@ -188,3 +188,17 @@ def test_results_stored_without_times_are_counted_not_drawn() -> None:
     page = timeline_html([pickle.loads(pickle.dumps(old))])
     assert page.count('class="task') == 0
     assert "2 attempt(s) without a recorded time are not drawn" in page
+
+
+def test_workers_that_take_turns_share_a_row(tmp_path: Path) -> None:
+    """local_with_dumps forks a process per task: 8 workers, but never more than 2 at once,
+    so 2 rows (a row each would make the picture as tall as the run is long)."""
+    run = tmp_path / "run"
+    remote_map(tf.sleep_for, [(i,) for i in range(8)], [{"seconds": 0.05}] * 8,
+               mode="local_with_dumps", n_jobs=2, run_dir=str(run), progress=False)
+    results = run_results(run)
+    assert len({r.worker for r in results}) == 8
+    page = timeline_html(results)
+    assert page.count('class="task') == 8
+    assert 1 <= page.count('class="lane-label"') <= 2
+    assert "in turn)" in page
