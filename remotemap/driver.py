@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -195,8 +196,8 @@ def dispatch(session: Session, work: Work, retries: RetrySchedule) -> Iterator[C
         del chunks
         work.sent()
         if session.in_flight:
-            for result in session.wait(retries.next_in()):
-                yield _stamp(result, sent)
+            # map, not a loop variable that would keep the last result alive while waiting
+            yield from map(_stamp, session.wait(retries.next_in()), itertools.repeat(sent))
         elif retries or not work.ended():
             work.idle(retries.next_in())
         else:
