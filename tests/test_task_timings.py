@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from remotemap import RemoteException
+from remotemap.execution import run_chunk
+from remotemap.tasks import Chunk
 from remotemap.timeline import run_results
 from tests import taskfuncs as tf
 from tests.backends import Runner
@@ -109,3 +111,14 @@ def test_each_bar_spans_its_own_task(mode: str, tmp_path: Path) -> None:
     for result in results:
         spans = [times[i] for i in sorted(result.indices)]
         assert all(a[0] <= a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(spans))
+
+
+def test_tiny_tasks_cost_a_clock_read_per_group_not_per_task() -> None:
+    """A clock read costs a few hundred ns on some machines, more than a tiny task: tasks
+    under 10 us are timed in groups of up to 64; 1 ms tasks one by one."""
+    n = 5000
+    tiny = run_chunk(tf.square, Chunk(0, list(range(n)), [(i,) for i in range(n)], [{}] * n))
+    assert len(tiny.ends) < n / 32
+    assert len(tiny.task_times()) == n
+    slow = run_chunk(time.sleep, Chunk(1, list(range(20)), [(0.001,)] * 20, [{}] * 20))
+    assert len(slow.ends) == 20
