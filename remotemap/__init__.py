@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from remotemap.executor import Executor, RemoteTraceback, as_completed
     from remotemap.joblib_backend import register_joblib
+    from remotemap.run_index import LoadedRun, RunNotFinished, RunSummary, load_run
     from remotemap.workflow import (
         DispatchReport,
         GraphError,
@@ -55,6 +56,10 @@ _LAZY: dict[str, str] = {
     "RemoteTraceback": "remotemap.executor",
     "as_completed": "remotemap.executor",
     "register_joblib": "remotemap.joblib_backend",
+    "LoadedRun": "remotemap.run_index",
+    "RunNotFinished": "remotemap.run_index",
+    "RunSummary": "remotemap.run_index",
+    "load_run": "remotemap.run_index",
     **{
         name: "remotemap.workflow"
         for name in (
@@ -77,12 +82,15 @@ __all__ = [
     "DispatchReport",
     "Executor",
     "GraphError",
+    "LoadedRun",
     "Mode",
     "ModeName",
     "RemoteException",
     "RemoteTraceback",
     "RemotemapError",
     "Result",
+    "RunNotFinished",
+    "RunSummary",
     "TaskFailure",
     "Treatment",
     "Workflow",
@@ -92,6 +100,7 @@ __all__ = [
     "as_completed",
     "dispatch",
     "load_config",
+    "load_run",
     "register_joblib",
     "remote_imap",
     "remote_map",

@@ -10,15 +10,14 @@ Pushing 50 MB through a pipe copies it four times; this copies it once.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
 
 from remotemap.execution import dumps
+from remotemap.protocol import map_buffer_files
 from remotemap.tasks import Chunk
 
 #: Buffers smaller than this stay inside the pickle: a file per small buffer costs more.
@@ -68,6 +67,12 @@ class BufferSpill:
             self._files[chunk.id] = files
         return PackedChunk(chunk.id, chunk.indices, data, files)
 
+    def pack_arguments(self, chunk: Chunk) -> tuple[bytes, list[str]]:
+        """The chunk's arguments pickled, and the files its large buffers went to: the
+        ``protocol.ArgumentPacker`` of a worker that reads chunk files on this machine."""
+        packed = self.pack(chunk)
+        return packed.data, packed.buffer_files
+
     def release(self, chunk_id: int) -> None:
         """The chunk is done: its files can go (a worker's open mappings stay valid)."""
         _unlink(self._files.pop(chunk_id, []))
@@ -88,10 +93,7 @@ class BufferSpill:
 
 def unpack(packed: PackedChunk) -> Chunk:
     """The chunk back, its large buffers mapped from their files (copy-on-write)."""
-    buffers: list[Any] = []
-    for path in packed.buffer_files:
-        with open(path, "rb") as f:
-            buffers.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+    buffers = map_buffer_files(packed.buffer_files)
     largs, lkwargs = pickle.loads(packed.data, buffers=buffers)
     return Chunk(packed.id, packed.indices, largs, lkwargs)
 

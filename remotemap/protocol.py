@@ -29,10 +29,12 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickle
 import posixpath
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,40 +174,73 @@ def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path
     return decode_outcome(unseal_file(key, outcome_name(chunk_id), blob, path), token)
 
 
-def encode_chunk(token: str, chunk: Chunk) -> bytes:
+#: Pickles a chunk's arguments for a worker on this machine: the pickle, and the files that
+#: its large buffers went to (``buffers.BufferSpill.pack_arguments``).
+ArgumentPacker = Callable[[Chunk], tuple[bytes, list[str]]]
+
+
+def encode_chunk(token: str, chunk: Chunk, pack: ArgumentPacker | None = None) -> bytes:
     """Two pickles back to back: a header any worker can read, then the tasks' arguments.
 
     Kept apart so that arguments which cannot be loaded where the task runs (a module missing
-    on that host, say) still leave the worker knowing which tasks to report as failed.
+    on that host, say) still leave the worker knowing which tasks to report as failed. With
+    ``pack``, large buffers go to files of their own, listed in the header: the header is in
+    the sealed file, and the buffers are raw data that the worker maps, never unpickles.
     """
-    header = dumps((token, chunk.id, chunk.indices))
-    return header + dumps((chunk.largs, chunk.lkwargs))
+    if pack is None:
+        return dumps((token, chunk.id, chunk.indices)) + dumps((chunk.largs, chunk.lkwargs))
+    arguments, files = pack(chunk)
+    header = (token, chunk.id, chunk.indices, files) if files else \
+        (token, chunk.id, chunk.indices)
+    return dumps(header) + arguments
 
 
-def encode_runnable(token: str, chunk: Chunk) -> tuple[Chunk, bytes | None, list[TaskFailure]]:
+def encode_runnable(token: str, chunk: Chunk, pack: ArgumentPacker | None = None
+                    ) -> tuple[Chunk, bytes | None, list[TaskFailure]]:
     """The chunk's file content, leaving out tasks whose arguments cannot be pickled.
 
     Returns the chunk that will run (maybe fewer tasks), its bytes (None when no task is left)
     and a failure for each task left out, naming the object that could not be pickled.
     """
     try:
-        return chunk, encode_chunk(token, chunk), []
+        return chunk, encode_chunk(token, chunk, pack), []
     except PICKLING_ERRORS:
         keep, failures = find_unpicklable(chunk)
-    return keep, (encode_chunk(token, keep) if keep.indices else None), failures
+    return keep, (encode_chunk(token, keep, pack) if keep.indices else None), failures
 
 
-def decode_chunk_header(data: bytes | memoryview) -> tuple[str, int, list[int], io.BytesIO]:
-    """The run's token, the chunk id and task indices; and the stream where the arguments are."""
+#: Loads a chunk's arguments: ``(largs, lkwargs)``; raises as unpickling does.
+ArgumentLoader = Callable[[], tuple[list[tuple[Any, ...]], list[dict[str, Any]]]]
+
+
+def decode_chunk_header(data: bytes | memoryview) -> tuple[str, int, list[int], ArgumentLoader]:
+    """The run's token, the chunk id and task indices; and how to load the arguments."""
     stream = io.BytesIO(data)
-    token, chunk_id, indices = pickle.load(stream)
-    return token, chunk_id, indices, stream
+    token, chunk_id, indices, *rest = pickle.load(stream)
+    files: list[str] = rest[0] if rest else []
+
+    def arguments() -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        loaded: tuple[list[tuple[Any, ...]], list[dict[str, Any]]] = pickle.load(
+            stream, buffers=map_buffer_files(files))
+        return loaded
+
+    return token, chunk_id, indices, arguments
 
 
 def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
-    token, chunk_id, indices, stream = decode_chunk_header(data)
-    largs, lkwargs = pickle.load(stream)
+    token, chunk_id, indices, arguments = decode_chunk_header(data)
+    largs, lkwargs = arguments()
     return token, Chunk(chunk_id, indices, largs, lkwargs)
+
+
+def map_buffer_files(paths: list[str]) -> list[mmap.mmap]:
+    """The files of a chunk's large buffers, mapped copy-on-write: the arrays they become are
+    writable, and nothing is copied until a task writes to one."""
+    buffers = []
+    for path in paths:
+        with open(path, "rb") as f:
+            buffers.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+    return buffers
 
 
 def decode_outcome(data: bytes | memoryview, token: str) -> ChunkResult | None:

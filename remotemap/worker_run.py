@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -72,11 +71,11 @@ def execute_chunk(
     (``WorkerRun.load``) by the fork server; None to read it here."""
     if data is None:
         data = run.load(chunk_name(chunk_id))
-    token, _, indices, stream = decode_chunk_header(data)
+    token, _, indices, arguments = decode_chunk_header(data)
     try:
         if function is None:
             function = load_function(run)
-        largs, lkwargs = pickle.load(stream)
+        largs, lkwargs = arguments()
     except PICKLING_ERRORS as exc:  # a SystemExit from a __reduce__ fails the tasks too
         # The function or the arguments cannot be loaded here (a module missing on this host,
         # say): every task of the chunk fails with the reason, not the worker without a word.

@@ -19,6 +19,7 @@ import pytest
 
 from remotemap import Executor, ModeName, remote_imap, remote_map
 from remotemap.backends import backend_names, get_backend_class
+from tests.infra.isolated_host import exchange_dir
 
 
 @dataclass
@@ -59,9 +60,24 @@ def _dumps(request: pytest.FixtureRequest) -> Runner:
 
 
 def _ssh(request: pytest.FixtureRequest) -> Runner:
+    # A host that shares nothing with this process (tests/isolated_fixtures.py): its own
+    # files, user, hostname and Python, so a task that needed a caller's path would fail.
+    host = request.getfixturevalue("isolated_ssh_host")
+    # The remote host has remotemap but not this test suite: send the tests' functions by value.
+    import cloudpickle
+
+    import tests.taskfuncs
+
+    cloudpickle.register_pickle_by_value(tests.taskfuncs)
+    return Runner("ssh", {**host.options(), "n_jobs": 2}, same_host_python=False)
+
+
+def ssh_loopback_runner(request: pytest.FixtureRequest) -> Runner:
+    """The ssh mode on the loopback sshd, whose user's files the caller reaches: for tests
+    that change them from the caller's side (fault injection) or need that user's venv
+    (``pytest.mark.ssh_loopback`` makes the ``runner`` fixture use it)."""
     server = request.getfixturevalue("sshd_host")
     python = request.getfixturevalue("remote_python")
-    # The remote host has remotemap but not this test suite: send the tests' functions by value.
     import cloudpickle
 
     import tests.taskfuncs
@@ -137,14 +153,37 @@ def contract_modes() -> list[str]:
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory that tasks may write to whichever user they run as (ssh: a test user)."""
-    path = Path(tempfile.mkdtemp(prefix="remotemap-shared-"))
+    """A directory that tasks may write to whichever user they run as (ssh: a test user), and
+    on whichever test host: the isolated one sees only this part of the caller's files."""
+    path = Path(tempfile.mkdtemp(prefix="remotemap-shared-", dir=exchange_dir()))
     path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=contract_modes())
+#: Modes that run only the contract suite (the modules that set ``CONTRACT_SUITE = True``) and
+#: their own test file, not every test taking ``runner``. dask: its tasks run through the same
+#: worker code as ``local_with_dumps``'s, and its cluster makes each test several seconds
+#: slower; the contract suite already holds it to every promise.
+CONTRACT_ONLY = frozenset({"dask"})
+
+
+def runner_modes(module: object) -> list[str]:
+    """The modes the ``runner`` tests of ``module`` run on."""
+    modes = contract_modes()
+    if getattr(module, "CONTRACT_SUITE", False):
+        return modes
+    return [mode for mode in modes if mode not in CONTRACT_ONLY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "runner" in metafunc.fixturenames:
+        metafunc.parametrize("runner", runner_modes(metafunc.module), indirect=True)
+
+
+@pytest.fixture
 def runner(request: pytest.FixtureRequest) -> Runner:
+    if request.param == "ssh" and request.node.get_closest_marker("ssh_loopback"):
+        return ssh_loopback_runner(request)
     factory = RUNNERS.get(request.param)
     return factory(request) if factory is not None else plugin_runner(request.param)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.slurm_fixtures",
-                  "tests.futures_support"]
+pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.isolated_fixtures",
+                  "tests.slurm_fixtures", "tests.futures_support"]
 
 
 # A shell starts a background job (`cmd &` without job control) with SIGINT ignored, and the

@@ -8,6 +8,10 @@ Load with ``pytest_plugins = [..., "tests.ssh_fixtures"]`` in tests/conftest.py.
 - ``remote_python``: the user's venv Python with this checkout pip-installed (session; slow
   the first time on a machine, then cached by a digest of the sources).
 
+A host that shares no files with the caller is ``isolated_ssh_host`` (tests/isolated_fixtures.py):
+the contract suite's ssh runner uses it; the hosts here stay for tests that reach into the
+host's files from the caller's side (fault injection) or need speed.
+
 Each skips, with the reason, where the machine cannot run them (not root, sshd not installed,
 no namespaces) - unless REMOTEMAP_REQUIRE_SSH=1 (CI sets it), where they fail instead.
 """

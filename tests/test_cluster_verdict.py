@@ -190,6 +190,22 @@ def test_a_job_never_started_is_lost_or_cancelled_and_its_tasks_may_go_again() -
     assert judge(row, cancelled=True).resubmit is False
 
 
+def test_a_job_soma_workflow_never_started_says_why_it_did_not() -> None:
+    """``aborted_before_running``: after a cancel, the cancel stopped it, whatever the round;
+    otherwise the job it waited for (a workflow's prerequisite, a round's first job) failed."""
+    row = {"status": "failed", "exit_status": "aborted_before_running", "exit_value": None,
+           "signal": None, "usage": "", "drms": None}
+    cancelled = judge(row, cancelled=True, canary=True)
+    assert (cancelled.kind, cancelled.started, cancelled.resubmit) == ("cancelled", False, False)
+    assert cancelled.why == ("was not started: the run was cancelled before the job's turn "
+                             "(remotemap cancel)")
+    assert judge(row, canary=True).why == "was not started: the round's first job failed"
+    assert judge(row, canary=True).resubmit is True
+    assert judge(row, dependencies=[[0, 1]]).why == \
+        "was not started: a job it waited for failed"
+    assert judge(row).why == "was not started: soma-workflow aborted it before it ran"
+
+
 def test_running_jobs_read_as_running() -> None:
     assert slurm_status(record(STARTING), may_wait=False) == QUEUED_ACTIVE
     running = STARTING.replace("2|PENDING", "2|RUNNING")

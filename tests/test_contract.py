@@ -22,6 +22,9 @@ from remotemap import RemoteException, remote_map
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
+#: Every mode runs this module, those of ``tests.backends.CONTRACT_ONLY`` included.
+CONTRACT_SUITE = True
+
 
 def test_documented_example(runner: Runner) -> None:
     assert runner.map(tf.foo, [(2,), (3,)], [{"b": 5}, {"b": 7}]) == [7, 10]

@@ -13,6 +13,9 @@ from remotemap import RemoteException, RemoteTraceback, as_completed
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
+#: Every mode runs this module, those of ``tests.backends.CONTRACT_ONLY`` included.
+CONTRACT_SUITE = True
+
 
 def test_timeout_fails_the_slow_task_only(runner: Runner) -> None:
     started = time.monotonic()

@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "remotemap.future_errors": 5,
     "remotemap.joblib_backend": 5,
     "remotemap.workflow": 5,
+    "remotemap.run_index": 5,
     # 6. Programs built on the public interface.
     "remotemap.cli": 6,
     "remotemap.__main__": 6,

@@ -22,6 +22,9 @@ from remotemap.runs import RunStore
 from tests import taskfuncs as tf
 from tests.backends import Runner
 
+# The run files go to a filesystem made here (full, removed mid-run): the ssh host must see it.
+pytestmark = pytest.mark.ssh_loopback
+
 #: The option naming where each mode keeps its run files.
 _DIR_OPTION = {"local_with_dumps": "temp_dir", "ssh": "remote_dir", "cluster": "shared_dir"}
 

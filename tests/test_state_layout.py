@@ -78,7 +78,10 @@ def test_workflow_runs_are_indexed_where_they_were(tmp_path: Path, state_home: P
 def test_the_cli_names_the_same_places(state_home: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["runs"]) == 0
-    assert capsys.readouterr().out == f"no stored runs in {state_home / 'remotemap' / 'runs'}\n"
+    home = state_home / "remotemap"
+    assert capsys.readouterr().out == (f"no stored runs in {home / 'runs'}, no workflow runs in "
+                                       f"{home / 'workflows'}, no cluster runs in "
+                                       f"{home / 'cluster'}\n")
     cli_main(["status", "--config", str(state_home / "none.toml")])  # its code: the modes'
     index = state_home / "remotemap" / "workflows"
     assert f"workflow runs: none yet (they are listed in {index})" in capsys.readouterr().out

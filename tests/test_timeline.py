@@ -173,7 +173,7 @@ def test_without_chromium_a_png_names_what_to_install(tmp_path: Path) -> None:
 def test_runs_plot_refuses_an_unknown_run_and_format(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runs", "plot", "no-such-run", "-o", str(tmp_path / "x.html")]) == 1
-    assert "no stored run 'no-such-run'" in capsys.readouterr().err
+    assert "no run 'no-such-run'" in capsys.readouterr().err
     run = tmp_path / "run"
     remote_map(tf.square, [(1,)], mode="serial", run_dir=str(run), progress=False)
     assert main(["runs", "plot", str(run), "-o", str(tmp_path / "x.pdf")]) == 1

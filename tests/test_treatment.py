@@ -21,7 +21,7 @@ nibabel = pytest.importorskip("nibabel", reason="the fMRI example needs nibabel 
 from remotemap.examples.fmri import TemporalStats, temporal_stats  # noqa: E402
 from remotemap.workflow import Workflow  # noqa: E402
 from remotemap.workflow.treatment import Treatment, add_treatment, dispatch  # noqa: E402
-from tests.backends import RUNNERS, Runner  # noqa: E402
+from tests.backends import RUNNERS, Runner, ssh_loopback_runner  # noqa: E402
 from tests.infra import sshd as infra  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -81,7 +81,8 @@ def subjects_in(folder: Path) -> list[str]:
 @pytest.mark.parametrize("mode", ["serial", "local", "ssh", "cluster"])
 def test_example_equals_the_one_piece_computation(mode: str, request: pytest.FixtureRequest,
                                                   shared_dir: Path, tmp_path: Path) -> None:
-    runner: Runner = RUNNERS[mode](request)
+    # ssh: the loopback host, whose user has numpy and nibabel (remote_numpy).
+    runner: Runner = ssh_loopback_runner(request) if mode == "ssh" else RUNNERS[mode](request)
     if mode == "ssh":
         request.getfixturevalue("remote_numpy")
     subjects = subjects_in(shared_dir)

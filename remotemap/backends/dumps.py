@@ -22,6 +22,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.local_options import LOCAL_WITH_DUMPS
+from remotemap.buffers import BufferSpill
 from remotemap.config import resolve_n_jobs
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure
 from remotemap.execution import (
@@ -33,6 +34,7 @@ from remotemap.execution import (
 from remotemap.integrity import check_same_dir, new_key
 from remotemap.protocol import (
     FUNCTION,
+    ArgumentPacker,
     chunk_name,
     create_local_run_dir,
     encode_runnable,
@@ -120,6 +122,10 @@ class DumpsSession(Session):
         self.key = new_key()
         # Every file of the run is reached through this descriptor, never by its path again.
         self.layout, self.rundir = create_local_run_dir(temp_dir)
+        # Large buffers (array data) go to files of their own in /dev/shm, mapped by the task's
+        # process: not copied into the sealed chunk file, hashed, written, read and hashed
+        # again (the HMAC alone ran at ~400 MB/s). Kept files stay self-contained instead.
+        self.spill = None if keep_files else BufferSpill()
         log.debug("local_with_dumps run directory: %s", self.layout.root)
         self._seq = itertools.count()
         self.running: dict[int, Chunk] = {}  # file number -> chunk
@@ -198,7 +204,13 @@ class DumpsSession(Session):
 
     def stage(self, number: int, chunk: Chunk) -> tuple[Chunk | None, ChunkResult | None]:
         """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
-        chunk, data, failures = encode_runnable(self.token, chunk)
+        pack: ArgumentPacker | None = None
+        if self.spill is not None:
+            spill = self.spill
+            # Keyed by the file number: a chunk id may come back (a retry) before release.
+            def pack(c: Chunk) -> tuple[bytes, list[str]]:
+                return spill.pack_arguments(Chunk(number, c.indices, c.largs, c.lkwargs))
+        chunk, data, failures = encode_runnable(self.token, chunk, pack)
         failed = ChunkResult(chunk.id, failures=failures) if failures else None
         if data is None:
             return None, failed
@@ -237,6 +249,8 @@ class DumpsSession(Session):
             os.write(self._wake_w, b"x")
 
     def collect(self, number: int, chunk: Chunk, status: str) -> ChunkResult:
+        if self.spill is not None:
+            self.spill.release(number)
         path = self.layout.outcome(number)
         blob = self.rundir.read(outcome_name(number))
         try:
@@ -270,6 +284,9 @@ class DumpsSession(Session):
         code = self.proc.wait(timeout=5) if self.proc is not None else None
         why = f"was lost: the worker server ended (exit status {code})"
         results = [lost_chunk_result(chunk, why, kind="lost") for chunk in self.running.values()]
+        if self.spill is not None:
+            for number in self.running:
+                self.spill.release(number)
         self.running.clear()
         self._stop_server()
         return results
@@ -277,6 +294,8 @@ class DumpsSession(Session):
     def close(self) -> None:
         self._stop_server()
         self.running.clear()
+        if self.spill is not None:
+            self.spill.close()
         self.ready = []
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ import os
 import sys
 
 from remotemap._version import __version__
-from remotemap.cli import cluster_cmd, config_cmd, demo_cmd, runs_cmd, status_cmd
+from remotemap.cli import cluster_cmd, config_cmd, demo_cmd, runs_clean, runs_cmd, status_cmd
 from remotemap.errors import ConfigError
 
 PROG = "remotemap"
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (config_cmd, status_cmd, demo_cmd, runs_cmd, cluster_cmd):
+    for module in (config_cmd, status_cmd, demo_cmd, runs_cmd, runs_clean, cluster_cmd):
         module.register(subparsers, common)
     return parser
 

@@ -12,6 +12,23 @@ from typing import Any
 from remotemap.errors import RemoteException
 
 
+def _unknown_run(run: str, exc: Exception) -> str:
+    """The error for a run the cluster registry does not know: when ``run`` is a run of
+    another kind, say which, and what reads it."""
+    from remotemap.run_index import load_run
+
+    if not str(exc).startswith("no cluster run"):
+        return str(exc)
+    try:
+        other = load_run(run)
+    except Exception:  # no run of any kind: the registry's own words say where it looked
+        return str(exc)
+    if other.kind == "cluster":
+        return str(exc)
+    return (f"{run!r} is a {other.kind} run, not a cluster run: `remotemap runs results "
+            f"{other.id}` prints its results, `remotemap runs show {other.id}` its state")
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from remotemap.backends.cluster.detached import collect
     from remotemap.backends.cluster.files import ClusterError
@@ -22,7 +39,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     except RemoteException as exc:
         results, failures = exc.results, exc.failures
     except (ClusterError, TimeoutError) as exc:
-        print(f"remotemap: error: {exc}", file=sys.stderr)
+        print(f"remotemap: error: {_unknown_run(args.run, exc)}", file=sys.stderr)
         return 1
     if args.output:
         with open(args.output, "wb") as f:
@@ -44,7 +61,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     try:
         counts = cancel(args.run, timeout=args.timeout)
     except ClusterError as exc:
-        print(f"remotemap: error: {exc}", file=sys.stderr)
+        print(f"remotemap: error: {_unknown_run(args.run, exc)}", file=sys.stderr)
         return 1
     print(f"cancelled {args.run}: jobs {_counts(counts)}")
     return 0

@@ -79,14 +79,21 @@ def write_picture(page: str, output: Path) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        results = run_results(args.run)
+    from remotemap.run_index import load_run
+
+    try:  # found as every `runs` command finds a run: by id, unique prefix or directory
+        run = load_run(args.run)
+        if run.kind != "run_dir":
+            raise ValueError(f"{run.id} is a {run.kind} run: `remotemap runs plot` draws the "
+                             "runs of remote_map(..., run_dir=...) only, whose outcomes keep "
+                             "each task's times")
+        results = run_results(run.summary.location)
     except (ValueError, UnsafePath, TamperedFile) as exc:
         print(f"remotemap: error: {exc}", file=sys.stderr)
         return 1
-    output = Path(args.output or f"{Path(str(args.run)).name}.html")
+    output = Path(args.output or f"{run.id}.html")
     try:
-        write_picture(timeline_html(results, title=f"remotemap run {args.run}"), output)
+        write_picture(timeline_html(results, title=f"remotemap run {run.id}"), output)
     except (ValueError, NoRenderer, OSError, subprocess.TimeoutExpired) as exc:
         print(f"remotemap: error: {exc}", file=sys.stderr)
         return 1
@@ -94,7 +101,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+def register_runs(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``plot`` to the subcommands of ``remotemap runs``."""
     plot = subparsers.add_parser(
         "plot", parents=[common], help="draw a stored run: each task a bar on its worker",

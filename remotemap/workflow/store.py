@@ -98,6 +98,20 @@ class WorkflowStore:
             raise
         return store
 
+    @classmethod
+    def reader(cls, root: Path) -> WorkflowStore:
+        """The run in ``root`` opened to read its step values (not locked, not marked as
+        running): ``remotemap runs results``, ``remotemap.load_run``. UnsafePath unless the
+        directory is this user's alone; ValueError when its key is not here."""
+        integrity.check_private_dir(str(root))
+        store = cls(root, keep_values=True)
+        report = store.read_report()
+        if "key" not in report:
+            raise ValueError(f"the workflow run in {root} kept no step values (it was run "
+                             "without run_dir=, or by an older remotemap)")
+        store._key = read_key(str(report["key"]), root)
+        return store
+
     def _start(self, name: str, mode: str) -> None:
         """Lock the run directory (made if need be, and checked to be this user's alone)
         and mark the run as running."""

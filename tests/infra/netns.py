@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -93,19 +94,27 @@ class NetnsHost:
                     raise InfraUnavailable(f"cannot create network namespaces: {exc}") from exc
                 self._namespaces.append(ns)
             self._wire()
-            self.server = SSHServer(
-                self.user,
-                listen=self.host_addr,
-                port=22,
-                alias="rmtest-netns",
-                netns=self.host_ns,
-                hostname=self.hostname,
-                proxy_command=f"ip netns exec {self.client_ns} nc %h %p",
-            ).start()
+            self.server = self._server().start()
+            self._save_state()  # again: with the server's files
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _server(self) -> SSHServer:
+        return SSHServer(
+            self.user,
+            listen=self.host_addr,
+            port=22,
+            alias="rmtest-netns",
+            netns=self.host_ns,
+            hostname=self.hostname,
+            proxy_command=f"ip netns exec {self.client_ns} nc %h %p",
+        )
+
+    def leftovers(self) -> list[Path]:
+        """Files and directories to remove if this test process dies without cleaning up."""
+        return [self.server.workdir] if self.server is not None else []
 
     def _blackhole(self) -> None:
         """Claim a free /30 in 10.0.0.0/8 with a root-namespace blackhole route (``add``, not
@@ -147,7 +156,7 @@ class NetnsHost:
         # Lets a later run clean up after a run that was SIGKILLed (see cleanup_stale_netns).
         _NETNS_STATE.mkdir(parents=True, exist_ok=True)
         state = {"pid": os.getpid(), "namespaces": [self.client_ns, self.host_ns],
-                 "subnet": str(self.subnet)}  # fmt: skip
+                 "subnet": str(self.subnet), "paths": [str(p) for p in self.leftovers()]}
         (_NETNS_STATE / f"{self.client_ns}.json").write_text(json.dumps(state))
 
     def stop(self) -> None:
@@ -202,4 +211,6 @@ def cleanup_stale_netns() -> None:
         if Path(f"/proc/{state['pid']}").exists():
             continue  # its owner lives on (maybe another test run): not ours to touch
         _teardown(state["namespaces"], state["subnet"])
+        for leftover in state.get("paths", []):
+            shutil.rmtree(leftover, ignore_errors=True)
         path.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -61,6 +61,8 @@ class SSHServer:
         hostname: str | None = None,
         proxy_command: str | None = None,
         extra_config: Sequence[str] = (),
+        isolate: Callable[[Path], str] | None = None,
+        seen_as: Path | None = None,
     ) -> None:
         self.user = user
         self.host = listen
@@ -70,6 +72,10 @@ class SSHServer:
         self.hostname = hostname
         self.proxy_command = proxy_command
         self.extra_config = list(extra_config)
+        #: With ``netns``: shell code run (as root) in a new mount namespace before sshd, given
+        #: the work dir; it makes the work dir visible to sshd at ``seen_as``.
+        self.isolate = isolate
+        self.seen_as = seen_as
         self.workdir = Path()
         self.startup_seconds = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -121,12 +127,16 @@ class SSHServer:
         self.log_path = self.workdir / "sshd.log"
         self.log_path.write_text("")
         self.config_path.write_text(self._sshd_config())
-        argv = [which("sshd") or "sshd", "-D", "-f", str(self.config_path)]
-        argv += ["-E", str(self.log_path)]
+        argv = [which("sshd") or "sshd", "-D", "-f", str(self._seen(self.config_path))]
+        argv += ["-E", str(self._seen(self.log_path))]
         if self.netns:
             # Own UTS namespace too, so `hostname` there proves which host a command ran on.
             name = self.hostname or self.netns
-            set_name = ["unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', name]
+            unshare, script = ["unshare", "--uts"], 'hostname "$0" && exec "$@"'
+            if self.isolate is not None:
+                unshare += ["--mount", "--propagation", "private"]
+                script = self.isolate(self.workdir) + script
+            set_name = [*unshare, "/bin/sh", "-c", script, name]
             argv = ["ip", "netns", "exec", self.netns, *set_name, *argv]
         started = time.monotonic()
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -140,13 +150,17 @@ class SSHServer:
             time.sleep(0.005)
         raise RuntimeError(f"sshd not listening after 10 s:\n{self.log_text()}")
 
+    def _seen(self, path: Path) -> Path:
+        """``path`` (in the work dir) as sshd sees it."""
+        return self.seen_as / path.relative_to(self.workdir) if self.seen_as else path
+
     def _sshd_config(self) -> str:
         lines = [
             f"Port {self.port}",
             f"ListenAddress {self.host}",
-            f"HostKey {self.host_key}",
-            f"PidFile {self.workdir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.authorized_keys}",
+            f"HostKey {self._seen(self.host_key)}",
+            f"PidFile {self._seen(self.workdir / 'sshd.pid')}",
+            f"AuthorizedKeysFile {self._seen(self.authorized_keys)}",
             f"AllowUsers {self.user.name}",
             "StrictModes no",
             "PubkeyAuthentication yes",
@@ -181,6 +195,11 @@ class SSHServer:
         if self.proxy_command:
             lines.append(f"    ProxyCommand {self.proxy_command}")
         self.ssh_config.write_text("\n".join(lines) + "\n")
+
+    @property
+    def pid(self) -> int | None:
+        """sshd's listener process (with ``netns``: in the host's namespaces), while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     def host_fingerprint(self) -> str:
         return fingerprint(self.host_key_pub)

@@ -13,6 +13,12 @@ them from. Each part lives in the module named for it:
   reached through a ``ProxyCommand`` that runs netcat inside a second ("client side")
   namespace. Its docstring states THE NETWORK RULE: traffic goes only to 127.0.0.0/8 or into
   namespaces made here.
+- :mod:`tests.infra.isolated_host`: :class:`IsolatedHost`, a host that shares nothing with the
+  caller: a :class:`NetnsHost` whose sshd also has its own mount namespace (private /tmp,
+  /home, /root, /run, /opt; the checkout hidden; a login user that exists only there) and its
+  own Python (:mod:`tests.infra.host_python`: a venv with remotemap from a wheel of this
+  checkout), made with :mod:`tests.infra.mounts`. Its pytest fixture is
+  ``isolated_ssh_host`` (tests/isolated_fixtures.py).
 """
 
 from __future__ import annotations

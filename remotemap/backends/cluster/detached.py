@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from remotemap.backends.cluster.files import ClusterError, open_files
@@ -68,6 +69,11 @@ def _open(run_id: str) -> tuple[dict[str, Any], ClusterRun]:
         raise
 
 
+def open_run(run_id: str) -> ClusterRun:
+    """A registered run (by id or unique prefix), opened: close its ``files`` when done."""
+    return _open(run_id)[1]
+
+
 def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) -> list[Any]:
     """Every result of a cluster run, in order, once every task is done (waits for them).
 
@@ -107,6 +113,40 @@ def collect(run_id: str, *, timeout: float | None = None, remove: bool = False) 
     if failures:
         raise RemoteException(failures, results)
     return results
+
+
+@dataclass
+class Peek:
+    """A cluster run as it is now (see :func:`peek`)."""
+
+    entry: dict[str, Any]
+    n_tasks: int
+    values: dict[int, Any]
+    failures: list[TaskFailure]
+    #: Tasks without an outcome yet (running, queued, or for a new round ``collect`` starts).
+    pending: list[int]
+    #: Each round's status file as the engine last wrote it (``state``, ``ended``, ``jobs``,
+    #: ``heartbeat``), by round number.
+    rounds: dict[int, dict[str, Any]] = field(default_factory=dict)
+    job_counts: dict[str, int] = field(default_factory=dict)
+
+
+def peek(run_id: str) -> Peek:
+    """A run as it is now, waiting for nothing and starting nothing (no round, no engine):
+    the values and failures so far, and the tasks still pending."""
+    entry, run = _open(run_id)
+    try:
+        blob = run.read_sealed(_SUBMIT_FAILURES)
+        failures: list[TaskFailure] = list(loads(blob)) if blob else []
+        values, failed = run.snapshot()
+        n_tasks = entry.get("n_tasks") or run.meta.get("n_tasks")
+        if n_tasks is None:  # a run of a session whose process died: the tasks it staged
+            n_tasks = max(run.file_index.values(), default=-1) + 1
+        rounds = {number: dict(rnd.status or {}) for number, rnd in run.rounds.items()}
+        return Peek(entry, int(n_tasks), dict(values), failures + failed, sorted(run.pending),
+                    rounds, run.job_counts())
+    finally:
+        run.files.close()
 
 
 def cancel(run_id: str, *, timeout: float = 90.0) -> dict[str, int]:

@@ -15,7 +15,7 @@ When a round is over, every task of it without an outcome is judged from its job
   ``crash``, ``timeout`` (walltime or time limit) or ``cancelled`` (scancel, ``remotemap
   cancel``); the tasks after it never ran and go to a new round (once);
 * the job never ran (the round's first job failed, the engine died): its tasks go to a new
-  round once, then fail;
+  round once, then fail; after a cancel they fail at once, kind ``cancelled``;
 * the job could not be submitted: its tasks fail with the scheduler's message;
 * the job exited normally but a task left no outcome: that task fails as ``lost``.
 
@@ -223,6 +223,15 @@ class ClusterRun:
             rnd.judged = True
         if requeue and not self.cancelled:
             self.start_round(requeue, task_timeout=self._timeout())
+        return values, failures
+
+    def snapshot(self) -> tuple[list[tuple[int, Any]], list[TaskFailure]]:
+        """What :meth:`poll` would resolve now, without starting a round or an engine: a
+        task a new round would run stays pending (``remotemap runs show``, ``load_run``)."""
+        ended = [rnd for rnd in self.rounds.values() if self._read_status(rnd).get("ended")]
+        values, failures = self._read_outcomes()
+        for rnd in ended:
+            failures += self._judge(rnd, [])
         return values, failures
 
     def _read_status(self, rnd: Round) -> dict[str, Any]:

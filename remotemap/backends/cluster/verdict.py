@@ -221,7 +221,8 @@ class JobEnd:
                           f"was never started (job status {status or 'unknown'})", False,
                           resubmit=again)
         if exit_status == EXIT_NOTRUN:
-            return JobEnd("lost", "was not started: the round's first job failed", False,
+            return JobEnd("cancelled" if cancelled else "lost",
+                          f"was not started: {_not_run_why(spec, cancelled)}", False,
                           resubmit=again)
         if exit_status == USER_KILLED:
             return JobEnd("cancelled", "was cancelled (scancel, qdel or remotemap cancel)",
@@ -236,6 +237,18 @@ class JobEnd:
             return _exited(value, spec, again)
         return JobEnd("lost", f"ended with exit status {exit_status}", True, resubmit=again)
 
+
+
+def _not_run_why(spec: Mapping[str, Any], cancelled: bool) -> str:
+    """Why soma-workflow never started a job (``aborted_before_running``): the round was
+    stopped, or the job waited for another that failed."""
+    if cancelled:
+        return "the run was cancelled before the job's turn (remotemap cancel)"
+    if spec.get("dependencies"):
+        return "a job it waited for failed"
+    if spec.get("canary"):
+        return "the round's first job failed"
+    return "soma-workflow aborted it before it ran"
 
 
 def _aborted(row: Mapping[str, Any], scheduler: str, again: bool) -> JobEnd:
