@@ -202,3 +202,16 @@ def test_workers_that_take_turns_share_a_row(tmp_path: Path) -> None:
     assert page.count('class="task') == 8
     assert 1 <= page.count('class="lane-label"') <= 2
     assert "in turn)" in page
+
+
+def test_runs_plot_names_the_kind_of_a_run_it_cannot_draw(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from remotemap import Workflow
+
+    wf = Workflow("analysis")
+    wf.add_step(tf.square, 3)
+    wf.run("serial", run_dir=tmp_path / "wf")
+    [run_id] = [p.name for p in (tmp_path / "state" / "remotemap" / "workflows").iterdir()]
+    assert main(["runs", "plot", run_id, "-o", str(tmp_path / "wf.html")]) == 1
+    assert f"{run_id} is a workflow run" in capsys.readouterr().err
+    assert not (tmp_path / "wf.html").exists()
