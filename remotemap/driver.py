@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -154,16 +155,36 @@ class Work(ABC):
         """The chunks just taken were submitted; the loop waits next."""
 
 
-def _submit(session: Session, chunks: list[Chunk]) -> None:
+def _submit(session: Session, chunks: list[Chunk], sent: dict[int, list[float]]) -> None:
     # The chunks (functions and arguments) stay in this frame only, not held while waiting.
     for chunk in chunks:
+        sent[chunk.id] = [time.time(), len(chunk)]
         session.submit(chunk)
+
+
+def _stamp(result: ChunkResult, sent: dict[int, list[float]]) -> ChunkResult:
+    """``result`` with a time for each task and each failure: the worker's own, else (a crash,
+    a task that never started) from when its chunk was sent to now. ``sent`` maps the chunks
+    out to [when sent, tasks not back yet]."""
+    entry = sent.get(result.chunk_id)
+    if entry is not None:
+        entry[1] -= len(result.indices) + len(result.failures)
+        if entry[1] <= 0:
+            del sent[result.chunk_id]
+    if result.failures:
+        fallback = (entry[0] if entry else time.time(), time.time())
+        timings = result.timings
+        result.failures = [dataclasses.replace(
+            f, timing=timings.setdefault(f.index, f.timing or fallback),
+            worker=f.worker or result.worker) for f in result.failures]
+    return result
 
 
 def dispatch(session: Session, work: Work, retries: RetrySchedule) -> Iterator[ChunkResult]:
     """Drive ``session`` with ``work`` until the work has ended and every result came back
     (see the module docstring). Closing the generator stops sending; the session is the
     caller's to close."""
+    sent: dict[int, list[float]] = {}
     while True:
         due = retries.due()
         if due:
@@ -171,11 +192,12 @@ def dispatch(session: Session, work: Work, retries: RetrySchedule) -> Iterator[C
         chunks = work.take(max(session.capacity - session.in_flight, 0))
         if chunks is None:
             return
-        _submit(session, chunks)
+        _submit(session, chunks, sent)
         del chunks
         work.sent()
         if session.in_flight:
-            yield from session.wait(retries.next_in())
+            # map, not a loop variable that would keep the last result alive while waiting
+            yield from map(_stamp, session.wait(retries.next_in()), itertools.repeat(sent))
         elif retries or not work.ended():
             work.idle(retries.next_in())
         else:

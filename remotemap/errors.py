@@ -67,6 +67,12 @@ class TaskFailure:
     attempts: int = 1
     #: The failures of the earlier attempts, oldest first.
     previous: tuple[TaskFailure, ...] = field(default=(), repr=False, compare=False)
+    #: When this attempt ran: (start, end) in seconds since the epoch on the host that ran it;
+    #: where the worker left no record (it crashed, or never started the task), from when the
+    #: caller sent the task to when it learnt of the failure. None when unknown.
+    timing: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+    #: ``host:pid`` of the process that ran this attempt ("" when unknown, e.g. a crash).
+    worker: str = field(default="", repr=False, compare=False)
 
     def exception(self) -> BaseException | None:
         """The original exception object, or None where it could not cross the boundary."""

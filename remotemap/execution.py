@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import linecache
+import os
 import pickle
 import re
 import socket
@@ -17,6 +18,7 @@ import traceback
 import types
 from collections import ChainMap
 from collections.abc import Callable
+from time import time
 from typing import Any, ClassVar
 
 import cloudpickle
@@ -99,6 +101,12 @@ def this_host() -> str:
     return _HOST
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process, as a chunk's result names who ran it (read each time, not
+    at import: forked workers share this module)."""
+    return f"{_HOST}:{os.getpid()}"
+
+
 def failure_from_exception(
     index: int, exc: BaseException, *, kind: FailureKind = "exception", host: str | None = None
 ) -> TaskFailure:
@@ -150,10 +158,13 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     result as it is filled, before the first task: what a progress bar that moves per task
     watches, at no cost per task.
     """
-    result = ChunkResult(chunk.id)
+    result = ChunkResult(chunk.id, worker=worker_id())
     if started is not None:
         started(result)
     ok_indices, values, failures = result.indices, result.values, result.failures
+    ends, marks = result.ends, result.marks  # see ChunkResult.ends
+    last = result.starts[0] = time()
+    stride = countdown = 1
     # Loaded only by unpickling (or making) a Staged marker: a run without one never pays.
     staged = sys.modules.get("remotemap.staged")
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
@@ -162,20 +173,49 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
                 args, kwargs = staged.resolve_here(args, kwargs)
             value = function(*args, **kwargs)
         except BaseException as exc:
+            end = time()
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
                 raise
             # Drop this frame: the traceback should start in the user's function.
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             failures.append(failure_from_exception(index, exc))
+            last = _time_failure(result, index, last, end)
+            stride = countdown = 1
         else:
             ok_indices.append(index)
             values.append(value)
+            countdown -= 1
+            if not countdown:  # read the clock; every few tasks where they take under 10 us
+                now = time()
+                ends.append(now)
+                marks.append(len(ok_indices))
+                stride = min(stride * 2, 64) if now - last < stride * 1e-5 else 1
+                countdown, last = stride, now
+    if len(ok_indices) != (marks[-1] if marks else 0):
+        ends.append(time())
+        marks.append(len(ok_indices))
     return result
+
+
+def _time_failure(result: ChunkResult, index: int, last: float, end: float) -> float:
+    """Record when failed task ``index`` ran: it shares the span from the last clock read to
+    ``end`` with the tasks done since. Returns when the next task starts: once its failure
+    was recorded."""
+    done = len(result.indices)
+    pending = done - (result.marks[-1] if result.marks else 0)
+    share = (end - last) / (pending + 1)
+    if pending:
+        result.ends.append(end - share)
+        result.marks.append(done)
+    result.timings[index] = (end - share, end)
+    now = result.starts[done] = time()
+    return now
 
 
 def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
     """Every task of ``chunk`` failed with ``exc`` (the function could not even be loaded)."""
-    return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices])
+    return ChunkResult(chunk.id, failures=[failure_from_exception(i, exc) for i in chunk.indices],
+                       worker=worker_id())
 
 
 #: Result types that every Python can load: a chunk of only these goes as one pickle.
@@ -219,6 +259,8 @@ def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
             kept.append(index)
             kept_values.append(value)
             ends.append(buffer.tell())
+    if len(kept) != len(result.indices):
+        result.spell_out_times()
     result.indices, result.values = kept, kept_values
     return buffer.getvalue(), ends
 
@@ -249,6 +291,8 @@ def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
         else:
             indices.append(index)
         start = end
+    if len(indices) != len(result.indices):
+        result.spell_out_times()
     result.indices = indices
     return token, result
 

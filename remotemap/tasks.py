@@ -6,6 +6,7 @@ tiny tasks, building and pickling per-task objects would cost more than the task
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +43,42 @@ class ChunkResult:
     #: nothing are absent.
     outputs: dict[int, str] = field(default_factory=dict)
     #: When each task ran, by index: (start, end) in seconds since the epoch on the host that
-    #: ran it.
+    #: ran it. Read them with :meth:`task_times`: the tasks that succeeded in ``run_chunk``
+    #: are kept in ``ends``/``starts`` instead, and only the others here.
     timings: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: Who ran the chunk: ``host:pid`` of the worker process ("" where nothing recorded it).
     worker: str = ""
+    #: ``run_chunk``'s compact record: after ``marks[j]`` of ``indices`` were done, the clock
+    #: read ``ends[j]``; the tasks done since the read before (or since ``starts[d]``, where
+    #: a span starts after ``d`` tasks) share that span evenly. The clock is read after each
+    #: task, or after every few where tasks take under 10 us: a clock read may cost a few
+    #: hundred ns, and a tuple per task would cost more than a tiny task.
+    ends: array[float] = field(default_factory=lambda: array("d"))
+    marks: array[int] = field(default_factory=lambda: array("q"))
+    starts: dict[int, float] = field(default_factory=dict)
+
+    def task_times(self) -> dict[int, tuple[float, float]]:
+        """Each task's (start, end) by index, of those with a recorded time."""
+        times: dict[int, tuple[float, float]] = {}
+        done, last = 0, 0.0
+        # getattr: a result stored by a version without these fields has none of them
+        ends, marks = getattr(self, "ends", ()), getattr(self, "marks", ())
+        starts: dict[int, float] = getattr(self, "starts", {})
+        for end, mark in zip(ends, marks, strict=False):
+            start = starts.get(done, last)
+            share = (end - start) / max(mark - done, 1)
+            for k in range(done, min(mark, len(self.indices))):
+                times[self.indices[k]] = (start + (k - done) * share,
+                                          start + (k - done + 1) * share)
+            done, last = mark, end
+        times.update(getattr(self, "timings", {}))
+        return times
+
+    def spell_out_times(self) -> None:
+        """Move the compact record into ``timings``, before ``indices`` loses or gains one."""
+        if getattr(self, "ends", ()):
+            self.timings = self.task_times()
+            self.ends, self.marks, self.starts = array("d"), array("q"), {}
 
 
 def normalize_arguments(

@@ -128,6 +128,8 @@ def run_in_task_dirs(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkR
         result.indices += one.indices
         result.values += one.values
         result.failures += one.failures
+        result.timings.update(one.task_times())
+        result.worker = one.worker
     return result
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite: lint (ruff), types (mypy), then pytest, with the real servers the
-# tests need (sshd, SLURM) installed first when running as root.
+# tests need (sshd, SLURM, headless Chromium) installed first when running as root.
 #
 #   scripts/test.sh [PYTEST ARGS]            the versions pinned in constraints.txt, in .venv
 #   scripts/test.sh --newest [PYTEST ARGS]   the newest release of every dependency, in
@@ -26,7 +26,7 @@ venv=$REMOTEMAP_VENV
 
 scripts/setup.sh --no-demo
 if [ "$(id -u)" = 0 ]; then
-    for installer in scripts/install-sshd.sh scripts/install-slurm.sh; do
+    for installer in scripts/install-sshd.sh scripts/install-slurm.sh scripts/install-chromium.sh; do
         [ -x "$installer" ] && "$installer" "$PWD/$venv"
     done
 else

@@ -210,8 +210,8 @@ def cli_sections() -> dict[str, str]:
 
 @pytest.mark.parametrize("words", ["config get", "config set", "config unset", "config edit",
                                    "status", "demo", "runs", "runs show", "runs results",
-                                   "runs clean", "runs retry", "retry", "clean", "collect",
-                                   "cancel"])
+                                   "runs clean", "runs retry", "runs plot", "retry", "clean",
+                                   "collect", "cancel"])
 def test_cli_page_documents_each_commands_options_and_exit_status(words: str) -> None:
     """Every option `--help` shows is in the command's section, and so is its exit status."""
     done = subprocess.run([sys.executable, "-m", "remotemap", *words.split(), "--help"],

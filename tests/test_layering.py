@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "remotemap.driver": 3,
     "remotemap.runs": 3,
     "remotemap.run_records": 3,
+    "remotemap.timeline": 3,
     "remotemap.call_options": 3,
     # 4. The modes, each fulfilling the Session contract.
     "remotemap.backends": 4,

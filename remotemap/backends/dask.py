@@ -178,6 +178,8 @@ class DaskSession(Session):
                 result.indices += part.indices
                 result.values += part.values
                 result.failures += part.failures
+                result.timings.update(part.task_times())
+                result.worker = part.worker
         except Exception as exc:  # not the tasks' (they fail in the child): dask's own
             # KilledWorker, a cancelled future (scheduler gone), a worker without remotemap.
             result = ChunkResult(chunk.id, failures=[

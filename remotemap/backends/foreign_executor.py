@@ -151,6 +151,8 @@ def run_pickled(function_blob: bytes, chunk_blob: bytes, options: TaskOptions,
             result.indices += part.indices
             result.values += part.values
             result.failures += [_as_timeout(f) for f in part.failures]
+            result.timings.update(part.task_times())
+            result.worker = part.worker
         return dumps_result(result)
 
 

@@ -69,6 +69,8 @@ class _SerialSession(Session):
                 result.indices += part.indices
                 result.values += part.values
                 result.failures += [_as_timeout(f) for f in part.failures]
+                result.timings.update(part.task_times())
+                result.worker = part.worker
             self.ready.append(result)
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:

@@ -21,6 +21,7 @@ from remotemap.state import state_dir
 RUNS_SUBCOMMANDS: list[str] = [
     "remotemap.cli.runs_show",
     "remotemap.cli.runs_clean",
+    "remotemap.cli.runs_plot",
 ]
 
 

@@ -90,6 +90,8 @@ class ClusterRun:
         self.file_rounds: dict[int, list[int]] = {}
         self.pending: dict[int, int] = {}  # task index -> the file that will resolve it
         self.seen: set[str] = set()
+        #: When and by whom each task read from an outcome ran (index -> (start, end), worker).
+        self.ran: dict[int, tuple[tuple[float, float], str]] = {}
         self.next_file = 0
         self.cancelled = False
         self.env: dict[str, str] = dict(meta.get("env") or {})
@@ -278,6 +280,7 @@ class ClusterRun:
             del self.pending[index]
             values += zip(result.indices, result.values, strict=True)
             failures += result.failures
+            self.ran.update((i, (t, result.worker)) for i, t in result.task_times().items())
         return values, failures
 
     def _timeout(self) -> float | None:
