@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remotemap.capture import Printer
 from remotemap.errors import TaskFailure
 from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
@@ -48,13 +49,15 @@ class Policy:
     #: Seconds before the first retry of a task; doubled for each further one.
     backoff: float = 0.5
     options: TaskOptions = field(default_factory=TaskOptions)
+    #: Show what tasks print while the run goes (prefixed ``[task N] ``), besides keeping it.
+    stream_output: bool = True
 
 
 _ON_ERROR = ("continue", "stop")
 
 
 def make_policy(on_error: str, timeout: float | None, retries: int, backoff: float,
-                env: Mapping[str, str] | None) -> Policy:
+                env: Mapping[str, str] | None, stream_output: bool = True) -> Policy:
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, "
                          f"got {on_error!r}")
@@ -70,7 +73,19 @@ def make_policy(on_error: str, timeout: float | None, retries: int, backoff: flo
         raise TypeError(f"env must map names to strings; env[{bad[0]!r}] is "
                         f"{type(env[bad[0]]).__name__}")
     check_env(env)
-    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env))
+    if not isinstance(stream_output, bool):
+        raise TypeError(f"stream_output must be True or False, got {stream_output!r}")
+    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env), stream_output)
+
+
+def output_shower(policy: Policy, session: Session,
+                  write: Callable[[str, bool], None]) -> Callable[[ChunkResult], None] | None:
+    """What shows a result's task output when it arrives, or None: output not streamed, or
+    the session shows it itself as it is printed (``serial``)."""
+    if not policy.stream_output:
+        return None
+    printer = Printer(write)
+    return None if session.echo_output(printer) else printer.show
 
 
 @dataclass
@@ -250,7 +265,10 @@ def drive(
     with backend.open(function, policy.options) as session, \
             Progress(n_tasks, progress, backend.name) as bar:
         bar.update(n_tasks - len(todo))
+        show = output_shower(policy, session, lambda text, err: bar.write(text, stderr=err))
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
+            if show is not None:
+                show(result)
             if store is not None:
                 store.record(result)
             finals = [f for f in map(retries.consider, result.failures) if f is not None]

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
+from remotemap.capture import Buffer, Printer, capturing
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -138,17 +139,26 @@ def safe_str(obj: object) -> str:
 
 
 def run_chunk(function: Callable[..., Any], chunk: Chunk,
-              interrupted: Callable[[], bool] | None = None) -> ChunkResult:
+              interrupted: Callable[[], bool] | None = None,
+              echo: Printer | None = None) -> ChunkResult:
     """Call ``function`` on every task of ``chunk``; an exception fails its task only.
 
     Any exception does, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` included,
     except a ``KeyboardInterrupt`` that a real Ctrl-C raised in this very process:
     ``interrupted()`` says whether one arrived (given by the caller's own process, where Ctrl-C
-    must stop the run; a worker process leaves it None).
+    must stop the run; a worker process leaves it None). What each task prints is captured
+    (``result.outputs``, see :mod:`remotemap.capture`); ``echo`` also shows it at once.
     """
+    with capturing(echo) as printed:
+        return _run_tasks(function, chunk, interrupted, printed)
+
+
+def _run_tasks(function: Callable[..., Any], chunk: Chunk,
+               interrupted: Callable[[], bool] | None, printed: Buffer) -> ChunkResult:
     result = ChunkResult(chunk.id)
     ok_indices, values, failures = result.indices, result.values, result.failures
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
+        printed.index = index
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
@@ -160,6 +170,8 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
         else:
             ok_indices.append(index)
             values.append(value)
+        if printed.parts:
+            printed.keep(index, result)
     return result
 
 
@@ -313,6 +325,8 @@ def lost_chunk_result(
                 traceback=trace,
                 host=host or _HOST,
                 kind=kind,
+                # alone in its process, the task wrote all of the log: what it printed
+                output=log_tail if len(chunk.indices) == 1 else "",
             )
         )
     return ChunkResult(chunk.id, failures=failures)

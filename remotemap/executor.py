@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import functools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -32,12 +33,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from remotemap.api import EXECUTOR_OPTIONS, make_backend, run_config
+from remotemap.api import EXECUTOR_OPTIONS, configured_stream, make_backend, run_config
 from remotemap.backends.base import Backend, Session
 from remotemap.backends.foreign_executor import executor_backend
 from remotemap.call_options import Mode, ModeName
 from remotemap.config import Config
-from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy
+from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy, output_shower
 from remotemap.errors import RemoteException, TaskFailure
 
 # Where a future's exception comes from; here too, where they were first defined.
@@ -171,7 +172,9 @@ class Executor(concurrent.futures.Executor):
                  timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
                  env: Mapping[str, str] | None = None,
                  executor: concurrent.futures.Executor | None = None, **options: Any) -> None:
-        policy = make_policy("continue", timeout, retries, backoff, env)
+        stream = options.pop("stream_output", None)
+        policy = make_policy("continue", timeout, retries, backoff, env,
+                             True if stream is None else stream)
         if executor is not None:  # the same rule as remote_map(executor=...)
             if mode is not None or config is not None or options:
                 raise ValueError("give an executor or a mode with its options, not both")
@@ -179,6 +182,7 @@ class Executor(concurrent.futures.Executor):
             self.mode = backend.name
         else:
             cfg, self.mode = run_config(config, mode)
+            policy = configured_stream(policy, stream, cfg)
             backend = make_backend(self.mode, cfg, options, EXECUTOR_OPTIONS)
         self._dispatcher = _Dispatcher(backend, policy)
         self.max_workers = max_workers
@@ -232,6 +236,10 @@ class Executor(concurrent.futures.Executor):
             return None
         self.shutdown(wait=True)
         return None
+
+
+def _write_output(text: str, stderr: bool) -> None:
+    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 class _Dispatcher(Work):
@@ -321,7 +329,10 @@ class _Dispatcher(Work):
         try:
             with self.backend.open(_call, self.policy.options) as session:
                 self.session = session
+                show = output_shower(self.policy, session, _write_output)
                 for result in dispatch(session, self, retries):
+                    if show is not None:
+                        show(result)
                     self._hand_over(result, retries)
                     del result  # no result stays referenced here while the loop waits
         except BaseException as exc:  # the backend itself failed: every open future fails

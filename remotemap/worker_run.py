@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from remotemap.capture import merge_outputs
 from remotemap.execution import (
     PICKLING_ERRORS,
     chunk_failed,
@@ -129,6 +130,7 @@ def run_in_task_dirs(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkR
         result.indices += one.indices
         result.values += one.values
         result.failures += one.failures
+        merge_outputs(result, one)
     return result
 
 

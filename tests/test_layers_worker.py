@@ -20,7 +20,8 @@ FORBIDDEN = ("remotemap.api", "remotemap.workflow", "remotemap.config", "remotem
              "remotemap.executor", "remotemap.driver")
 
 #: Everything of remotemap each program really loads: a new import shows up here for review.
-WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.execution",
+WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.errors",
+                  "remotemap.execution",
                   "remotemap.integrity", "remotemap.leftovers", "remotemap.preload",
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
