@@ -265,8 +265,7 @@ def _prepare(func: Callable[..., Any], largs: Largs, lkwargs: Lkwargs, mode: str
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
     stream = options.pop("stream_output", None)
-    policy = make_policy(on_error, timeout, retries, backoff, env,
-                         True if stream is None else stream)
+    policy = make_policy(on_error, timeout, retries, backoff, env, stream is None or stream)
     all_args, all_kwargs = normalize_arguments(largs, lkwargs)
     backend: Backend
     if executor is not None:

@@ -266,6 +266,11 @@ def pieces(result: ChunkResult, index: int) -> list[tuple[bool, str]]:
     return out
 
 
+def write_line(text: str, stderr: bool) -> None:
+    """Print a line on this process's stdout, or stderr when ``stderr`` (no progress bar)."""
+    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+
+
 class Printer:
     """Shows tasks' output during a run: every line prefixed ``[task N] ``, on the stream it
     was written to, through ``write(line, stderr)`` (``Progress.write``: above the bar)."""

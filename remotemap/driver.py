@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from remotemap.capture import Printer
+from remotemap.capture import Printer, write_line
 from remotemap.errors import TaskFailure
 from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
@@ -102,6 +102,42 @@ def localize(failure: TaskFailure) -> TaskFailure:
     """``failure`` with the source lines its traceback lacks, from this process's files."""
     text = fill_source_lines(failure.traceback) if failure.traceback else ""
     return failure if text == failure.traceback else dataclasses.replace(failure, traceback=text)
+
+
+def open_streaming(backend: Backend, function: Callable[..., Any], policy: Policy,
+                   write: Callable[[str, bool], None] = write_line) -> Session:
+    """``backend.open(function, policy.options)``, whose results' task output is shown through
+    ``write`` as they arrive when ``policy.stream_output`` (for loops without a bar)."""
+    session = backend.open(function, policy.options)
+    show = output_shower(policy, session, write)
+    return session if show is None else _Showing(session, show)
+
+
+class _Showing(Session):
+    """A session whose ``wait`` shows what the tasks of each result printed."""
+
+    def __init__(self, session: Session, show: Callable[[ChunkResult], None]) -> None:
+        self.session, self.show = session, show
+        self.capacity = session.capacity
+
+    def submit(self, chunk: Chunk) -> None:
+        self.session.submit(chunk)
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        results = self.session.wait(timeout)
+        for result in results:
+            self.show(result)
+        return results
+
+    @property
+    def in_flight(self) -> int:
+        return self.session.in_flight
+
+    def wake(self) -> None:
+        self.session.wake()
+
+    def close(self) -> None:
+        self.session.close()
 
 
 class RetrySchedule:

@@ -24,7 +24,6 @@ import collections
 import concurrent.futures
 import functools
 import os
-import sys
 import threading
 import time
 import weakref
@@ -38,7 +37,7 @@ from remotemap.backends.base import Backend, Session
 from remotemap.backends.foreign_executor import executor_backend
 from remotemap.call_options import Mode, ModeName
 from remotemap.config import Config
-from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy, output_shower
+from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy, open_streaming
 from remotemap.errors import RemoteException, TaskFailure
 
 # Where a future's exception comes from; here too, where they were first defined.
@@ -173,8 +172,7 @@ class Executor(concurrent.futures.Executor):
                  env: Mapping[str, str] | None = None,
                  executor: concurrent.futures.Executor | None = None, **options: Any) -> None:
         stream = options.pop("stream_output", None)
-        policy = make_policy("continue", timeout, retries, backoff, env,
-                             True if stream is None else stream)
+        policy = make_policy("continue", timeout, retries, backoff, env, stream is None or stream)
         if executor is not None:  # the same rule as remote_map(executor=...)
             if mode is not None or config is not None or options:
                 raise ValueError("give an executor or a mode with its options, not both")
@@ -236,10 +234,6 @@ class Executor(concurrent.futures.Executor):
             return None
         self.shutdown(wait=True)
         return None
-
-
-def _write_output(text: str, stderr: bool) -> None:
-    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 class _Dispatcher(Work):
@@ -327,12 +321,9 @@ class _Dispatcher(Work):
     def run(self) -> None:
         retries = RetrySchedule(self.policy)
         try:
-            with self.backend.open(_call, self.policy.options) as session:
+            with open_streaming(self.backend, _call, self.policy) as session:
                 self.session = session
-                show = output_shower(self.policy, session, _write_output)
                 for result in dispatch(session, self, retries):
-                    if show is not None:
-                        show(result)
                     self._hand_over(result, retries)
                     del result  # no result stays referenced here while the loop waits
         except BaseException as exc:  # the backend itself failed: every open future fails

@@ -108,6 +108,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="List the runs stored with remote_map(..., run_dir=...) and where they "
         f"are ({state_dir('runs')}). Exit status 1 when their index is not safe to read.")
     runs.set_defaults(handler=cmd_runs)
+    _register_output(runs, common)
     retry = subparsers.add_parser(
         "retry", parents=[common], help="rerun the failed and unfinished tasks of a run",
         description="Rerun the tasks of a stored run that failed or never finished, with the "
@@ -130,3 +131,47 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     clean.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
                        help="age in days of the finished runs to remove (default 7; 0 = all)")
     clean.set_defaults(handler=cmd_clean)
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    """What the tasks of a stored run printed: every task's, or ``--task N``'s alone."""
+    try:
+        store = RunStore.existing(RunStore.find(args.run))
+        stored, meta = store.load(), store.meta()
+    except (ValueError, UnsafePath, TamperedFile) as exc:
+        print(f"remotemap: error: {exc}", file=sys.stderr)
+        return 1
+    if args.task is not None:
+        if not 0 <= args.task < int(meta["n_tasks"]):
+            print(f"remotemap: error: run {meta['id']} has tasks 0 to {meta['n_tasks'] - 1}; "
+                  f"there is no task {args.task}", file=sys.stderr)
+            return 1
+        if args.task not in stored.values and args.task not in stored.failures:
+            print(f"remotemap: error: task {args.task} of run {meta['id']} has no stored "
+                  "outcome (it never finished)", file=sys.stderr)
+            return 1
+        sys.stdout.write(stored.outputs.get(args.task, ""))
+        if args.task not in stored.outputs:
+            print(f"task {args.task} printed nothing", file=sys.stderr)
+        return 0
+    if not stored.outputs:
+        print(f"no task of run {meta['id']} printed anything")
+    for index in sorted(stored.outputs):
+        state = "failed" if index in stored.failures else "ok"
+        text = stored.outputs[index]
+        print(f"=== task {index} ({state}) ===")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _register_output(runs: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    commands = runs.add_subparsers(title="run commands", metavar="COMMAND")
+    output = commands.add_parser(
+        "output", parents=[common], help="what the tasks of a stored run printed",
+        description="Print what the tasks of a stored run printed (stdout and stderr as they "
+        "wrote them, each task's first 10,000 and last 40,000 characters), from the attempt "
+        "whose outcome is kept. Exit status 1 when the run or the task cannot be found.")
+    output.add_argument("run", metavar="RUN", help="run id (see `remotemap runs`) or directory")
+    output.add_argument("--task", type=int, metavar="N",
+                        help="only task N's output, exactly as printed")
+    output.set_defaults(handler=cmd_output)
