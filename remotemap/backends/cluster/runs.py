@@ -42,6 +42,7 @@ from remotemap.backends.cluster.settings import (
     round_spec,
 )
 from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
+from remotemap.capture import merge_outputs
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
@@ -58,7 +59,7 @@ from remotemap.protocol import (
     seal_file,
     unseal_file,
 )
-from remotemap.tasks import Chunk
+from remotemap.tasks import Chunk, ChunkResult
 
 log = logging.getLogger("remotemap")
 
@@ -85,6 +86,8 @@ class ClusterRun:
         self.file_rounds: dict[int, list[int]] = {}
         self.pending: dict[int, int] = {}  # task index -> the file that will resolve it
         self.seen: set[str] = set()
+        #: What tasks printed, from outcomes read but not yet taken (``take_outputs``).
+        self.printed = ChunkResult(-1)
         self.next_file = 0
         self.cancelled = False
         self.env: dict[str, str] = dict(meta.get("env") or {})
@@ -257,7 +260,16 @@ class ClusterRun:
             del self.pending[index]
             values += zip(result.indices, result.values, strict=True)
             failures += result.failures
+            merge_outputs(self.printed, result)
         return values, failures
+
+    def take_outputs(self, result: ChunkResult) -> None:
+        """Move what the tasks of ``result`` printed (read with their outcomes) into it."""
+        for index in [*result.indices, *(f.index for f in result.failures)]:
+            if index in self.printed.outputs:
+                result.outputs[index] = self.printed.outputs.pop(index)
+            if index in self.printed.stderr_spans:
+                result.stderr_spans[index] = self.printed.stderr_spans.pop(index)
 
     def _timeout(self) -> float | None:
         last = self.specs[max(self.specs)] if self.specs else {}

@@ -155,6 +155,8 @@ class ClusterSession(Session):
             if chunk_id is not None:
                 results.setdefault(chunk_id, ChunkResult(chunk_id)).failures.append(failure)
         for chunk_id, result in results.items():
+            if self.run is not None:
+                self.run.take_outputs(result)
             self._left[chunk_id] -= len(result.indices) + len(result.failures)
             if self._left[chunk_id] <= 0:
                 del self._left[chunk_id]
