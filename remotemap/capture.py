@@ -3,7 +3,7 @@
 :func:`capturing` is set up once per chunk (by ``execution.run_chunk``, on every mode). It makes
 ``sys.stdout`` and ``sys.stderr`` routers: what a thread running a chunk writes goes to that
 chunk's :class:`Buffer`; what any other thread writes goes where it went before. Per task the
-cost is two attribute accesses (``buffer.index = i``, ``if buffer.parts``); only a task that
+cost is nil: the writing task is found when it writes (:class:`Buffer`); only a task that
 printed pays for joining and storing its text (``ChunkResult.outputs``, ``stderr_spans``).
 
 What is caught is what Python code writes through ``sys.stdout``/``sys.stderr`` (``print``,
@@ -87,9 +87,14 @@ class _Router:
 
 
 class Buffer:
-    """What the running task of one chunk printed since its start, bounded."""
+    """What the tasks of one chunk print, each task's bounded, moved into the chunk's result.
 
-    __slots__ = ("cut", "echo", "head", "index", "limit", "parts", "size")
+    The task that writes is found when it writes (the first of the chunk's tasks not yet in
+    its result), and its text is moved into the result when another task writes or the chunk
+    ends: a task that prints nothing costs nothing here.
+    """
+
+    __slots__ = ("cut", "echo", "head", "indices", "limit", "parts", "result", "size", "task")
 
     def __init__(self, echo: Printer | None) -> None:
         self.parts: list[tuple[bool, str]] = []  # (written on stderr, text), in order
@@ -97,17 +102,28 @@ class Buffer:
         self.limit = HEAD + 2 * TAIL  # trim parts beyond this many characters
         self.head: list[tuple[bool, str]] | None = None  # the first HEAD, once cut from parts
         self.cut = 0
-        self.index = -1  # the task running now
         self.echo = echo
+        self.indices: list[int] = []
+        self.result = ChunkResult(-1)
+        self.task = -1  # whose output parts hold (-1: nobody's)
+
+    def follow(self, indices: list[int], result: ChunkResult) -> None:
+        """The chunk's tasks are ``indices``, run in turn, each ending in ``result``."""
+        self.indices, self.result = indices, result
 
     def add(self, text: str, stderr: bool) -> None:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if not text:
             return
+        ended = len(self.result.indices) + len(self.result.failures)
+        running = self.indices[min(ended, len(self.indices) - 1)] if self.indices else -1
+        if running != self.task:
+            self._move()
+            self.task = running
         if self.echo is not None:
             with _real_streams():
-                self.echo(self.index, text, stderr)
+                self.echo(running, text, stderr)
         self.parts.append((stderr, text))
         self.size += len(text)
         if self.size > self.limit:
@@ -122,8 +138,11 @@ class Buffer:
         self.size = sum(len(text) for _, text in self.parts)
         self.limit = 2 * TAIL
 
-    def keep(self, index: int, result: ChunkResult) -> None:
-        """Move what task ``index`` printed into ``result`` (and onto its failure, if any)."""
+    def _move(self) -> None:
+        """Move what the last task that wrote printed into the result."""
+        index = self.task
+        if index < 0 or not self.parts:
+            return
         if self.head is not None or self.size > HEAD + TAIL:
             self._trim()
         parts = self.parts
@@ -132,17 +151,23 @@ class Buffer:
                       f"it keeps the first {HEAD} and the last {TAIL}]\n")
             parts = [*self.head, (False, marker), *parts]
         text, spans = _join(parts)
-        result.outputs[index] = text
+        self.result.outputs[index] = text
         if spans:
-            result.stderr_spans[index] = spans
-        failures = result.failures
-        if failures and failures[-1].index == index:
-            failures[-1] = dataclasses.replace(failures[-1], output=text)
+            self.result.stderr_spans[index] = spans
         if self.echo is not None:
             with _real_streams():
                 self.echo.end(index)
-        self.parts, self.size, self.limit = [], 0, HEAD + 2 * TAIL
-        self.head, self.cut = None, 0
+        self.parts, self.size, self.limit, self.head, self.cut = [], 0, HEAD + 2 * TAIL, None, 0
+        self.task = -1
+
+    def done(self) -> None:
+        """The chunk ended: its last output goes in, and each failed task gets its own."""
+        self._move()
+        outputs, failures = self.result.outputs, self.result.failures
+        if outputs:
+            for k, failure in enumerate(failures):
+                if failure.index in outputs:
+                    failures[k] = dataclasses.replace(failure, output=outputs[failure.index])
 
 
 def _split(parts: list[tuple[bool, str]], n: int) -> tuple[list[tuple[bool, str]],

@@ -157,8 +157,8 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
                interrupted: Callable[[], bool] | None, printed: Buffer) -> ChunkResult:
     result = ChunkResult(chunk.id)
     ok_indices, values, failures = result.indices, result.values, result.failures
+    printed.follow(chunk.indices, result)
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
-        printed.index = index
         try:
             value = function(*args, **kwargs)
         except BaseException as exc:
@@ -170,8 +170,7 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
         else:
             ok_indices.append(index)
             values.append(value)
-        if printed.parts:
-            printed.keep(index, result)
+    printed.done()
     return result
 
 

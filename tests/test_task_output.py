@@ -234,3 +234,11 @@ def test_serial_prints_above_the_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "processing subject" not in raw.replace("] processing subject", "")
     # The bar is never followed by printed text on its line (was: "9.95task/s]processing").
     assert re.search(r"task/s\][^\r\n]", raw) is None, raw
+
+
+def test_in_one_chunk_each_task_gets_only_what_it_printed() -> None:
+    largs = [(0, 2, True), (1, 0, True), (2, 1, False), (3, 0, True), (4, 1, True)]
+    with pytest.raises(RemoteException) as info:
+        remote_map(tf.chatty, largs, mode="local", n_jobs=1, chunksize=5, stream_output=False)
+    assert {f.index: f.output for f in info.value.failures} == {
+        0: "out 0.0\nerr 0.0\nout 0.1\nerr 0.1\n", 1: "", 3: "", 4: "out 4.0\nerr 4.0\n"}
