@@ -1,6 +1,6 @@
 """What each task prints: captured where it runs, bounded, kept with its result, shown later.
 
-:func:`capturing` is set up once per chunk (by ``execution.run_chunk``, on every mode). It makes
+:class:`Buffer` is set up once per chunk (by ``execution.run_chunk``, on every mode). It makes
 ``sys.stdout`` and ``sys.stderr`` routers: what a thread running a chunk writes goes to that
 chunk's :class:`Buffer`; what any other thread writes goes where it went before. Per task the
 cost is nil: the writing task is found when it writes (:class:`Buffer`); only a task that
@@ -94,18 +94,53 @@ class Buffer:
     ends: a task that prints nothing costs nothing here.
     """
 
-    __slots__ = ("cut", "echo", "head", "indices", "limit", "parts", "result", "size", "task")
+    # Class-level defaults, so a chunk whose tasks print nothing sets only three attributes
+    # (serial sets a buffer up for every task).
+    size = 0  # characters in parts
+    limit = HEAD + 2 * TAIL  # trim parts beyond this many characters
+    head: list[tuple[bool, str]] | None = None  # the first HEAD, once cut from parts
+    cut = 0
+    indices: list[int] | tuple[()] = ()
+    result: ChunkResult | None = None
+    task = -1  # whose output parts hold (-1: nobody's)
+    outer: Buffer | None = None  # a task running a serial remote_map of its own
 
-    def __init__(self, echo: Printer | None) -> None:
+    def __init__(self, echo: Printer | None = None) -> None:
         self.parts: list[tuple[bool, str]] = []  # (written on stderr, text), in order
-        self.size = 0  # characters in parts
-        self.limit = HEAD + 2 * TAIL  # trim parts beyond this many characters
-        self.head: list[tuple[bool, str]] | None = None  # the first HEAD, once cut from parts
-        self.cut = 0
         self.echo = echo
-        self.indices: list[int] = []
-        self.result = ChunkResult(-1)
-        self.task = -1  # whose output parts hold (-1: nobody's)
+        self.ident = threading.get_ident()
+
+    def __enter__(self) -> Buffer:
+        """Capture what this thread prints until the block ends. One object and no more
+        calls than needed: ``serial`` sets one up for every task."""
+        global _routers, _users
+        with _lock:
+            if _users == 0:
+                routers = _routers
+                if routers is None or routers[0].original is not sys.stdout \
+                        or routers[1].original is not sys.stderr:
+                    routers = _routers = (_Router(sys.stdout, False), _Router(sys.stderr, True))
+                sys.stdout, sys.stderr = routers
+            _users += 1
+        self.outer = _buffers.get(self.ident)
+        _buffers[self.ident] = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _users
+        if self.outer is None:
+            del _buffers[self.ident]
+        else:
+            _buffers[self.ident] = self.outer
+        with _lock:
+            _users -= 1
+            if _users == 0 and _routers is not None:
+                out, err = _routers  # kept: the next chunk reuses them over the same streams
+                # A task that put a stream of its own in place keeps it (as without capture).
+                if sys.stdout is out:
+                    sys.stdout = out.original
+                if sys.stderr is err:
+                    sys.stderr = err.original
 
     def follow(self, indices: list[int], result: ChunkResult) -> None:
         """The chunk's tasks are ``indices``, run in turn, each ending in ``result``."""
@@ -116,8 +151,11 @@ class Buffer:
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if not text:
             return
-        ended = len(self.result.indices) + len(self.result.failures)
-        running = self.indices[min(ended, len(self.indices) - 1)] if self.indices else -1
+        result = self.result
+        running = -1
+        if result is not None and self.indices:
+            ended = len(result.indices) + len(result.failures)
+            running = self.indices[min(ended, len(self.indices) - 1)]
         if running != self.task:
             self._move()
             self.task = running
@@ -140,8 +178,8 @@ class Buffer:
 
     def _move(self) -> None:
         """Move what the last task that wrote printed into the result."""
-        index = self.task
-        if index < 0 or not self.parts:
+        index, result = self.task, self.result
+        if index < 0 or not self.parts or result is None:
             return
         if self.head is not None or self.size > HEAD + TAIL:
             self._trim()
@@ -151,9 +189,9 @@ class Buffer:
                       f"it keeps the first {HEAD} and the last {TAIL}]\n")
             parts = [*self.head, (False, marker), *parts]
         text, spans = _join(parts)
-        self.result.outputs[index] = text
+        result.outputs[index] = text
         if spans:
-            self.result.stderr_spans[index] = spans
+            result.stderr_spans[index] = spans
         if self.echo is not None:
             with _real_streams():
                 self.echo.end(index)
@@ -162,9 +200,12 @@ class Buffer:
 
     def done(self) -> None:
         """The chunk ended: its last output goes in, and each failed task gets its own."""
-        self._move()
+        if self.task >= 0:
+            self._move()
+        if self.result is None or not self.result.outputs:
+            return
         outputs, failures = self.result.outputs, self.result.failures
-        if outputs:
+        if failures:
             for k, failure in enumerate(failures):
                 if failure.index in outputs:
                     failures[k] = dataclasses.replace(failure, output=outputs[failure.index])
@@ -213,53 +254,11 @@ def _join(parts: list[tuple[bool, str]]) -> tuple[str, list[tuple[int, int]]]:
 
 
 @contextlib.contextmanager
-def capturing(echo: Printer | None = None) -> Iterator[Buffer]:
-    """Capture what this thread prints until the block ends; ``echo`` shows it at once
-    (``serial``'s tee), else it is shown when the chunk's result arrives."""
-    buffer = Buffer(echo)
-    ident = threading.get_ident()
-    _install()
-    outer = _buffers.get(ident)  # a task running a serial remote_map of its own
-    _buffers[ident] = buffer
-    try:
-        yield buffer
-    finally:
-        if outer is None:
-            del _buffers[ident]
-        else:
-            _buffers[ident] = outer
-        _uninstall()
-
-
-def _install() -> None:
-    global _routers, _users
-    with _lock:
-        if _users == 0:
-            _routers = (_Router(sys.stdout, False), _Router(sys.stderr, True))
-            sys.stdout, sys.stderr = _routers
-        _users += 1
-
-
-def _uninstall() -> None:
-    global _routers, _users
-    with _lock:
-        _users -= 1
-        if _users == 0 and _routers is not None:
-            out, err = _routers
-            # A task that put a stream of its own in place keeps it (as without capture).
-            if sys.stdout is out:
-                sys.stdout = out.original
-            if sys.stderr is err:
-                sys.stderr = err.original
-            _routers = None
-
-
-@contextlib.contextmanager
 def _real_streams() -> Iterator[None]:
     """The streams the routers stand for, while an echo writes: what it prints is not the
     task's, and a progress bar clears itself only for writes to the real streams."""
     routers = _routers
-    if routers is None:
+    if routers is None or not _users:
         yield
         return
     saved = sys.stdout, sys.stderr

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
-from remotemap.capture import Buffer, Printer, capturing
+from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -149,7 +149,7 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     must stop the run; a worker process leaves it None). What each task prints is captured
     (``result.outputs``, see :mod:`remotemap.capture`); ``echo`` also shows it at once.
     """
-    with capturing(echo) as printed:
+    with Buffer(echo) as printed:
         return _run_tasks(function, chunk, interrupted, printed)
 
 
