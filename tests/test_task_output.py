@@ -242,3 +242,8 @@ def test_in_one_chunk_each_task_gets_only_what_it_printed() -> None:
         remote_map(tf.chatty, largs, mode="local", n_jobs=1, chunksize=5, stream_output=False)
     assert {f.index: f.output for f in info.value.failures} == {
         0: "out 0.0\nerr 0.0\nout 0.1\nerr 0.1\n", 1: "", 3: "", 4: "out 4.0\nerr 4.0\n"}
+
+
+def test_stream_output_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="stream_output must be True or False, got 'yes'"):
+        remote_map(tf.chatty, [(0, 1)], mode="serial", stream_output="yes")  # type: ignore[call-overload]
