@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import time
@@ -33,9 +34,10 @@ log = logging.getLogger("remotemap")
 _FUNCTION_CHANGED = ("error", "rerun", "keep")
 #: The options remote_map takes besides a mode's own, listed when an option is unknown.
 MAP_OPTIONS = ("timeout", "retries", "backoff", "env", "on_error", "progress", "run_dir",
-               "resume", "function_changed", "config", "executor")
+               "resume", "function_changed", "config", "executor", "stream_output")
 #: The same for Executor.
-EXECUTOR_OPTIONS = ("max_workers", "timeout", "retries", "backoff", "env", "config", "executor")
+EXECUTOR_OPTIONS = ("max_workers", "timeout", "retries", "backoff", "env", "config", "executor",
+                    "stream_output")
 PathLike = str | os.PathLike[str]
 T = TypeVar("T")
 Largs = Sequence[Sequence[Any]] | None
@@ -100,6 +102,10 @@ def remote_map(
     - ``retries``: further attempts for a failed task, after ``backoff`` seconds, doubled each
       time; every attempt is recorded on the final failure (``.previous``).
     - ``env``: environment variables set where the tasks run, not in this process.
+    - ``stream_output``: show what the tasks print (stdout and stderr, each line prefixed
+      ``[task N] ``, above the progress bar) during the run (None: the config's
+      ``remotemap.stream_output``, True by default); False keeps it only captured
+      (``TaskFailure.output``, stored runs). See ``docs/failures.md``.
     - ``run_dir``: keep the run in this directory (created, or resumed if it holds a run);
       ``resume``: a stored run's id or directory. A resumed run reuses a stored result only
       for a task at the same position with the same arguments (by fingerprint), computed by
@@ -258,7 +264,8 @@ def _prepare(func: Callable[..., Any], largs: Largs, lkwargs: Lkwargs, mode: str
     """Check every argument before anything starts; build the backend and the run's store."""
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
-    policy = make_policy(on_error, timeout, retries, backoff, env)
+    stream = options.pop("stream_output", None)
+    policy = make_policy(on_error, timeout, retries, backoff, env, stream is None or stream)
     all_args, all_kwargs = normalize_arguments(largs, lkwargs)
     backend: Backend
     if executor is not None:
@@ -270,6 +277,7 @@ def _prepare(func: Callable[..., Any], largs: Largs, lkwargs: Lkwargs, mode: str
         mode = backend.name
     else:
         cfg, mode = run_config(config, mode)
+        policy = configured_stream(policy, stream, cfg)
         backend = make_backend(mode, cfg, options, MAP_OPTIONS)
     store = open_store(run_dir, resume, mode, func, all_args, all_kwargs, function_changed)
     return _Run(mode, backend, func, all_args, all_kwargs, policy, store)
@@ -285,6 +293,13 @@ def run_config(config: Config | PathLike | None, mode: str | None) -> tuple[Conf
         mode = str(cfg.get("remotemap.mode"))
     cfg.require([*used, mode])
     return cfg, mode
+
+
+def configured_stream(policy: Policy, stream_output: bool | None, cfg: Config) -> Policy:
+    """``policy`` with the config's ``remotemap.stream_output`` when the call gave none."""
+    if stream_output is not None:
+        return policy
+    return dataclasses.replace(policy, stream_output=cfg.get("remotemap.stream_output") is True)
 
 
 def make_backend(mode: str, cfg: Config, options: Mapping[str, Any],

@@ -54,6 +54,8 @@ class TaskSettings(TypedDict, total=False):
     retries: int
     backoff: float
     env: Mapping[str, str] | None
+    #: Show what tasks print during the run (None: the config's ``remotemap.stream_output``).
+    stream_output: bool | None
 
 
 class RunSettings(TypedDict, total=False):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remotemap.capture import Printer, write_line
 from remotemap.errors import TaskFailure
 from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
@@ -49,13 +50,15 @@ class Policy:
     #: Seconds before the first retry of a task; doubled for each further one.
     backoff: float = 0.5
     options: TaskOptions = field(default_factory=TaskOptions)
+    #: Show what tasks print while the run goes (prefixed ``[task N] ``), besides keeping it.
+    stream_output: bool = True
 
 
 _ON_ERROR = ("continue", "stop")
 
 
 def make_policy(on_error: str, timeout: float | None, retries: int, backoff: float,
-                env: Mapping[str, str] | None) -> Policy:
+                env: Mapping[str, str] | None, stream_output: bool = True) -> Policy:
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(map(repr, _ON_ERROR))}, "
                          f"got {on_error!r}")
@@ -71,7 +74,19 @@ def make_policy(on_error: str, timeout: float | None, retries: int, backoff: flo
         raise TypeError(f"env must map names to strings; env[{bad[0]!r}] is "
                         f"{type(env[bad[0]]).__name__}")
     check_env(env)
-    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env))
+    if not isinstance(stream_output, bool):
+        raise TypeError(f"stream_output must be True or False, got {stream_output!r}")
+    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env), stream_output)
+
+
+def output_shower(policy: Policy, session: Session,
+                  write: Callable[[str, bool], None]) -> Callable[[ChunkResult], None] | None:
+    """What shows a result's task output when it arrives, or None: output not streamed, or
+    the session shows it itself as it is printed (``serial``)."""
+    if not policy.stream_output:
+        return None
+    printer = Printer(write)
+    return None if session.echo_output(printer) else printer.show
 
 
 @dataclass
@@ -88,6 +103,42 @@ def localize(failure: TaskFailure) -> TaskFailure:
     """``failure`` with the source lines its traceback lacks, from this process's files."""
     text = fill_source_lines(failure.traceback) if failure.traceback else ""
     return failure if text == failure.traceback else dataclasses.replace(failure, traceback=text)
+
+
+def open_streaming(backend: Backend, function: Callable[..., Any], policy: Policy,
+                   write: Callable[[str, bool], None] = write_line) -> Session:
+    """``backend.open(function, policy.options)``, whose results' task output is shown through
+    ``write`` as they arrive when ``policy.stream_output`` (for loops without a bar)."""
+    session = backend.open(function, policy.options)
+    show = output_shower(policy, session, write)
+    return session if show is None else _Showing(session, show)
+
+
+class _Showing(Session):
+    """A session whose ``wait`` shows what the tasks of each result printed."""
+
+    def __init__(self, session: Session, show: Callable[[ChunkResult], None]) -> None:
+        self.session, self.show = session, show
+        self.capacity = session.capacity
+
+    def submit(self, chunk: Chunk) -> None:
+        self.session.submit(chunk)
+
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+        results = self.session.wait(timeout)
+        for result in results:
+            self.show(result)
+        return results
+
+    @property
+    def in_flight(self) -> int:
+        return self.session.in_flight
+
+    def wake(self) -> None:
+        self.session.wake()
+
+    def close(self) -> None:
+        self.session.close()
 
 
 class RetrySchedule:
@@ -277,7 +328,10 @@ def drive(
         if bar.shown:  # counting costs the workers a little: only for a bar someone sees
             bar.follow(session.count_running())
         session.show_status = bar.set_status
+        show = output_shower(policy, session, lambda text, err: bar.write(text, stderr=err))
         for result in dispatch(session, _Tasks(largs, lkwargs, size, todo), retries):
+            if show is not None:
+                show(result)
             if store is not None:
                 store.record(result)
             finals = [f for f in map(retries.consider, result.failures) if f is not None]

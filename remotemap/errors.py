@@ -21,6 +21,8 @@ from typing import Any, Literal
 _FAILURES_SHOWN = 3
 #: How many trailing traceback lines each shown failure quotes.
 _TRACEBACK_LINES = 6
+#: How many of the last lines a shown failure's task printed are quoted.
+_OUTPUT_LINES = 5
 
 #: What went wrong with a task, without parsing text; see :class:`TaskFailure` for each kind.
 FailureKind = Literal[
@@ -73,6 +75,10 @@ class TaskFailure:
     timing: tuple[float, float] | None = field(default=None, repr=False, compare=False)
     #: ``host:pid`` of the process that ran this attempt ("" when unknown, e.g. a crash).
     worker: str = field(default="", repr=False, compare=False)
+    #: What the task printed on stdout and stderr (this attempt's; bounded, see
+    #: ``remotemap.capture``). A crashed or timed-out task alone in its chunk gets the tail of
+    #: its worker's log instead.
+    output: str = field(default="", repr=False, compare=False)
 
     def exception(self) -> BaseException | None:
         """The original exception object, or None where it could not cross the boundary."""
@@ -185,7 +191,7 @@ class RemoteException(RemotemapError):
     def _describe(self) -> str:
         n = len(self.failures)
         lines = [f"{n} of {self.n_tasks} task{'s' if self.n_tasks != 1 else ''} failed"]
-        lines += [f.summary() for f in self.failures[:_FAILURES_SHOWN]]
+        lines += [f.summary() + _output_tail(f.output) for f in self.failures[:_FAILURES_SHOWN]]
         if n > _FAILURES_SHOWN:
             rest = ", ".join(str(i) for i in self.failed_indices[_FAILURES_SHOWN:][:20])
             more = " ..." if n - _FAILURES_SHOWN > 20 else ""
@@ -197,6 +203,18 @@ class RemoteException(RemotemapError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.failures, self.results, self.n_tasks, self.run_dir))
+
+
+def _output_tail(output: str) -> str:
+    """The last lines a task printed, marked as such, to follow its summary ("" if none)."""
+    printed = output.rstrip().splitlines()
+    if not printed:
+        return ""
+    shown = printed[-_OUTPUT_LINES:]
+    which = (f"last {len(shown)} of {len(printed)} lines" if len(shown) < len(printed)
+             else f"{len(printed)} line{'s' * (len(printed) > 1)}")
+    return (f"\n    output of the task ({which}; the failure's .output has it all):"
+            + "".join(f"\n    | {line}" for line in shown))
 
 
 class ConfigError(RemotemapError):

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
+from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -148,7 +149,8 @@ def safe_str(obj: object) -> str:
 
 def run_chunk(function: Callable[..., Any], chunk: Chunk,
               interrupted: Callable[[], bool] | None = None,
-              started: Callable[[ChunkResult], None] | None = None) -> ChunkResult:
+              started: Callable[[ChunkResult], None] | None = None,
+              echo: Printer | None = None) -> ChunkResult:
     """Call ``function`` on every task of ``chunk``; an exception fails its task only.
 
     Any exception does, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` included,
@@ -156,12 +158,21 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     ``interrupted()`` says whether one arrived (given by the caller's own process, where Ctrl-C
     must stop the run; a worker process leaves it None). ``started(result)`` is given the
     result as it is filled, before the first task: what a progress bar that moves per task
-    watches, at no cost per task.
+    watches, at no cost per task. What each task prints is captured (``result.outputs``, see
+    :mod:`remotemap.capture`); ``echo`` also shows it at once.
     """
+    with Buffer(echo) as printed:
+        return _run_tasks(function, chunk, interrupted, started, printed)
+
+
+def _run_tasks(function: Callable[..., Any], chunk: Chunk,
+               interrupted: Callable[[], bool] | None,
+               started: Callable[[ChunkResult], None] | None, printed: Buffer) -> ChunkResult:
     result = ChunkResult(chunk.id, worker=worker_id())
     if started is not None:
         started(result)
     ok_indices, values, failures = result.indices, result.values, result.failures
+    printed.follow(chunk.indices, result)
     ends, marks = result.ends, result.marks  # see ChunkResult.ends
     last = result.starts[0] = time()
     stride = countdown = 1
@@ -194,6 +205,7 @@ def run_chunk(function: Callable[..., Any], chunk: Chunk,
     if len(ok_indices) != (marks[-1] if marks else 0):
         ends.append(time())
         marks.append(len(ok_indices))
+    printed.done()
     return result
 
 
@@ -367,6 +379,8 @@ def lost_chunk_result(
                 traceback=trace,
                 host=host or _HOST,
                 kind=kind,
+                # alone in its process, the task wrote all of the log: what it printed
+                output=log_tail if len(chunk.indices) == 1 else "",
             )
         )
     return ChunkResult(chunk.id, failures=failures)

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from remotemap.api import EXECUTOR_OPTIONS, make_backend, run_config
+from remotemap.api import EXECUTOR_OPTIONS, configured_stream, make_backend, run_config
 from remotemap.backends.base import Backend, Session
 from remotemap.backends.foreign_executor import executor_backend
 from remotemap.call_options import Mode, ModeName
 from remotemap.config import Config
-from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy
+from remotemap.driver import Policy, RetrySchedule, Work, dispatch, make_policy, open_streaming
 from remotemap.errors import RemoteException, TaskFailure
 
 # Where a future's exception comes from; here too, where they were first defined.
@@ -171,7 +171,8 @@ class Executor(concurrent.futures.Executor):
                  timeout: float | None = None, retries: int = 0, backoff: float = 0.5,
                  env: Mapping[str, str] | None = None,
                  executor: concurrent.futures.Executor | None = None, **options: Any) -> None:
-        policy = make_policy("continue", timeout, retries, backoff, env)
+        stream = options.pop("stream_output", None)
+        policy = make_policy("continue", timeout, retries, backoff, env, stream is None or stream)
         if executor is not None:  # the same rule as remote_map(executor=...)
             if mode is not None or config is not None or options:
                 raise ValueError("give an executor or a mode with its options, not both")
@@ -179,6 +180,7 @@ class Executor(concurrent.futures.Executor):
             self.mode = backend.name
         else:
             cfg, self.mode = run_config(config, mode)
+            policy = configured_stream(policy, stream, cfg)
             backend = make_backend(self.mode, cfg, options, EXECUTOR_OPTIONS)
         self._dispatcher = _Dispatcher(backend, policy)
         self.max_workers = max_workers
@@ -319,7 +321,7 @@ class _Dispatcher(Work):
     def run(self) -> None:
         retries = RetrySchedule(self.policy)
         try:
-            with self.backend.open(_call, self.policy.options) as session:
+            with open_streaming(self.backend, _call, self.policy) as session:
                 self.session = session
                 for result in dispatch(session, self, retries):
                     self._hand_over(result, retries)

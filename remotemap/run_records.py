@@ -51,6 +51,8 @@ class Stored:
     failures: dict[int, TaskFailure]
     #: Tasks with a result computed by another version of the function (not reused).
     stale: set[int] = field(default_factory=set)
+    #: What each task printed in the attempt whose outcome is kept (``ChunkResult.outputs``).
+    outputs: dict[int, str] = field(default_factory=dict)
 
 
 def collect_outcome(stored: Stored, record: dict[str, Any], now: Fingerprints) -> None:
@@ -74,6 +76,16 @@ def collect_outcome(stored: Stored, record: dict[str, Any], now: Fingerprints) -
             continue
         stored.values[index] = value  # a later success wins over an earlier failure
         stored.failures.pop(index, None)
+        _keep_output(stored, result, index)
     for failure in result.failures:
         if same_function and same_task(failure.index) and failure.index not in stored.values:
             stored.failures[failure.index] = failure
+            _keep_output(stored, result, failure.index)
+
+
+def _keep_output(stored: Stored, result: ChunkResult, index: int) -> None:
+    """Task ``index``'s output is the one of the outcome kept for it (none: it printed none)."""
+    if index in result.outputs:
+        stored.outputs[index] = result.outputs[index]
+    else:
+        stored.outputs.pop(index, None)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from remotemap.tasks import Chunk, ChunkResult
 
 if TYPE_CHECKING:
+    from remotemap.capture import Printer
     from remotemap.config.declarations import Section
 
 
@@ -70,6 +71,12 @@ class Session(ABC):
         that moves per task, not per chunk); what returns that count, callable from any
         thread. None (the default): only whole chunks' results say that tasks ended."""
         return None
+
+    def echo_output(self, printer: Printer) -> bool:
+        """Show what tasks print through ``printer`` as they print it; True if this session
+        does (it runs tasks in this process), False if their output comes with their results
+        (``ChunkResult.outputs``), for the caller to show then."""
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -42,6 +42,9 @@ class ChunkResult:
     #: What each task printed (stdout and stderr, as written), by index; tasks that printed
     #: nothing are absent.
     outputs: dict[int, str] = field(default_factory=dict)
+    #: Where in ``outputs[i]`` the task wrote on stderr: (start, end) offsets, in order; tasks
+    #: that wrote nothing on stderr are absent (``capture.pieces`` splits the text back).
+    stderr_spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     #: When each task ran, by index: (start, end) in seconds since the epoch on the host that
     #: ran it. Read them with :meth:`task_times`: the tasks that succeeded in ``run_chunk``
     #: are kept in ``ends``/``starts`` instead, and only the others here.

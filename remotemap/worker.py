@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable
 
 from remotemap._version import __version__
+from remotemap.capture import keep_in_log
 from remotemap.errors import UnsafePath
 from remotemap.integrity import read_key_file
 from remotemap.preload import Preloader
@@ -318,6 +319,7 @@ _SERVE_FLAGS = {"--task-dirs", "--no-preload"}
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _adopt_caller_sys_path()
+    keep_in_log()  # a chunk's stdout and stderr are its log: what tasks print stays there too
     if len(args) >= 2 and args[0] == "serve" and set(args[2:]) <= _SERVE_FLAGS:
         key, identity = read_key_line()
         run = WorkerRun(_enter(args[1], identity), key)

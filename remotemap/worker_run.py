@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from remotemap.capture import merge_outputs
 from remotemap.execution import (
     PICKLING_ERRORS,
     chunk_failed,
@@ -130,6 +131,7 @@ def run_in_task_dirs(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkR
         result.failures += one.failures
         result.timings.update(one.task_times())
         result.worker = one.worker
+        merge_outputs(result, one)
     return result
 
 

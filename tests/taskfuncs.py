@@ -283,3 +283,39 @@ def leave_behind(how: str, x: int) -> int:
 
 def type_name(x: Any) -> str:
     return type(x).__name__
+
+
+def chatty(x: int, lines: int, fail: bool = False) -> int:
+    """Print ``lines`` lines on stdout and as many on stderr, in turn; then fail if ``fail``."""
+    import sys
+
+    for k in range(lines):
+        print(f"out {x}.{k}")
+        print(f"err {x}.{k}", file=sys.stderr)
+    if fail:
+        raise ValueError(f"task {x} failed after printing")
+    return x
+
+
+def print_attempt(counter_dir: str, x: int, failures: int) -> int:
+    """Say which attempt this is, then fail the first ``failures`` attempts of task ``x``."""
+    attempt = len(list(Path(counter_dir).glob(f"{x}.*"))) + 1
+    Path(counter_dir, f"{x}.{attempt}").touch()
+    print(f"task {x} attempt {attempt}")
+    if attempt <= failures:
+        raise RuntimeError(f"attempt {attempt} of task {x} fails")
+    return attempt
+
+
+def print_lines_then_fail(x: int, n: int) -> int:
+    """Print ``n`` numbered lines (``line 000000``...), then fail."""
+    import sys
+
+    sys.stdout.writelines(f"line {k:06d}\n" for k in range(n))
+    raise RuntimeError(f"task {x} printed {n} lines")
+
+
+def print_then_sleep(x: int, seconds: float) -> int:
+    print(f"task {x} started", flush=True)
+    time.sleep(seconds)
+    return x

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "remotemap._version": 1,
     "remotemap.errors": 1,
     "remotemap.execution": 1,
+    "remotemap.capture": 1,
     "remotemap.protocol": 1,
     "remotemap.worker": 1,
     "remotemap.worker_run": 1,

@@ -20,7 +20,8 @@ FORBIDDEN = ("remotemap.api", "remotemap.workflow", "remotemap.config", "remotem
              "remotemap.executor", "remotemap.driver")
 
 #: Everything of remotemap each program really loads: a new import shows up here for review.
-WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.execution",
+WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.errors",
+                  "remotemap.execution",
                   "remotemap.integrity", "remotemap.leftovers", "remotemap.preload",
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
@@ -148,7 +149,8 @@ def test_unknown_name_is_an_attribute_error_naming_it() -> None:
 
 #: What a cluster job running one workflow step loads to unpickle ``call_step``: the step
 #: runner and the graph it resolves prerequisites with, nothing that runs workflows.
-STEP_JOB_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.execution",
+STEP_JOB_MODULES = {"remotemap", "remotemap._version", "remotemap.capture",
+                    "remotemap.errors", "remotemap.execution",
                     "remotemap.integrity", "remotemap.protocol", "remotemap.rundir",
                     "remotemap.tasks", "remotemap.workflow", "remotemap.workflow.graph",
                     "remotemap.workflow.remote_step"}

@@ -27,6 +27,7 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dask_options import DASK
 from remotemap.backends.dask_worker import run_task
+from remotemap.capture import merge_outputs
 from remotemap.config import config_path
 from remotemap.errors import BackendUnavailable, ConfigError
 from remotemap.execution import (
@@ -180,6 +181,7 @@ class DaskSession(Session):
                 result.failures += part.failures
                 result.timings.update(part.task_times())
                 result.worker = part.worker
+                merge_outputs(result, part)
         except Exception as exc:  # not the tasks' (they fail in the child): dask's own
             # KilledWorker, a cancelled future (scheduler gone), a worker without remotemap.
             result = ChunkResult(chunk.id, failures=[

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from remotemap.backends.serial import _alarm, _as_timeout, _environment
+from remotemap.capture import merge_outputs
 from remotemap.execution import (
     PICKLING_ERRORS,
     chunk_failed,
@@ -153,6 +154,7 @@ def run_pickled(function_blob: bytes, chunk_blob: bytes, options: TaskOptions,
             result.failures += [_as_timeout(f) for f in part.failures]
             result.timings.update(part.task_times())
             result.worker = part.worker
+            merge_outputs(result, part)
         return dumps_result(result)
 
 

@@ -11,6 +11,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from remotemap.backends.base import Backend, Session, TaskOptions
+from remotemap.capture import Printer, merge_outputs
 from remotemap.errors import TaskTimeout
 from remotemap.execution import run_chunk
 from remotemap.interrupts import SigintWatch
@@ -47,6 +48,12 @@ class _SerialSession(Session):
         self.ready: list[ChunkResult] = []
         self.sigint = SigintWatch()
         self.stdio = Stdio()
+        self.echo: Printer | None = None
+
+    def echo_output(self, printer: Printer) -> bool:
+        # The tasks run here, in this thread: their lines can be shown as they are printed.
+        self.echo = printer
+        return True
 
     def submit(self, chunk: Chunk) -> None:
         self.sigint.reset()
@@ -59,18 +66,19 @@ class _SerialSession(Session):
         interrupted = self.sigint.interrupted
         with _environment(self.options.env):
             if self.options.timeout is None:
-                self.ready.append(run_chunk(self.function, chunk, interrupted))
+                self.ready.append(run_chunk(self.function, chunk, interrupted, echo=self.echo))
                 return
             result = ChunkResult(chunk.id)
             for one in (Chunk(chunk.id, [i], [a], [k]) for i, a, k in
                         zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True)):
                 with _alarm(self.options.timeout):
-                    part = run_chunk(self.function, one, interrupted)
+                    part = run_chunk(self.function, one, interrupted, echo=self.echo)
                 result.indices += part.indices
                 result.values += part.values
                 result.failures += [_as_timeout(f) for f in part.failures]
                 result.timings.update(part.task_times())
                 result.worker = part.worker
+                merge_outputs(result, part)
             self.ready.append(result)
 
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:

@@ -22,6 +22,7 @@ RUNS_SUBCOMMANDS: list[str] = [
     "remotemap.cli.runs_show",
     "remotemap.cli.runs_clean",
     "remotemap.cli.runs_plot",
+    "remotemap.cli.runs_output",
 ]
 
 

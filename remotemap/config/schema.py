@@ -26,7 +26,9 @@ __all__ = ["SCHEMA", "TYPE_NAMES", "Key", "KeyType", "Section", "check_value", "
 _REMOTEMAP = Section(
     "remotemap",
     "settings that apply to every run",
-    (Key("mode", "str", "local", "mode used when a call names none", choices=mode_names),),
+    (Key("mode", "str", "local", "mode used when a call names none", choices=mode_names),
+     Key("stream_output", "bool", True, "show what tasks print during a run, each line "
+         "prefixed [task N]; false: keep it only captured (failures, stored runs)")),
 )
 
 

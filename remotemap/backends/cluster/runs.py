@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import ClusterError, RunFiles
+from remotemap.backends.cluster.judging import judge_job
 from remotemap.backends.cluster.pending import count_reasons
 from remotemap.backends.cluster.rounds import Round, watch_engine
 from remotemap.backends.cluster.settings import (
@@ -42,8 +43,8 @@ from remotemap.backends.cluster.settings import (
     poll_interval,
     round_spec,
 )
-from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
-from remotemap.errors import FailureKind, TamperedFile, TaskFailure, UnsafePath
+from remotemap.capture import merge_outputs
+from remotemap.errors import TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
 from remotemap.protocol import (
@@ -59,7 +60,7 @@ from remotemap.protocol import (
     seal_file,
     unseal_file,
 )
-from remotemap.tasks import Chunk
+from remotemap.tasks import Chunk, ChunkResult
 
 if TYPE_CHECKING:
     from remotemap.backends.staging import HostStaging
@@ -67,8 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remotemap")
 
-#: A task that never ran goes to at most this many rounds in all.
-MAX_ROUNDS = 2
 #: A round with more jobs than this runs its first job alone first (see build_workflow).
 CANARY_ABOVE = 8
 
@@ -92,6 +91,8 @@ class ClusterRun:
         self.seen: set[str] = set()
         #: When and by whom each task read from an outcome ran (index -> (start, end), worker).
         self.ran: dict[int, tuple[tuple[float, float], str]] = {}
+        #: What tasks printed, from outcomes read but not yet taken (``take_outputs``).
+        self.printed = ChunkResult(-1)
         self.next_file = 0
         self.cancelled = False
         self.env: dict[str, str] = dict(meta.get("env") or {})
@@ -281,7 +282,22 @@ class ClusterRun:
             values += zip(result.indices, result.values, strict=True)
             failures += result.failures
             self.ran.update((i, (t, result.worker)) for i, t in result.task_times().items())
+            merge_outputs(self.printed, result)
         return values, failures
+
+    def take_times(self, result: ChunkResult) -> None:
+        """Move when and by whom the tasks of ``result`` ran (read with their outcomes) into it."""
+        for index in [*result.indices, *(f.index for f in result.failures)]:
+            if index in self.ran:
+                result.timings[index], result.worker = self.ran.pop(index)
+
+    def take_outputs(self, result: ChunkResult) -> None:
+        """Move what the tasks of ``result`` printed (read with their outcomes) into it."""
+        for index in [*result.indices, *(f.index for f in result.failures)]:
+            if index in self.printed.outputs:
+                result.outputs[index] = self.printed.outputs.pop(index)
+            if index in self.printed.stderr_spans:
+                result.stderr_spans[index] = self.printed.stderr_spans.pop(index)
 
     def _timeout(self) -> float | None:
         last = self.specs[max(self.specs)] if self.specs else {}
@@ -299,39 +315,7 @@ class ClusterRun:
                        and self.file_rounds[f][-1] == rnd.number]
             if missing:
                 row = rows[number] if number < len(rows) else {}
-                failures += self._judge_job(rnd, number, row, missing, cancelled, requeue)
-        return failures
-
-    def _judge_job(self, rnd: Round, number: int, row: Mapping[str, Any], missing: list[int],
-                   cancelled: bool, requeue: list[tuple[int, int]]) -> list[TaskFailure]:
-        """The failures of job ``number``'s tasks without an outcome (``missing``, in the
-        order it ran them); tasks it never reached go to ``requeue`` when they may."""
-        end = JobEnd.of(row, rnd.scheduler, self.specs[rnd.number], cancelled)
-        story = describe(row, rnd.scheduler, layout.job_name(self.run_id, rnd.number, number))
-        tail = stderr_tail(self.files.read(layout.job_log_name(rnd.number, number, "err")))
-        host = job_host(row, self.files.label)
-        first = len(missing) if end.ok else 1 if end.started else 0
-        failures: list[TaskFailure] = []
-        for file in missing[:first]:  # the tasks it was running when it ended
-            index = self.file_index[file]
-            del self.pending[index]
-            failures += lost_chunk_result(Chunk(file, [index], [], []), f"{end.why} ({story})",
-                                          kind=end.kind, host=host, log_tail=tail).failures
-        for file in missing[first:]:  # the tasks it never reached
-            index = self.file_index[file]
-            if (end.resubmit and self.requeue and len(self.file_rounds[file]) < MAX_ROUNDS
-                    and not cancelled):
-                requeue.append((file, index))
-                continue
-            del self.pending[index]
-            reason = (f"the job holding it ended before reaching it: the job {end.why}"
-                      if end.started else f"its job {end.why}")
-            kind: FailureKind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
-            failures.append(TaskFailure(
-                index=index, exception_type="WorkerLost" if kind == "lost" else "Cancelled",
-                message=f"task {index} was not run: {reason} ({story})",
-                traceback=f"stderr of the job (last lines):\n{tail}" if tail else "",
-                host=host, kind=kind))
+                failures += judge_job(self, rnd, number, row, missing, cancelled, requeue)
         return failures
 
     # -- sealed files of the caller's own, and removal ------------------------------------------

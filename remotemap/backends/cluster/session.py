@@ -177,9 +177,9 @@ class ClusterSession(Session):
             if chunk_id is not None:
                 results.setdefault(chunk_id, ChunkResult(chunk_id)).failures.append(failure)
         for chunk_id, result in results.items():
-            for index in [*result.indices, *(f.index for f in result.failures)]:
-                if self.run is not None and index in self.run.ran:
-                    result.timings[index], result.worker = self.run.ran.pop(index)
+            if self.run is not None:
+                self.run.take_outputs(result)
+                self.run.take_times(result)
             self._left[chunk_id] -= len(result.indices) + len(result.failures)
             if self._left[chunk_id] <= 0:
                 del self._left[chunk_id]

@@ -1,0 +1,55 @@
+"""How the tasks of an ended cluster job that left no outcome are judged: failed (the job
+ran them, or was cancelled) or sent to another round (the job never reached them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from remotemap.backends.cluster import layout
+from remotemap.backends.cluster.rounds import Round
+from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
+from remotemap.errors import FailureKind, TaskFailure
+from remotemap.execution import lost_chunk_result
+from remotemap.tasks import Chunk
+
+if TYPE_CHECKING:
+    from remotemap.backends.cluster.runs import ClusterRun
+
+#: A task that never ran goes to at most this many rounds in all.
+MAX_ROUNDS = 2
+
+
+def judge_job(run: ClusterRun, rnd: Round, number: int, row: Mapping[str, Any],
+              missing: list[int], cancelled: bool, requeue: list[tuple[int, int]]
+              ) -> list[TaskFailure]:
+    """The failures of job ``number``'s tasks without an outcome (``missing``, in the
+    order it ran them); tasks it never reached go to ``requeue`` when they may."""
+    end = JobEnd.of(row, rnd.scheduler, run.specs[rnd.number], cancelled)
+    story = describe(row, rnd.scheduler, layout.job_name(run.run_id, rnd.number, number))
+    tail = stderr_tail(run.files.read(layout.job_log_name(rnd.number, number, "err")))
+    host = job_host(row, run.files.label)
+    first = len(missing) if end.ok else 1 if end.started else 0
+    failures: list[TaskFailure] = []
+    for file in missing[:first]:  # the tasks it was running when it ended
+        index = run.file_index[file]
+        del run.pending[index]
+        failures += lost_chunk_result(Chunk(file, [index], [], []), f"{end.why} ({story})",
+                                      kind=end.kind, host=host, log_tail=tail).failures
+    for file in missing[first:]:  # the tasks it never reached
+        index = run.file_index[file]
+        if (end.resubmit and run.requeue and len(run.file_rounds[file]) < MAX_ROUNDS
+                and not cancelled):
+            requeue.append((file, index))
+            continue
+        del run.pending[index]
+        reason = (f"the job holding it ended before reaching it: the job {end.why}"
+                  if end.started else f"its job {end.why}")
+        kind: FailureKind = "cancelled" if cancelled or end.kind == "cancelled" else "lost"
+        failures.append(TaskFailure(
+            index=index, exception_type="WorkerLost" if kind == "lost" else "Cancelled",
+            message=f"task {index} was not run: {reason} ({story})",
+            traceback=f"stderr of the job (last lines):\n{tail}" if tail else "",
+            host=host, kind=kind))
+    return failures
+
