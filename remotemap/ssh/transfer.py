@@ -74,10 +74,11 @@ def put_file(conn: Connection, local: PathArg, remote: str, *, mode: int = 0o600
 
 def get_file(conn: Connection, remote: str, local: PathArg) -> None:
     """Copy the remote file ``remote`` to the local path ``local`` (atomically: a local
-    temporary file renamed over ``local``; made 0600 like every file remotemap writes)."""
+    temporary file renamed over ``local``; its permissions those of any new file, from the
+    umask, as ``cp`` or ``scp`` would make it)."""
     target = os.fspath(local)
     temp = temp_name(target if os.sep in target else os.path.join(os.curdir, target))
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as sink:
             _get(conn, remote_path(remote), sink)
