@@ -7,7 +7,8 @@ Needs root (it starts a real sshd on 127.0.0.1 for a test user, as the tests do)
 Every contender moves ``--files`` files of ``--mb`` MB (10^6 bytes) each way it can, end to
 end (connecting included, as ``scp`` connects on every call too):
 
-- remotemap results: ``remote_map`` in mode ssh, tasks returning ``MB`` bytes each;
+- remotemap arguments: ``remote_map`` in mode ssh, tasks taking an argument of ``MB`` bytes;
+- remotemap results: the same, tasks returning ``MB`` bytes each;
 - remotemap fetched files: tasks writing a file of ``MB`` bytes, copied back by ``fetch``;
 - ``put_file`` / ``get_file`` of :mod:`remotemap.ssh.transfer` (the OpenSSH lane), and the same
   with the lane disabled (paramiko SFTP, the fallback for password, proxy and jump hosts);
@@ -47,6 +48,10 @@ from tests.infra.sshd import SSHServer, ensure_test_user, install_remotemap_for_
 
 def make_result(n: int) -> bytes:
     return bytes(n)
+
+
+def size_of(data: bytes) -> int:
+    return len(data)
 
 
 def write_file(n: int, index: int) -> int:
@@ -95,6 +100,7 @@ class Bench:
 
     def contenders(self) -> dict[str, Callable[[], None]]:
         return {
+            "remotemap arguments": self.arguments,
             "remotemap results": self.results,
             "remotemap fetched files": self.fetched,
             "put_file (OpenSSH lane)": lambda: self.put(False),
@@ -115,6 +121,11 @@ class Bench:
     def results(self) -> None:
         got = remote_map(make_result, [(self.size,)] * self.files, **self.options())
         assert [len(g) for g in got] == [self.size] * self.files
+
+    def arguments(self) -> None:
+        payload = bytes(self.size)  # one object: made once, pickled into each chunk
+        got = remote_map(size_of, [(payload,)] * self.files, **self.options())
+        assert got == [self.size] * self.files
 
     def fetched(self) -> None:
         largs = [(self.size, i) for i in range(self.files)]
@@ -187,7 +198,7 @@ def report(found: dict[str, Any], total_mb: float) -> list[str]:
         load = statistics.mean(found["load"][name])
         lines.append(f"{name:<28} {best:>10.0f} {median:>12.0f} {load:>9.1f}")
     lines.append(f"remote_map fixed cost (same tasks, no data): {empty:.2f} s (best)")
-    for name in ("remotemap results", "remotemap fetched files"):
+    for name in ("remotemap arguments", "remotemap results", "remotemap fetched files"):
         net = min(found["times_s"][name]) - empty
         if net > 0:
             lines.append(f"{name}, fixed cost taken off: {total_mb / net:.0f} MB/s")
