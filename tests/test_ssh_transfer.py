@@ -75,6 +75,15 @@ def test_files_and_bytes_round_trip_byte_exact(lane_conn: Connection, tmp_path: 
 
 
 @ssh
+def test_put_bytes_writes_parts_one_after_the_other(lane_conn: Connection) -> None:
+    parts = [b"tag-", os.urandom(BIG), b"", b"-end"]
+    transfer.put_bytes(lane_conn, "xfer/parts", parts)
+    assert transfer.get_bytes(lane_conn, "xfer/parts") == b"".join(parts)
+    transfer.put_bytes(lane_conn, "xfer/parts", [b"small ", b"parts"])
+    assert transfer.get_bytes(lane_conn, "xfer/parts") == b"small parts"
+
+
+@ssh
 def test_without_ssh_on_path_transfers_fall_back_to_sftp(
     sshd_host: SSHServer, tmp_path: Path, no_ssh_path: None
 ) -> None:

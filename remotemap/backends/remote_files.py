@@ -32,6 +32,7 @@ from remotemap.protocol import (
     new_token,
     open_outcome,
     seal_file,
+    seal_parts,
 )
 from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
 from remotemap.ssh import transfer
@@ -194,8 +195,9 @@ class RemoteRun:
         # The host reports on the tasks it ran; the caller's chunk must say the same.
         chunk.indices, chunk.largs, chunk.lkwargs = (runnable.indices, runnable.largs,
                                                      runnable.lkwargs)
+        # Tag and data written one after the other: a chunk may be hundreds of MB.
         transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
-                           seal_file(self.key, chunk_name(chunk.id), data))
+                           seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         if failures:

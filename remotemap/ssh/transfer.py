@@ -28,6 +28,7 @@ import os
 import posixpath
 import tempfile
 import uuid
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
 
 from remotemap.ssh.errors import HostKeyError, SSHError
@@ -89,15 +90,19 @@ def get_file(conn: Connection, remote: str, local: PathArg) -> None:
         raise
 
 
-def put_bytes(conn: Connection, remote: str, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``remote`` on the host (atomically, made ``mode``)."""
-    if len(data) >= FAST_LANE_MIN_BYTES and _lane(conn) is not None:
+def put_bytes(conn: Connection, remote: str, data: bytes | Sequence[bytes], *,
+              mode: int = 0o600) -> None:
+    """Write ``data`` to ``remote`` on the host (atomically, made ``mode``). ``data`` may be
+    parts written one after the other, e.g. a seal and a large payload, to spare joining them."""
+    parts = [data] if isinstance(data, bytes) else list(data)
+    if sum(len(p) for p in parts) >= FAST_LANE_MIN_BYTES and _lane(conn) is not None:
         with _scratch() as source:
-            source.write(data)
+            for part in parts:
+                source.write(part)
             source.seek(0)
             if _lane_put(conn, remote_path(remote), mode, source):
                 return
-    conn.put_bytes(remote, data, mode)
+    conn.put_bytes(remote, parts[0] if len(parts) == 1 else b"".join(parts), mode)
 
 
 def get_bytes(conn: Connection, remote: str) -> bytes:

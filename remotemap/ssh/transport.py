@@ -177,8 +177,8 @@ def start_session(
 
 def _prefer_aead_ciphers(transport: paramiko.Transport) -> None:
     """AES-GCM first where this paramiko has it: it authenticates each packet with its cipher,
-    where the CTR modes add an HMAC computed per packet in Python (SFTP moved 1.5-2x faster
-    with it in benchmarks/transfer.py)."""
+    where the CTR modes add an HMAC per packet (an A/B run of benchmarks/transfer.py's SFTP
+    rows: put 37 -> 51 MB/s, get 34 -> 36)."""
     options = transport.get_security_options()
     offered = list(options.ciphers)
     gcm = [c for c in offered if c.startswith("aes") and "-gcm@" in c]
