@@ -151,3 +151,30 @@ def test_closing_the_connection_ends_the_openssh_master(
         conn.remove("master.bin")
     assert master.poll() is not None  # ended and reaped
     assert not os.path.exists(socket_dir)
+
+
+_NEVER_CLOSED = """
+import sys
+from remotemap.ssh import Connection, transfer
+conn = Connection("127.0.0.1", user=sys.argv[1], port=int(sys.argv[2]), key_file=sys.argv[3],
+                  known_hosts=sys.argv[4], ssh_config="/dev/null", allow_agent=False)
+transfer.put_bytes(conn, "unclosed.bin", bytes(int(sys.argv[5])))
+print(conn.fast_lane._master.pid, conn.fast_lane._dir)
+"""  # the program ends without closing its connection
+
+
+@ssh
+def test_a_connection_never_closed_still_ends_its_master(sshd_host: SSHServer) -> None:
+    import subprocess
+    import sys
+
+    s = sshd_host
+    argv = [sys.executable, "-c", _NEVER_CLOSED, s.user.name, str(s.port), str(s.client_key),
+            str(s.known_hosts), str(BIG)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+    pid, socket_dir = out.split()
+    assert not os.path.exists(socket_dir)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)  # ended and reaped by the program before it exited
+    with connect(sshd_host) as conn:
+        conn.remove("unclosed.bin")

@@ -25,8 +25,9 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from remotemap.ssh.errors import HostKeyError, SSHError
 from remotemap.ssh.quoting import quote_argv
@@ -68,6 +69,7 @@ class OpenSSH:
         self._lock = threading.Lock()
         self._dir: str | None = None
         self._master: subprocess.Popen[bytes] | None = None
+        self._ending: weakref.finalize[Any, Any] | None = None
 
     def _options(self) -> list[str]:
         spec = self.spec
@@ -100,10 +102,13 @@ class OpenSSH:
             self._dir = tempfile.mkdtemp(prefix="remotemap-ssh-")  # 0700: only we reach it
             argv = ["ssh", *self._options(), "-M", "-S", self._socket(),
                     "-o", "ControlPersist=no", "--", self.spec.hostname, "cat"]
-            self._master = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True)  # fmt: skip
             try:
+                self._master = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                # A connection never closed still ends its master and socket directory, when
+                # collected or at the interpreter's exit.
+                self._ending = weakref.finalize(self, _end, self._master, self._dir)
                 self._wait_ready(self._master)
                 self.started = True
             except BaseException:
@@ -155,16 +160,23 @@ class OpenSSH:
             self._stop()
 
     def _stop(self) -> None:
-        master, self._master = self._master, None
-        if master is not None:
-            for stream in (master.stdin, master.stderr):
-                if stream is not None:
-                    stream.close()  # EOF to the remote cat: the master ends by itself
-            try:
-                master.wait(3)
-            except subprocess.TimeoutExpired:
-                master.kill()
-                master.wait()
-        if self._dir is not None:
+        ending, self._ending = self._ending, None
+        self._master = None
+        if ending is not None:
+            ending()  # once only: a finalizer runs at most once
+        elif self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        self._dir = None
+
+
+def _end(master: subprocess.Popen[bytes], folder: str) -> None:
+    """End a master: EOF to its remote ``cat`` ends it by itself; killed if it lingers."""
+    for stream in (master.stdin, master.stderr):
+        if stream is not None:
+            stream.close()
+    try:
+        master.wait(3)
+    except subprocess.TimeoutExpired:
+        master.kill()
+        master.wait()
+    shutil.rmtree(folder, ignore_errors=True)
