@@ -32,8 +32,10 @@ from remotemap.protocol import (
     new_token,
     open_outcome,
     seal_file,
+    seal_parts,
 )
 from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
+from remotemap.ssh import transfer
 from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import OUTCOME_UNWRITABLE_EXIT
 
@@ -145,7 +147,8 @@ class RemoteRun:
         conn = self.connection
         layout = self.layout = self._make_run_dir()
         root = layout.root
-        conn.put_bytes(layout.function, seal_file(self.key, FUNCTION, self.function_blob))
+        transfer.put_bytes(conn, layout.function,
+                           seal_file(self.key, FUNCTION, self.function_blob))
         from remotemap.ssh.safety import expand_remote_home
 
         python = expand_remote_home(conn, self.settings.get("python") or "python3")
@@ -225,8 +228,9 @@ class RemoteRun:
         chunk.lkwargs = [mine[i][1] for i in runnable.indices]
         if failures:  # they come back with the chunk's result (see collect), once it has one
             self._pending_failures.setdefault(chunk.id, []).extend(failures)
-        self.connection.put_bytes(self.layout.chunk(chunk.id),
-                                  seal_file(self.key, chunk_name(chunk.id), data))
+        # Tag and data written one after the other: a chunk may be hundreds of MB.
+        transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
+                           seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         return None
@@ -248,7 +252,8 @@ class RemoteRun:
         if status == "exit:0":
             path = self.layout.outcome(chunk.id)
             try:
-                result = open_outcome(self.key, chunk.id, self.connection.get_bytes(path),
+                result = open_outcome(self.key, chunk.id,
+                                      transfer.get_bytes(self.connection, path),
                                       self.token, f"{self.host}:{path}")
             except FileNotFoundError:
                 result = None
@@ -320,8 +325,7 @@ def fetch_task_files(remote: RemoteRun, chunk: Chunk, result: ChunkResult,
 def _fetch_one(remote: RemoteRun, folder: str, name: str, local_root: str) -> None:
     path = posixpath.join(folder, name)
     path.encode("utf-8")  # UnicodeEncodeError: SFTP paths are UTF-8, this name is not
-    data = remote.connection.get_bytes(path)
     target_dir = os.path.join(local_root, posixpath.basename(folder))
     os.makedirs(target_dir, exist_ok=True)
-    with open(os.path.join(target_dir, name), "wb") as f:
-        f.write(data)
+    # Streamed to disk (large files through OpenSSH), never whole in memory.
+    transfer.get_file(remote.connection, path, os.path.join(target_dir, name))

@@ -91,6 +91,7 @@ class Connection:
         self._proxy: ProxyProcess | None = None
         self._jump: Connection | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self.fast_lane: Any = None  # ssh.transfer's OpenSSH master, closed with the rest
 
     def __repr__(self) -> str:
         state = "open" if self.is_connected else "closed"
@@ -184,8 +185,9 @@ class Connection:
 
     def _close_quietly(self) -> None:
         sftp, transport, proxy, jump = self._sftp, self._transport, self._proxy, self._jump
+        fast, self.fast_lane = self.fast_lane, None
         self._sftp = self._transport = self._proxy = self._jump = None
-        for closer in (sftp, transport, proxy, jump):
+        for closer in (fast, sftp, transport, proxy, jump):
             if closer is not None:
                 try:
                     closer.close()
