@@ -25,7 +25,7 @@ import cloudpickle
 
 from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
-from remotemap.tasks import Chunk, ChunkResult
+from remotemap.tasks import Chunk, ChunkResult, time_failure
 
 _HOST = socket.gethostname()
 
@@ -190,7 +190,7 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
             # Drop this frame: the traceback should start in the user's function.
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             failures.append(failure_from_exception(index, exc))
-            last = _time_failure(result, index, last, end)
+            last = time_failure(result, index, last, end)
             stride = countdown = 1
         else:
             ok_indices.append(index)
@@ -207,21 +207,6 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
         marks.append(len(ok_indices))
     printed.done()
     return result
-
-
-def _time_failure(result: ChunkResult, index: int, last: float, end: float) -> float:
-    """Record when failed task ``index`` ran: it shares the span from the last clock read to
-    ``end`` with the tasks done since. Returns when the next task starts: once its failure
-    was recorded."""
-    done = len(result.indices)
-    pending = done - (result.marks[-1] if result.marks else 0)
-    share = (end - last) / (pending + 1)
-    if pending:
-        result.ends.append(end - share)
-        result.marks.append(done)
-    result.timings[index] = (end - share, end)
-    now = result.starts[done] = time()
-    return now
 
 
 def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:

@@ -6,6 +6,7 @@ tiny tasks, building and pickling per-task objects would cost more than the task
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -196,3 +197,18 @@ def check_env(env: Mapping[str, str]) -> None:
                              "must contain no '=' and no NUL character")
         if "\0" in value:
             raise ValueError(f"env[{name!r}]: the value must contain no NUL character")
+
+
+def time_failure(result: ChunkResult, index: int, last: float, end: float) -> float:
+    """Record when failed task ``index`` ran: it shares the span from the last clock read to
+    ``end`` with the tasks done since. Returns when the next task starts: once its failure
+    was recorded."""
+    done = len(result.indices)
+    pending = done - (result.marks[-1] if result.marks else 0)
+    share = (end - last) / (pending + 1)
+    if pending:
+        result.ends.append(end - share)
+        result.marks.append(done)
+    result.timings[index] = (end - share, end)
+    now = result.starts[done] = time.time()
+    return now

@@ -4,20 +4,30 @@ ran them, or was cancelled) or sent to another round (the job never reached them
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from remotemap.backends.cluster import layout
+from remotemap.backends.cluster.files import RunFiles
 from remotemap.backends.cluster.rounds import Round
 from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.execution import lost_chunk_result
 from remotemap.tasks import Chunk
 
-if TYPE_CHECKING:
-    from remotemap.backends.cluster.runs import ClusterRun
-
 #: A task that never ran goes to at most this many rounds in all.
 MAX_ROUNDS = 2
+
+
+class ClusterRun(Protocol):
+    """What judging reads and changes of a ``runs.ClusterRun`` (which imports this module)."""
+
+    run_id: str
+    files: RunFiles
+    specs: dict[int, dict[str, Any]]
+    file_index: dict[int, int]
+    file_rounds: dict[int, list[int]]
+    pending: dict[int, int]
+    requeue: bool
 
 
 def judge_job(run: ClusterRun, rnd: Round, number: int, row: Mapping[str, Any],
