@@ -75,3 +75,15 @@ def test_the_marker_pickles_and_is_replaced_inside_containers(data: Path) -> Non
     assert replaced == {"a": ["X", 1], "b": (2, {"c": "X"})}
     untouched = {"a": [1, 2]}
     assert replace_staged(untouched, lambda s: "X") is untouched
+
+
+def test_local_workers_started_elsewhere_find_sent_files_by_the_callers_names(
+        data: Path, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """loky's workers keep the directory they started in: start them in another one first."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    assert remote_map(os.getcwd, [(), ()], mode="local", n_jobs=2, progress=False)
+    monkeypatch.chdir(data)
+    got = remote_map(_read_sent, [("atlas.txt",), ("data/sub-2.txt",)], mode="local", n_jobs=2,
+                     send=["atlas.txt", "data"], progress=False)
+    assert got == ["atlas", "subject 2"]

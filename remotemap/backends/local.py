@@ -19,7 +19,9 @@ not finished - so the task that crashes fails by itself with its exit code or si
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -45,6 +47,7 @@ from remotemap.execution import (
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.progress import ChunkWatch, TaskCounter
 from remotemap.protocol import new_token
+from remotemap.staged import CALLER_CWD_ENV
 from remotemap.tasks import Chunk, ChunkResult, auto_chunksize
 
 log = logging.getLogger("remotemap")
@@ -126,6 +129,11 @@ class LocalBackend(Backend):
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, self.n_jobs))
 
     def open(self, function: Callable[..., Any], options: TaskOptions) -> LocalSession:
+        if self.settings.get("send"):
+            # loky's workers keep the working directory they started in, which may not be
+            # this call's: staged_path("data/x") must mean what it means to the caller.
+            env = {**options.env, CALLER_CWD_ENV: os.getcwd()}
+            options = dataclasses.replace(options, env=env)
         return LocalSession(pickle_function(function), options, self.n_jobs)
 
 
