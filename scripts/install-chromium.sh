@@ -14,26 +14,12 @@ if [[ "$(id -u)" != 0 ]]; then
     exit 0
 fi
 
-missing=()
-for pkg in "${packages[@]}"; do
-    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-    if [[ "$status" != "install ok installed" ]]; then
-        missing+=("$pkg")
-    fi
-done
-
+source "$(dirname "$0")/apt-lib.sh"
+read -r -a missing <<<"$(missing_packages "${packages[@]}")"
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-chromium.sh: already installed: ${packages[*]}"
     exit 0
 fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Wait for another apt-get holding the dpkg lock (a parallel CI step) rather than fail.
-apt_opts=(-o DPkg::Lock::Timeout=600)
 echo "install-chromium.sh: installing ${missing[*]}"
-# Without refreshing the package lists first; only when that fails are they updated.
-if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}"; then
-    apt-get "${apt_opts[@]}" update
-    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}"
-fi
+apt_install "${missing[@]}"
 echo "install-chromium.sh: done"

@@ -16,13 +16,8 @@ if [[ "$(id -u)" != 0 ]]; then
     exit 0
 fi
 
-missing=()
-for pkg in "${packages[@]}"; do
-    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-    if [[ "$status" != "install ok installed" ]]; then
-        missing+=("$pkg")
-    fi
-done
+source "$(dirname "$0")/apt-lib.sh"
+read -r -a missing <<<"$(missing_packages "${packages[@]}")"
 
 if ((${#missing[@]})); then
     # Refresh the package lists when they are missing or older than a day.

@@ -14,34 +14,14 @@ if [[ "$(id -u)" != 0 ]]; then
     exit 0
 fi
 
-missing=()
-for pkg in "${packages[@]}"; do
-    # dpkg-query answers in milliseconds; only packages not fully installed are fetched.
-    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-    if [[ "$status" != "install ok installed" ]]; then
-        missing+=("$pkg")
-    fi
-done
-
+source "$(dirname "$0")/apt-lib.sh"
+read -r -a missing <<<"$(missing_packages "${packages[@]}")"
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-sshd.sh: already installed: ${packages[*]}"
     exit 0
 fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Another apt-get (a parallel CI step, unattended upgrades) may hold the dpkg lock: wait for it.
-apt_opts=(-o DPkg::Lock::Timeout=600)
-install_missing() {
-    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}"
-}
-
 echo "install-sshd.sh: installing ${missing[*]}"
-# Try without refreshing the package lists first: an update costs seconds and is only needed
-# on a machine whose lists are absent or stale.
-if ! install_missing; then
-    apt-get "${apt_opts[@]}" update
-    install_missing
-fi
+apt_install "${missing[@]}"
 
 # sshd refuses to start as root without its privilege-separation directory.
 mkdir -p /run/sshd
