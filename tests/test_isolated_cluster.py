@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import getpass
 import itertools
+import json
 import os
 import shlex
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,10 @@ from remotemap import RemoteException, Result, Staged, Workflow, remote_map, sta
 from tests import cluster_support
 from tests.infra.host_python import HOST_PYTHON_DIR
 from tests.infra.login_user import REPO
+from tests.infra.netns import cleanup_stale_netns
 from tests.isolated_fixtures import IsolatedLoginHost
 from tests.taskfuncs import crash_on, fail_on
+from tests.test_isolated_host import _netns_names, _running
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
@@ -154,3 +159,39 @@ def test_the_hosts_slurm_runs_inside_the_host_only(
         assert os.readlink(f"/proc/self/ns/{kind}") not in theirs
     assert not os.path.lexists(host.slurm_conf)
     assert host.as_root(["cat", host.slurm_conf]).startswith("ClusterName=")
+
+
+_HOLD_A_HOST = """
+import json, sys, time
+from pathlib import Path
+from tests.infra.host_slurm import IsolatedClusterHost
+host = IsolatedClusterHost(Path(sys.argv[1]), cpus=2).start()
+print(json.dumps({"pids": [host.server.pid, *host.slurm.pids().values()],
+                  "namespaces": [host.client_ns, host.host_ns]}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_test_process_leaves_no_daemon_after_the_next_start(
+        isolated_cluster_host: IsolatedLoginHost) -> None:
+    """SIGKILL gives no chance to stop the host's SLURM: the next start's reaper ends its
+    daemons with the host's network namespace."""
+    argv = [sys.executable, "-c", _HOLD_A_HOST, str(isolated_cluster_host.host.venv)]
+    holder = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        left = json.loads(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(left["pids"]) == 6 and all(map(_running, left["pids"]))  # orphaned, running
+    cleanup_stale_netns()
+    deadline = time.monotonic() + 10  # SIGKILL takes effect soon, not at once
+    while any(map(_running, left["pids"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in left["pids"] if _running(pid)]
+    assert not set(left["namespaces"]) & set(_netns_names())
+    # Another session's host and SLURM are untouched (its user still submits there).
+    conf = shlex.quote(isolated_cluster_host.slurm_conf)
+    seen = isolated_cluster_host.ssh(f"SLURM_CONF={conf} sinfo -h -o %P:%a").stdout.split()
+    assert seen == ["debug*:up", "short:up", "held:down"], seen

@@ -18,6 +18,7 @@ host to the caller's SLURM would run the jobs here, where that user and venv do 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -67,6 +68,7 @@ class HostSlurm:
         self.enter = ["nsenter", "-t", str(pid), "--mount", "--uts", "--net", "--"]
         self.root = HOST_SLURM_DIR
         self.files = Path(f"/proc/{pid}/root") / HOST_SLURM_DIR.relative_to("/")
+        self._pid, self._mounts = pid, os.readlink(f"/proc/{pid}/ns/mnt")
         self.conf_path = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.partition = PARTITION
@@ -197,7 +199,10 @@ class HostSlurm:
             proc = self._procs.pop(name, None)
             if proc is not None:
                 terminate(proc, stop_timeout)
-        shutil.rmtree(self.files, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            # Only while ``pid`` is still the host's process (not a later one of that number).
+            if os.readlink(f"/proc/{self._pid}/ns/mnt") == self._mounts:
+                shutil.rmtree(self.files, ignore_errors=True)
 
 
 class IsolatedClusterHost(IsolatedHost):
