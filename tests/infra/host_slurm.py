@@ -124,8 +124,8 @@ class HostSlurm:
             (files / sub).mkdir(mode=mode)
         (files / "spool" / "slurmd-localhost").mkdir(mode=0o711)
         key = files / "munge" / "munge.key"
+        key.touch(mode=0o400)  # never readable by others, not even for a moment
         key.write_bytes(secrets.token_bytes(1024))
-        key.chmod(0o400)
         password = secrets.token_hex(12)
         (files / "etc" / "plugstack.conf").write_text("")
         (files / "etc" / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
