@@ -30,8 +30,9 @@ from tests.infra.system import SYSTEM_PYTHON, run
 #: Where the host's venv is, inside the host (and nowhere on the caller's side).
 HOST_PYTHON_DIR = Path("/opt/remotemap-host")
 #: Beyond remotemap's own dependencies: what the fMRI example's steps import (the versions
-#: this process has, from constraints.txt: a numpy array pickled by numpy 2 needs numpy 2).
-HOST_EXTRAS = ("numpy", "nibabel")
+#: this process has, from constraints.txt: a numpy array pickled by numpy 2 needs numpy 2),
+#: and what the cluster mode's engine needs on a submitting host (the cluster extra's).
+HOST_EXTRAS = ("numpy", "nibabel", "soma-workflow", "psutil")
 #: The venvs, one per digest, kept across test sessions.
 CACHE_DIR = Path(os.environ.get("REMOTEMAP_TEST_CACHE")
                  or Path.home() / ".cache" / "remotemap-tests") / "isolated-host"  # fmt: skip
