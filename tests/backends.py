@@ -89,6 +89,8 @@ def ssh_loopback_runner(request: pytest.FixtureRequest) -> Runner:
 
 
 def _cluster(request: pytest.FixtureRequest) -> Runner:
+    if getattr(request.module, "CONTRACT_SUITE", False):
+        return _cluster_on_login_host(request)
     from tests.slurm_fixtures import require_soma_workflow
 
     require_soma_workflow()
@@ -103,6 +105,22 @@ def _cluster(request: pytest.FixtureRequest) -> Runner:
     # machine with this interpreter, and get this process's sys.path.
     return Runner("cluster", options, isolates_crashes=True, pickles=True,
                   same_host_python=True)
+
+
+def _cluster_on_login_host(request: pytest.FixtureRequest) -> Runner:
+    """The contract suite's cluster: submitted through the isolated login host (its own files,
+    user, venv and SLURM: tests/infra/host_slurm.py), as a lab's cluster is reached."""
+    host = request.getfixturevalue("isolated_cluster_host")
+    import cloudpickle
+
+    import tests.taskfuncs
+
+    cloudpickle.register_pickle_by_value(tests.taskfuncs)
+    tmp_path = request.getfixturevalue("tmp_path")
+    request.getfixturevalue("monkeypatch").setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    options = host.cluster_options(f".cache/remotemap/contract-{tmp_path.name}")
+    del options["mode"], options["progress"]
+    return Runner("cluster", options, same_host_python=False)
 
 
 def _dask(request: pytest.FixtureRequest) -> Runner:
