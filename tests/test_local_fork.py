@@ -37,6 +37,7 @@ except RemoteException as exc:
             "results": exc.results}}
 out["pool_started"] = "loky.reusable_executor" in sys.modules
 out["caller_pid"] = os.getpid()
+out["plugin_loaded"] = "remotemap.backends.dask" in sys.modules
 print(json.dumps(out))
 """
 
@@ -60,6 +61,8 @@ def test_one_chunk_call_runs_in_a_forked_child_without_starting_the_pool(
     assert value == 42
     assert pid != out["caller_pid"], "the task ran in the caller's own process"
     assert out["pool_started"] is False
+    # The config of a local run is read without loading every installed mode's section.
+    assert out["plugin_loaded"] is False
 
 
 def test_crash_in_the_forked_chunk_fails_that_task_alone(tmp_path: Path) -> None:
