@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/peers.py): fin
 from benchmarks.contenders import ROOT, Func, Largs, Runner, isolate_environment
 from benchmarks.cpumeter import CpuMeter
 from benchmarks.report import render_table
-from benchmarks.tasks import add_one
-from benchmarks.timing import N_JOBS, Clock, warm_up
-from benchmarks.workloads import FULL, QUICK, Row, Sizes, bench_big, bench_cpu, bench_tiny
+from benchmarks.tasks import add_one, byte_total
+from benchmarks.timing import N_JOBS, Clock, interleaved_runs, warm_up
+from benchmarks.workloads import FULL, QUICK, Cell, Row, Sizes, bench_cpu, bench_tiny
 
 #: Column names: ``local`` is ``remote_map(mode="local")``, the subject of every ratio.
 PEERS: tuple[str, ...] = ("serial", "local", "mp.Pool", "ProcessPoolExecutor", "joblib",
@@ -68,7 +68,7 @@ class Peer(Runner):
                 from dask.distributed import Client, LocalCluster
 
                 cluster = LocalCluster(n_workers=self.n_jobs, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
+                                       processes=True, dashboard_address=":0")
                 self._client = Client(cluster)
             futures = self._client.map(func, *zip(*largs, strict=True), pure=False)
             return list(self._client.gather(futures))
@@ -84,6 +84,25 @@ class Peer(Runner):
             cluster.close()
             self._client = None
         super().close()
+
+
+def bench_big(runners: dict[str, Runner], sizes: Sizes, clock: Clock) -> list[Row]:
+    """Large array arguments, MB (10^6 bytes) sent per second: as the workload of
+    :mod:`benchmarks.workloads`, with an exact task (a float sum's last bit differs)."""
+    import numpy as np
+
+    n_items = sizes.big_mb * 1_000_000 // 8
+    arrays = [np.random.default_rng(i).random(n_items) for i in range(sizes.big_tasks)]
+    largs = [(a,) for a in arrays]
+    total_mb = sizes.big_tasks * sizes.big_mb
+    times = interleaved_runs(runners, byte_total, largs, [byte_total(a) for a in arrays],
+                             sizes.repeats)
+    cells = {name: Cell(total_mb / min(times[name]), sizes.big_tasks, times[name])
+             for name in runners}
+    for name in runners:
+        clock.say(f"big   {name:<20} best {min(times[name]):.3f} s for {total_mb} MB")
+    title = f"3. {sizes.big_tasks} x {sizes.big_mb} MB array argument: throughput"
+    return [Row("big_mb_per_s", title, "MB/s", True, cells)]
 
 
 def import_peer(name: str) -> None:
@@ -191,8 +210,12 @@ def run_local(sizes: Sizes, workloads: Sequence[str], clock: Clock) -> list[str]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers",
+        description="remotemap beside multiprocessing.Pool, ProcessPoolExecutor, joblib, dask "
+                    "(LocalCluster, SSHCluster), dask-jobqueue and submitit, in one run.",
+        epilog="Needs the bench extra (pip install -e .[bench]); the remote peers need root "
+               "(a loopback sshd, a private single-node SLURM) and say so when they cannot run.")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--workloads", default="tiny,cpu,big,cold",
                         help="comma-separated subset of tiny,cpu,big,cold (default: all)")
@@ -201,7 +224,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--remote-tasks", type=int, default=200,
                         help="tasks per remote peer call (default: 200)")
     parser.add_argument("--cold-one", metavar="PEER", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = set(args.workloads.split(",")) - {"tiny", "cpu", "big", "cold"}
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}; valid: tiny,cpu,big,cold")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
