@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import operator
 import os
 import subprocess
 import sys
@@ -76,9 +77,12 @@ def _ensure_distributed(server: Any, python: str) -> None:
     if subprocess.run([*ssh, python, "-c", "'import distributed'"], capture_output=True,
                       check=False).returncode == 0:
         return
-    subprocess.run([*ssh, python, "-m", "pip", "install", "--quiet",
-                    f"dask=={version('dask')}", f"distributed=={version('distributed')}"],
-                   check=True, capture_output=True, timeout=600)
+    done = subprocess.run([*ssh, python, "-m", "pip", "install", "--quiet",
+                           f"dask=={version('dask')}", f"distributed=={version('distributed')}"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"installing distributed into {python} over ssh failed (exit "
+                           f"{done.returncode}): {done.stderr.strip()[-300:]}")
 
 
 def ssh_peers(n: int, clock: Clock) -> list[tuple[str, str]]:
@@ -108,7 +112,10 @@ def ssh_peers(n: int, clock: Clock) -> list[tuple[str, str]]:
                             worker_options={"n_workers": N_JOBS, "nthreads": 1},
                             scheduler_options={"dashboard_address": None}) as cluster, \
                     Client(cluster) as client:
-                return list(client.gather(client.map(add_one, xs, pure=False)))
+                # operator.add, not add_one: the remote Python is Debian's, of another
+                # version, and a function sent by value (its byte code) does not load there.
+                return list(client.gather(client.map(operator.add, xs, [1] * len(xs),
+                                                     pure=False)))
 
         found.append(_timed("remote_map mode=ssh", ours, n, clock))
         found.append(_timed("dask SSHCluster", dask_ssh, n, clock))
