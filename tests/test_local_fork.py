@@ -65,6 +65,18 @@ def test_one_chunk_call_runs_in_a_forked_child_without_starting_the_pool(
     assert out["plugin_loaded"] is False
 
 
+def test_first_chunk_forked_and_the_rest_in_the_pool_keep_their_order(tmp_path: Path) -> None:
+    out = _call(tmp_path, "lambda x: (x * x, os.getpid()), [(i,) for i in range(12)], "
+                          "chunksize=3")
+    assert [value for value, _ in out["values"]] == [i * i for i in range(12)]
+    pids = {pid for _, pid in out["values"]}
+    assert out["caller_pid"] not in pids
+    # The first chunk in the forked child, the others in the pool's workers.
+    [forked] = {pid for _, pid in out["values"][:3]}
+    assert forked not in {pid for _, pid in out["values"][3:]}
+    assert out["pool_started"] is True
+
+
 def test_crash_in_the_forked_chunk_fails_that_task_alone(tmp_path: Path) -> None:
     for how, words in (("exit", "exited with code 3"), ("sigkill", "SIGKILL")):
         out = _call(tmp_path, f"tf.crash_on, [(i, {how!r}) for i in range(5)], chunksize=5")

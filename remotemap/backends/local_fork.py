@@ -84,10 +84,15 @@ class ForkedChunk:
 
     def _reap(self) -> str:
         assert self.pid is not None
-        _, status = os.waitpid(self.pid, 0)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped by a SIGCHLD handler of the caller's: status lost
+            status = -1
         self.pid = None
         os.close(self.fd)
         self.fd, self.parts = -1, []
+        if status == -1:
+            return "lost:reaped elsewhere"
         if os.WIFSIGNALED(status):
             return f"signal:{os.WTERMSIG(status)}"
         return f"exit:{os.waitstatus_to_exitcode(status)}"
