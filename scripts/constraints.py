@@ -72,7 +72,7 @@ def refresh() -> None:
         subprocess.run([sys.executable, "-m", "venv", f"{tmp}/venv"], check=True)
         pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "--upgrade", "pip", "setuptools"], check=True)
-        subprocess.run([*pip, f"{REPO}[test,ssh,cluster]"], check=True)
+        subprocess.run([*pip, f"{REPO}[test,ssh,cluster,bench]"], check=True)
         frozen = subprocess.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable"],
                                 check=True, capture_output=True, text=True).stdout
     kept = [line for line in frozen.splitlines()

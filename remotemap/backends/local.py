@@ -30,6 +30,7 @@ from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dumps import DumpsSession
+from remotemap.backends.local_fork import ForkedChunk, fork_is_safe
 from remotemap.backends.local_options import LOCAL
 from remotemap.buffers import BufferSpill, PackedChunk, unpack
 from remotemap.config import resolve_n_jobs
@@ -155,6 +156,11 @@ class LocalSession(Session):
         self.ready: list[ChunkResult] = []
         self.spill = BufferSpill()
         self.isolated: DumpsSession | None = None
+        # The first chunk, in a child forked from the caller while the pool starts (or instead
+        # of starting it, for a call of one chunk): see local_fork. Used once per session.
+        self.forked: ForkedChunk | None = None
+        self.forked_chunk: tuple[Chunk, int | None] | None = None
+        self._may_fork = not options.env  # env must be set before the worker's imports
         self._executor: Any = None
         self._wake: Future[None] = Future()
         self._broken_logged = False
@@ -180,7 +186,8 @@ class LocalSession(Session):
     @property
     def in_flight(self) -> int:
         isolated = self.isolated.in_flight if self.isolated is not None else 0
-        return len(self.futures) + len(self.ready) + isolated
+        forked = self.forked.in_flight if self.forked is not None else 0
+        return len(self.futures) + len(self.ready) + isolated + forked
 
     def submit(self, chunk: Chunk) -> None:
         if self.options.timeout is not None:
@@ -197,6 +204,8 @@ class LocalSession(Session):
             chunk, packed = keep, self.spill.pack(keep)
         slot = self.counter.take() if self.counter is not None else None
         where = None if slot is None or self.counter is None else (self.counter.path, slot)
+        if self._fork(chunk, packed, where, slot):
+            return
         try:
             future = self._pool().submit(_run_in_worker, self.token, self.blob,
                                          self.sys_path, packed, where)
@@ -210,9 +219,53 @@ class LocalSession(Session):
         if slot is not None:
             self.slots[future] = slot
 
+    def _fork(self, chunk: Chunk, packed: PackedChunk, where: tuple[str, int] | None,
+              slot: int | None) -> bool:
+        """Run the session's first chunk in a forked child, if fork is safe now."""
+        if not self._may_fork:
+            return False
+        self._may_fork = False
+        if self._executor is not None or not fork_is_safe():
+            return False
+        token, blob, sys_path = self.token, self.blob, self.sys_path
+
+        def run() -> bytes:  # in the child
+            _init_worker()
+            return _run_in_worker(token, blob, sys_path, packed, where)
+
+        self.forked = ForkedChunk()
+        self.forked.start(run)
+        self.forked_chunk = (chunk, slot)
+        return True
+
+    def _wait_forked(self, timeout: float | None) -> list[ChunkResult]:
+        assert self.forked is not None and self.forked_chunk is not None
+        ended = self.forked.wait(timeout)
+        if ended is None:
+            return []
+        (chunk, slot), self.forked_chunk = self.forked_chunk, None
+        if slot is not None and self.counter is not None:
+            self.counter.release(slot)
+        self.spill.release(chunk.id)
+        data, status = ended
+        if status == "exit:0":
+            return [loads_result(data)[1]]
+        # As when a pool worker dies: its tasks run again, one process each, so the task that
+        # crashed fails alone with its exit code or signal.
+        log.warning("the forked local worker ended abnormally (%s); its tasks run again, one "
+                    "process each", status)
+        for single in _singles(chunk):
+            self._isolated().submit(single)
+        return []
+
     def wait(self, timeout: float | None = None) -> list[ChunkResult]:
         results, self.ready = self.ready, []
         isolated = self.isolated if self.isolated is not None and self.isolated.in_flight else None
+        forked = self.forked is not None and self.forked.in_flight > 0
+        if forked and (isolated is not None or self.futures):  # several kinds: each briefly
+            timeout = 0.05 if timeout is None else min(timeout, 0.05)
+        if forked:
+            results += self._wait_forked(0 if results else timeout)
         if isolated is not None:
             results += isolated.wait(0 if (results or self.futures) else timeout)
         if results or not self.futures:
@@ -263,6 +316,8 @@ class LocalSession(Session):
                 wake.set_result(None)
         if self.isolated is not None:
             self.isolated.wake()
+        if self.forked is not None:
+            self.forked.wake()
 
     def close(self) -> None:
         if self.futures and self._executor is not None:
@@ -270,6 +325,9 @@ class LocalSession(Session):
             for future in self.futures:
                 future.cancel()
             self._executor.shutdown(wait=False, kill_workers=True)
+        if self.forked is not None:
+            self.forked.close()
+            self.forked = self.forked_chunk = None
         self.futures.clear()
         self.slots.clear()
         self.ready = []

@@ -101,7 +101,7 @@ def validate_document(
     The first error is raised, unless ``problems`` is given: then each section's first error
     is put there (the section keeps its defaults) and the other sections are still read.
     """
-    values = {name: defaults_of(section) for name, section in SCHEMA.items()}
+    values: dict[str, dict[str, Any]] = _Defaults()
     origins: dict[str, str] = {}
     for name, table in data.items():
         try:
@@ -115,6 +115,15 @@ def validate_document(
                 for dotted in [d for d in origins if d.startswith(f"{name}.")]:
                     del origins[dotted]
     return values, origins
+
+
+class _Defaults(dict[str, dict[str, Any]]):
+    """Section name -> its values, each section's defaults made when first asked for: a run
+    reads its own mode's section and need not load every plug-in's."""
+
+    def __missing__(self, name: str) -> dict[str, Any]:
+        value = self[name] = defaults_of(SCHEMA[name])  # KeyError for an unknown section
+        return value
 
 
 def _culprit_section(name: str, table: Any) -> str:

@@ -16,7 +16,15 @@ from typing import Any
 
 from remotemap.config.declarations import TYPE_NAMES, Key, KeyType, Section
 from remotemap.config.hints import OPTION_SYNONYMS, did_you_mean
-from remotemap.config.modes import mode_names, mode_sections, registry_signature
+from remotemap.config.modes import (
+    BUILTIN_MODES,
+    SECTION_TARGETS,
+    TARGETS,
+    mode_names,
+    mode_section,
+    mode_sections,
+    registry_signature,
+)
 from remotemap.errors import ConfigError
 
 __all__ = ["SCHEMA", "TYPE_NAMES", "Key", "KeyType", "Section", "check_value", "coerce_override",
@@ -49,7 +57,21 @@ class _Schema(MutableMapping[str, Section]):
         return self._sections
 
     def __getitem__(self, name: str) -> Section:
-        return self._current()[name]
+        light = self._light(name)
+        return light if light is not None else self._current()[name]
+
+    def _light(self, name: str) -> Section | None:
+        """A built-in section, found without reading every installed plug-in's (the scan and
+        their imports cost a call's cold start tens of milliseconds): only until the whole
+        schema is first built, and while the mode is still the built-in one."""
+        if self._signature is not None:
+            return None
+        if name == "remotemap":
+            return _REMOTEMAP
+        backend, section = BUILTIN_MODES.get(name, ("", ""))
+        if not section or TARGETS.get(name) != backend or SECTION_TARGETS.get(name) != section:
+            return None
+        return mode_section(name)
 
     def __setitem__(self, name: str, section: Section) -> None:
         self._current()[name] = section
