@@ -79,9 +79,11 @@ def test_empty_env_and_relative_xdg_are_ignored(
 def test_missing_default_file_means_defaults(isolated_env: Path) -> None:
     config = load_config()
     assert not config.exists
-    assert config.section("local") == {"n_jobs": 0, "chunksize": 0}
+    assert config.section("local") == {"n_jobs": 0, "chunksize": 0, "send": [],
+                                       "keep_staged": False}
     assert config.section("local_with_dumps") == {"n_jobs": 0, "keep_files": False, "temp_dir": "",
-                                                  "preload": True}
+                                                  "preload": True, "send": [],
+                                                  "keep_staged": False}
     assert config.get("remotemap.mode") == "local"
     assert config.origin("local.n_jobs") == "default"
     assert not (isolated_env / ".config").exists()
@@ -205,8 +207,10 @@ def test_unknown_names_in_lookups_are_config_errors() -> None:
 
 def test_settings_for_merges_and_checks_overrides(tmp_path: Path) -> None:
     config = load_config(write(tmp_path / "c.toml", "[local]\nchunksize = 5\n"))
-    assert config.settings_for("local", {"n_jobs": 4}) == {"n_jobs": 4, "chunksize": 5}
-    assert config.settings_for("local", {}) == {"n_jobs": 0, "chunksize": 5}
+    staging = {"send": [], "keep_staged": False}  # the data staging keys' defaults
+    assert config.settings_for("local", {"n_jobs": 4}) == {"n_jobs": 4, "chunksize": 5,
+                                                          **staging}
+    assert config.settings_for("local", {}) == {"n_jobs": 0, "chunksize": 5, **staging}
     dumps = config.settings_for("local_with_dumps", {"temp_dir": tmp_path, "keep_files": True})
     assert dumps["temp_dir"] == str(tmp_path)
     assert dumps["keep_files"] is True

@@ -16,7 +16,10 @@ import pytest
 import remotemap
 from remotemap.backends.cluster.checks import EngineError
 from remotemap.backends.cluster.files import ClusterError
+from remotemap.backends.cluster.limits import PartitionRefused
 from remotemap.backends.remote_files import RemoteSetupError
+from remotemap.backends.staging import CannotSend
+from remotemap.cli.runs_plot import NoRenderer
 from remotemap.config.modes import ModeLoadError
 from remotemap.errors import (
     BackendUnavailable,
@@ -31,6 +34,7 @@ from remotemap.errors import (
 )
 from remotemap.executor import RemoteTraceback
 from remotemap.locks import RunDirectoryBusy
+from remotemap.run_index import RunNotFinished, RunNotFound
 from remotemap.runs import FunctionChanged
 from remotemap.server_client import WorkerServerGone
 from remotemap.ssh.errors import (
@@ -55,6 +59,9 @@ INTERNAL = {
     # The cluster engine's own stop signal (run directory or scheduler config gone): caught in
     # cluster.engine.serve, which prints it to the round's log and exits 1.
     "remotemap.backends.cluster.engine.Abandoned",
+    # A closing ssh session's signal to a file upload on its way: caught in backends/ssh.py
+    # and staging.py, which then clean the staging area up.
+    "remotemap.backends.staging.StagingStopped",
 }
 
 
@@ -137,6 +144,13 @@ SAMPLES: dict[type[RemotemapError], Callable[[], RemotemapError]] = {
     ClusterError: lambda: ClusterError("the run directory /tmp/run was removed"),
     RemoteSetupError: lambda: RemoteSetupError("login: no python3 on PATH"),
     WorkerServerGone: lambda: WorkerServerGone("the worker server on node7 stopped answering"),
+    PartitionRefused: lambda: PartitionRefused(
+        "cluster.walltime '2:00:00' exceeds partition 'short' MaxTime 00:01:00",
+        key="cluster.walltime", partition="short"),
+    CannotSend: lambda: CannotSend("data/sub-01.nii.gz: no such file"),
+    NoRenderer: lambda: NoRenderer("no chromium on PATH: apt-get install chromium"),
+    RunNotFound: lambda: RunNotFound("no kept run has the id 20261129-1200"),
+    RunNotFinished: lambda: RunNotFinished("20261129-1200", [1, None, 3], [1], [_failure()]),
     **{cls: _ssh(cls) for cls in (SSHError, HostUnreachable, AuthenticationFailed, HostKeyError,
                                   HostKeyUnknown, HostKeyChanged, CommandTimeout,
                                   RemoteCommandFailed)},

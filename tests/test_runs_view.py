@@ -140,6 +140,7 @@ def test_runs_show_prints_the_end_of_what_a_failed_task_printed(
     with pytest.raises(RemoteException):
         remote_map(loud, [(7,)], mode="local_with_dumps", run_dir=tmp_path / "loud",
                    progress=False)
+    capsys.readouterr()  # the lines the run itself streamed (stream_output) are not the view
     assert cli_main(["runs", "show", str(tmp_path / "loud")]) == 0
     out = capsys.readouterr().out
     assert "output (last 10 lines):" in out and "line 29 of task 7" in out

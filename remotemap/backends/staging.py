@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from remotemap.errors import TaskFailure
+from remotemap.errors import RemotemapError, TaskFailure
 from remotemap.execution import failure_from_exception
 from remotemap.staged import CALLER_CWD_ENV, STAGED_ROOT_ENV, Staged, mirrored, replace_staged
 from remotemap.tasks import Chunk
@@ -42,7 +42,7 @@ class StagingStopped(Exception):
     """The session is closing: a file on its way stops, and the area is cleaned up."""
 
 
-class CannotSend(OSError):
+class CannotSend(RemotemapError, OSError):
     """A file the tasks need cannot be read on the caller's side (missing, unreadable)."""
 
 

@@ -17,14 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from remotemap.errors import TamperedFile, UnsafePath
+from remotemap.errors import RemotemapError, TamperedFile, UnsafePath
 from remotemap.timeline import run_results, timeline_html
 
 #: The names Chromium's program goes by, first found wins.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-class NoRenderer(RuntimeError):
+class NoRenderer(RemotemapError, RuntimeError):
     """No headless browser to draw a PNG with."""
 
 

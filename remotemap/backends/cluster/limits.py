@@ -40,6 +40,13 @@ class PartitionRefused(ClusterError):
         self.key = key
         self.partition = partition
 
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only data: pickled explicitly
+        return (_partition_refused, (str(self), self.key, self.partition))
+
+
+def _partition_refused(message: str, key: str, partition: str) -> PartitionRefused:
+    return PartitionRefused(message, key=key, partition=partition)
+
 
 @dataclass(frozen=True)
 class Partition:
