@@ -22,7 +22,8 @@ FORBIDDEN = ("remotemap.api", "remotemap.workflow", "remotemap.config", "remotem
 #: Everything of remotemap each program really loads: a new import shows up here for review.
 WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.errors",
                   "remotemap.execution",
-                  "remotemap.integrity", "remotemap.leftovers", "remotemap.preload",
+                  "remotemap.integrity", "remotemap.leftovers", "remotemap.outofband",
+                  "remotemap.preload",
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
                   "remotemap.worker_run"}

@@ -19,13 +19,15 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from remotemap import outofband
 from remotemap.backends.base import TaskOptions
 from remotemap.errors import ConfigError, FailureKind, RemotemapError, TamperedFile, TaskFailure
-from remotemap.execution import lost_chunk_result, tail
+from remotemap.execution import dumps, lost_chunk_result, tail
 from remotemap.integrity import new_key
 from remotemap.protocol import (
     FUNCTION,
     RunLayout,
+    buffer_path,
     chunk_name,
     encode_runnable,
     exit_status_text,
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from remotemap.backends.staging_targets import SSHTarget
 
 log = logging.getLogger("remotemap")
+
+#: Asks the worker for outcomes with their large buffers as files of their own.
+_CHUNK_OPTIONS = {"outcome_buffers": True}
 
 
 class RemoteSetupError(RemotemapError, RuntimeError):
@@ -215,7 +220,9 @@ class RemoteRun:
             sendable, not_sent = self.staging.localize(self.target(), chunk, self.stop)
             if not sendable.indices:
                 return ChunkResult(chunk.id, failures=not_sent)
-        runnable, data, failures = encode_runnable(self.token, sendable)
+        outgoing: list[tuple[str, memoryview]] = []
+        runnable, data, failures = encode_runnable(
+            self.token, sendable, lambda c: self._pack(c, outgoing), _CHUNK_OPTIONS)
         failures += not_sent
         if data is None:
             return ChunkResult(chunk.id, failures=failures)
@@ -228,12 +235,45 @@ class RemoteRun:
         chunk.lkwargs = [mine[i][1] for i in runnable.indices]
         if failures:  # they come back with the chunk's result (see collect), once it has one
             self._pending_failures.setdefault(chunk.id, []).extend(failures)
-        # Tag and data written one after the other: a chunk may be hundreds of MB.
+        # Large buffers first, as raw files (the worker maps them); then the sealed chunk
+        # naming them, its tag and data written one after the other.
+        for path, raw in outgoing:
+            transfer.put_bytes(self.connection, path, raw)
         transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
                            seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         return None
+
+    def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]]
+              ) -> tuple[bytes, list[str]]:
+        """The chunk's arguments pickled with their large buffers left out (into ``outgoing``,
+        with the remote files they go to): the ``protocol.ArgumentPacker`` of this host."""
+        assert self.layout is not None
+        taken: list[memoryview] = []
+        data = dumps(outofband.wrap_arguments(chunk.largs, chunk.lkwargs), protocol=5,
+                     buffer_callback=outofband.taker(taken))
+        files = [buffer_path(self.layout.chunk(chunk.id), i) for i in range(len(taken))]
+        outgoing[:] = list(zip(files, taken, strict=True))  # a second packing replaces the first
+        return data, files
+
+    def _fetch_buffers(self, chunk_id: int) -> Callable[[list[int]], list[Any]]:
+        """How ``open_outcome`` gets the chunk's outcome buffers from the host, each of the
+        size its sealed outcome gives, or TamperedFile naming it."""
+        assert self.layout is not None
+        outcome = self.layout.outcome(chunk_id)
+
+        def fetch(sizes: list[int]) -> list[Any]:
+            found: list[Any] = []
+            for i, size in enumerate(sizes):
+                path = buffer_path(outcome, i)
+                data = transfer.get_mapped(self.connection, path, size)
+                if len(data) != size:
+                    raise TamperedFile(f"{self.host}:{path}")
+                found.append(data)
+            return found
+
+        return fetch
 
     def next_done(self, timeout: float) -> tuple[int, str] | None:
         """The next finished chunk, or None if none finished within ``timeout`` seconds."""
@@ -254,7 +294,8 @@ class RemoteRun:
             try:
                 result = open_outcome(self.key, chunk.id,
                                       transfer.get_bytes(self.connection, path),
-                                      self.token, f"{self.host}:{path}")
+                                      self.token, f"{self.host}:{path}",
+                                      self._fetch_buffers(chunk.id))
             except FileNotFoundError:
                 result = None
             except TamperedFile as exc:  # never unpickled: the chunk fails, naming the file
