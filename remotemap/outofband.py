@@ -38,17 +38,26 @@ def is_large_bytes(value: Any) -> bool:
     return type(value) in (bytes, bytearray) and len(value) >= OUT_OF_BAND_MIN
 
 
-def wrap(value: Any) -> Any:
-    """``value``, or a large ``bytes``/``bytearray`` ready to go out of band."""
+def _wrap_one(value: Any) -> Any:
     return _Buffered(value) if is_large_bytes(value) else value
+
+
+def wrap(value: Any) -> Any:
+    """``value`` with its large ``bytes``/``bytearray`` ready to go out of band: the value
+    itself or the items of a tuple, list or dict (a task returning ``(name, blob)``); deeper
+    ones still go, in band."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(map(_wrap_one, value))
+    if kind is dict:
+        return {key: _wrap_one(item) for key, item in value.items()}
+    return _wrap_one(value)
 
 
 def wrap_arguments(largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]]
                    ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-    """A chunk's arguments with their large bytes wrapped (top level only: the common case of a
-    task given a blob; deeper ones still go, in band)."""
-    return ([tuple(map(wrap, args)) for args in largs],
-            [{name: wrap(value) for name, value in kwargs.items()} for kwargs in lkwargs])
+    """A chunk's arguments with their large bytes wrapped (as ``wrap`` does for each)."""
+    return [wrap(args) for args in largs], [wrap(kwargs) for kwargs in lkwargs]
 
 
 def taker(taken: list[memoryview]) -> Any:

@@ -255,7 +255,8 @@ def encode_chunk(token: str, chunk: Chunk, pack: ArgumentPacker | None = None,
     ``pack``, large buffers go to files of their own, listed in the header: the header is in
     the sealed file, and the buffers are raw data that the worker maps, never unpickles.
     ``options`` (after the files; workers that know none ignore it): ``outcome_buffers``, to
-    have the outcome's large buffers written as files beside it (``write_outcome_parts``).
+    have the outcome's large buffers written as files beside it (``write_outcome_parts``);
+    ``buffer_sizes``, the sizes of the files, checked before they are mapped.
     """
     files: list[str] = []
     if pack is None:
@@ -298,8 +299,9 @@ def decode_chunk_header(data: bytes | memoryview
     options: dict[str, Any] = rest[1] if len(rest) > 1 and isinstance(rest[1], dict) else {}
 
     def arguments() -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        buffers = map_buffer_files(files, options.get("buffer_sizes"))
         loaded: tuple[list[tuple[Any, ...]], list[dict[str, Any]]] = pickle.load(
-            stream, buffers=map_buffer_files(files))
+            stream, buffers=buffers)
         return loaded
 
     return token, chunk_id, indices, arguments, options
@@ -311,12 +313,15 @@ def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
     return token, Chunk(chunk_id, indices, largs, lkwargs)
 
 
-def map_buffer_files(paths: list[str]) -> list[mmap.mmap]:
+def map_buffer_files(paths: list[str], sizes: list[int] | None = None) -> list[mmap.mmap]:
     """The files of a chunk's large buffers, mapped copy-on-write: the arrays they become are
-    writable, and nothing is copied until a task writes to one."""
+    writable, and nothing is copied until a task writes to one. With ``sizes`` (from the
+    sealed header), a file of another size is refused: TamperedFile naming it."""
     buffers = []
-    for path in paths:
+    for i, path in enumerate(paths):
         with open(path, "rb") as f:
+            if sizes is not None and os.fstat(f.fileno()).st_size != sizes[i]:
+                raise TamperedFile(path)
             buffers.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
     return buffers
 

@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remotemap")
 
-#: Asks the worker for outcomes with their large buffers as files of their own.
-_CHUNK_OPTIONS = {"outcome_buffers": True}
-
 
 class RemoteSetupError(RemotemapError, RuntimeError):
     """The host is reachable but cannot run remotemap's worker (no Python, no remotemap...)."""
@@ -221,8 +218,9 @@ class RemoteRun:
             if not sendable.indices:
                 return ChunkResult(chunk.id, failures=not_sent)
         outgoing: list[tuple[str, memoryview]] = []
+        options: dict[str, Any] = {"outcome_buffers": True}  # and the sizes, by _pack
         runnable, data, failures = encode_runnable(
-            self.token, sendable, lambda c: self._pack(c, outgoing), _CHUNK_OPTIONS)
+            self.token, sendable, lambda c: self._pack(c, outgoing, options), options)
         failures += not_sent
         if data is None:
             return ChunkResult(chunk.id, failures=failures)
@@ -245,16 +243,18 @@ class RemoteRun:
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         return None
 
-    def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]]
-              ) -> tuple[bytes, list[str]]:
+    def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]],
+              options: dict[str, Any]) -> tuple[bytes, list[str]]:
         """The chunk's arguments pickled with their large buffers left out (into ``outgoing``,
-        with the remote files they go to): the ``protocol.ArgumentPacker`` of this host."""
+        with the remote files they go to; their sizes into ``options``, which the sealed
+        header carries): the ``protocol.ArgumentPacker`` of this host."""
         assert self.layout is not None
         taken: list[memoryview] = []
         data = dumps(outofband.wrap_arguments(chunk.largs, chunk.lkwargs), protocol=5,
                      buffer_callback=outofband.taker(taken))
         files = [buffer_path(self.layout.chunk(chunk.id), i) for i in range(len(taken))]
         outgoing[:] = list(zip(files, taken, strict=True))  # a second packing replaces the first
+        options["buffer_sizes"] = [raw.nbytes for raw in taken]
         return data, files
 
     def _fetch_buffers(self, chunk_id: int) -> Callable[[list[int]], list[Any]]:

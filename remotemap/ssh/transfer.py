@@ -30,6 +30,7 @@ import mmap
 import os
 import posixpath
 import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
@@ -99,13 +100,10 @@ def put_bytes(conn: Connection, remote: str,
     """Write ``data`` to ``remote`` on the host (atomically, made ``mode``). ``data`` may be
     parts written one after the other, e.g. a seal and a large payload, to spare joining them."""
     parts = [data] if isinstance(data, (bytes, memoryview)) else list(data)
-    if sum(memoryview(p).nbytes for p in parts) >= FAST_LANE_MIN_BYTES and _lane(conn) is not None:
-        with _scratch() as source:
-            for part in parts:
-                source.write(part)
-            source.seek(0)
-            if _lane_put(conn, remote_path(remote), mode, source):
-                return
+    large = sum(memoryview(p).nbytes for p in parts) >= FAST_LANE_MIN_BYTES
+    if large and _lane(conn) is not None and _lane_put_parts(conn, remote_path(remote), mode,
+                                                             parts):
+        return
     conn.put_bytes(remote, b"".join(parts), mode)
 
 
@@ -177,6 +175,36 @@ def _lane_put(conn: Connection, target: str, mode: int, source: IO[bytes]) -> bo
         _lane_failed(conn, lane, f"upload of {target}", exc)
         return False
     return True
+
+
+def _lane_put_parts(conn: Connection, target: str, mode: int,
+                    parts: Sequence[bytes | memoryview]) -> bool:
+    """``_lane_put`` of data in memory, fed to ``ssh`` through a pipe by a thread while it
+    sends: no copy of the whole into a file first (a pipe's few pages are reused)."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError, ImportError, AttributeError):  # fewer wake-ups
+        import fcntl  # Linux's F_SETPIPE_SZ: 1 MiB instead of 64 KiB
+
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+
+    def feed() -> None:
+        try:
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(write_fd, view):]
+        except OSError:
+            pass  # ssh stopped reading: its exit status says why
+        finally:
+            os.close(write_fd)
+
+    feeder = threading.Thread(target=feed, name="remotemap-put", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as source:
+            return _lane_put(conn, target, mode, source)
+    finally:  # the read end is closed: a feeder still writing gets EPIPE and ends
+        feeder.join()
 
 
 def _lane_get(conn: Connection, target: str, sink: IO[bytes]) -> bool:
