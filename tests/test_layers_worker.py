@@ -152,7 +152,8 @@ def test_unknown_name_is_an_attribute_error_naming_it() -> None:
 #: runner and the graph it resolves prerequisites with, nothing that runs workflows.
 STEP_JOB_MODULES = {"remotemap", "remotemap._version", "remotemap.capture",
                     "remotemap.errors", "remotemap.execution",
-                    "remotemap.integrity", "remotemap.protocol", "remotemap.rundir",
+                    "remotemap.integrity", "remotemap.outofband", "remotemap.protocol",
+                    "remotemap.rundir",
                     "remotemap.tasks", "remotemap.workflow", "remotemap.workflow.graph",
                     "remotemap.workflow.remote_step"}
 
