@@ -117,6 +117,10 @@ def test_an_outcome_buffer_of_another_size_is_refused_naming_it(sshd_host: SSHSe
             with pytest.raises(TamperedFile) as refused:
                 fetch([len(data) - 1])
             assert refused.value.path == f"{sshd_host.alias}:{buffer_path(outcome, 0)}"
+            conn.remove(buffer_path(outcome, 0))  # gone altogether: refused the same way
+            with pytest.raises(TamperedFile) as refused:
+                fetch([len(data)])
+            assert refused.value.path == f"{sshd_host.alias}:{buffer_path(outcome, 0)}"
         finally:
             conn.remove_tree("oob")
 
@@ -143,6 +147,10 @@ def test_a_local_outcome_buffer_cut_short_or_grown_is_refused_naming_it() -> Non
         with pytest.raises(TamperedFile) as refused:
             open_outcome(key, 3, blob, "tok", layout.outcome(3))
         assert refused.value.path == str(buffer)
+    buffer.unlink()  # gone altogether: refused the same way
+    with pytest.raises(TamperedFile) as refused:
+        open_outcome(key, 3, blob, "tok", layout.outcome(3))
+    assert refused.value.path == str(buffer)
 
 
 def test_an_argument_buffer_of_another_size_is_refused_naming_it(tmp_path: Path) -> None:
