@@ -3,6 +3,7 @@
 Needs root (it starts a real sshd on 127.0.0.1 for a test user, as the tests do)::
 
     .venv/bin/python -m benchmarks.transfer [--files 4] [--mb 100] [--rounds 3] [--json PATH]
+                                              [--only WORD]
 
 Every contender moves ``--files`` files of ``--mb`` MB (10^6 bytes) each way it can, end to
 end (connecting included, as ``scp`` connects on every call too):
@@ -169,9 +170,12 @@ class Bench:
         subprocess.run(argv, check=True)
 
 
-def measure(bench: Bench, rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
-    """Every contender once per round, in turns (every other round backwards)."""
-    contenders = bench.contenders()
+def measure(bench: Bench, rounds: int, say: Callable[[str], None],
+            only: list[str] | None = None) -> dict[str, Any]:
+    """Every contender once per round, in turns (every other round backwards); ``only``:
+    those whose name contains one of these words."""
+    contenders = {name: run for name, run in bench.contenders().items()
+                  if not only or any(word in name for word in only)}
     order = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in order}
     loads: dict[str, list[float]] = {name: [] for name in order}
@@ -199,6 +203,8 @@ def report(found: dict[str, Any], total_mb: float) -> list[str]:
         lines.append(f"{name:<28} {best:>10.0f} {median:>12.0f} {load:>9.1f}")
     lines.append(f"remote_map fixed cost (same tasks, no data): {empty:.2f} s (best)")
     for name in ("remotemap arguments", "remotemap results", "remotemap fetched files"):
+        if name not in found["times_s"]:
+            continue
         net = min(found["times_s"][name]) - empty
         if net > 0:
             lines.append(f"{name}, fixed cost taken off: {total_mb / net:.0f} MB/s")
@@ -211,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=int, default=100, help="MB (10^6 bytes) per file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", metavar="PATH", help="also write every timing to PATH")
+    parser.add_argument("--only", action="append", metavar="WORD",
+                        help="only the contenders whose name holds WORD (repeatable)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks.transfer needs root to start its sshd; skipped", file=sys.stderr)
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with SSHServer(user) as server, tempfile.TemporaryDirectory(prefix="rm-xfer-") as work:
         bench = Bench(server, python, args.files, args.mb * 10**6, Path(work))
-        found = measure(bench, args.rounds, say)
+        found = measure(bench, args.rounds, say, args.only)
     total_mb = args.files * args.mb
     print(f"{args.files} x {args.mb} MB each way, loopback sshd, {os.cpu_count()} CPUs, "
           f"best of {args.rounds} rounds (contenders in turns)")

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
+from remotemap import outofband
 from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.tasks import Chunk, ChunkResult, time_failure
@@ -66,8 +67,8 @@ def dumps(obj: object, protocol: int | None = None,
         return file.getvalue()
 
 
-def loads(data: bytes | memoryview) -> Any:
-    return cloudpickle.loads(data)
+def loads(data: bytes | memoryview, buffers: list[Any] | None = None) -> Any:
+    return cloudpickle.loads(data, buffers=buffers)
 
 
 #: A frame line of a formatted traceback, and the source line that should follow it.
@@ -219,51 +220,61 @@ def chunk_failed(chunk: Chunk, exc: BaseException) -> ChunkResult:
 _PLAIN = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
-def dumps_result(result: ChunkResult, token: str | None = None) -> bytes:
+def dumps_result(result: ChunkResult, token: str | None = None,
+                 buffers: list[list[memoryview]] | None = None) -> bytes:
     """Pickle a chunk's result (with the run's token, if given), for :func:`loads_result`.
 
     A value that cannot be pickled (or whose pickling raises anything, ``SystemExit``
     included) fails its own task. Plain values (numbers, strings) go as one list, the fast
     path for many tiny tasks; any other value is pickled on its own, so that one the caller
-    cannot load fails that task alone (see :func:`loads_result`).
+    cannot load fails that task alone (see :func:`loads_result`). With ``buffers``, each
+    value's large buffers go there instead (a list per value kept, ``outofband``).
     """
-    if _PLAIN.issuperset(map(type, result.values)):
+    if _PLAIN.issuperset(map(type, result.values)) and (
+            buffers is None or not any(map(outofband.is_large_bytes, result.values))):
         return dumps((token, result))
-    blob, ends = _pickle_each(result)
+    blob, ends = _pickle_each(result, buffers)
     bare = dataclasses.replace(result, values=[])
     return dumps((token, bare, blob, ends))
 
 
-def _pickle_each(result: ChunkResult) -> tuple[bytes, list[int]]:
+def _pickle_each(result: ChunkResult, buffers: list[list[memoryview]] | None = None
+                 ) -> tuple[bytes, list[int]]:
     """Every value as its own pickle, back to back; where each ends. Unpicklable values are
     moved from ``result``'s values to its failures."""
     buffer = io.BytesIO()
-    pickler = cloudpickle.Pickler(buffer)
+    taken: list[memoryview] = []  # the large buffers of the value being pickled
+    take = None if buffers is None else outofband.taker(taken)
+    pickler = cloudpickle.Pickler(buffer, buffer_callback=take)
     ends: list[int] = []
     kept: list[int] = []
     kept_values: list[Any] = []
     for index, value in zip(result.indices, result.values, strict=True):
-        start = buffer.tell()
+        start, taken[:] = buffer.tell(), []
         try:
-            pickler.dump(value)
+            pickler.dump(value if take is None else outofband.wrap(value))
         except BaseException as exc:  # a __reduce__ calling exit() included
             buffer.seek(start)
             buffer.truncate()
-            pickler = cloudpickle.Pickler(buffer)  # its state after an error is unknown
+            pickler = cloudpickle.Pickler(buffer, buffer_callback=take)  # its state is unknown
             result.failures.append(unpicklable_failure(index, "result", value, exc))
         else:
             pickler.clear_memo()  # each value stands alone: loadable without the others
             kept.append(index)
             kept_values.append(value)
             ends.append(buffer.tell())
+            if buffers is not None:
+                buffers.append(list(taken))
     if len(kept) != len(result.indices):
         result.spell_out_times()
     result.indices, result.values = kept, kept_values
     return buffer.getvalue(), ends
 
 
-def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
-    """The token and chunk result that :func:`dumps_result` wrote.
+def loads_result(data: bytes | memoryview, buffers: list[list[Any]] | None = None
+                 ) -> tuple[str | None, ChunkResult]:
+    """The token and chunk result that :func:`dumps_result` wrote (``buffers``: the buffers
+    it put out of band, a list per value).
 
     A value that cannot be loaded here (its class missing in this process, a ``__reduce__``
     that raises on load) fails its own task, kind ``"pickling"``; the others are kept.
@@ -278,9 +289,9 @@ def loads_result(data: bytes | memoryview) -> tuple[str | None, ChunkResult]:
     view = memoryview(blob)
     indices: list[int] = []
     start = 0
-    for index, end in zip(result.indices, ends, strict=True):
+    for k, (index, end) in enumerate(zip(result.indices, ends, strict=True)):
         try:
-            result.values.append(pickle.loads(view[start:end]))
+            result.values.append(pickle.loads(view[start:end], buffers=buffers and buffers[k]))
         except KeyboardInterrupt:
             raise  # here in the caller's process, a Ctrl-C
         except BaseException as exc:  # SystemExit from a __reduce__ included

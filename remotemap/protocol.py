@@ -29,6 +29,7 @@ PYTHON VERSION CPUS`` once, then ``done CHUNK STATUS`` per chunk, STATUS being `
 from __future__ import annotations
 
 import io
+import json
 import mmap
 import os
 import pickle
@@ -38,8 +39,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from remotemap.errors import TaskFailure
-from remotemap.execution import PICKLING_ERRORS, dumps, find_unpicklable, loads_result
+from remotemap.errors import TamperedFile, TaskFailure
+from remotemap.execution import (
+    PICKLING_ERRORS,
+    dumps,
+    dumps_result,
+    find_unpicklable,
+    loads_result,
+)
 from remotemap.integrity import TAG_SIZE, check_tag, file_key, seal, tag, unseal
 from remotemap.rundir import LocalRunDir, write_and_close
 from remotemap.tasks import Chunk, ChunkResult
@@ -111,6 +118,11 @@ def outcome_chunk_id(path: str) -> int | None:
     return None
 
 
+def buffer_path(path: str, i: int) -> str:
+    """The file of buffer ``i`` of the chunk or outcome file ``path`` (when out of band)."""
+    return f"{path}.{i}.buf"
+
+
 def log_name(chunk_id: int) -> str:
     return posixpath.join(LOGS, f"{chunk_id:06d}.log")
 
@@ -157,8 +169,16 @@ def worker_key() -> bytes:
     return _worker_key
 
 
-def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path: str
-                 ) -> ChunkResult | None:
+#: Gives the buffers of an outcome, by their sizes in order: buffer ``i`` is the file
+#: ``buffer_path(outcome, i)``; raises TamperedFile naming a file of another size.
+BufferFetcher = Callable[[list[int]], list[Any]]
+#: In front of an outcome whose large buffers are files of their own (``write_outcome_parts``):
+#: then the length of a JSON line, that line (each value's buffer sizes), the pickle.
+BUFFERS_MAGIC = b"remotemap-buffers\n"
+
+
+def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path: str,
+                 fetch: BufferFetcher | None = None) -> ChunkResult | None:
     """The verdict on chunk ``chunk_id``'s outcome file, read from ``path`` (``blob``: its
     bytes, None when there was no file). The one place an outcome's bytes become a result:
 
@@ -168,10 +188,61 @@ def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path
     - sealed by this run's key but for another token (an earlier session's leftover): None;
     - else the chunk's result (a value that cannot be loaded here fails its own task, kind
       ``"pickling"``; see ``execution.loads_result``).
+
+    Large buffers written beside it (out of band) come from ``fetch``, by default mapped from
+    the files beside ``path``. They are raw data, never unpickled; their sizes are in the
+    sealed outcome, so one cut short or grown is refused (TamperedFile naming it).
     """
     if blob is None:
         return None
-    return decode_outcome(unseal_file(key, outcome_name(chunk_id), blob, path), token)
+    data = unseal_file(key, outcome_name(chunk_id), blob, path)
+    if data[:len(BUFFERS_MAGIC)] != BUFFERS_MAGIC:
+        return decode_outcome(data, token)
+    start = len(BUFFERS_MAGIC) + 11
+    end = start + int(bytes(data[len(BUFFERS_MAGIC):start]))
+    sizes: list[list[int]] = json.loads(bytes(data[start:end]))
+    flat = (fetch or local_buffers(path))([size for value in sizes for size in value])
+    grouped = []
+    for value in sizes:
+        grouped.append(flat[:len(value)])
+        flat = flat[len(value):]
+    return decode_outcome(data[end:], token, grouped)
+
+
+def write_outcome_parts(rundir: LocalRunDir, key: bytes, result: ChunkResult, token: str
+                        ) -> tuple[bytes, bytes]:
+    """The sealed outcome of ``result`` as parts to write, its large buffers written first as
+    files beside it (for a caller that asked for them out of band: ``encode_chunk``). Without
+    large buffers, the same outcome as ``seal_parts`` of ``dumps_result`` gives."""
+    name = outcome_name(result.chunk_id)
+    buffers: list[list[memoryview]] = []
+    body = dumps_result(result, token, buffers)
+    if not any(buffers):  # nothing large: the plain outcome, as for any caller
+        return seal_parts(key, name, body)
+    for i, raw in enumerate(b for value in buffers for b in value):
+        rundir.write(buffer_path(name, i), raw)
+    sizes = json.dumps([[b.nbytes for b in value] for value in buffers]).encode()
+    data = b"%s%010d\n%s%s" % (BUFFERS_MAGIC, len(sizes), sizes, body)
+    return seal_parts(key, name, data)
+
+
+def local_buffers(path: str) -> BufferFetcher:
+    """The buffers beside the local outcome file ``path``, mapped (copy-on-write)."""
+
+    def fetch(sizes: list[int]) -> list[Any]:
+        found: list[Any] = []
+        for i, size in enumerate(sizes):
+            try:
+                f = open(buffer_path(path, i), "rb")  # noqa: SIM115 (closed below)
+            except FileNotFoundError:  # removed since: the sealed outcome lists it
+                raise TamperedFile(buffer_path(path, i)) from None
+            with f:
+                if os.fstat(f.fileno()).st_size != size:
+                    raise TamperedFile(buffer_path(path, i))
+                found.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b"")
+        return found
+
+    return fetch
 
 
 #: Pickles a chunk's arguments for a worker on this machine: the pickle, and the files that
@@ -179,23 +250,31 @@ def open_outcome(key: bytes, chunk_id: int, blob: bytes | None, token: str, path
 ArgumentPacker = Callable[[Chunk], tuple[bytes, list[str]]]
 
 
-def encode_chunk(token: str, chunk: Chunk, pack: ArgumentPacker | None = None) -> bytes:
+def encode_chunk(token: str, chunk: Chunk, pack: ArgumentPacker | None = None,
+                 options: dict[str, Any] | None = None) -> bytes:
     """Two pickles back to back: a header any worker can read, then the tasks' arguments.
 
     Kept apart so that arguments which cannot be loaded where the task runs (a module missing
     on that host, say) still leave the worker knowing which tasks to report as failed. With
     ``pack``, large buffers go to files of their own, listed in the header: the header is in
     the sealed file, and the buffers are raw data that the worker maps, never unpickles.
+    ``options`` (after the files; workers that know none ignore it): ``outcome_buffers``, to
+    have the outcome's large buffers written as files beside it (``write_outcome_parts``);
+    ``buffer_sizes``, the sizes of the files, checked before they are mapped.
     """
+    files: list[str] = []
     if pack is None:
-        return dumps((token, chunk.id, chunk.indices)) + dumps((chunk.largs, chunk.lkwargs))
-    arguments, files = pack(chunk)
-    header = (token, chunk.id, chunk.indices, files) if files else \
-        (token, chunk.id, chunk.indices)
+        arguments = dumps((chunk.largs, chunk.lkwargs))
+    else:
+        arguments, files = pack(chunk)
+    header: tuple[Any, ...] = (token, chunk.id, chunk.indices)
+    if files or options:
+        header += (files, options) if options else (files,)
     return dumps(header) + arguments
 
 
-def encode_runnable(token: str, chunk: Chunk, pack: ArgumentPacker | None = None
+def encode_runnable(token: str, chunk: Chunk, pack: ArgumentPacker | None = None,
+                    options: dict[str, Any] | None = None
                     ) -> tuple[Chunk, bytes | None, list[TaskFailure]]:
     """The chunk's file content, leaving out tasks whose arguments cannot be pickled.
 
@@ -203,50 +282,59 @@ def encode_runnable(token: str, chunk: Chunk, pack: ArgumentPacker | None = None
     and a failure for each task left out, naming the object that could not be pickled.
     """
     try:
-        return chunk, encode_chunk(token, chunk, pack), []
+        return chunk, encode_chunk(token, chunk, pack, options), []
     except PICKLING_ERRORS:
         keep, failures = find_unpicklable(chunk)
-    return keep, (encode_chunk(token, keep, pack) if keep.indices else None), failures
+    data = encode_chunk(token, keep, pack, options) if keep.indices else None
+    return keep, data, failures
 
 
 #: Loads a chunk's arguments: ``(largs, lkwargs)``; raises as unpickling does.
 ArgumentLoader = Callable[[], tuple[list[tuple[Any, ...]], list[dict[str, Any]]]]
 
 
-def decode_chunk_header(data: bytes | memoryview) -> tuple[str, int, list[int], ArgumentLoader]:
-    """The run's token, the chunk id and task indices; and how to load the arguments."""
+def decode_chunk_header(data: bytes | memoryview
+                        ) -> tuple[str, int, list[int], ArgumentLoader, dict[str, Any]]:
+    """The run's token, the chunk id and task indices; how to load the arguments; the
+    options (``encode_chunk``)."""
     stream = io.BytesIO(data)
     token, chunk_id, indices, *rest = pickle.load(stream)
     files: list[str] = rest[0] if rest else []
+    options: dict[str, Any] = rest[1] if len(rest) > 1 and isinstance(rest[1], dict) else {}
 
     def arguments() -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        buffers = map_buffer_files(files, options.get("buffer_sizes"))
         loaded: tuple[list[tuple[Any, ...]], list[dict[str, Any]]] = pickle.load(
-            stream, buffers=map_buffer_files(files))
+            stream, buffers=buffers)
         return loaded
 
-    return token, chunk_id, indices, arguments
+    return token, chunk_id, indices, arguments, options
 
 
 def decode_chunk(data: bytes | memoryview) -> tuple[str, Chunk]:
-    token, chunk_id, indices, arguments = decode_chunk_header(data)
+    token, chunk_id, indices, arguments, _ = decode_chunk_header(data)
     largs, lkwargs = arguments()
     return token, Chunk(chunk_id, indices, largs, lkwargs)
 
 
-def map_buffer_files(paths: list[str]) -> list[mmap.mmap]:
+def map_buffer_files(paths: list[str], sizes: list[int] | None = None) -> list[mmap.mmap]:
     """The files of a chunk's large buffers, mapped copy-on-write: the arrays they become are
-    writable, and nothing is copied until a task writes to one."""
+    writable, and nothing is copied until a task writes to one. With ``sizes`` (from the
+    sealed header), a file of another size is refused: TamperedFile naming it."""
     buffers = []
-    for path in paths:
+    for i, path in enumerate(paths):
         with open(path, "rb") as f:
+            if sizes is not None and os.fstat(f.fileno()).st_size != sizes[i]:
+                raise TamperedFile(path)
             buffers.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
     return buffers
 
 
-def decode_outcome(data: bytes | memoryview, token: str) -> ChunkResult | None:
+def decode_outcome(data: bytes | memoryview, token: str, buffers: list[list[Any]] | None = None
+                   ) -> ChunkResult | None:
     """The chunk result in ``data`` (already unsealed), or None if it was written by another
     run. Only ``open_outcome`` calls it on a file's bytes: use that."""
-    found_token, result = loads_result(data)
+    found_token, result = loads_result(data, buffers)
     if found_token != token or not isinstance(result, ChunkResult):
         return None
     return result

@@ -40,7 +40,8 @@ def prepare_parent(parent: str) -> str:
     return parent
 
 
-def write_and_close(fd: int, parts: Iterable[bytes], remove: Callable[[], None]) -> None:
+def write_and_close(fd: int, parts: Iterable[bytes | memoryview],
+                    remove: Callable[[], None]) -> None:
     """Write every part to ``fd`` and close it; if a write fails, also ``remove`` the file: a
     part-written file keeps the space a full disk lacks."""
     try:
@@ -131,7 +132,7 @@ class LocalRunDir:
                 raise UnsafePath(self.path(name), f"{self.path(name)} is not a regular file")
             yield f
 
-    def write(self, name: str, *parts: bytes, mode: int = 0o600) -> None:
+    def write(self, name: str, *parts: bytes | memoryview, mode: int = 0o600) -> None:
         """Write ``parts`` one after the other to ``name``, so that readers see the whole file
         or none of it."""
         tmp = f"{name}.tmp-{os.getpid()}"

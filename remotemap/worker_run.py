@@ -36,6 +36,7 @@ from remotemap.protocol import (
     read_sealed,
     seal_parts,
     set_worker_key,
+    write_outcome_parts,
 )
 from remotemap.rundir import LocalRunDir
 from remotemap.tasks import Chunk, ChunkResult
@@ -72,7 +73,7 @@ def execute_chunk(
     (``WorkerRun.load``) by the fork server; None to read it here."""
     if data is None:
         data = run.load(chunk_name(chunk_id))
-    token, _, indices, arguments = decode_chunk_header(data)
+    token, _, indices, arguments, options = decode_chunk_header(data)
     try:
         if function is None:
             function = load_function(run)
@@ -84,17 +85,22 @@ def execute_chunk(
     else:
         runner = run_in_task_dirs if task_dirs else _run_here
         result = runner(run, function, Chunk(chunk_id, indices, largs, lkwargs))
-    return write_outcome(run, token, result) and not result.failures
+    spill = bool(options.get("outcome_buffers"))
+    return write_outcome(run, token, result, spill) and not result.failures
 
 
-def write_outcome(run: WorkerRun, token: str, result: ChunkResult) -> bool:
+def write_outcome(run: WorkerRun, token: str, result: ChunkResult, spill: bool = False) -> bool:
     """Write the chunk's sealed outcome; False when it could not be (a full disk, the run
     directory removed) and a small one went instead, in which each task fails naming the path
     and the reason. If even that cannot be written, the error goes up (the process then exits
-    with status 70)."""
+    with status 70). ``spill``: large buffers as files beside it (``write_outcome_parts``)."""
     name = outcome_name(result.chunk_id)
     try:
-        run.rundir.write(name, *seal_parts(run.key, name, dumps_result(result, token)))
+        if spill:
+            parts = write_outcome_parts(run.rundir, run.key, result, token)
+        else:
+            parts = seal_parts(run.key, name, dumps_result(result, token))
+        run.rundir.write(name, *parts)
         return True
     except OSError as exc:
         error = exc

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "remotemap.rundir": 1,
     "remotemap.leftovers": 1,
     "remotemap.buffers": 1,
+    "remotemap.outofband": 1,
     "remotemap.interrupts": 1,
     "remotemap.fingerprint": 1,
     "remotemap.progress": 1,

@@ -22,7 +22,8 @@ FORBIDDEN = ("remotemap.api", "remotemap.workflow", "remotemap.config", "remotem
 #: Everything of remotemap each program really loads: a new import shows up here for review.
 WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.errors",
                   "remotemap.execution",
-                  "remotemap.integrity", "remotemap.leftovers", "remotemap.preload",
+                  "remotemap.integrity", "remotemap.leftovers", "remotemap.outofband",
+                  "remotemap.preload",
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
                   "remotemap.worker_run"}
@@ -151,7 +152,8 @@ def test_unknown_name_is_an_attribute_error_naming_it() -> None:
 #: runner and the graph it resolves prerequisites with, nothing that runs workflows.
 STEP_JOB_MODULES = {"remotemap", "remotemap._version", "remotemap.capture",
                     "remotemap.errors", "remotemap.execution",
-                    "remotemap.integrity", "remotemap.protocol", "remotemap.rundir",
+                    "remotemap.integrity", "remotemap.outofband", "remotemap.protocol",
+                    "remotemap.rundir",
                     "remotemap.tasks", "remotemap.workflow", "remotemap.workflow.graph",
                     "remotemap.workflow.remote_step"}
 

@@ -19,13 +19,15 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from remotemap import outofband
 from remotemap.backends.base import TaskOptions
 from remotemap.errors import ConfigError, FailureKind, RemotemapError, TamperedFile, TaskFailure
-from remotemap.execution import lost_chunk_result, tail
+from remotemap.execution import dumps, lost_chunk_result, tail
 from remotemap.integrity import new_key
 from remotemap.protocol import (
     FUNCTION,
     RunLayout,
+    buffer_path,
     chunk_name,
     encode_runnable,
     exit_status_text,
@@ -215,7 +217,10 @@ class RemoteRun:
             sendable, not_sent = self.staging.localize(self.target(), chunk, self.stop)
             if not sendable.indices:
                 return ChunkResult(chunk.id, failures=not_sent)
-        runnable, data, failures = encode_runnable(self.token, sendable)
+        outgoing: list[tuple[str, memoryview]] = []
+        options: dict[str, Any] = {"outcome_buffers": True}  # and the sizes, by _pack
+        runnable, data, failures = encode_runnable(
+            self.token, sendable, lambda c: self._pack(c, outgoing, options), options)
         failures += not_sent
         if data is None:
             return ChunkResult(chunk.id, failures=failures)
@@ -228,12 +233,50 @@ class RemoteRun:
         chunk.lkwargs = [mine[i][1] for i in runnable.indices]
         if failures:  # they come back with the chunk's result (see collect), once it has one
             self._pending_failures.setdefault(chunk.id, []).extend(failures)
-        # Tag and data written one after the other: a chunk may be hundreds of MB.
+        # Large buffers first, as raw files (the worker maps them); then the sealed chunk
+        # naming them, its tag and data written one after the other.
+        for path, raw in outgoing:
+            transfer.put_bytes(self.connection, path, raw)
         transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
                            seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
         self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
         return None
+
+    def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]],
+              options: dict[str, Any]) -> tuple[bytes, list[str]]:
+        """The chunk's arguments pickled with their large buffers left out (into ``outgoing``,
+        with the remote files they go to; their sizes into ``options``, which the sealed
+        header carries): the ``protocol.ArgumentPacker`` of this host."""
+        assert self.layout is not None
+        taken: list[memoryview] = []
+        data = dumps(outofband.wrap_arguments(chunk.largs, chunk.lkwargs), protocol=5,
+                     buffer_callback=outofband.taker(taken))
+        files = [buffer_path(self.layout.chunk(chunk.id), i) for i in range(len(taken))]
+        outgoing[:] = list(zip(files, taken, strict=True))  # a second packing replaces the first
+        options["buffer_sizes"] = [raw.nbytes for raw in taken]
+        return data, files
+
+    def _fetch_buffers(self, chunk_id: int) -> Callable[[list[int]], list[Any]]:
+        """How ``open_outcome`` gets the chunk's outcome buffers from the host, each of the
+        size its sealed outcome gives, or TamperedFile naming it."""
+        assert self.layout is not None
+        outcome = self.layout.outcome(chunk_id)
+
+        def fetch(sizes: list[int]) -> list[Any]:
+            found: list[Any] = []
+            for i, size in enumerate(sizes):
+                path = buffer_path(outcome, i)
+                try:
+                    data = transfer.get_mapped(self.connection, path, size)
+                except FileNotFoundError:  # removed since: the sealed outcome lists it
+                    raise TamperedFile(f"{self.host}:{path}") from None
+                if len(data) != size:
+                    raise TamperedFile(f"{self.host}:{path}")
+                found.append(data)
+            return found
+
+        return fetch
 
     def next_done(self, timeout: float) -> tuple[int, str] | None:
         """The next finished chunk, or None if none finished within ``timeout`` seconds."""
@@ -254,7 +297,8 @@ class RemoteRun:
             try:
                 result = open_outcome(self.key, chunk.id,
                                       transfer.get_bytes(self.connection, path),
-                                      self.token, f"{self.host}:{path}")
+                                      self.token, f"{self.host}:{path}",
+                                      self._fetch_buffers(chunk.id))
             except FileNotFoundError:
                 result = None
             except TamperedFile as exc:  # never unpickled: the chunk fails, naming the file

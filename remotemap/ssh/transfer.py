@@ -3,7 +3,9 @@
 The four functions here are the one way the rest of remotemap moves file contents:
 
 - :func:`put_file` / :func:`get_file`: a local file to a remote path and back;
-- :func:`put_bytes` / :func:`get_bytes`: the same for data held in memory.
+- :func:`put_bytes` / :func:`get_bytes`: the same for data held in memory;
+- :func:`get_mapped`: a remote file of known size, mapped in memory (copy-on-write), with no
+  copy besides the one ``ssh`` writes.
 
 A file written on either side appears whole or not at all: it is written under a temporary
 name in the same directory, then renamed over the target. Remote files are made ``mode``
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import posixpath
 import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
@@ -90,19 +94,17 @@ def get_file(conn: Connection, remote: str, local: PathArg) -> None:
         raise
 
 
-def put_bytes(conn: Connection, remote: str, data: bytes | Sequence[bytes], *,
+def put_bytes(conn: Connection, remote: str,
+              data: bytes | memoryview | Sequence[bytes | memoryview], *,
               mode: int = 0o600) -> None:
     """Write ``data`` to ``remote`` on the host (atomically, made ``mode``). ``data`` may be
     parts written one after the other, e.g. a seal and a large payload, to spare joining them."""
-    parts = [data] if isinstance(data, bytes) else list(data)
-    if sum(len(p) for p in parts) >= FAST_LANE_MIN_BYTES and _lane(conn) is not None:
-        with _scratch() as source:
-            for part in parts:
-                source.write(part)
-            source.seek(0)
-            if _lane_put(conn, remote_path(remote), mode, source):
-                return
-    conn.put_bytes(remote, parts[0] if len(parts) == 1 else b"".join(parts), mode)
+    parts = [data] if isinstance(data, (bytes, memoryview)) else list(data)
+    large = sum(memoryview(p).nbytes for p in parts) >= FAST_LANE_MIN_BYTES
+    if large and _lane(conn) is not None and _lane_put_parts(conn, remote_path(remote), mode,
+                                                             parts):
+        return
+    conn.put_bytes(remote, b"".join(parts), mode)
 
 
 def get_bytes(conn: Connection, remote: str) -> bytes:
@@ -111,6 +113,21 @@ def get_bytes(conn: Connection, remote: str) -> bytes:
         _get(conn, remote_path(remote), sink)
         sink.seek(0)
         return sink.read()
+
+
+def get_mapped(conn: Connection, remote: str, size: int) -> mmap.mmap | bytes:
+    """The remote file ``remote``, expected to hold ``size`` bytes, mapped copy-on-write from
+    an anonymous file (``b""`` when empty). A file of ``FAST_LANE_MIN_BYTES`` or more comes
+    straight through the OpenSSH lane, without SFTP first asking its size. The caller checks
+    ``len()``: the file may hold another size than expected."""
+    with _scratch() as sink:
+        target = remote_path(remote)
+        if size < FAST_LANE_MIN_BYTES or not _lane_get(conn, target, sink):
+            _get(conn, target, sink)
+        sink.flush()
+        if os.fstat(sink.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(sink.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
 def _scratch() -> IO[bytes]:
@@ -158,6 +175,36 @@ def _lane_put(conn: Connection, target: str, mode: int, source: IO[bytes]) -> bo
         _lane_failed(conn, lane, f"upload of {target}", exc)
         return False
     return True
+
+
+def _lane_put_parts(conn: Connection, target: str, mode: int,
+                    parts: Sequence[bytes | memoryview]) -> bool:
+    """``_lane_put`` of data in memory, fed to ``ssh`` through a pipe by a thread while it
+    sends: no copy of the whole into a file first (a pipe's few pages are reused)."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError, ImportError, AttributeError):  # fewer wake-ups
+        import fcntl  # Linux's F_SETPIPE_SZ: 1 MiB instead of 64 KiB
+
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+
+    def feed() -> None:
+        try:
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(write_fd, view):]
+        except OSError:
+            pass  # ssh stopped reading: its exit status says why
+        finally:
+            os.close(write_fd)
+
+    feeder = threading.Thread(target=feed, name="remotemap-put", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as source:
+            return _lane_put(conn, target, mode, source)
+    finally:  # the read end is closed: a feeder still writing gets EPIPE and ends
+        feeder.join()
 
 
 def _lane_get(conn: Connection, target: str, sink: IO[bytes]) -> bool:
