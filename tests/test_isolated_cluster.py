@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import getpass
 import itertools
-import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ from tests.infra.login_user import REPO
 from tests.infra.netns import cleanup_stale_netns
 from tests.isolated_fixtures import IsolatedLoginHost
 from tests.taskfuncs import crash_on, fail_on
-from tests.test_isolated_host import _netns_names, _running
+from tests.test_isolated_host import _netns_names, _running, hold_then_kill
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
@@ -178,14 +176,7 @@ def test_a_killed_test_process_leaves_no_daemon_after_the_next_start(
         isolated_cluster_host: IsolatedLoginHost) -> None:
     """SIGKILL gives no chance to stop the host's SLURM: the next start's reaper ends its
     daemons with the host's network namespace."""
-    argv = [sys.executable, "-c", _HOLD_A_HOST, str(isolated_cluster_host.host.venv)]
-    holder = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        left = json.loads(holder.stdout.readline())
-    finally:
-        holder.kill()
-        holder.wait()
+    left = hold_then_kill(_HOLD_A_HOST, isolated_cluster_host.host.venv)
     assert len(left["pids"]) == 6 and all(map(_running, left["pids"]))  # orphaned, running
     cleanup_stale_netns()
     deadline = time.monotonic() + 10  # SIGKILL takes effect soon, not at once

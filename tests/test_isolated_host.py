@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -117,6 +118,20 @@ def test_openssh_reaches_it_as_its_user(isolated_ssh_host: IsolatedSSHHost) -> N
     assert done.stdout.split() == [isolated_ssh_host.hostname, user, user]
 
 
+def hold_then_kill(script: str, venv: Path) -> dict[str, Any]:
+    """Run ``script`` (which starts a host with the venv ``venv`` and prints what it left as
+    one JSON line) in a process of its own, then SIGKILL that process: what it printed."""
+    holder = subprocess.Popen([sys.executable, "-c", script, str(venv)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        left: dict[str, Any] = json.loads(holder.stdout.readline())
+    finally:
+        holder.kill()
+        holder.wait()
+    return left
+
+
 _HOLD_A_HOST = """
 import json, sys, time
 from tests.infra.isolated_host import IsolatedHost
@@ -135,14 +150,7 @@ def test_a_killed_test_process_leaves_nothing_after_the_next_start(
     """SIGKILL gives no chance to clean up: the next start's reaper removes the namespaces,
     the route, the processes (so the mounts, which die with the mount namespace's last one)
     and the files."""
-    argv = [sys.executable, "-c", _HOLD_A_HOST, str(isolated_ssh_host.host.venv)]
-    holder = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        left = json.loads(holder.stdout.readline())
-    finally:
-        holder.kill()
-        holder.wait()
+    left = hold_then_kill(_HOLD_A_HOST, isolated_ssh_host.host.venv)
     assert _running(left["sshd"])  # orphaned, still running
     assert left["mounts"] in _mount_namespaces()
     assert set(left["namespaces"]) <= set(_netns_names())
