@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -17,6 +19,26 @@ pytest_plugins = ["tests.backends", "tests.ssh_fixtures", "tests.isolated_fixtur
 # never see. Tests stand for a user at a terminal, where Ctrl-C is delivered.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# `kill PID` (a CI timeout, a user) ends pytest with SIGTERM, whose default action skips every
+# fixture's teardown: the sshd, SLURM daemons and isolated hosts the session started would
+# outlive it. As a KeyboardInterrupt it unwinds like Ctrl-C, which pytest answers by tearing
+# down the session's fixtures. A child forked from this process (the local modes fork their
+# first chunk) keeps SIGTERM's default meaning: whoever kills it expects it to end.
+_PYTEST_PID = os.getpid()
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _PYTEST_PID:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise KeyboardInterrupt(f"pytest got signal {signum}: tearing down what the tests started")
+
+
+if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 @pytest.fixture(autouse=True)

@@ -106,7 +106,7 @@ def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """Running (a zombie waiting for a parent that may never reap it counts as ended)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -117,7 +117,7 @@ def _alive(pid: int) -> bool:
 
 def _wait_gone(pids: Sequence[int], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
@@ -127,10 +127,10 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     reap it."""
     for attempt in range(20):
         tree = _children()
-        alive = [p for p in descendants(proc.pid, tree) if _alive(p)]
+        alive = [p for p in descendants(proc.pid, tree) if process_running(p)]
         if not alive:
             break
-        leaves = [p for p in alive if not any(_alive(c) for c in tree.get(p, []))]
+        leaves = [p for p in alive if not any(process_running(c) for c in tree.get(p, []))]
         sig = signal.SIGTERM if attempt < 10 else signal.SIGKILL
         for pid in leaves:
             with contextlib.suppress(ProcessLookupError):
