@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tests.infra.owned import mark_owned, reap_stale
 from tests.infra.slurm_configs import (
     DB_USER,
     PARTITION,
@@ -65,6 +66,10 @@ _TERMINAL_STATES = frozenset(
         "PREEMPTED",
     }
 )
+
+
+#: Each private SLURM's state dir starts with this (a SIGKILLed owner's are reaped).
+SLURM_DIR_PREFIX = "remotemap-slurm-"
 
 
 class SlurmStartError(RuntimeError):
@@ -161,7 +166,10 @@ class SingleNodeSlurm:
         if missing:
             raise FileNotFoundError(f"missing commands: {', '.join(missing)}")
         began = time.monotonic()
-        self._state_dir = Path(tempfile.mkdtemp(prefix="remotemap-slurm-", dir=self._base_dir))
+        base = Path(self._base_dir or tempfile.gettempdir())
+        reap_stale(base, SLURM_DIR_PREFIX)
+        self._state_dir = Path(tempfile.mkdtemp(prefix=SLURM_DIR_PREFIX, dir=base))
+        mark_owned(self._state_dir)
         try:
             self._start_all()
         except BaseException:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.infra.login_user import TestUser
+from tests.infra.owned import mark_owned, reap_stale
 from tests.infra.system import InfraUnavailable, kill_tree, run, unavailable_reason, which
 
 
@@ -40,6 +41,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: Each loopback sshd's temp dir starts with this (a SIGKILLed owner's are reaped).
+SSHD_DIR_PREFIX = "remotemap-sshd-"
 
 
 class SSHServer:
@@ -97,7 +102,9 @@ class SSHServer:
         reason = unavailable_reason()
         if reason:
             raise InfraUnavailable(reason)
-        self.workdir = Path(tempfile.mkdtemp(prefix="remotemap-sshd-"))
+        reap_stale(Path(tempfile.gettempdir()), SSHD_DIR_PREFIX)
+        self.workdir = Path(tempfile.mkdtemp(prefix=SSHD_DIR_PREFIX))
+        mark_owned(self.workdir)
         try:
             # The user reads authorized_keys as itself: the dir must be world-traversable.
             self.workdir.chmod(0o755)

@@ -1,5 +1,6 @@
-"""`kill PID` on pytest (a CI timeout, a user) still stops every server the tests started:
-tests/conftest.py turns SIGTERM into the KeyboardInterrupt pytest tears its fixtures down on."""
+"""A killed pytest leaves no server running. `kill PID` (a CI timeout, a user): tests/conftest.py
+turns SIGTERM into the KeyboardInterrupt pytest tears its fixtures down on. SIGKILL: the next
+start of the same kind of server reaps what the dead owner left (tests/infra/owned.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.owned import OWNER_FILE, reap_stale
+from tests.infra.slurm import SLURM_DIR_PREFIX, SingleNodeSlurm
+from tests.infra.ssh_server import SSHD_DIR_PREFIX, SSHServer
 from tests.infra.system import process_running
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.ssh
+pytestmark = pytest.mark.ssh  # every test here but the fork one starts or needs an sshd
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], seconds: float) -> dict[str, object]:
@@ -73,3 +77,44 @@ def test_a_child_forked_from_pytest_still_ends_on_sigterm() -> None:
     os.kill(child, signal.SIGTERM)
     _, status = os.waitpid(child, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+_HOLD_AN_SSHD = """
+import json, sys, time
+from tests.infra.login_user import ensure_test_user
+from tests.infra.ssh_server import SSHServer
+server = SSHServer(ensure_test_user()).start()
+print(json.dumps({"pid": server.pid, "workdir": str(server.workdir)}), flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_sshd_left_by_a_sigkilled_owner_is_reaped_at_the_next_start(
+        sshd_host: SSHServer) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", _HOLD_AN_SSHD], cwd=ROOT,
+                             stdout=subprocess.PIPE)
+    assert owner.stdout is not None
+    held = json.loads(owner.stdout.readline() or "{}")
+    owner.kill()
+    owner.wait()
+    pid, workdir = held["pid"], Path(held["workdir"])
+    try:
+        assert process_running(pid), "SIGKILL on its owner should leave this sshd running"
+        reaped = reap_stale(workdir.parent, SSHD_DIR_PREFIX)
+        assert workdir in reaped
+        assert not process_running(pid) and not workdir.exists()
+        # The session's own sshd has a live owner (this process): untouched.
+        assert sshd_host.workdir not in reaped and sshd_host.workdir.exists()
+        assert sshd_host.pid is not None and process_running(sshd_host.pid)
+    finally:
+        if process_running(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.slurm
+def test_the_private_slurm_records_its_owner(slurm_cluster: SingleNodeSlurm) -> None:
+    # It is reaped by the same code as the sshd above, found by this prefix and owner file.
+    assert slurm_cluster.state_dir.name.startswith(SLURM_DIR_PREFIX)
+    owner = json.loads((slurm_cluster.state_dir / OWNER_FILE).read_text())
+    assert owner["pid"] == os.getpid()
