@@ -18,6 +18,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from tests.infra.system import wait_gone
+
 OWNER_FILE = ".remotemap-test-owner"
 
 
@@ -65,9 +67,11 @@ def reap_stale(base: Path, prefix: str) -> list[Path]:
     for directory in sorted(base.glob(f"{prefix}*")):
         if not directory.is_dir() or not owner_gone(directory):
             continue
-        for pid in processes_naming(str(directory)):
+        pids = processes_naming(str(directory))
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        wait_gone(pids, 10)  # SIGKILL lands asynchronously: let them end before the rmtree
         shutil.rmtree(directory, ignore_errors=True)
         reaped.append(directory)
     return reaped

@@ -115,7 +115,7 @@ def process_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _wait_gone(pids: Sequence[int], seconds: float) -> None:
+def wait_gone(pids: Sequence[int], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while any(process_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -135,7 +135,7 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         for pid in leaves:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        _wait_gone(leaves, 0.5)
+        wait_gone(leaves, 0.5)
     proc.terminate()
     try:
         proc.wait(2)
