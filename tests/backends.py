@@ -89,7 +89,7 @@ def ssh_loopback_runner(request: pytest.FixtureRequest) -> Runner:
 
 
 def _cluster(request: pytest.FixtureRequest) -> Runner:
-    if getattr(request.module, "CONTRACT_SUITE", False):
+    if any(getattr(request.module, flag, False) for flag in LOGIN_HOST_FLAGS):
         return _cluster_on_login_host(request)
     from tests.slurm_fixtures import require_soma_workflow
 
@@ -105,6 +105,12 @@ def _cluster(request: pytest.FixtureRequest) -> Runner:
     # machine with this interpreter, and get this process's sys.path.
     return Runner("cluster", options, isolates_crashes=True, pickles=True,
                   same_host_python=True)
+
+
+#: Module flags that send a module's cluster ``runner`` tests through the isolated login host.
+#: ``CLUSTER_ON_LOGIN_HOST``: a module outside the contract suite whose tests run there too
+#: (their functions must travel by value, their files be in ``shared_dir``).
+LOGIN_HOST_FLAGS = ("CONTRACT_SUITE", "CLUSTER_ON_LOGIN_HOST")
 
 
 def _cluster_on_login_host(request: pytest.FixtureRequest) -> Runner:
