@@ -180,5 +180,16 @@ def _outcome(wfc: Any, job_id: int) -> tuple[Any, ...]:
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_stray_jobs(slurm_cluster: SingleNodeSlurm) -> Iterator[None]:
+    """Cancel the jobs this module's tests left queued or running, and only those: a job of
+    another module goes on (test_cluster_slurm's walltime job is collected at the session's
+    end; a partition-wide scancel here cancelled it)."""
+    before = _queued(slurm_cluster)
     yield
-    slurm_cluster.run(["scancel", f"--partition={slurm_cluster.partition}"], check=False)
+    stray = sorted(_queued(slurm_cluster) - before)
+    if stray:
+        slurm_cluster.run(["scancel", *stray], check=False)
+
+
+def _queued(cluster: SingleNodeSlurm) -> set[str]:
+    """The ids of the jobs pending or running, whoever submitted them."""
+    return set(cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%i"]).stdout.split())
