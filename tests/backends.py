@@ -192,17 +192,21 @@ def shared_dir() -> Iterator[Path]:
 CONTRACT_ONLY = frozenset({"dask"})
 
 
-def runner_modes(module: object) -> list[str]:
-    """The modes the ``runner`` tests of ``module`` run on."""
+def runner_modes(module: object, node: pytest.Item | None = None) -> list[str]:
+    """The modes the ``runner`` tests of ``module`` run on (``node``: the test, whose
+    ``pytest.mark.not_on_modes(MODE, ...)`` leaves out the modes it names)."""
     modes = contract_modes()
     if getattr(module, "CONTRACT_SUITE", False):
         return modes
-    return [mode for mode in modes if mode not in CONTRACT_ONLY]
+    marker = node.get_closest_marker("not_on_modes") if node is not None else None
+    left_out = CONTRACT_ONLY | frozenset(marker.args if marker is not None else ())
+    return [mode for mode in modes if mode not in left_out]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "runner" in metafunc.fixturenames:
-        metafunc.parametrize("runner", runner_modes(metafunc.module), indirect=True)
+        modes = runner_modes(metafunc.module, metafunc.definition)
+        metafunc.parametrize("runner", modes, indirect=True)
 
 
 @pytest.fixture
