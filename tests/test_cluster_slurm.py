@@ -251,6 +251,13 @@ def test_remote_submitting_host_over_ssh(swf: None, slurm_cluster: SingleNodeSlu
     assert list(home_runs.iterdir()) == []  # the run directory was removed over SSH
 
 
+def test_run_last_tests_are_the_sessions_last(request: pytest.FixtureRequest) -> None:
+    items = request.session.items
+    # Selected with the walltime test (the whole suite), this one is not last: the order moved.
+    last = [item for item in items if item.get_closest_marker("run_last")]
+    assert items[len(items) - len(last):] == last
+
+
 # -- the one slow test, second half: at the end of the session ---------------------------------
 @pytest.mark.slurm
 @pytest.mark.slow

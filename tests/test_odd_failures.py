@@ -29,7 +29,7 @@ from remotemap.protocol import (
 )
 from remotemap.tasks import Chunk
 from tests import taskfuncs as tf
-from tests.backends import Runner
+from tests.backends import Runner, runner_modes
 
 #: The run key of the hand-made run directory (the batch worker reads it from a key file).
 KEY = bytes(range(32))
@@ -41,6 +41,13 @@ KEY = bytes(range(32))
 #: tested directly by test_batch_worker_undoes_what_a_chunk_left, and the contract suite runs
 #: on the cluster mode. Each of these cost a SLURM round (5-10 s) and proved nothing more.
 WORKER_SIDE = pytest.mark.not_on_modes("cluster")
+
+
+@WORKER_SIDE
+def test_worker_side_cases_leave_out_the_cluster_only(request: pytest.FixtureRequest) -> None:
+    modes = runner_modes(sys.modules[__name__], request.node)
+    assert "cluster" not in modes
+    assert {"local", "local_with_dumps", "ssh"} <= set(modes)
 
 
 def _one_failure(info: pytest.ExceptionInfo[RemoteException], index: int) -> TaskFailure:
