@@ -35,4 +35,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     so the wait passes while every other test runs instead of adding to the suite's time."""
     last = [item for item in items if item.get_closest_marker("run_last")]
     items[:] = [item for item in items if not item.get_closest_marker("run_last")] + last
-
