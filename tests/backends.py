@@ -89,7 +89,7 @@ def ssh_loopback_runner(request: pytest.FixtureRequest) -> Runner:
 
 
 def _cluster(request: pytest.FixtureRequest) -> Runner:
-    if getattr(request.module, "CONTRACT_SUITE", False):
+    if any(getattr(request.module, flag, False) for flag in LOGIN_HOST_FLAGS):
         return _cluster_on_login_host(request)
     from tests.slurm_fixtures import require_soma_workflow
 
@@ -105,6 +105,12 @@ def _cluster(request: pytest.FixtureRequest) -> Runner:
     # machine with this interpreter, and get this process's sys.path.
     return Runner("cluster", options, isolates_crashes=True, pickles=True,
                   same_host_python=True)
+
+
+#: Module flags that send a module's cluster ``runner`` tests through the isolated login host.
+#: ``CLUSTER_ON_LOGIN_HOST``: a module outside the contract suite whose tests run there too
+#: (their functions must travel by value, their files be in ``shared_dir``).
+LOGIN_HOST_FLAGS = ("CONTRACT_SUITE", "CLUSTER_ON_LOGIN_HOST")
 
 
 def _cluster_on_login_host(request: pytest.FixtureRequest) -> Runner:
@@ -186,17 +192,21 @@ def shared_dir() -> Iterator[Path]:
 CONTRACT_ONLY = frozenset({"dask"})
 
 
-def runner_modes(module: object) -> list[str]:
-    """The modes the ``runner`` tests of ``module`` run on."""
+def runner_modes(module: object, node: pytest.Item | None = None) -> list[str]:
+    """The modes the ``runner`` tests of ``module`` run on (``node``: the test, whose
+    ``pytest.mark.not_on_modes(MODE, ...)`` leaves out the modes it names)."""
     modes = contract_modes()
     if getattr(module, "CONTRACT_SUITE", False):
         return modes
-    return [mode for mode in modes if mode not in CONTRACT_ONLY]
+    marker = node.get_closest_marker("not_on_modes") if node is not None else None
+    left_out = CONTRACT_ONLY | frozenset(marker.args if marker is not None else ())
+    return [mode for mode in modes if mode not in left_out]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "runner" in metafunc.fixturenames:
-        metafunc.parametrize("runner", runner_modes(metafunc.module), indirect=True)
+        modes = runner_modes(metafunc.module, metafunc.definition)
+        metafunc.parametrize("runner", modes, indirect=True)
 
 
 @pytest.fixture

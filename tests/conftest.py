@@ -49,3 +49,11 @@ def isolated_config(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     monkeypatch.delenv("REMOTEMAP_CONFIG", raising=False)
     yield home
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``run_last`` go to the end of the session, in their order: each waits for
+    something an earlier test started (a job SLURM kills at its walltime, a minute or more),
+    so the wait passes while every other test runs instead of adding to the suite's time."""
+    last = [item for item in items if item.get_closest_marker("run_last")]
+    items[:] = [item for item in items if not item.get_closest_marker("run_last")] + last

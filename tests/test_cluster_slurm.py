@@ -2,8 +2,9 @@
 through a real loopback sshd as the submitting host.
 
 The one walltime test waits for SLURM to kill a job (limits are whole minutes, enforced about
-every 30 s): it is submitted, detached, by the first test of the file and collected by the
-last, so it runs while the others do.
+every 30 s): it is submitted, detached, by the first test of the file and collected by a test
+marked ``run_last`` (tests/conftest.py moves it to the end of the session), so the minute
+passes while the rest of the suite runs.
 """
 
 from __future__ import annotations
@@ -46,25 +47,35 @@ slurm = cluster_support.slurm
 
 
 # -- the one slow test, first half: submitted now, collected at the end ------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def walltime_run(slurm_cluster: SingleNodeSlurm,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The run id and its registry ($XDG_STATE_HOME). Session-scoped: its second half runs
+    last in the session, after this module's own registry (``state_home``) is gone."""
     require_soma_workflow()
     # One job of two tasks and a 1-minute walltime: task 0 outlives it, task 1 never starts
     # in that job and goes to a second round, where it runs.
     runs = tmp_path_factory.mktemp("walltime-runs")
-    run_id = submit(tf.pid_and_sleep, [(str(runs / "wall"), 0, 300.0),
-                                       (str(runs / "wall"), 1, 0.0)],
-                    walltime="1", tasks_per_job=2, **slurm_options(slurm_cluster, runs))
-    yield run_id
-    if any(e["run_id"] == run_id for e in registered()):
-        cancel(run_id)
+    home = tmp_path_factory.mktemp("walltime-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        run_id = submit(tf.pid_and_sleep, [(str(runs / "wall"), 0, 300.0),
+                                           (str(runs / "wall"), 1, 0.0)],
+                        walltime="1", tasks_per_job=2, **slurm_options(slurm_cluster, runs))
+    yield run_id, home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        if any(e["run_id"] == run_id for e in registered()):
+            cancel(run_id)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_walltime_run_is_submitted_detached(walltime_run: str) -> None:
-    entry = next(e for e in registered() if e["run_id"] == walltime_run)
+def test_walltime_run_is_submitted_detached(walltime_run: tuple[str, Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id, home = walltime_run
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    entry = next(e for e in registered() if e["run_id"] == run_id)
     assert entry["detached"] is True and entry["settings"]["walltime"] == "1"
     spec = json.loads((Path(entry["root"]) / "rounds" / "0.json").read_text())
     assert spec["native"] == ["--time=1"] and spec["jobs"] == [[0, 1]]
@@ -240,15 +251,26 @@ def test_remote_submitting_host_over_ssh(swf: None, slurm_cluster: SingleNodeSlu
     assert list(home_runs.iterdir()) == []  # the run directory was removed over SSH
 
 
-# -- the one slow test, second half ----------------------------------------------------------------
+def test_run_last_tests_are_the_sessions_last(request: pytest.FixtureRequest) -> None:
+    items = request.session.items
+    # Selected with the walltime test (the whole suite), this one is not last: the order moved.
+    last = [item for item in items if item.get_closest_marker("run_last")]
+    assert items[len(items) - len(last):] == last
+
+
+# -- the one slow test, second half: at the end of the session ---------------------------------
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_walltime_exceeded_is_a_timeout(walltime_run: str) -> None:
+@pytest.mark.run_last
+def test_walltime_exceeded_is_a_timeout(walltime_run: tuple[str, Path],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id, home = walltime_run
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
     with pytest.raises(RemoteException) as info:
-        collect(walltime_run, timeout=240, remove=True)
+        collect(run_id, timeout=240, remove=True)
     exc = info.value
     assert exc.failed_indices == [0] and exc.results == [None, 1]
     failure = exc.failures[0]
     assert failure.kind == "timeout" and "walltime" in failure.message
     assert "slurm state TIMEOUT" in failure.message
-    assert not entry_path(walltime_run).exists()
+    assert not entry_path(run_id).exists()

@@ -29,10 +29,25 @@ from remotemap.protocol import (
 )
 from remotemap.tasks import Chunk
 from tests import taskfuncs as tf
-from tests.backends import Runner
+from tests.backends import Runner, runner_modes
 
 #: The run key of the hand-made run directory (the batch worker reads it from a key file).
 KEY = bytes(range(32))
+
+#: What the worker does with a task (pickling its result or exception, its children, its
+#: stdio) is not run on the cluster mode: cluster jobs run the same chunk code
+#: (``remotemap.worker_run``) as the fork server of local_with_dumps and ssh, which prove it
+#: here; the loop only cluster jobs add (``worker run``, several chunks in one process) is
+#: tested directly by test_batch_worker_undoes_what_a_chunk_left, and the contract suite runs
+#: on the cluster mode. Each of these cost a SLURM round (5-10 s) and proved nothing more.
+WORKER_SIDE = pytest.mark.not_on_modes("cluster")
+
+
+@WORKER_SIDE
+def test_worker_side_cases_leave_out_the_cluster_only(request: pytest.FixtureRequest) -> None:
+    modes = runner_modes(sys.modules[__name__], request.node)
+    assert "cluster" not in modes
+    assert {"local", "local_with_dumps", "ssh"} <= set(modes)
 
 
 def _one_failure(info: pytest.ExceptionInfo[RemoteException], index: int) -> TaskFailure:
@@ -104,6 +119,7 @@ def test_base_exception_from_a_task_fails_that_task(runner: Runner, kind: str) -
     _executor_goes_on(runner, tf.raise_base_on, 1, kind)
 
 
+@WORKER_SIDE
 def test_system_exit_while_the_result_is_pickled(runner: Runner) -> None:
     largs = [(i, "exit_on_pickle") for i in range(3)]
     if not runner.pickles:
@@ -132,6 +148,7 @@ def test_system_exit_while_an_argument_is_pickled(runner: Runner) -> None:
     _executor_goes_on(runner, tf.type_name, tf.ExitOnPickle())
 
 
+@WORKER_SIDE
 def test_exception_whose_str_raises_is_recorded(runner: Runner) -> None:
     with pytest.raises(RemoteException) as info:
         runner.map(tf.raise_bad_str_on, [(i,) for i in range(3)])
@@ -143,6 +160,7 @@ def test_exception_whose_str_raises_is_recorded(runner: Runner) -> None:
     assert "task 1" in str(info.value)
 
 
+@WORKER_SIDE
 def test_exception_that_exits_when_pickled_is_recorded(runner: Runner) -> None:
     """Its record keeps type, message and traceback; only the object itself stays behind."""
     with pytest.raises(RemoteException) as info:
@@ -160,6 +178,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@WORKER_SIDE
 def test_children_a_task_leaves_are_killed(runner: Runner) -> None:
     if not runner.isolates_crashes:
         pytest.skip("serial: tasks run in the caller's process, whose children are its own")
@@ -192,6 +211,7 @@ _TWO_CALLS = textwrap.dedent(
     """)
 
 
+@WORKER_SIDE
 @pytest.mark.parametrize("how", _STDIO_WAYS)
 def test_closed_stdio_does_not_break_the_next_call(runner: Runner, how: str,
                                                    tmp_path: Path) -> None:

@@ -304,15 +304,21 @@ def _remove(path: str) -> None:
 
 
 def test_a_task_whose_input_was_not_sent_is_reported_after_its_chunk_moved(
-        host: dict[str, Any], data: Path, caplog: pytest.LogCaptureFixture) -> None:
+        host: dict[str, Any], data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A chunk staged without one of its tasks (a missing input) loses its host: the task's
     failure still comes back with the chunk's result from the next connection."""
     marker = f"~/{host['stage_dir']}-cut"
     args = [(Staged("data/missing.txt"), marker), (Staged("data/sub-1.txt"), marker)]
+    # The dropped link is noticed by the keepalive (default 30 s): every 2 s here, read from
+    # the ssh config as a user would set it (OpenSSH's first value wins: before the Host).
+    config = tmp_path / "ssh_config"
+    config.write_text("ServerAliveInterval 2\n" + Path(host["ssh_config"]).read_text())
     try:
         with caplog.at_level(logging.WARNING, logger="remotemap"), \
                 pytest.raises(RemoteException) as info:
-            remote_map(_cut_the_link_once, args, mode="ssh", chunksize=2, **host)
+            remote_map(_cut_the_link_once, args, mode="ssh", chunksize=2,
+                       **{**host, "ssh_config": str(config)})
     finally:
         remote_map(_remove, [(marker,)], mode="ssh", **host)
     assert "unfinished chunk(s) go back to the queue" in caplog.text  # the link did drop

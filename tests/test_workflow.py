@@ -34,6 +34,9 @@ from tests.backends import Runner
 
 # The ssh host has remotemap but not the tests: their step functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+#: The cluster cases run through the isolated login host (tests/backends.py), which shares
+#: only ``shared_dir`` with this process, as the ssh cases run on the isolated ssh host.
+CLUSTER_ON_LOGIN_HOST = True
 
 
 @pytest.fixture(autouse=True)
