@@ -1,0 +1,96 @@
+"""The engine's side of a round run by worker jobs (``cluster.dispatch = "workers"``).
+
+Worker jobs claim chunks from the round's queue (``remotemap.pilot``). The engine, each tick,
+gives the claims of every worker job that ended back to the queue when they have no outcome
+(a worker killed mid-chunk loses only that chunk), and when chunks wait while no worker job
+is queued or running - every worker stopped claiming before its walltime, or died - submits
+more worker jobs, as workflows of their own. It stops submitting when a worker job failed
+without ever claiming a chunk (a wrong ``cluster.python``, remotemap missing on the nodes):
+then every later one would fail too, and the caller judges what is left from that job.
+
+Imported by the engine after it detached (it loads soma-workflow through ``swf``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from remotemap.backends.cluster.verdict import DONE, FAILED, FINISHED_REGULARLY
+from remotemap.pilot import CLAIMED, PilotQueue, parse_marker
+
+
+class Engine(Protocol):
+    """What the keeper reads and writes of ``engine.Engine`` (which imports this module)."""
+
+    root: str
+    rnd: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+
+    def save(self, **changes: Any) -> None: ...
+
+#: soma-workflow statuses of a job that ended.
+ENDED = frozenset({DONE, FAILED})
+
+
+def has_outcome(root: str, file: int) -> bool:
+    from remotemap.protocol import outcome_name
+
+    return os.path.exists(os.path.join(root, outcome_name(file)))
+
+
+class Keeper:
+    """Requeues the claims of ended worker jobs and submits more worker jobs when needed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queue = PilotQueue(engine.root, engine.rnd)
+        status = engine.status
+        self.handled: set[int] = set(status.get("pilot_handled") or [])
+        self.claimers: set[int] = set(status.get("pilot_claimers") or [])
+        self.gave_up: bool = bool(status.get("pilot_gave_up"))
+
+    def _note_claimers(self) -> None:
+        for name in os.listdir(os.path.join(self.engine.root, CLAIMED)):
+            parsed = parse_marker(name)
+            if parsed is not None and parsed[0] == self.engine.rnd and parsed[3] is not None:
+                self.claimers.add(parsed[3])
+
+    def tick(self, wfc: Any, jobs: list[dict[str, Any]]) -> bool:
+        """One look at the worker jobs' rows; True when the round needs no more worker."""
+        ended = {n for n, row in enumerate(jobs) if row.get("status") in ENDED}
+        new = ended - self.handled
+        if new:
+            self._note_claimers()  # before requeue moves the dead workers' markers away
+            self.queue.requeue(new, lambda file: has_outcome(self.engine.root, file))
+            self.handled |= new
+            self.gave_up = self.gave_up or any(
+                not ended_well(jobs[n]) and n not in self.claimers for n in new)
+            self.engine.save(pilot_handled=sorted(self.handled),
+                             pilot_claimers=sorted(self.claimers), pilot_gave_up=self.gave_up)
+        if len(ended) < len(jobs) or self.gave_up:
+            return len(ended) == len(jobs)
+        waiting = self.queue.waiting()
+        if not waiting:
+            return True
+        self.submit(wfc, min(int(self.engine.spec["workers"]), len(waiting)))
+        return False
+
+    def submit(self, wfc: Any, count: int) -> None:
+        from remotemap.backends.cluster import swf
+
+        first = len(self.engine.status["swf_ids"])
+        workflow, jobs = swf.worker_workflow(self.engine.spec, self.engine.root,
+                                             range(first, first + count))
+        wf_id = wfc.submit_workflow(workflow, name=workflow.name,
+                                    queue=self.engine.spec.get("queue") or None)
+        self.engine.save(more_wf_ids=[*(self.engine.status.get("more_wf_ids") or []), wf_id],
+                         swf_ids=[*self.engine.status["swf_ids"],
+                                  *swf.job_ids(wfc, wf_id, jobs)])
+
+
+def ended_well(row: Mapping[str, Any]) -> bool:
+    return (row.get("status") == DONE and row.get("exit_status") == FINISHED_REGULARLY
+            and not row.get("exit_value"))
