@@ -38,6 +38,8 @@ MAX_CLAIMS = 2
 #: Seconds one claim aims to take once task times are known (fewer claims on a shared
 #: filesystem; never so many that free workers starve: see :class:`Sizer`).
 CLAIM_TARGET = 2.0
+#: Seconds a worker waits before it looks again at a queue held back (:func:`held_name`).
+HELD_WAIT = 0.2
 #: A claim must end this much before the job's end time, on top of :data:`TIME_SAFETY`.
 END_MARGIN = 10.0
 #: The measured mean task time is multiplied by this before a claim is judged to fit.
@@ -47,6 +49,12 @@ TIME_SAFETY = 1.5
 def queue_marker(rnd: int, file: int, attempt: int = 0) -> str:
     """The name (relative to the run directory) of chunk ``file`` waiting in round ``rnd``."""
     return posixpath.join(QUEUE, f"{rnd}-{file:06d}.{attempt}")
+
+
+def held_name(rnd: int) -> str:
+    """Present while round ``rnd`` holds back all but its first chunk (its canary): workers
+    wait instead of exiting on an empty queue (see ``backends/cluster/pilots.py``)."""
+    return posixpath.join(QUEUE, f"{rnd}.held")
 
 
 def parse_marker(name: str) -> tuple[int, int, int, int | None] | None:
@@ -92,6 +100,18 @@ class PilotQueue:
             if parsed is not None and parsed[0] == self.rnd:
                 found.append((name, *parsed[1:]))
         return found
+
+    def held(self) -> bool:
+        """Whether the round still holds chunks back (:func:`held_name`)."""
+        name = held_name(self.rnd)
+        try:
+            if self.dir_fd is None:
+                os.stat(os.path.join(self.root, name))
+            else:
+                os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def waiting(self) -> list[int]:
         """The chunk files of this round still in the queue."""
@@ -235,6 +255,9 @@ def run_pilot(run: WorkerRun, options: PilotOptions) -> int:
         while True:
             left = None if end is None else end - time.time()
             files = queue.claim(options.job, functools.partial(sizer.size, left=left))
+            if not files and queue.held():
+                time.sleep(HELD_WAIT)  # the rest comes once the canary chunk went well
+                continue
             if not files:
                 return done
             for file in files:

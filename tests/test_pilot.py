@@ -195,3 +195,18 @@ def test_worker_jobs_on_the_local_scheduler(local: dict[str, Any], tmp_path: Pat
                          dispatch="workers", worker_jobs=2, **local)
     assert results == [i * 10 for i in range(40)]
     assert sorted(int(p.name.split(".")[0]) for p in tmp_path.iterdir()) == list(range(40))
+
+
+def test_a_canary_round_queues_its_first_chunk_only(tmp_path: Path) -> None:
+    from remotemap.backends.cluster.settings import queue_markers
+    from remotemap.pilot import held_name
+
+    spec = {"dispatch": "workers", "round": 1, "files": [[5, 0], [6, 1], [7, 2]]}
+    assert set(queue_markers(spec)) == {queue_marker(1, f) for f in (5, 6, 7)}
+    held = queue_markers({**spec, "canary": True})
+    assert set(held) == {queue_marker(1, 5), held_name(1)}
+    assert queue_markers({**spec, "dispatch": "jobs"}) == {}
+    queue = make_queue(tmp_path, 1, range(5, 6))
+    assert not queue.held()
+    (tmp_path / held_name(1)).touch()
+    assert queue.held() and queue.waiting() == [5]  # the flag is not a chunk

@@ -14,11 +14,12 @@ Imported by the engine after it detached (it loads soma-workflow through ``swf``
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from remotemap.backends.cluster.verdict import DONE, FAILED, FINISHED_REGULARLY
-from remotemap.pilot import CLAIMED, PilotQueue, parse_marker
+from remotemap.pilot import CLAIMED, PilotQueue, held_name, parse_marker, queue_marker
 
 
 class Engine(Protocol):
@@ -51,6 +52,7 @@ class Keeper:
         self.handled: set[int] = set(status.get("pilot_handled") or [])
         self.claimers: set[int] = set(status.get("pilot_claimers") or [])
         self.gave_up: bool = bool(status.get("pilot_gave_up"))
+        self.canary_seen = 0.0  # when the canary chunk's outcome was first seen
 
     def _note_claimers(self) -> None:
         for name in os.listdir(os.path.join(self.engine.root, CLAIMED)):
@@ -60,6 +62,7 @@ class Keeper:
 
     def tick(self, wfc: Any, jobs: list[dict[str, Any]]) -> bool:
         """One look at the worker jobs' rows; True when the round needs no more worker."""
+        self.release()
         ended = {n for n, row in enumerate(jobs) if row.get("status") in ENDED}
         new = ended - self.handled
         if new:
@@ -72,11 +75,32 @@ class Keeper:
                              pilot_claimers=sorted(self.claimers), pilot_gave_up=self.gave_up)
         if len(ended) < len(jobs) or self.gave_up:
             return len(ended) == len(jobs)
-        waiting = self.queue.waiting()
-        if not waiting:
+        waiting = len(self.queue.waiting())
+        if not waiting and not self.queue.held():
             return True
-        self.submit(wfc, min(int(self.engine.spec["workers"]), len(waiting)))
+        self.submit(wfc, max(1, min(int(self.engine.spec["workers"]), waiting)))
         return False
+
+    def release(self) -> None:
+        """Put the held chunks in the queue once the canary chunk (the round's first) has its
+        outcome and the caller had :func:`hold_seconds` to stop the run: ``on_error="stop"``
+        then stops before the bulk starts, as the canary job does under ``dispatch="jobs"``."""
+        if not self.queue.held():
+            return
+        root, spec = self.engine.root, self.engine.spec
+        files = [int(file) for file, _ in spec["files"]]
+        if not has_outcome(root, files[0]):
+            return
+        now = time.monotonic()
+        self.canary_seen = self.canary_seen or now
+        if now - self.canary_seen < hold_seconds(spec):
+            return
+        taken = set(self.queue.claims())  # an engine restarted mid-release: not twice
+        for file in files[1:]:
+            if file not in taken and not has_outcome(root, file):
+                with open(os.path.join(root, queue_marker(self.engine.rnd, file)), "w"):
+                    pass
+        os.unlink(os.path.join(root, held_name(self.engine.rnd)))
 
     def submit(self, wfc: Any, count: int) -> None:
         from remotemap.backends.cluster import swf
@@ -89,6 +113,12 @@ class Keeper:
         self.engine.save(more_wf_ids=[*(self.engine.status.get("more_wf_ids") or []), wf_id],
                          swf_ids=[*self.engine.status["swf_ids"],
                                   *swf.job_ids(wfc, wf_id, jobs)])
+
+
+def hold_seconds(spec: Mapping[str, Any]) -> float:
+    """Seconds the held chunks wait after the canary's outcome: about what the canary job
+    takes to be seen ended under ``dispatch="jobs"`` (one ``poll_interval``), at least 1."""
+    return max(1.0, float(spec.get("poll_interval", 1.0)))
 
 
 def ended_well(row: Mapping[str, Any]) -> bool:

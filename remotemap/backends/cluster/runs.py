@@ -198,8 +198,8 @@ class ClusterRun:
                           env=self.env, task_timeout=task_timeout,
                           function=str(self.meta.get("function", "")))
         spec["key_file"] = self.meta["key_file"]  # the jobs' key: its path, never the key
-        if dependencies is None:  # worker jobs wait for no canary: they end with the queue
-            spec["canary"] = len(spec["jobs"]) > CANARY_ABOVE and spec["dispatch"] == "jobs"
+        if dependencies is None:  # worker jobs: their queue holds all but the first chunk
+            spec["canary"] = len(spec["files" if spec["workers"] else "jobs"]) > CANARY_ABOVE
         else:
             spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
                         dependencies=[list(pair) for pair in dependencies], dispatch="jobs")

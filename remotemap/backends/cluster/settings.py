@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from remotemap.pilot import queue_marker
+from remotemap.pilot import held_name, queue_marker
 from remotemap.tasks import auto_chunksize
 
 SCHEDULERS = ("local", "slurm", "pbspro", "drmaa")
@@ -126,10 +126,15 @@ def worker_jobs(settings: Mapping[str, Any], n_tasks: int) -> int:
 
 
 def queue_markers(spec: Mapping[str, Any]) -> dict[str, bytes]:
-    """The queue of a round run by worker jobs: one empty marker per chunk file."""
+    """The queue of a round run by worker jobs: one empty marker per chunk file; with
+    ``spec["canary"]`` only the first one and the flag that holds the others back (the
+    engine releases them: ``pilots.Keeper``)."""
     if spec.get("dispatch") != "workers":
         return {}
-    return {queue_marker(int(spec["round"]), int(file)): b"" for file, _ in spec["files"]}
+    files = [int(file) for file, _ in spec["files"]]
+    held = {held_name(int(spec["round"])): b""} if spec.get("canary") else {}
+    return {**{queue_marker(int(spec["round"]), file): b""
+               for file in (files[:1] if held else files)}, **held}
 
 
 def job_python(settings: Mapping[str, Any]) -> str:

@@ -277,7 +277,8 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
     if spec.get("dependencies") is not None:
         dependencies = [(jobs[before], jobs[after]) for before, after in spec["dependencies"]]
     else:
-        dependencies = [(jobs[0], job) for job in jobs[1:]] if spec.get("canary") else []
+        canary = spec.get("canary") and spec.get("dispatch") != "workers"  # held in the queue
+        dependencies = [(jobs[0], job) for job in jobs[1:]] if canary else []
     label = f"remotemap {spec.get('function', 'run')} ({spec['run_id']}, round {spec['round']})"
     workflow = Workflow(jobs, dependencies=dependencies, root_group=[Group(jobs, name=label)],
                         name=f"remotemap-{spec['run_id']}-{spec['round']}")
