@@ -210,3 +210,60 @@ def test_a_canary_round_queues_its_first_chunk_only(tmp_path: Path) -> None:
     assert not queue.held()
     (tmp_path / held_name(1)).touch()
     assert queue.held() and queue.waiting() == [5]  # the flag is not a chunk
+
+
+class _Engine:
+    """The part of ``engine.Engine`` the keeper uses, over a real run directory."""
+
+    def __init__(self, root: Path, spec: dict[str, Any]) -> None:
+        self.root, self.rnd, self.spec = str(root), 0, spec
+        self.status: dict[str, Any] = {"swf_ids": [1, 2]}
+
+    def save(self, **changes: Any) -> None:
+        self.status.update(changes)
+
+
+def _outcome(root: Path, file: int) -> None:
+    (root / "outcomes").mkdir(exist_ok=True)
+    (root / "outcomes" / f"{file:06d}.pkl").write_bytes(b"sealed elsewhere")
+
+
+def test_keeper_requeues_a_dead_workers_claim_and_gives_up_on_a_broken_start(
+        tmp_path: Path) -> None:
+    from remotemap.backends.cluster.pilots import Keeper
+
+    queue = make_queue(tmp_path, 0, range(3))
+    engine = _Engine(tmp_path, {"workers": 2, "files": [[f, f] for f in range(3)]})
+    keeper = Keeper(engine)
+    assert queue.claim(0, lambda waiting: 2) == [0, 1]
+    _outcome(tmp_path, 0)
+    killed = {"status": "done", "exit_status": "finished_signal", "exit_value": None}
+    running = {"status": "running"}
+    assert keeper.tick(None, [killed, running]) is False  # worker 1 runs: nothing submitted
+    assert queue.waiting() == [1, 2]  # file 1 went back, file 0 had its outcome
+    assert engine.status["pilot_claimers"] == [0] and not keeper.gave_up
+    # Worker 1 fails without ever claiming (a broken Python): no more workers are submitted,
+    # the round is over and the caller judges what is left from that job.
+    broken = {"status": "failed", "exit_status": "aborted", "exit_value": 1}
+    assert keeper.tick(None, [killed, broken]) is True
+    assert keeper.gave_up and engine.status["pilot_gave_up"] is True
+
+
+def test_keeper_releases_held_chunks_after_the_canarys_outcome(tmp_path: Path) -> None:
+    from remotemap.backends.cluster.pilots import Keeper
+    from remotemap.pilot import held_name
+
+    queue = make_queue(tmp_path, 0, range(1))
+    (tmp_path / held_name(0)).touch()
+    engine = _Engine(tmp_path, {"workers": 2, "files": [[f, f] for f in range(4)],
+                                "poll_interval": 0.1})
+    keeper = Keeper(engine)
+    assert queue.claim(0, lambda waiting: 1) == [0]
+    keeper.release()
+    assert queue.held() and queue.waiting() == []  # no outcome of the canary yet
+    _outcome(tmp_path, 0)
+    keeper.release()
+    assert queue.held()  # seen now: the caller gets a moment to stop the run
+    keeper.canary_seen -= 1.0  # hold_seconds is at least 1 s: as if that second passed
+    keeper.release()
+    assert not queue.held() and queue.waiting() == [1, 2, 3]
