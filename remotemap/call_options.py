@@ -39,6 +39,8 @@ WhenFunctionChanged = Literal["error", "rerun", "keep"]
 HostKeyPolicy = Literal["reject", "accept-new"]
 #: ``cluster``: who runs the jobs.
 Scheduler = Literal["local", "slurm", "pbspro", "drmaa"]
+#: How mode ``cluster`` sends tasks to jobs (``cluster.dispatch``).
+Dispatch = Literal["auto", "jobs", "workers"]
 
 PathLike = str | os.PathLike[str]
 
@@ -110,6 +112,8 @@ class BuiltinModeOptions(TypedDict, total=False):
     native_options: list[str]
     shared_dir: str
     tasks_per_job: int
+    dispatch: Dispatch
+    worker_jobs: int
     slurm_conf: str
     poll_interval: float
 

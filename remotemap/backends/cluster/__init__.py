@@ -16,6 +16,7 @@ The modules, each importing only those above it in this list:
 * ``engine``: the engine program (``python -m remotemap.backends.cluster_engine``, a shim);
 * ``verdict``: ``sacct`` rows to soma-workflow's statuses, and a job's end to a failure;
 * ``swf``: soma-workflow driven in light mode (imported by the engine only);
+* ``pilots``: the engine's side of worker jobs (requeue a dead worker's claims, add workers);
 * ``settings``: the ``[cluster]`` settings, a round's spec, the poll interval;
 * ``files``: the run directory here or over SSH (``RunFiles``), ``ClusterError``;
 * ``limits``: a SLURM partition's limits, checked before a run makes anything;

@@ -127,7 +127,8 @@ class Engine:
                                             queue=spec.get("queue") or None)
                 self.save(wf_id=wf_id, swf_ids=swf.job_ids(wfc, wf_id, jobs), state="running")
             else:
-                swf.adopt_workflow(wfc, int(self.status["wf_id"]))
+                for wf_id in self.workflows():
+                    swf.adopt_workflow(wfc, wf_id)
                 self.save(state="running", adopted=int(self.status.get("adopted", 0)) + 1)
             self.monitor(wfc)
         finally:
@@ -142,11 +143,37 @@ class Engine:
         if conf and not os.path.exists(conf):
             raise Abandoned(f"cluster.slurm_conf {conf} was removed")
 
-    def monitor(self, wfc: Any) -> None:
+    def workflows(self) -> list[int]:
+        """The round's soma-workflow workflows: the one submitted first, then those of the
+        worker jobs added later (``pilots``)."""
+        return [int(self.status["wf_id"]), *(int(w) for w in self.status.get("more_wf_ids")
+                                              or [])]
+
+    def rows(self, wfc: Any) -> tuple[list[dict[str, Any]], bool]:
+        """What soma-workflow knows of each job of the round, and whether all ended."""
         from soma_workflow import constants
 
-        wf_id = int(self.status["wf_id"])
         index = {swf_id: i for i, swf_id in enumerate(self.status["swf_ids"])}
+        jobs: list[dict[str, Any]] = [{} for _ in index]
+        done = True
+        for wf_id in self.workflows():
+            rows, _, wf_status, *_ = wfc.workflow_elements_status(wf_id, with_drms_id=True)
+            done = done and wf_status == constants.WORKFLOW_DONE
+            for job_id, status, _, exit_info, _, drms_id in rows:
+                if job_id in index:
+                    exit_status, exit_value, signal, usage = exit_info
+                    jobs[index[job_id]] = {
+                        "status": status, "exit_status": exit_status,
+                        "exit_value": _cast(exit_value), "signal": _cast(signal),
+                        "usage": usage or "", "drms": _cast(drms_id)}
+        return jobs, done
+
+    def monitor(self, wfc: Any) -> None:
+        keeper = None
+        if self.spec.get("dispatch") == "workers":
+            from remotemap.backends.cluster.pilots import Keeper
+
+            keeper = Keeper(self)
         tick = float(self.spec.get("tick", 0.1))
         cancelling: float | None = None
         checked = time.monotonic()
@@ -156,18 +183,13 @@ class Engine:
                 self.check_still_wanted()
             if cancelling is None and os.path.exists(self.paths.cancel):
                 cancelling = time.monotonic()
-                threading.Thread(target=wfc.stop_workflow, args=(wf_id,), daemon=True).start()
-            rows, _, wf_status, *_ = wfc.workflow_elements_status(wf_id, with_drms_id=True)
-            jobs: list[dict[str, Any]] = [{} for _ in index]
-            for job_id, status, _, exit_info, _, drms_id in rows:
-                if job_id in index:
-                    exit_status, exit_value, signal, usage = exit_info
-                    jobs[index[job_id]] = {
-                        "status": status, "exit_status": exit_status,
-                        "exit_value": _cast(exit_value), "signal": _cast(signal),
-                        "usage": usage or "", "drms": _cast(drms_id)}
+                for wf_id in self.workflows():
+                    threading.Thread(target=wfc.stop_workflow, args=(wf_id,),
+                                     daemon=True).start()
+            jobs, done = self.rows(wfc)
             self.add_reasons(jobs)
-            done = wf_status == constants.WORKFLOW_DONE
+            if keeper is not None and cancelling is None:
+                done = keeper.tick(wfc, jobs) and done
             given_up = cancelling is not None and time.monotonic() - cancelling > CANCEL_GRACE
             if done or given_up:
                 state = "cancelled" if cancelling is not None else "done"
@@ -176,7 +198,6 @@ class Engine:
             if jobs != self.status.get("jobs") or time.monotonic() - self._written > HEARTBEAT:
                 self.save(jobs=jobs, cancel_requested=cancelling is not None)
             time.sleep(tick)
-
 
     def add_reasons(self, jobs: list[dict[str, Any]]) -> None:
         """Put SLURM's pending reason on the row of each job it holds in its queue (squeue

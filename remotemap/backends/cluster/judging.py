@@ -8,10 +8,12 @@ from typing import Any, Protocol
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import RunFiles
+from remotemap.backends.cluster.pilots import ended_well
 from remotemap.backends.cluster.rounds import Round
 from remotemap.backends.cluster.verdict import JobEnd, describe, job_host, stderr_tail
 from remotemap.errors import FailureKind, TaskFailure
 from remotemap.execution import lost_chunk_result
+from remotemap.pilot import CLAIMED, parse_marker
 from remotemap.tasks import Chunk
 
 #: A task that never ran goes to at most this many rounds in all.
@@ -63,3 +65,32 @@ def judge_job(run: ClusterRun, rnd: Round, number: int, row: Mapping[str, Any],
             host=host, kind=kind))
     return failures
 
+
+
+def judge_workers(run: ClusterRun, rnd: Round, rows: list[Mapping[str, Any]],
+                  cancelled: bool, requeue: list[tuple[int, int]]) -> list[TaskFailure]:
+    """The failures of a round run by worker jobs (``remotemap.pilot``): each task without an
+    outcome is judged from the worker job that claimed it last (it was running it when that
+    job ended), one never claimed from the last worker job that failed (or the last one)."""
+    missing = [file for file, _ in run.specs[rnd.number]["files"]
+               if run.pending.get(run.file_index[file]) == file
+               and run.file_rounds[file][-1] == rnd.number]
+    if not missing:
+        return []
+    claims: dict[int, tuple[int, int]] = {}  # file -> (attempt, job) of its latest claim
+    for name in run.files.listdir(CLAIMED):
+        parsed = parse_marker(name)
+        if parsed is not None and parsed[0] == rnd.number and parsed[3] is not None:
+            _, file, attempt, _ = parsed
+            if attempt >= claims.get(file, (-1, 0))[0]:
+                claims[file] = (attempt, parsed[3])
+    failed = [n for n, row in enumerate(rows) if not ended_well(row)]
+    fallback = failed[-1] if failed else max(len(rows) - 1, 0)
+    by_job: dict[int, list[int]] = {}
+    for file in missing:
+        by_job.setdefault(claims.get(file, (0, fallback))[1], []).append(file)
+    failures: list[TaskFailure] = []
+    for job, files in sorted(by_job.items()):
+        row = rows[job] if job < len(rows) else {}
+        failures += judge_job(run, rnd, job, row, files, cancelled, requeue)
+    return failures

@@ -10,6 +10,8 @@ A cluster run directory holds protocol's files (``function.pkl``, ``chunks/``, `
     rounds/N.cancel        present: the engine stops the round's jobs
     swf/N/                 soma-workflow's state for the round (sqlite database, transfers)
     logs/job-N-J.out|.err  stdout and stderr of job J of round N
+    queue/N-FILE.A         chunk FILE of round N waiting for a worker job (``remotemap.pilot``)
+    claimed/N-FILE.A.J     the same, claimed by worker job J
 
 Names are relative to the run directory (``RunFiles`` takes them so); :class:`RoundPaths`
 gives the absolute paths the engine uses on the submitting host.
@@ -30,8 +32,11 @@ ROUNDS = "rounds"
 SOMA_WORKFLOW = "swf"
 #: ``remotemap.protocol.LOGS``: the run's log directory, which also holds the jobs' output.
 LOGS = "logs"
+#: ``remotemap.pilot``'s queue of a round run by worker jobs, and their claims.
+QUEUE = "queue"
+CLAIMED = "claimed"
 #: The subdirectories of a cluster run directory: protocol's (chunks, outcomes, logs) and ours.
-SUBDIRS = ("chunks", "outcomes", LOGS, ROUNDS, SOMA_WORKFLOW)
+SUBDIRS = ("chunks", "outcomes", LOGS, ROUNDS, SOMA_WORKFLOW, QUEUE, CLAIMED)
 
 _SPEC = re.compile(r"(\d+)\.json")
 

@@ -37,6 +37,11 @@ CLUSTER = Section(
             "relative = under the home)"),
         Key("python", "str", "", "the Python on the cluster; empty = this one here, else python3"),
         Key("tasks_per_job", "int", 0, "tasks per batch job; 0 = automatic", minimum=0),
+        Key("dispatch", "str", "auto", "how tasks reach jobs: jobs (one job per group of "
+            "tasks), workers (worker jobs pull tasks until none is left) or auto",
+            choices=("auto", "jobs", "workers")),
+        Key("worker_jobs", "int", 0, "worker jobs a round starts with (dispatch workers); "
+            "0 = automatic (16, at most one per task)", minimum=0),
         Key("slurm_conf", "str", "", "slurm.conf on the submitting host; empty = $SLURM_CONF"),
         Key("poll_interval", "float", 1.0, "seconds between two job-state queries (sacct...)",
             minimum=0.1),

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import ClusterError, RunFiles
-from remotemap.backends.cluster.judging import judge_job
+from remotemap.backends.cluster.judging import judge_job, judge_workers
 from remotemap.backends.cluster.pending import count_reasons
 from remotemap.backends.cluster.rounds import Round, watch_engine
 from remotemap.backends.cluster.settings import (
     engine_env,
     engine_python,
     poll_interval,
+    queue_markers,
     round_spec,
 )
 from remotemap.capture import merge_outputs
@@ -197,12 +198,13 @@ class ClusterRun:
                           env=self.env, task_timeout=task_timeout,
                           function=str(self.meta.get("function", "")))
         spec["key_file"] = self.meta["key_file"]  # the jobs' key: its path, never the key
-        if dependencies is None:
-            spec["canary"] = len(spec["jobs"]) > CANARY_ABOVE
+        if dependencies is None:  # worker jobs: their queue holds all but the first chunk
+            spec["canary"] = len(spec["files" if spec["workers"] else "jobs"]) > CANARY_ABOVE
         else:
             spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
-                        dependencies=[list(pair) for pair in dependencies])
-        self.files.write_many({layout.spec_name(number): json.dumps(spec).encode()})
+                        dependencies=[list(pair) for pair in dependencies], dispatch="jobs")
+        self.files.write_many({**queue_markers(spec),
+                               layout.spec_name(number): json.dumps(spec).encode()})
         self._add_round(spec)
         self.files.engine(engine_python(self.settings), number, engine_env(self.settings))
         log.debug("cluster run %s: round %d, %d tasks in %d jobs", self.run_id, number,
@@ -309,6 +311,8 @@ class ClusterRun:
         status = rnd.status or {}
         rows = status.get("jobs") or []
         cancelled = self.cancelled or status.get("state") == "cancelled"
+        if self.specs[rnd.number].get("dispatch") == "workers":
+            return judge_workers(self, rnd, rows, cancelled, requeue)
         failures: list[TaskFailure] = []
         for number, job_files in enumerate(rnd.jobs):
             missing = [f for f in job_files if self.pending.get(self.file_index[f]) == f
@@ -369,7 +373,7 @@ class ClusterRun:
         for rnd in self.rounds.values():
             status = self.files.read_json(layout.status_name(rnd.number)) or {}
             rows = status.get("jobs") or []
-            for number in range(len(rnd.jobs)):
+            for number in range(max(len(rnd.jobs), len(rows))):  # + worker jobs added
                 row = rows[number] if number < len(rows) else {}
                 state = str(row.get("status") or status.get("state") or "starting")
                 counts[state] = counts.get(state, 0) + 1

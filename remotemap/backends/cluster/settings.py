@@ -14,11 +14,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from remotemap.pilot import held_name, queue_marker
 from remotemap.tasks import auto_chunksize
 
 SCHEDULERS = ("local", "slurm", "pbspro", "drmaa")
 #: Jobs a round aims at on a batch scheduler when ``tasks_per_job`` is 0 (automatic).
 AUTO_JOBS = 32
+#: Worker jobs a round run by worker jobs starts with when ``worker_jobs`` is 0 (automatic).
+AUTO_WORKERS = 16
 #: Seconds between two looks at a run's files (round status, outcomes) when this machine
 #: submits: reading them costs a few system calls.
 LOCAL_POLL_INTERVAL = 0.05
@@ -98,6 +101,42 @@ def tasks_per_job(settings: Mapping[str, Any], n_tasks: int) -> int:
     return max(1, math.ceil(n_tasks / AUTO_JOBS))
 
 
+def dispatch(settings: Mapping[str, Any], n_tasks: int, task_timeout: float | None) -> str:
+    """How a round of ``n_tasks`` reaches the jobs: ``jobs`` (a job per group of
+    ``tasks_per_job`` tasks) or ``workers`` (worker jobs pull the tasks; ``remotemap.pilot``).
+
+    ``timeout=`` always gives ``jobs`` (the per-task limit is enforced per job). ``auto``
+    gives ``workers`` on a batch scheduler (not ``local``) when ``tasks_per_job`` is not set
+    and there are more tasks than ``AUTO_JOBS`` (where one job per task would cost a
+    submission each, or jobs would run several tasks in turn while slots may stand idle);
+    else ``jobs``: few tasks, each its own job, accounted for per job.
+    """
+    chosen = str(settings.get("dispatch") or "auto")
+    if task_timeout:
+        return "jobs"
+    if chosen != "auto":
+        return chosen
+    batch = settings["scheduler"] != "local" and not settings.get("tasks_per_job")
+    return "workers" if batch and n_tasks > AUTO_JOBS else "jobs"
+
+
+def worker_jobs(settings: Mapping[str, Any], n_tasks: int) -> int:
+    """Worker jobs a round of ``n_tasks`` starts with: ``worker_jobs``, at most one per task."""
+    return max(1, min(n_tasks, int(settings.get("worker_jobs") or AUTO_WORKERS)))
+
+
+def queue_markers(spec: Mapping[str, Any]) -> dict[str, bytes]:
+    """The queue of a round run by worker jobs: one empty marker per chunk file; with
+    ``spec["canary"]`` only the first one and the flag that holds the others back (the
+    engine releases them: ``pilots.Keeper``)."""
+    if spec.get("dispatch") != "workers":
+        return {}
+    files = [int(file) for file, _ in spec["files"]]
+    held = {held_name(int(spec["round"])): b""} if spec.get("canary") else {}
+    return {**{queue_marker(int(spec["round"]), file): b""
+               for file in (files[:1] if held else files)}, **held}
+
+
 def job_python(settings: Mapping[str, Any]) -> str:
     """The interpreter the jobs run (default: this one when this machine submits).
 
@@ -111,8 +150,13 @@ def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
                files: list[tuple[int, int]], env: Mapping[str, str],
                task_timeout: float | None, function: str) -> dict[str, Any]:
     """What the engine needs to run one round (written to ``RUN/rounds/N.json``)."""
-    per_job = tasks_per_job(settings, len(files))
     ids = [f for f, _ in files]
+    how = dispatch(settings, len(files), task_timeout)
+    if how == "workers":
+        jobs: list[list[int]] = [[] for _ in range(worker_jobs(settings, len(files)))]
+    else:
+        per_job = tasks_per_job(settings, len(files))
+        jobs = [ids[i : i + per_job] for i in range(0, len(ids), per_job)]
     native, keys = native_options(settings)
     local = settings["scheduler"] == "local"
     return {
@@ -124,7 +168,9 @@ def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
         if local and settings["walltime"] else 0,
         "poll_interval": settings["poll_interval"], "tick": 0.1, "proc_nb": 0,
         "function": function, "files": files,
-        "jobs": [ids[i : i + per_job] for i in range(0, len(ids), per_job)],
+        "jobs": jobs, "dispatch": how, "workers": len(jobs) if how == "workers" else 0,
+        "walltime_seconds": walltime_seconds(settings["walltime"]) if settings["walltime"]
+        else 0,
     }
 
 

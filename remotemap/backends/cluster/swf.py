@@ -273,32 +273,52 @@ def build_workflow(spec: dict[str, Any], root: str) -> tuple[Workflow, list[Job]
     starts once the first ended well) and ``spec["fail_exit"]`` (a job whose task failed
     exits non-zero, so soma-workflow starts none of the jobs after it).
     """
-    env = dict(spec.get("env") or {})
-    native = list(spec.get("native") or [])
-    # The engine runs on the submitting host as the jobs' user: a "~" in cluster.python is
-    # that user's home there (a batch script would not expand it once quoted).
-    python = os.path.expanduser(str(spec["python"]))
-    jobs = []
-    for number, files in enumerate(spec["jobs"]):
-        seconds = _job_seconds(spec, len(files))
-        wrapper = ["timeout", "-k", "5", f"{seconds:g}"] if seconds else []
-        command = [*wrapper, python, "-m", "remotemap.worker", "run", root,
-                   "--key-file", spec["key_file"],
-                   *(["--fail-exit"] if spec.get("fail_exit") else []),
-                   *(str(f) for f in files)]
-        name = layout.job_name(spec["run_id"], spec["round"], number)
-        logs = {stream: os.path.join(root, layout.job_log_name(spec["round"], number, stream))
-                for stream in ("out", "err")}
-        jobs.append(Job(command, name=name, stdout_file=logs["out"],
-                        stderr_file=logs["err"], working_directory=root,
-                        native_specification=native or None, env=env or None))
+    jobs = [_job(spec, root, number, files) for number, files in enumerate(spec["jobs"])]
     if spec.get("dependencies") is not None:
         dependencies = [(jobs[before], jobs[after]) for before, after in spec["dependencies"]]
     else:
-        dependencies = [(jobs[0], job) for job in jobs[1:]] if spec.get("canary") else []
+        canary = spec.get("canary") and spec.get("dispatch") != "workers"  # held in the queue
+        dependencies = [(jobs[0], job) for job in jobs[1:]] if canary else []
     label = f"remotemap {spec.get('function', 'run')} ({spec['run_id']}, round {spec['round']})"
     workflow = Workflow(jobs, dependencies=dependencies, root_group=[Group(jobs, name=label)],
                         name=f"remotemap-{spec['run_id']}-{spec['round']}")
+    return workflow, jobs
+
+
+def _job(spec: dict[str, Any], root: str, number: int, files: list[int]) -> Job:
+    """Job ``number`` of the round: ``run`` of its ``files``, or (``spec["dispatch"]`` is
+    ``workers``) a worker job that pulls chunks from the round's queue (``remotemap.pilot``)."""
+    # The engine runs on the submitting host as the jobs' user: a "~" in cluster.python is
+    # that user's home there (a batch script would not expand it once quoted).
+    python = os.path.expanduser(str(spec["python"]))
+    start = [python, "-m", "remotemap.worker"]
+    if spec.get("dispatch") == "workers":
+        command = [*start, "pilot", root, "--key-file", spec["key_file"],
+                   "--round", str(spec["round"]), "--job", str(number),
+                   "--workers", str(len(spec["jobs"])),
+                   "--walltime", str(spec.get("walltime_seconds") or 0)]
+    else:
+        seconds = _job_seconds(spec, len(files))
+        wrapper = ["timeout", "-k", "5", f"{seconds:g}"] if seconds else []
+        command = [*wrapper, *start, "run", root, "--key-file", spec["key_file"],
+                   *(["--fail-exit"] if spec.get("fail_exit") else []),
+                   *(str(f) for f in files)]
+    name = layout.job_name(spec["run_id"], spec["round"], number)
+    logs = {stream: os.path.join(root, layout.job_log_name(spec["round"], number, stream))
+            for stream in ("out", "err")}
+    native = list(spec.get("native") or [])
+    env = dict(spec.get("env") or {})
+    return Job(command, name=name, stdout_file=logs["out"], stderr_file=logs["err"],
+               working_directory=root, native_specification=native or None, env=env or None)
+
+
+def worker_workflow(spec: dict[str, Any], root: str, numbers: range) -> tuple[Workflow, list[Job]]:
+    """More worker jobs for a round run by worker jobs (numbered ``numbers``), as a workflow
+    of their own: soma-workflow cannot add jobs to a submitted one."""
+    jobs = [_job(spec, root, number, []) for number in numbers]
+    label = f"remotemap {spec.get('function', 'run')} ({spec['run_id']}, round {spec['round']})"
+    workflow = Workflow(jobs, root_group=[Group(jobs, name=label)],
+                        name=f"remotemap-{spec['run_id']}-{spec['round']}-{numbers.start}")
     return workflow, jobs
 
 

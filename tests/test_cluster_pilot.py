@@ -1,0 +1,136 @@
+"""``cluster.dispatch = "workers"`` on a real single-node SLURM (tests/infra/slurm.py): worker
+jobs that claim chunks from the run's queue (``remotemap.pilot``), a worker killed mid-chunk,
+a worker that stops claiming before its walltime, and ``remotemap cancel``.
+
+Speed is not asserted here: benchmarks/pilot.py measures it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remotemap import RemoteException, remote_map
+from remotemap.backends.cluster import collect, submit
+from remotemap.backends.cluster.registry import registered
+from remotemap.cli import main as cli_main
+from tests import cluster_support
+from tests import taskfuncs as tf
+from tests.cluster_support import no_engine_left, round_status, wait_for
+from tests.infra.slurm import SingleNodeSlurm
+
+state_home = cluster_support.state_home
+runs_dir = cluster_support.runs_dir
+swf = cluster_support.swf
+slurm = cluster_support.slurm
+
+
+def run_root(run_id: str) -> Path:
+    return Path(next(e for e in registered() if e["run_id"] == run_id)["root"])
+
+
+def job_and_square(counter_dir: str, x: int) -> tuple[int, str]:
+    tf.count_runs(counter_dir, x)
+    return x * x, os.environ["SLURM_JOB_ID"]
+
+
+@pytest.mark.slurm
+def test_workers_give_serial_results_each_task_once(slurm: dict[str, Any], runs_dir: Path,
+                                                    tmp_path: Path) -> None:
+    n = 150
+    options = {k: v for k, v in slurm.items() if k not in ("mode", "progress")}
+    run_id = submit(job_and_square, [(str(tmp_path), i) for i in range(n)],
+                    dispatch="workers", worker_jobs=3, **options)
+    root = run_root(run_id)
+    results = collect(run_id, timeout=180, remove=False)
+    assert [r[0] for r in results] == [i * i for i in range(n)]
+    assert 1 <= len({r[1] for r in results}) <= 3  # pulled by at most the three worker jobs
+    ran = Counter(int(p.name.split(".")[0]) for p in tmp_path.iterdir())
+    assert ran == dict.fromkeys(range(n), 1)  # every task ran exactly once
+    # One outcome per chunk file, each claimed once, nothing left in the queue.
+    assert sorted(p.name for p in (root / "outcomes").iterdir()) == \
+        [f"{i:06d}.pkl" for i in range(n)]
+    claimed = sorted(p.name.rsplit(".", 1)[0] for p in (root / "claimed").iterdir())
+    assert claimed == [f"0-{i:06d}.0" for i in range(n)]
+    assert list((root / "queue").iterdir()) == []
+    status = wait_for("the engine to exit", lambda: (
+        round_status(root) if round_status(root).get("exited") else None))
+    assert len(status["jobs"]) == 3 and status["state"] == "done"
+    assert collect(run_id, remove=True) == results
+    no_engine_left(runs_dir)
+
+
+def sleep_once_then_square(marker: str, x: int) -> int:
+    """Task 0 writes its process's pid (the worker's) and sleeps the first time it runs, so
+    the test can kill that worker; it returns at once when run again."""
+    if x == 0 and not os.path.exists(marker):
+        Path(f"{marker}.tmp").write_text(str(os.getpid()))
+        os.replace(f"{marker}.tmp", marker)
+        time.sleep(120)
+    time.sleep(0.2)
+    return x * x
+
+
+@pytest.mark.slurm
+def test_killed_worker_loses_only_its_chunk(slurm: dict[str, Any], tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    killed: list[int] = []
+
+    def kill_worker() -> None:
+        pid = int(wait_for("task 0 to start", lambda: marker.exists() and marker.read_text()))
+        os.kill(pid, signal.SIGKILL)  # the worker job's own process, mid-chunk
+        killed.append(pid)
+
+    thread = threading.Thread(target=kill_worker)
+    thread.start()
+    try:
+        results = remote_map(sleep_once_then_square, [(str(marker), i) for i in range(12)],
+                             dispatch="workers", worker_jobs=2, **slurm)
+    finally:
+        thread.join()
+    assert killed and results == [i * i for i in range(12)]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_worker_stops_claiming_before_its_walltime(slurm: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    # A 1-minute walltime and tasks of 25 s: after one task a worker has about 34 s left,
+    # less than 25 s x 1.5 + 10 s, so it exits; the engine submits workers for the rest.
+    options = {k: v for k, v in slurm.items() if k not in ("mode", "progress")}
+    stem = str(tmp_path / "t")
+    run_id = submit(tf.pid_and_sleep, [(stem, i, 25.0) for i in range(3)], walltime="1",
+                    dispatch="workers", worker_jobs=2, **options)
+    root = run_root(run_id)
+    assert collect(run_id, timeout=240, remove=False) == [0, 1, 2]
+    status = wait_for("the engine to exit", lambda: (
+        round_status(root) if round_status(root).get("exited") else None))
+    assert len(status["jobs"]) == 3  # two workers, then one more for the third task
+    assert all(j["exit_status"] == "finished_regularly" and j["exit_value"] == 0
+               for j in status["jobs"])  # none was killed by its walltime
+    collect(run_id, remove=True)
+
+
+@pytest.mark.slurm
+def test_cancel_stops_the_worker_jobs(slurm: dict[str, Any], slurm_cluster: SingleNodeSlurm,
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    options = {k: v for k, v in slurm.items() if k not in ("mode", "progress")}
+    stem = str(tmp_path / "t")
+    run_id = submit(tf.pid_and_sleep, [(stem, i, 120.0) for i in range(6)],
+                    dispatch="workers", worker_jobs=2, **options)
+    wait_for("both workers to run a task", lambda: len(list(tmp_path.glob("t.[0-9]"))) == 2)
+    assert cli_main(["cancel", run_id]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    queue = slurm_cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%j"]).stdout
+    assert run_id not in queue
+    with pytest.raises(RemoteException) as info:
+        collect(run_id, timeout=30, remove=True)
+    assert sorted(f.kind for f in info.value.failures) == ["cancelled"] * 6
