@@ -7,24 +7,27 @@ Speed is not asserted here: benchmarks/pilot.py measures it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.backends.cluster import collect, submit
+from remotemap.backends.cluster import cancel, collect, submit
 from remotemap.backends.cluster.registry import registered
 from remotemap.cli import main as cli_main
 from tests import cluster_support
 from tests import taskfuncs as tf
 from tests.cluster_support import no_engine_left, round_status, wait_for
 from tests.infra.slurm import SingleNodeSlurm
+from tests.slurm_fixtures import require_soma_workflow
 
 state_home = cluster_support.state_home
 runs_dir = cluster_support.runs_dir
@@ -98,16 +101,46 @@ def test_killed_worker_loses_only_its_chunk(slurm: dict[str, Any], tmp_path: Pat
     assert killed and results == [i * i for i in range(12)]
 
 
+# -- the walltime test: submitted by the first test here, collected at the session's end --------
+@pytest.fixture(scope="session")
+def pilot_walltime_run(slurm_cluster: SingleNodeSlurm, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[tuple[str, Path]]:
+    """The run id and its registry ($XDG_STATE_HOME). Its tasks take over a minute of SLURM
+    time, so the test collecting it is marked ``run_last`` (tests/conftest.py) and the wait
+    passes while the rest of the suite runs."""
+    require_soma_workflow()
+    runs = tmp_path_factory.mktemp("pilot-walltime-runs")
+    home = tmp_path_factory.mktemp("pilot-walltime-state")
+    # A 1-minute walltime and tasks of 25 s: after one task a worker has about 34 s left, less
+    # than 25 s x 1.5 + 10 s, so it exits; the engine submits a worker for the third task.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        run_id = submit(tf.pid_and_sleep, [(str(runs / "t"), i, 25.0) for i in range(3)],
+                        walltime="1", dispatch="workers", worker_jobs=2,
+                        **cluster_support.slurm_options(slurm_cluster, runs))
+    yield run_id, home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        if any(e["run_id"] == run_id for e in registered()):
+            cancel(run_id)
+
+
 @pytest.mark.slurm
-@pytest.mark.slow
-def test_worker_stops_claiming_before_its_walltime(slurm: dict[str, Any],
-                                                   tmp_path: Path) -> None:
-    # A 1-minute walltime and tasks of 25 s: after one task a worker has about 34 s left,
-    # less than 25 s x 1.5 + 10 s, so it exits; the engine submits workers for the rest.
-    options = {k: v for k, v in slurm.items() if k not in ("mode", "progress")}
-    stem = str(tmp_path / "t")
-    run_id = submit(tf.pid_and_sleep, [(stem, i, 25.0) for i in range(3)], walltime="1",
-                    dispatch="workers", worker_jobs=2, **options)
+def test_walltime_workers_run_is_submitted(pilot_walltime_run: tuple[str, Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id, home = pilot_walltime_run
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    entry = next(e for e in registered() if e["run_id"] == run_id)
+    spec = json.loads((Path(entry["root"]) / "rounds" / "0.json").read_text())
+    assert spec["dispatch"] == "workers" and spec["native"] == ["--time=1"]
+
+
+@pytest.mark.slurm
+@pytest.mark.run_last
+def test_worker_stops_claiming_before_its_walltime(pilot_walltime_run: tuple[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id, home = pilot_walltime_run
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
     root = run_root(run_id)
     assert collect(run_id, timeout=240, remove=False) == [0, 1, 2]
     status = wait_for("the engine to exit", lambda: (

@@ -144,8 +144,8 @@ def _outcome(wfc: Any, job_id: int) -> tuple[Any, ...]:
 @pytest.fixture(autouse=True, scope="module")
 def _no_stray_jobs(slurm_cluster: SingleNodeSlurm) -> Iterator[None]:
     """Cancel the jobs this module's tests left queued or running, and only those: a job of
-    another module goes on (test_cluster_slurm's walltime job is collected at the session's
-    end; a partition-wide scancel here cancelled it)."""
+    another module goes on (the walltime runs of test_cluster_slurm and test_cluster_pilot are
+    collected at the session's end; a partition-wide scancel here cancelled one)."""
     before = _queued(slurm_cluster)
     yield
     stray = sorted(_queued(slurm_cluster) - before)
@@ -154,5 +154,8 @@ def _no_stray_jobs(slurm_cluster: SingleNodeSlurm) -> Iterator[None]:
 
 
 def _queued(cluster: SingleNodeSlurm) -> set[str]:
-    """The ids of the jobs pending or running, whoever submitted them."""
-    return set(cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%i"]).stdout.split())
+    """The ids of the jobs pending or running, but remotemap's (named ``rm-RUN-...``): a run
+    another module collects later may submit a job while this module runs."""
+    rows = cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%i %j"]).stdout.splitlines()
+    return {job for job, _, name in (row.partition(" ") for row in rows)
+            if not name.startswith("rm-")}
