@@ -2,7 +2,10 @@
 already arrived), fetch one, and ask what the host holds.
 
 Kept apart from :mod:`remotemap.ssh.connection` so the transfer itself can change there
-without touching what staging asks of it: these are the only calls staging makes.
+without touching what staging asks of it: these are the only calls staging makes. Large files
+go through the OpenSSH lane of :mod:`remotemap.ssh.transfer` (same rules, same fallback to
+SFTP), resumed there too: the host appends to the part, ``ssh`` reads the file from the
+part's size on.
 """
 
 from __future__ import annotations
