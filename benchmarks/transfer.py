@@ -11,6 +11,10 @@ end (connecting included, as ``scp`` connects on every call too):
 - remotemap arguments: ``remote_map`` in mode ssh, tasks taking an argument of ``MB`` bytes;
 - remotemap results: the same, tasks returning ``MB`` bytes each;
 - remotemap fetched files: tasks writing a file of ``MB`` bytes, copied back by ``fetch``;
+- remotemap staged inputs: tasks taking a local file as ``Staged(path)``, staged to the host
+  (sent into the run's staging area, removed at the end) and read there;
+- ``send_file`` of :mod:`remotemap.ssh.sending` (what staging calls: a part file, resumable)
+  through the OpenSSH lane, and the same with the lane disabled (paramiko SFTP);
 - ``put_file`` / ``get_file`` of :mod:`remotemap.ssh.transfer` (the OpenSSH lane), and the same
   with the lane disabled (paramiko SFTP, the fallback for password, proxy and jump hosts);
 - ``scp`` and ``rsync`` with the same host, user, key and known_hosts (``StrictHostKeyChecking
@@ -41,8 +45,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remotemap import remote_map
-from remotemap.ssh import Connection, transfer
+from remotemap import Staged, remote_map
+from remotemap.ssh import Connection, sending, transfer
 from remotemap.ssh.openssh import OpenSSH
 from tests.infra.sshd import SSHServer, ensure_test_user, install_remotemap_for_user
 
@@ -53,6 +57,10 @@ def make_result(n: int) -> bytes:
 
 def size_of(data: bytes) -> int:
     return len(data)
+
+
+def file_size(path: str) -> int:
+    return os.path.getsize(path)  # not read: the row times the staging, as scp's its copy
 
 
 def write_file(n: int, index: int) -> int:
@@ -104,10 +112,13 @@ class Bench:
             "remotemap arguments": self.arguments,
             "remotemap results": self.results,
             "remotemap fetched files": self.fetched,
+            "remotemap staged inputs": self.staged,
             "put_file (OpenSSH lane)": lambda: self.put(False),
             "get_file (OpenSSH lane)": lambda: self.get(False),
             "put_file (paramiko SFTP)": lambda: self.put(True),
             "get_file (paramiko SFTP)": lambda: self.get(True),
+            "send_file (OpenSSH lane)": lambda: self.send(False),
+            "send_file (paramiko SFTP)": lambda: self.send(True),
             "scp put": lambda: self.scp(put=True),
             "scp get": lambda: self.scp(put=False),
             "rsync put": lambda: self.rsync(put=True),
@@ -134,6 +145,10 @@ class Bench:
         sizes = [p.stat().st_size for p in self.back.glob("*/*.bin")]
         assert sizes == [self.size] * self.files, sizes
 
+    def staged(self) -> None:
+        got = remote_map(file_size, [(Staged(str(p)),) for p in self.local], **self.options())
+        assert got == [self.size] * self.files, got
+
     def empty_run(self) -> float:
         """Seconds of a remote_map call of as many tasks returning nothing: its fixed cost."""
         started = time.perf_counter()
@@ -144,6 +159,11 @@ class Bench:
         with self.connect(sftp_only) as conn:
             for path in self.local:
                 transfer.put_file(conn, path, f"{self.dst}/{path.name}")
+
+    def send(self, sftp_only: bool) -> None:
+        with self.connect(sftp_only) as conn:
+            for path in self.local:
+                assert sending.send_file(conn, str(path), f"{self.dst}/{path.name}") == self.size
 
     def get(self, sftp_only: bool) -> None:
         with self.connect(sftp_only) as conn:
@@ -202,7 +222,8 @@ def report(found: dict[str, Any], total_mb: float) -> list[str]:
         load = statistics.mean(found["load"][name])
         lines.append(f"{name:<28} {best:>10.0f} {median:>12.0f} {load:>9.1f}")
     lines.append(f"remote_map fixed cost (same tasks, no data): {empty:.2f} s (best)")
-    for name in ("remotemap arguments", "remotemap results", "remotemap fetched files"):
+    for name in ("remotemap arguments", "remotemap results", "remotemap fetched files",
+                 "remotemap staged inputs"):
         if name not in found["times_s"]:
             continue
         net = min(found["times_s"][name]) - empty

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from remotemap.ssh.errors import HostKeyError, SSHError
@@ -139,17 +139,48 @@ class OpenSSH:
         files (ssh reads and writes them itself). A non-zero exit raises SSHError with its
         stderr (255: the link or the login failed)."""
         self.start()
-        ssh = ["ssh", *self._options(), "-S", self._socket(), "-o", "ControlMaster=no",
-               "--", self.spec.hostname, quote_argv(argv)]
         with tempfile.TemporaryFile() as stderr:
             status = subprocess.run(
-                ssh, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                self._client(argv), stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=stderr,
                 check=False).returncode  # fmt: skip
-            if status == 0:
-                return
-            stderr.seek(0)
-            text = stderr.read().decode(errors="replace").strip()[-500:]
+            self._check(argv, status, stderr)
+
+    def watch(self, argv: Sequence[str], stdin: IO[bytes], poll: Callable[[], None],
+              every: float = 0.05) -> None:
+        """:meth:`run` with ``poll()`` called every ``every`` seconds while ``argv`` runs. An
+        exception raised by ``poll`` (a stop) or reaching this thread (Ctrl-C) ends the
+        ``ssh`` process, so its channel closes (what the host already wrote stays), and goes
+        on. That process has a session of its own: a Ctrl-C at the terminal reaches this
+        process only, which ends it, rather than killing it under a transfer that would
+        then be reported as a failed link."""
+        self.start()
+        with tempfile.TemporaryFile() as stderr:
+            client = subprocess.Popen(self._client(argv), stdin=stdin,
+                                      stdout=subprocess.DEVNULL, stderr=stderr,
+                                      start_new_session=True)  # fmt: skip
+            try:
+                while True:
+                    try:
+                        status = client.wait(every)
+                        break
+                    except subprocess.TimeoutExpired:
+                        poll()
+            except BaseException:
+                _end_client(client)
+                raise
+            self._check(argv, status, stderr)
+
+    def _client(self, argv: Sequence[str]) -> list[str]:
+        """The ``ssh`` command that runs ``argv`` on the host through the master."""
+        return ["ssh", *self._options(), "-S", self._socket(), "-o", "ControlMaster=no",
+                "--", self.spec.hostname, quote_argv(argv)]
+
+    def _check(self, argv: Sequence[str], status: int, stderr: IO[bytes]) -> None:
+        if status == 0:
+            return
+        stderr.seek(0)
+        text = stderr.read().decode(errors="replace").strip()[-500:]
         if status == 255:
             raise self._failure(text)
         raise error(SSHError, self.spec, f"{argv[0]!r} exited with status {status}: {text}",
@@ -167,6 +198,16 @@ class OpenSSH:
         elif self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
+
+
+def _end_client(client: subprocess.Popen[bytes]) -> None:
+    """End a command's ``ssh`` (TERM, then KILL if it lingers) and reap it."""
+    client.terminate()
+    try:
+        client.wait(3)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.wait()
 
 
 def _end(master: subprocess.Popen[bytes], folder: str) -> None:
