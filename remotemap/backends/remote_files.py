@@ -113,6 +113,8 @@ class RemoteRun:
         #: reported with the chunk's result; shared by the session's runs (``pending``), so a
         #: chunk that loses its host and runs elsewhere still reports them.
         self._pending_failures = pending if pending is not None else {}
+        #: Chunks uploaded and not yet started: their timeout for the whole chunk, if any.
+        self._staged: dict[int, float | None] = {}
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -209,8 +211,9 @@ class RemoteRun:
         cpus = self.info.cpus if self.info is not None else 1
         return n_jobs if n_jobs > 0 else max(1, cpus + n_jobs + 1 if n_jobs < 0 else cpus)
 
-    def stage(self, chunk: Chunk) -> ChunkResult | None:
-        """Upload the chunk and start it; tasks whose arguments cannot be pickled fail here."""
+    def stage(self, chunk: Chunk, start: bool = True) -> ChunkResult | None:
+        """Upload the chunk and start it (or only upload it, for :meth:`start` to start it
+        later); tasks whose arguments cannot be pickled fail here."""
         assert self.layout is not None and self.server is not None
         sendable, not_sent = chunk, list[TaskFailure]()
         if self.staging is not None:  # inputs go first; the chunk names their copies
@@ -240,8 +243,15 @@ class RemoteRun:
         transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
                            seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
-        self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
+        self._staged[chunk.id] = None if timeout is None else timeout * len(chunk)
+        if start:
+            self.start(chunk.id)
         return None
+
+    def start(self, chunk_id: int) -> None:
+        """Tell the server to run a chunk :meth:`stage` uploaded (its timeout starts now)."""
+        assert self.server is not None
+        self.server.run(chunk_id, self._staged.pop(chunk_id))
 
     def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]],
               options: dict[str, Any]) -> tuple[bytes, list[str]]:
