@@ -67,9 +67,7 @@ def remote_dir(settings: Mapping[str, Any]) -> str:
 class _ProcessWriter:
     def __init__(self, process: Any) -> None:
         self._process = process
-
-    def write(self, data: bytes) -> None:
-        self._process.write(data)
+        self.write = process.write
 
     def flush(self) -> None:
         pass
@@ -127,6 +125,14 @@ class RemoteRun:
             raise
         return self
 
+    def _run_root(self) -> str:
+        """Where the run directory goes: what :meth:`_make_run_dir` makes, after its checks."""
+        from remotemap.ssh.quoting import remote_path
+
+        parent = posixpath.join(self.connection.normalize("."),
+                                remote_path(remote_dir(self.settings)))
+        return posixpath.join(posixpath.normpath(parent), f"run-{self.token}")
+
     def _make_run_dir(self) -> RunLayout:
         """The private run directory, made where no other user of the host could replace it."""
         from remotemap.ssh.safety import check_remote_parent, check_remote_private, remote_uid
@@ -149,10 +155,6 @@ class RemoteRun:
 
     def _start(self) -> None:
         conn = self.connection
-        layout = self.layout = self._make_run_dir()
-        root = layout.root
-        transfer.put_bytes(conn, layout.function,
-                           seal_file(self.key, FUNCTION, self.function_blob))
         from remotemap.ssh.safety import expand_remote_home
 
         python = expand_remote_home(conn, self.settings.get("python") or "python3")
@@ -161,14 +163,27 @@ class RemoteRun:
             variables.update(self.staging.open(self.target(), self.staging_user, self.stop))
         # Environment variables for the tasks: set on the server, so its imports see them too.
         env = [f"{name}={value}" for name, value in variables.items()]
+        root = self._run_root()
         argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
         if not self.settings.get("preload", True):
             argv.append("--no-preload")  # only then: a host's older remotemap knows no flag
+        # The server's Python starts and imports (the longest step of a host's start) while
+        # the run directory is checked, made and given the function: it reads nothing of the
+        # directory before its key line, which goes only once all of that succeeded.
         self.process = conn.open_process(argv)
+        layout = self.layout = self._make_run_dir()
+        if layout.root != root:  # the checks resolved it elsewhere: never start there
+            raise RemoteSetupError(f"{self.host}: run directory {root} is {layout.root}")
+        transfer.put_bytes(conn, layout.function,
+                           seal_file(self.key, FUNCTION, self.function_blob))
         with contextlib.suppress(Exception):  # a server that died at once says so below
             self.process.write(f"key {self.key.hex()}\n".encode())  # never on the host's disk
+        self._await_server(python)
+
+    def _await_server(self, python: str) -> None:
+        """Wait for the server's ready line; RemoteSetupError naming the host if it died."""
         self._reader = _ProcessReader(self.process)
         self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
         self.server = WorkerServer(_ProcessWriter(self.process), self._reader, self.host)
@@ -186,8 +201,8 @@ class RemoteRun:
         if self.info.remotemap_version != __version__:
             log.warning("%s runs remotemap %s, this side %s", self.host,
                         self.info.remotemap_version, __version__)
-        log.debug("ssh host %s ready: python %s, %d CPUs, run directory %s", self.host,
-                  self.info.python_version, self.info.cpus, root)
+        log.debug("ssh host %s ready: python %s, %d CPUs", self.host,
+                  self.info.python_version, self.info.cpus)
 
     def target(self) -> SSHTarget:
         """This connection as the place staged inputs go."""
