@@ -133,6 +133,13 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
         loads = [r["load"] for r in results]
         lines.append(f"| {side} | {len(results)} | " + " | ".join(cells)
                      + f" | {min(loads):.1f}-{max(loads):.1f} |")
+    # Paired: each round's two runs were back to back, under much the same load.
+    before, after = runs.values()
+    pairs = list(zip(after, before, strict=True))
+    ratios = [f"{statistics.median(a[key] / b[key] for a, b in pairs):.3f}"
+              if all(b[key] for _, b in pairs) else "-" for key in keys]
+    lines.append("| after / before, median of the rounds' ratios | | " + " | ".join(ratios)
+                 + " | |")
     return "\n".join(lines)
 
 
