@@ -10,9 +10,7 @@ server on its stdin and never touches the host's disk.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
-import os
 import posixpath
 import time
 from collections.abc import Callable, Mapping
@@ -111,8 +109,10 @@ class RemoteRun:
         #: reported with the chunk's result; shared by the session's runs (``pending``), so a
         #: chunk that loses its host and runs elsewhere still reports them.
         self._pending_failures = pending if pending is not None else {}
-        #: Chunks uploaded and not yet started: their timeout for the whole chunk, if any.
+        #: Chunks uploaded and not yet started (their timeout, if any); started, not collected.
         self._staged: dict[int, float | None] = {}
+        self._running: set[int] = set()
+        self._removed = False
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -267,6 +267,7 @@ class RemoteRun:
         """Tell the server to run a chunk :meth:`stage` uploaded (its timeout starts now)."""
         assert self.server is not None
         self.server.run(chunk_id, self._staged.pop(chunk_id))
+        self._running.add(chunk_id)
 
     def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]],
               options: dict[str, Any]) -> tuple[bytes, list[str]]:
@@ -316,6 +317,7 @@ class RemoteRun:
 
     def collect(self, chunk: Chunk, status: str) -> ChunkResult:
         assert self.layout is not None
+        self._running.discard(chunk.id)
         result: ChunkResult | None = None
         if status == "exit:0":
             path = self.layout.outcome(chunk.id)
@@ -346,55 +348,29 @@ class RemoteRun:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        """Stop the server (closing its stdin stops its children) and remove the run files."""
+        """Stop the server (closing its stdin stops its children) and remove the run files:
+        while it exits when no chunk runs (it writes nothing more there), else after."""
+        idle = not self._running
         if self.process is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.process.close_stdin()
+            if idle:
+                self._remove_run_dir()
+            with contextlib.suppress(Exception):
                 self.process.wait(timeout=3)
-            except Exception:
-                pass
             with contextlib.suppress(Exception):
                 self.process.__exit__(None, None, None)  # kills it if it still runs
+        if not idle or self.process is None:
+            self._remove_run_dir()
         if self.connection is not None:
-            if self.layout is not None and not self.settings.get("keep_remote_files"):
-                try:
-                    self.connection.remove_tree(self.layout.root)
-                except Exception as err:
-                    log.warning("could not remove %s on %s: %s", self.layout.root, self.host,
-                                err)
             self.connection.close()
 
-
-def fetch_task_files(remote: RemoteRun, chunk: Chunk, result: ChunkResult,
-                     settings: Mapping[str, Any]) -> None:
-    """Copy the files matching ``fetch`` from each finished task's working directory to
-    ``fetch_dir/INDEX/``, pulled over SFTP from this side (the host never connects back).
-
-    A file that cannot be fetched (a name that is not UTF-8, a file gone or unreadable) is
-    skipped with a warning naming it: it is not the link's failure, nor the task's."""
-    assert remote.layout is not None
-    patterns = list(settings.get("fetch") or [])
-    dirs = [remote.layout.workdir(i) for i in result.indices]
-    if not dirs:
-        return
-    # NUL-separated: a file name may hold a newline, or bytes that are not UTF-8.
-    listing = remote.connection.run(["find", *dirs, "-maxdepth", "1", "-type", "f", "-print0"])
-    local_root = os.path.expanduser(str(settings.get("fetch_dir") or "remotemap-files"))
-    for raw in listing.stdout.split(b"\0"):
-        folder, name = posixpath.split(raw.decode("utf-8", "surrogateescape"))
-        if not raw or not any(fnmatch.fnmatch(name, p) for p in patterns):
-            continue
+    def _remove_run_dir(self) -> None:
+        if self.connection is None or self.layout is None or self._removed \
+                or self.settings.get("keep_remote_files"):
+            return
+        self._removed = True
         try:
-            _fetch_one(remote, folder, name, local_root)
-        except (UnicodeError, FileNotFoundError, PermissionError) as exc:
-            log.warning("%s: cannot fetch %r of task %s: %s", remote.host,
-                        posixpath.join(folder, name), posixpath.basename(folder), exc)
-
-
-def _fetch_one(remote: RemoteRun, folder: str, name: str, local_root: str) -> None:
-    path = posixpath.join(folder, name)
-    path.encode("utf-8")  # UnicodeEncodeError: SFTP paths are UTF-8, this name is not
-    target_dir = os.path.join(local_root, posixpath.basename(folder))
-    os.makedirs(target_dir, exist_ok=True)
-    # Streamed to disk (large files through OpenSSH), never whole in memory.
-    transfer.get_file(remote.connection, path, os.path.join(target_dir, name))
+            self.connection.remove_tree(self.layout.root)
+        except Exception as err:
+            log.warning("could not remove %s on %s: %s", self.layout.root, self.host, err)

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.remote_files import RemoteRun, fetch_task_files, remote_dir
+from remotemap.backends.remote_fetch import fetch_task_files
+from remotemap.backends.remote_files import RemoteRun, remote_dir
 from remotemap.backends.ssh_options import SSH
 from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
 from remotemap.errors import ConfigError, TaskFailure
@@ -76,6 +77,12 @@ class _Dispatch:
         host would leave an idle one waiting for it."""
         with self._ready:
             return self._queue.popleft() if len(self._queue) >= len(self._live) else None
+
+    def close(self) -> None:
+        """Stop: a host thread waiting for a chunk hears it at once."""
+        with self._ready:
+            self.stop.set()
+            self._ready.notify_all()
 
     def queued(self) -> list[Chunk]:
         with self._ready:
@@ -327,6 +334,6 @@ class SSHSession(Session):
         return results
 
     def close(self) -> None:
-        self.dispatch.stop.set()
+        self.dispatch.close()
         for runner in self.runners:
             runner.join(timeout=10)
