@@ -177,8 +177,11 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
     ends, marks = result.ends, result.marks  # see ChunkResult.ends
     last = result.starts[0] = time()
     stride = countdown = 1
-    # Loaded only by unpickling (or making) a Staged marker: a run without one never pays.
+    # Looked for only once a Staged marker was made or unpickled in this process: a run
+    # without one never pays (the module itself may be loaded for its constants).
     staged = sys.modules.get("remotemap.staged")
+    if staged is not None and not staged.Staged.made:
+        staged = None
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             if staged is not None:  # inputs still marked here are on this disk already

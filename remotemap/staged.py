@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 #: The staging area on the host the task runs on (unset where staging is the identity).
 STAGED_ROOT_ENV = "REMOTEMAP_STAGED_ROOT"
@@ -38,8 +38,13 @@ class Staged(os.PathLike[str]):
     """
 
     __slots__ = ("as_path", "path")
+    #: Whether this process ever made (or unpickled) a marker: until then no task's arguments
+    #: can hold one, and ``run_chunk`` skips looking for them (a walk of every argument costs
+    #: several times a tiny task).
+    made: ClassVar[bool] = False
 
     def __init__(self, path: PathLike) -> None:
+        Staged.made = True
         #: The absolute path on the caller's side.
         self.path = os.path.abspath(os.fspath(path))
         #: Whether the function gets a ``pathlib.Path`` (it was given one) or a ``str``.

@@ -109,18 +109,21 @@ def normalize_arguments(
             f"largs and lkwargs must have the same length: len(largs) == {len(largs)}, "
             f"len(lkwargs) == {len(lkwargs)}"
         )
-    # The common case (tuples and plain dicts) is checked with exact type tests: on runs of many
-    # tiny tasks, ABC isinstance checks would cost more than the tasks.
+    # The common case (tuples and plain dicts) is checked with exact type tests, in C (a set of
+    # the types): on runs of many tiny tasks, a Python-level test per task would cost more
+    # than the tasks.
     args_out: list[tuple[Any, ...]]
     kwargs_out: list[dict[str, Any]]
-    if all(type(args) is tuple for args in largs):
+    if set(map(type, largs)) <= {tuple}:
         args_out = list(largs)  # type: ignore[arg-type]  # checked just above
     else:
         args_out = [_as_args(i, args) for i, args in enumerate(largs)]
-    if all(type(kwargs) is dict for kwargs in lkwargs):
+    if set(map(type, lkwargs)) <= {dict}:
         kwargs_out = list(lkwargs)  # type: ignore[arg-type]  # checked just above
     else:
         kwargs_out = [_as_kwargs(i, kwargs) for i, kwargs in enumerate(lkwargs)]
+    if not any(kwargs_out):  # no keywords at all: nothing to check, task by task
+        return args_out, kwargs_out
     for i, kwargs in enumerate(kwargs_out):
         if kwargs and not all(type(key) is str for key in kwargs):
             bad = next(key for key in kwargs if not isinstance(key, str))
@@ -162,7 +165,9 @@ def make_chunks(
     size = max(1, chunksize)
     for chunk_id, start in enumerate(range(0, len(todo), size)):
         part = list(todo[start : start + size])
-        if isinstance(todo, range):
+        # Consecutive indices (every first attempt): the arguments are a slice, not a lookup
+        # per task. The comparison runs in C.
+        if isinstance(todo, range) or part == list(range(part[0], part[0] + len(part))):
             yield Chunk(
                 chunk_id, part, largs[part[0] : part[-1] + 1], lkwargs[part[0] : part[-1] + 1]
             )

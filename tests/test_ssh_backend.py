@@ -215,3 +215,17 @@ def test_status_lists_and_checks_hosts(sshd_host: SSHServer, remote_python: Path
     bad_line = next(line for line in checked.stdout.splitlines() if f":{closed}" in line)
     assert "unreachable" in bad_line
 
+
+
+def _slept(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_chunk_held_ready_gets_its_whole_timeout_from_its_start(
+        sshd_host: SSHServer, remote_python: Path) -> None:
+    # One slot: the second and third chunks are uploaded while the first runs (held ready,
+    # backends.ssh.AHEAD). Counted from the upload, their 1.5 s would be half gone.
+    got = remote_map(_slept, [(0.8,)] * 3, mode="ssh", timeout=1.5, chunksize=1,
+                     **_options(sshd_host, remote_python, n_jobs=1))
+    assert got == [0.8] * 3

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +89,23 @@ def test_local_workers_started_elsewhere_find_sent_files_by_the_callers_names(
     got = remote_map(_read_sent, [("atlas.txt",), ("data/sub-2.txt",)], mode="local", n_jobs=2,
                      send=["atlas.txt", "data"], progress=False)
     assert got == ["atlas", "subject 2"]
+
+
+def test_workers_look_for_markers_only_once_one_was_made_or_unpickled(data: Path) -> None:
+    # A fresh interpreter: importing the module (local.py does, for a constant) is not a
+    # marker; unpickling one is, and run_chunk then resolves it (it would otherwise reach the
+    # function as a Staged, not a path).
+    marker = pickle.dumps(Staged(str(data / "atlas.txt")))
+    code = (
+        "import pickle, sys\n"
+        "from remotemap.staged import Staged\n"
+        "from remotemap.execution import run_chunk\n"
+        "from remotemap.tasks import Chunk\n"
+        "before = Staged.made\n"
+        "args = pickle.loads(sys.stdin.buffer.read())\n"
+        "result = run_chunk(lambda p: type(p).__name__ + ':' + str(p), "
+        "Chunk(0, [0], [(args,)], [{}]))\n"
+        "print(before, Staged.made, result.values[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], input=marker, capture_output=True,
+                         check=True).stdout.decode().split()
+    assert out == ["False", "True", f"str:{data / 'atlas.txt'}"]

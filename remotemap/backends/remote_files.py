@@ -10,9 +10,7 @@ server on its stdin and never touches the host's disk.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
-import os
 import posixpath
 import time
 from collections.abc import Callable, Mapping
@@ -67,9 +65,7 @@ def remote_dir(settings: Mapping[str, Any]) -> str:
 class _ProcessWriter:
     def __init__(self, process: Any) -> None:
         self._process = process
-
-    def write(self, data: bytes) -> None:
-        self._process.write(data)
+        self.write = process.write
 
     def flush(self) -> None:
         pass
@@ -113,6 +109,10 @@ class RemoteRun:
         #: reported with the chunk's result; shared by the session's runs (``pending``), so a
         #: chunk that loses its host and runs elsewhere still reports them.
         self._pending_failures = pending if pending is not None else {}
+        #: Chunks uploaded and not yet started (their timeout, if any); started, not collected.
+        self._staged: dict[int, float | None] = {}
+        self._running: set[int] = set()
+        self._removed = False
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -124,6 +124,14 @@ class RemoteRun:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _run_root(self) -> str:
+        """Where the run directory goes: what :meth:`_make_run_dir` makes, after its checks."""
+        from remotemap.ssh.quoting import remote_path
+
+        parent = posixpath.join(self.connection.normalize("."),
+                                remote_path(remote_dir(self.settings)))
+        return posixpath.join(posixpath.normpath(parent), f"run-{self.token}")
 
     def _make_run_dir(self) -> RunLayout:
         """The private run directory, made where no other user of the host could replace it."""
@@ -147,10 +155,6 @@ class RemoteRun:
 
     def _start(self) -> None:
         conn = self.connection
-        layout = self.layout = self._make_run_dir()
-        root = layout.root
-        transfer.put_bytes(conn, layout.function,
-                           seal_file(self.key, FUNCTION, self.function_blob))
         from remotemap.ssh.safety import expand_remote_home
 
         python = expand_remote_home(conn, self.settings.get("python") or "python3")
@@ -159,14 +163,27 @@ class RemoteRun:
             variables.update(self.staging.open(self.target(), self.staging_user, self.stop))
         # Environment variables for the tasks: set on the server, so its imports see them too.
         env = [f"{name}={value}" for name, value in variables.items()]
+        root = self._run_root()
         argv = [*(["env", *env] if env else []), python, "-m", "remotemap.worker", "serve", root]
         if self.settings.get("fetch"):
             argv.append("--task-dirs")
         if not self.settings.get("preload", True):
             argv.append("--no-preload")  # only then: a host's older remotemap knows no flag
+        # The server's Python starts and imports (the longest step of a host's start) while
+        # the run directory is checked, made and given the function: it reads nothing of the
+        # directory before its key line, which goes only once all of that succeeded.
         self.process = conn.open_process(argv)
+        layout = self.layout = self._make_run_dir()
+        if layout.root != root:  # the checks resolved it elsewhere: never start there
+            raise RemoteSetupError(f"{self.host}: run directory {root} is {layout.root}")
+        transfer.put_bytes(conn, layout.function,
+                           seal_file(self.key, FUNCTION, self.function_blob))
         with contextlib.suppress(Exception):  # a server that died at once says so below
             self.process.write(f"key {self.key.hex()}\n".encode())  # never on the host's disk
+        self._await_server(python)
+
+    def _await_server(self, python: str) -> None:
+        """Wait for the server's ready line; RemoteSetupError naming the host if it died."""
         self._reader = _ProcessReader(self.process)
         self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
         self.server = WorkerServer(_ProcessWriter(self.process), self._reader, self.host)
@@ -184,8 +201,8 @@ class RemoteRun:
         if self.info.remotemap_version != __version__:
             log.warning("%s runs remotemap %s, this side %s", self.host,
                         self.info.remotemap_version, __version__)
-        log.debug("ssh host %s ready: python %s, %d CPUs, run directory %s", self.host,
-                  self.info.python_version, self.info.cpus, root)
+        log.debug("ssh host %s ready: python %s, %d CPUs", self.host,
+                  self.info.python_version, self.info.cpus)
 
     def target(self) -> SSHTarget:
         """This connection as the place staged inputs go."""
@@ -209,8 +226,9 @@ class RemoteRun:
         cpus = self.info.cpus if self.info is not None else 1
         return n_jobs if n_jobs > 0 else max(1, cpus + n_jobs + 1 if n_jobs < 0 else cpus)
 
-    def stage(self, chunk: Chunk) -> ChunkResult | None:
-        """Upload the chunk and start it; tasks whose arguments cannot be pickled fail here."""
+    def stage(self, chunk: Chunk, start: bool = True) -> ChunkResult | None:
+        """Upload the chunk and start it (or only upload it, for :meth:`start` to start it
+        later); tasks whose arguments cannot be pickled fail here."""
         assert self.layout is not None and self.server is not None
         sendable, not_sent = chunk, list[TaskFailure]()
         if self.staging is not None:  # inputs go first; the chunk names their copies
@@ -240,8 +258,16 @@ class RemoteRun:
         transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
                            seal_parts(self.key, chunk_name(chunk.id), data))
         timeout = self.options.timeout
-        self.server.run(chunk.id, None if timeout is None else timeout * len(chunk))
+        self._staged[chunk.id] = None if timeout is None else timeout * len(chunk)
+        if start:
+            self.start(chunk.id)
         return None
+
+    def start(self, chunk_id: int) -> None:
+        """Tell the server to run a chunk :meth:`stage` uploaded (its timeout starts now)."""
+        assert self.server is not None
+        self.server.run(chunk_id, self._staged.pop(chunk_id))
+        self._running.add(chunk_id)
 
     def _pack(self, chunk: Chunk, outgoing: list[tuple[str, memoryview]],
               options: dict[str, Any]) -> tuple[bytes, list[str]]:
@@ -291,6 +317,7 @@ class RemoteRun:
 
     def collect(self, chunk: Chunk, status: str) -> ChunkResult:
         assert self.layout is not None
+        self._running.discard(chunk.id)
         result: ChunkResult | None = None
         if status == "exit:0":
             path = self.layout.outcome(chunk.id)
@@ -321,55 +348,29 @@ class RemoteRun:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        """Stop the server (closing its stdin stops its children) and remove the run files."""
+        """Stop the server (closing its stdin stops its children) and remove the run files:
+        while it exits when no chunk runs (it writes nothing more there), else after."""
+        idle = not self._running
         if self.process is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.process.close_stdin()
+            if idle:
+                self._remove_run_dir()
+            with contextlib.suppress(Exception):
                 self.process.wait(timeout=3)
-            except Exception:
-                pass
             with contextlib.suppress(Exception):
                 self.process.__exit__(None, None, None)  # kills it if it still runs
+        if not idle or self.process is None:
+            self._remove_run_dir()
         if self.connection is not None:
-            if self.layout is not None and not self.settings.get("keep_remote_files"):
-                try:
-                    self.connection.remove_tree(self.layout.root)
-                except Exception as err:
-                    log.warning("could not remove %s on %s: %s", self.layout.root, self.host,
-                                err)
             self.connection.close()
 
-
-def fetch_task_files(remote: RemoteRun, chunk: Chunk, result: ChunkResult,
-                     settings: Mapping[str, Any]) -> None:
-    """Copy the files matching ``fetch`` from each finished task's working directory to
-    ``fetch_dir/INDEX/``, pulled over SFTP from this side (the host never connects back).
-
-    A file that cannot be fetched (a name that is not UTF-8, a file gone or unreadable) is
-    skipped with a warning naming it: it is not the link's failure, nor the task's."""
-    assert remote.layout is not None
-    patterns = list(settings.get("fetch") or [])
-    dirs = [remote.layout.workdir(i) for i in result.indices]
-    if not dirs:
-        return
-    # NUL-separated: a file name may hold a newline, or bytes that are not UTF-8.
-    listing = remote.connection.run(["find", *dirs, "-maxdepth", "1", "-type", "f", "-print0"])
-    local_root = os.path.expanduser(str(settings.get("fetch_dir") or "remotemap-files"))
-    for raw in listing.stdout.split(b"\0"):
-        folder, name = posixpath.split(raw.decode("utf-8", "surrogateescape"))
-        if not raw or not any(fnmatch.fnmatch(name, p) for p in patterns):
-            continue
+    def _remove_run_dir(self) -> None:
+        if self.connection is None or self.layout is None or self._removed \
+                or self.settings.get("keep_remote_files"):
+            return
+        self._removed = True
         try:
-            _fetch_one(remote, folder, name, local_root)
-        except (UnicodeError, FileNotFoundError, PermissionError) as exc:
-            log.warning("%s: cannot fetch %r of task %s: %s", remote.host,
-                        posixpath.join(folder, name), posixpath.basename(folder), exc)
-
-
-def _fetch_one(remote: RemoteRun, folder: str, name: str, local_root: str) -> None:
-    path = posixpath.join(folder, name)
-    path.encode("utf-8")  # UnicodeEncodeError: SFTP paths are UTF-8, this name is not
-    target_dir = os.path.join(local_root, posixpath.basename(folder))
-    os.makedirs(target_dir, exist_ok=True)
-    # Streamed to disk (large files through OpenSSH), never whole in memory.
-    transfer.get_file(remote.connection, path, os.path.join(target_dir, name))
+            self.connection.remove_tree(self.layout.root)
+        except Exception as err:
+            log.warning("could not remove %s on %s: %s", self.layout.root, self.host, err)

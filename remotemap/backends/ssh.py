@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
-from remotemap.backends.remote_files import RemoteRun, fetch_task_files, remote_dir
+from remotemap.backends.remote_fetch import fetch_task_files
+from remotemap.backends.remote_files import RemoteRun, remote_dir
 from remotemap.backends.ssh_options import SSH
 from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
 from remotemap.errors import ConfigError, TaskFailure
@@ -39,6 +40,8 @@ log = logging.getLogger("remotemap")
 MAX_ATTEMPTS = 3
 #: How many times a host thread reconnects after its connection dropped.
 RECONNECTS = 2
+#: Chunks a host holds uploaded beyond those running, ready to start the moment a slot frees.
+AHEAD = 1
 
 
 class _Dispatch:
@@ -67,6 +70,19 @@ class _Dispatch:
             if not self._queue and wait > 0:
                 self._ready.wait(wait)
             return self._queue.popleft() if self._queue else None
+
+    def take_ahead(self) -> Chunk | None:
+        """A chunk for a host whose slots are all busy to hold ready, if enough are queued
+        that every other host still finds one: at the end of a run, a chunk waiting on a busy
+        host would leave an idle one waiting for it."""
+        with self._ready:
+            return self._queue.popleft() if len(self._queue) >= len(self._live) else None
+
+    def close(self) -> None:
+        """Stop: a host thread waiting for a chunk hears it at once."""
+        with self._ready:
+            self.stop.set()
+            self._ready.notify_all()
 
     def queued(self) -> list[Chunk]:
         with self._ready:
@@ -171,30 +187,45 @@ class _HostRunner(threading.Thread):
         return f"the run goes on without it, on {', '.join(others)}"
 
     def _serve(self, remote: RemoteRun, in_flight: dict[int, Chunk]) -> None:
+        """Keep the host's slots busy: besides the chunks running, up to ``AHEAD`` more are
+        uploaded and wait their turn, so a slot that frees is given its next chunk at once
+        (one line to the server), before the finished chunk's outcome is downloaded."""
         slots = remote.slots
+        waiting: collections.deque[int] = collections.deque()  # uploaded, not started
         while not self.dispatch.stop.is_set():
-            while len(in_flight) < slots:
-                chunk = self.dispatch.take(wait=0.0 if in_flight else 0.1)
+            while waiting and len(in_flight) - len(waiting) < slots:
+                remote.start(waiting.popleft())
+            while len(in_flight) < slots + AHEAD:
+                start = len(in_flight) - len(waiting) < slots  # a slot is free for it
+                chunk = (self.dispatch.take(wait=0.0 if in_flight else 0.1) if start
+                         else self.dispatch.take_ahead())
                 if chunk is None:
                     break
                 in_flight[chunk.id] = chunk
-                failed = remote.stage(chunk)
+                failed = remote.stage(chunk, start=start)
                 if failed is not None:
                     del in_flight[chunk.id]
                     self.dispatch.results.put(failed)
+                elif not start:
+                    waiting.append(chunk.id)
             if not in_flight:
                 continue
             done = remote.next_done(timeout=0.2)
             if done is None:
                 continue
-            chunk_id, status = done
-            chunk = in_flight[chunk_id]
-            result = remote.collect(chunk, status)
-            if status == "exit:0" and self.settings.get("fetch"):
-                fetch_task_files(remote, chunk, result, self.settings)
-            del in_flight[chunk_id]
-            self.chunks_done += 1
-            self.dispatch.results.put(result)
+            if waiting:  # the freed slot first; the outcome is fetched while it runs
+                remote.start(waiting.popleft())
+            self._finish(remote, in_flight, *done)
+
+    def _finish(self, remote: RemoteRun, in_flight: dict[int, Chunk], chunk_id: int,
+                status: str) -> None:
+        chunk = in_flight[chunk_id]
+        result = remote.collect(chunk, status)
+        if status == "exit:0" and self.settings.get("fetch"):
+            fetch_task_files(remote, chunk, result, self.settings)
+        del in_flight[chunk_id]  # only now: a link lost while collecting gives it back
+        self.chunks_done += 1
+        self.dispatch.results.put(result)
 
 
 class SSHBackend(Backend):
@@ -303,6 +334,6 @@ class SSHSession(Session):
         return results
 
     def close(self) -> None:
-        self.dispatch.stop.set()
+        self.dispatch.close()
         for runner in self.runners:
             runner.join(timeout=10)
