@@ -14,7 +14,7 @@ trivial job is run through SLURM before the first row, so no row pays for either
 Beside each figure: the ``sbatch`` submissions the row made, counted from ``sacct``
 (:mod:`benchmarks.sacct`; a job array is one submission of N array tasks), and the load
 average at the start, its highest value sampled during the row, and at the end. The load counts
-the row's own jobs too: the start value is the machine's load from others.
+the row's own jobs too, and a row's start still carries the previous rows' load.
 
 dask-jobqueue runs 2 worker jobs of 8 threads each (``cores=8, processes=1``), as in the
 issue's table; submitit one array task per task, stopped (``scancel``) after

@@ -122,5 +122,6 @@ def render(rows: Sequence[Row], ideal: dict[str, float | None], slots: int,
             f"| {row.n} x {row.workload} | {row.peer} | {_seconds(row)} | {ratio} | "
             f"{'-' if best is None else f'{best:g}'} | {_submissions(row)} | {_load(row)} | "
             f"{failures} |")
-    return [*lines, "", "Load: the 1-minute load average at the row's start (others' load), "
-            "its highest sample during the row (the row's own jobs included) and at the end.", ""]
+    return [*lines, "", "Load: the 1-minute load average at the row's start, its highest "
+            "sample during the row and at its end. The row's own jobs count in it, and a start "
+            "still carries the previous rows' load: compare rows of one run.", ""]
