@@ -33,6 +33,10 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/peers.py): fin
 
 from benchmarks.contenders import ROOT, Func, Largs, Runner, isolate_environment
 from benchmarks.cpumeter import CpuMeter
+from benchmarks.peers_slurm import FULL as SLURM_FULL
+from benchmarks.peers_slurm import QUICK as SLURM_QUICK
+from benchmarks.peers_slurm import add_arguments as add_slurm_arguments
+from benchmarks.peers_slurm import slurm_peer_names
 from benchmarks.report import render_table
 from benchmarks.tasks import add_one, byte_total
 from benchmarks.timing import N_JOBS, Clock, interleaved_runs, warm_up
@@ -222,12 +226,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-remote", action="store_true",
                         help="leave out SSHCluster, SLURMCluster and submitit")
     parser.add_argument("--remote-tasks", type=int, default=200,
-                        help="tasks per remote peer call (default: 200)")
+                        help="tasks per SSH peer call (default: 200); the SLURM peers run "
+                             "their own workloads (benchmarks.peers_slurm)")
+    add_slurm_arguments(parser)
     parser.add_argument("--cold-one", metavar="PEER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = set(args.workloads.split(",")) - {"tiny", "cpu", "big", "cold"}
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}; valid: tiny,cpu,big,cold")
+    args.slurm_peers = slurm_peer_names(parser, args.slurm_peers)
     return args
 
 
@@ -243,9 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         isolate_environment(config_home)
         lines += run_local(QUICK if args.quick else FULL, args.workloads.split(","), clock)
         if not args.skip_remote:
-            from benchmarks.peers_remote import run_remote
+            from benchmarks.peers_remote import SlurmChoice, run_remote
 
-            lines += run_remote(args.remote_tasks, clock)
+            slurm = SlurmChoice(SLURM_QUICK if args.quick else SLURM_FULL,
+                                args.slurm_peers,
+                                dict(args.cluster_option), args.slurm_repeats,
+                                args.submitit_limit)
+            lines += run_remote(args.remote_tasks, clock, slurm)
     print("\n".join(lines))
     return 0
 

@@ -4,8 +4,8 @@
   tests' user (as :mod:`benchmarks.ssh` does; needs root). SSHCluster runs ``distributed`` in
   that user's Python: it is installed there if missing.
 * dask-jobqueue ``SLURMCluster``, submitit's ``map_array`` and ``remote_map(mode="cluster")``
-  on the tests' private single-node SLURM (as :mod:`benchmarks.cluster` does; ``SLURM_CONF``
-  set for every client).
+  on the tests' private single-node SLURM: :mod:`benchmarks.peers_slurm`, with its own
+  workloads (1,000 trivial tasks; 100 x ``sleep(1)``) and ``sbatch`` counts.
 
 Each figure is end to end, as a user sees it: starting the cluster or connecting, running
 ``n`` tasks ``x + 1``, every result in hand, the cluster stopped. A peer that cannot run here
@@ -15,18 +15,29 @@ gets a line saying why instead of a figure.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import operator
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.cpumeter import CpuMeter
+from benchmarks.peers_slurm import run_slurm
 from benchmarks.timing import N_JOBS, Clock
+
+
+@dataclass(frozen=True)
+class SlurmChoice:
+    """The SLURM rows asked for on the command line of :mod:`benchmarks.peers`."""
+
+    sizes: dict[str, int]
+    peers: Sequence[str]
+    options: dict[str, Any]
+    repeats: int
+    submitit_limit: float
 
 
 def add_one(x: int) -> int:
@@ -122,62 +133,21 @@ def ssh_peers(n: int, clock: Clock) -> list[tuple[str, str]]:
     return found
 
 
-# -- SLURM --------------------------------------------------------------------------------------
-
-
-def slurm_peers(n: int, clock: Clock) -> list[tuple[str, str]]:
-    if os.geteuid() != 0:
-        return [("SLURMCluster, submitit, mode=cluster",
-                 "cannot run here: starting the private SLURM needs root")]
-    from remotemap import remote_map
-    from tests.infra.slurm import SingleNodeSlurm
-
-    found = []
-    with SingleNodeSlurm() as slurm, tempfile.TemporaryDirectory(prefix="peers-") as shared:
-        os.environ.update(slurm.client_env())  # every client below reads SLURM_CONF
-
-        def ours(xs: list[int]) -> list[Any]:
-            return remote_map(add_one, [(x,) for x in xs], mode="cluster", scheduler="slurm",
-                              slurm_conf=str(slurm.conf_path), shared_dir=shared,
-                              poll_interval=1.0, progress=False)
-
-        def jobqueue(xs: list[int]) -> list[Any]:
-            from dask.distributed import Client
-
-            # Through importlib: an optional (bench) package, typed or absent.
-            cluster_class = importlib.import_module("dask_jobqueue").SLURMCluster
-            with cluster_class(cores=1, processes=1, memory="1GB", queue=slurm.partition,
-                              walltime="00:10:00", python=sys.executable,
-                              log_directory=shared,
-                              scheduler_options={"dashboard_address": None}) as cluster, \
-                    Client(cluster) as client:
-                cluster.scale(jobs=N_JOBS)
-                return list(client.gather(client.map(add_one, xs, pure=False)))
-
-        def submitit_array(xs: list[int]) -> list[Any]:
-            submitit = importlib.import_module("submitit")
-            executor = submitit.AutoExecutor(folder=os.path.join(shared, "submitit"),
-                                             cluster="slurm")
-            executor.update_parameters(slurm_partition=slurm.partition, timeout_min=10,
-                                       cpus_per_task=1)
-            jobs = executor.map_array(add_one, xs)
-            return [job.result() for job in jobs]
-
-        for name, call in (("remote_map mode=cluster (slurm)", ours),
-                           ("dask-jobqueue SLURMCluster", jobqueue),
-                           ("submitit map_array", submitit_array)):
-            found.append(_timed(name, call, n, clock))
-    return found
-
-
-def run_remote(n: int, clock: Clock) -> list[str]:
-    """Markdown lines: every remote peer's figure, or why it could not run."""
+def run_remote(n: int, clock: Clock, slurm: SlurmChoice | None = None) -> list[str]:
+    """Markdown lines: every remote peer's figure, or why it could not run. The SLURM peers
+    (:mod:`benchmarks.peers_slurm`) get their own table, with their own workloads."""
     lines = [f"### remote peers: {n} tasks x + 1, end to end (start and stop included)", "",
              "| peer | seconds |", "|---|---|"]
-    for group in (ssh_peers, slurm_peers):
+    try:
+        found = ssh_peers(n, clock)
+    except Exception as exc:  # the sshd could not start: say so, go on
+        found = [("ssh_peers", f"cannot run here: {type(exc).__name__}: {exc}")]
+    lines += [f"| {name} | {text} |" for name, text in found]
+    lines.append("")
+    if slurm is not None:
         try:
-            found = group(n, clock)
-        except Exception as exc:  # the sshd or SLURM could not start: say so, go on
-            found = [(group.__name__, f"cannot run here: {type(exc).__name__}: {exc}")]
-        lines += [f"| {name} | {text} |" for name, text in found]
-    return [*lines, ""]
+            lines += run_slurm(slurm.sizes, slurm.peers, slurm.options, slurm.repeats,
+                               slurm.submitit_limit, clock)
+        except Exception as exc:  # SLURM could not start: say so
+            lines += [f"SLURM peers: cannot run here: {type(exc).__name__}: {exc}", ""]
+    return lines
