@@ -40,4 +40,4 @@ echo "== mypy"
 "$venv/bin/mypy"
 echo "== pytest (tests/test_docs_site.py builds the docs site with mkdocs --strict)"
 # The slowest tests are listed at the end, to see where the suite's time goes.
-"$venv/bin/python" -m pytest -q --durations=25 "$@"
+"$venv/bin/python" -m pytest -q --durations=60 "$@"

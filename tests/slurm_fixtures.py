@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pytest
 
@@ -79,27 +76,10 @@ def slurm_env(slurm_cluster: SingleNodeSlurm, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def rmtest_can_submit(slurm_cluster: SingleNodeSlurm, ssh_test_user: Any,
-                      remote_python: Path) -> Iterator[Path]:
+def rmtest_can_submit(slurm_cluster: SingleNodeSlurm, remote_python: Path) -> Iterator[Path]:
     """Let the ssh test user submit to the private SLURM: it must read slurm.conf and reach the
-    job scripts in slurmd's spool (the munge socket is open to all); soma-workflow must be in
-    its venv."""
-    from tests.infra.sshd import pip_version_args, run_as
-
-    user = ssh_test_user
-    check = [str(remote_python), "-c", "import soma_workflow, psutil"]
-    try:
-        run_as(user.uid, user.gid, user.home, check)
-    except subprocess.CalledProcessError:
-        source = Path(tempfile.mkdtemp(prefix="remotemap-pins-"))
-        source.chmod(0o755)
-        try:
-            run_as(user.uid, user.gid, user.home,
-                   [str(remote_python), "-m", "pip", "install", "--quiet", "--no-input",
-                    "--disable-pip-version-check", *pip_version_args(source),
-                    "soma-workflow", "psutil"], timeout=600)
-        finally:
-            shutil.rmtree(source, ignore_errors=True)
+    job scripts in slurmd's spool (the munge socket is open to all). soma-workflow and psutil
+    are in its venv already (tests/infra/login_user.py REMOTE_EXTRAS)."""
     state = slurm_cluster.state_dir
     dirs = [state / "etc", state / "spool", state / "spool" / "slurmd-localhost"]
     modes = [d.stat().st_mode & 0o777 for d in dirs]

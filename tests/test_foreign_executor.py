@@ -185,13 +185,13 @@ def test_futures_interface_over_a_foreign_pool(pool: cf.Executor, tmp_path: Path
 # -- dask: a real LocalCluster of worker processes on loopback ---------------------------------
 
 @pytest.fixture(scope="module")
-def dask_executor() -> Iterator[cf.Executor]:
-    """A dask client's executor (two worker processes, one thread each), closed after."""
+def dask_executor(dask_scheduler: str) -> Iterator[cf.Executor]:
+    """A dask client's executor on the session's cluster (tests/backends.py: two worker
+    processes, one thread each), closed after. Its own LocalCluster cost ~3 s more."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                  silence_logs=40) as cluster, \
-            distributed.Client(cluster) as client:
+    with distributed.Client(dask_scheduler, set_as_default=False) as client:
+        # Both workers: a test before may have killed one, which its nanny restarts.
+        client.wait_for_workers(2, timeout=60)
         executor: cf.Executor = client.get_executor()
         yield executor
 

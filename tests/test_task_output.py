@@ -56,6 +56,10 @@ def test_every_line_is_kept_on_the_failure_and_streamed_with_its_task(
     assert "| err 1.19" in str(info.value)
 
 
+# Not on the cluster: stream_output is the driver's, applied to every mode's results alike, and
+# the cluster's own part (outputs read with the outcomes, kept on the failure) is proven by
+# test_every_line_is_kept_on_the_failure_and_streamed_with_its_task. A SLURM round, ~6 s.
+@pytest.mark.not_on_modes("cluster")
 def test_stream_output_false_keeps_it_captured_only(
         runner: Runner, capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(RemoteException) as info:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,6 @@ from remotemap.examples.fmri import TemporalStats, temporal_stats  # noqa: E402
 from remotemap.workflow import Workflow  # noqa: E402
 from remotemap.workflow.treatment import Treatment, add_treatment, dispatch  # noqa: E402
 from tests.backends import RUNNERS, Runner, ssh_loopback_runner  # noqa: E402
-from tests.infra import sshd as infra  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -37,31 +35,6 @@ def state_home(tmp_path_factory: pytest.TempPathFactory,
     home = tmp_path_factory.mktemp("xdg-state")
     monkeypatch.setenv("XDG_STATE_HOME", str(home))
     return home
-
-
-@pytest.fixture(scope="session")
-def remote_numpy(ssh_test_user: infra.TestUser, remote_python: Path) -> Path:
-    """The ssh test user's venv with numpy and nibabel, which the example's steps import."""
-    user = ssh_test_user
-    try:
-        infra.run_as(user.uid, user.gid, user.home, [str(remote_python), "-c", "import nibabel"])
-        return remote_python
-    except infra.CommandFailed:
-        pass
-    # The versions this process has: numpy arrays pickled by numpy 2 name modules numpy 1
-    # lacks, so a host with another numpy sends results this process cannot load.
-    pins = Path(tempfile.mkdtemp(prefix="remotemap-pins-"))
-    pins.chmod(0o755)
-    pip = [str(remote_python), "-m", "pip", "install", "--quiet", "--no-input",
-           "--disable-pip-version-check", *infra.pip_version_args(pins), "numpy", "nibabel"]
-    try:
-        infra.run_as(user.uid, user.gid, user.home, pip, timeout=600)
-    except (infra.CommandFailed, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot pip-install numpy and nibabel for the ssh test user (is PyPI "
-                    f"reachable?): {exc}")
-    finally:
-        shutil.rmtree(pins, ignore_errors=True)
-    return remote_python
 
 
 def subjects_in(folder: Path) -> list[str]:
@@ -81,10 +54,8 @@ def subjects_in(folder: Path) -> list[str]:
 @pytest.mark.parametrize("mode", ["serial", "local", "ssh", "cluster"])
 def test_example_equals_the_one_piece_computation(mode: str, request: pytest.FixtureRequest,
                                                   shared_dir: Path, tmp_path: Path) -> None:
-    # ssh: the loopback host, whose user has numpy and nibabel (remote_numpy).
+    # ssh: the loopback host, whose user's venv has numpy and nibabel (REMOTE_EXTRAS).
     runner: Runner = ssh_loopback_runner(request) if mode == "ssh" else RUNNERS[mode](request)
-    if mode == "ssh":
-        request.getfixturevalue("remote_numpy")
     subjects = subjects_in(shared_dir)
     # serial: the parts travel as values; the others: as files in a scratch directory.
     scratch = None if mode == "serial" else shared_dir / "scratch"

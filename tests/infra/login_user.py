@@ -28,8 +28,11 @@ from tests.infra.system import (
 REPO = Path(__file__).resolve().parents[2]
 TEST_USER = "rmtest"
 #: Installed beside remotemap for the test user (versions from the constraints, as the rest):
-#: what the joblib backend's tests run there (joblib's batches, scikit-learn's fits).
-REMOTE_EXTRAS = ("joblib", "scikit-learn")
+#: what the joblib backend's tests run there (joblib's batches, scikit-learn's fits), what the
+#: fMRI example's steps import (nibabel; numpy comes with scikit-learn), and what the cluster
+#: mode's engine needs when that user is a submitting host (the cluster extra's). One pip run
+#: for all: the cluster tests' own second run cost ~12 s a session, the fMRI test's a few.
+REMOTE_EXTRAS = ("joblib", "scikit-learn", "nibabel", "soma-workflow", "psutil")
 
 
 @dataclass(frozen=True)
