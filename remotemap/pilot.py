@@ -237,21 +237,13 @@ def run_pilot(run: WorkerRun, options: PilotOptions) -> int:
     """Claim and run chunks until none is left or none fits before the job's end; the number
     of chunks run. Each chunk runs as ``run_chunks`` runs it (its outcome sealed, what its
     tasks leave behind undone before the next)."""
-    from remotemap.leftovers import Stdio, become_subreaper, kill_children
-    from remotemap.worker_run import Function, execute_chunk, load_function
+    from remotemap.worker_run import chunk_runner
 
     end = job_end_time(options.walltime, time.time())
     queue = PilotQueue(run.rundir.root, options.rnd, run.rundir.fd)
     sizer = Sizer(options.workers)
-    function: Function | None
-    try:
-        function = load_function(run)
-    except Exception:
-        function = None  # execute_chunk reports the error against each task
-    become_subreaper()
-    stdio = Stdio()
     done = 0
-    try:
+    with chunk_runner(run) as run_one:
         while True:
             left = None if end is None else end - time.time()
             files = queue.claim(options.job, functools.partial(sizer.size, left=left))
@@ -262,12 +254,6 @@ def run_pilot(run: WorkerRun, options: PilotOptions) -> int:
                 return done
             for file in files:
                 started = time.monotonic()
-                try:
-                    execute_chunk(run, file, function)
-                finally:
-                    kill_children()
-                    stdio.repair()
+                run_one(file)
                 sizer.add(time.monotonic() - started)
                 done += 1
-    finally:
-        stdio.close()

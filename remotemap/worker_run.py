@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -141,11 +141,12 @@ def run_in_task_dirs(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkR
     return result
 
 
-def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
-    """Run the chunks here, one after the other; True when every task succeeded.
-
-    What a chunk's tasks leave behind (child processes, stdout or stderr closed) is undone
-    before the next chunk, and the children are killed at the end."""
+@contextlib.contextmanager
+def chunk_runner(run: WorkerRun) -> Iterator[Callable[[int], bool]]:
+    """Set this process up to run ``run``'s chunks one after the other, and yield the function
+    that runs one (True when every task succeeded). The function is loaded once; a load error
+    is reported against each task. What a chunk's tasks leave behind (child processes, stdout
+    or stderr closed) is undone before the next chunk, and the children are killed at the end."""
     function: Function | None
     try:
         function = load_function(run)
@@ -153,14 +154,25 @@ def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
         function = None  # execute_chunk reports the error against each task
     become_subreaper()
     stdio = Stdio()
-    ok = True
+
+    def run_one(chunk_id: int) -> bool:
+        try:
+            return execute_chunk(run, chunk_id, function)
+        finally:
+            kill_children()
+            stdio.repair()
+
     try:
-        for chunk_id in chunk_ids:
-            try:
-                ok = execute_chunk(run, chunk_id, function) and ok
-            finally:
-                kill_children()
-                stdio.repair()
+        yield run_one
     finally:
         stdio.close()
+
+
+def run_chunks(run: WorkerRun, chunk_ids: list[int]) -> bool:
+    """Run the chunks here, one after the other (:func:`chunk_runner`); True when every task
+    succeeded."""
+    ok = True
+    with chunk_runner(run) as run_one:
+        for chunk_id in chunk_ids:
+            ok = run_one(chunk_id) and ok
     return ok

@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remotemap.backends.cluster import cancel
+from remotemap.backends.cluster.registry import registered
 from tests.infra.slurm import SingleNodeSlurm
 from tests.slurm_fixtures import require_soma_workflow
 
@@ -54,6 +56,26 @@ def slurm_options(cluster: SingleNodeSlurm, runs_dir: Path) -> dict[str, Any]:
 @pytest.fixture
 def slurm(swf: None, slurm_cluster: SingleNodeSlurm, runs_dir: Path) -> dict[str, Any]:
     return {"mode": "cluster", "progress": False, **slurm_options(slurm_cluster, runs_dir)}
+
+
+def detached_run(factory: pytest.TempPathFactory, name: str,
+                 submit_it: Callable[[Path], str]) -> Iterator[tuple[str, Path]]:
+    """The body of a session fixture holding a run that a ``run_last`` test collects at the
+    session's end (a walltime test: SLURM's minute passes while the other tests run).
+    ``submit_it(runs_dir)`` submits it, detached; it gets a registry ($XDG_STATE_HOME) of its
+    own, since the module's registry is gone by then. Yields the run id and that registry;
+    cancels the run if a test left it registered."""
+    require_soma_workflow()
+    runs = factory.mktemp(f"{name}-runs")
+    home = factory.mktemp(f"{name}-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        run_id = submit_it(runs)
+    yield run_id, home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        if any(e["run_id"] == run_id for e in registered()):
+            cancel(run_id)
 
 
 def env_for_children(state_home: Path) -> dict[str, str]:

@@ -20,14 +20,13 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.backends.cluster import cancel, collect, submit
+from remotemap.backends.cluster import collect, submit
 from remotemap.backends.cluster.registry import registered
 from remotemap.cli import main as cli_main
 from tests import cluster_support
 from tests import taskfuncs as tf
 from tests.cluster_support import no_engine_left, round_status, wait_for
 from tests.infra.slurm import SingleNodeSlurm
-from tests.slurm_fixtures import require_soma_workflow
 
 state_home = cluster_support.state_home
 runs_dir = cluster_support.runs_dir
@@ -108,21 +107,14 @@ def pilot_walltime_run(slurm_cluster: SingleNodeSlurm, tmp_path_factory: pytest.
     """The run id and its registry ($XDG_STATE_HOME). Its tasks take over a minute of SLURM
     time, so the test collecting it is marked ``run_last`` (tests/conftest.py) and the wait
     passes while the rest of the suite runs."""
-    require_soma_workflow()
-    runs = tmp_path_factory.mktemp("pilot-walltime-runs")
-    home = tmp_path_factory.mktemp("pilot-walltime-state")
     # A 1-minute walltime and tasks of 25 s: after one task a worker has about 34 s left, less
     # than 25 s x 1.5 + 10 s, so it exits; the engine submits a worker for the third task.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_STATE_HOME", str(home))
-        run_id = submit(tf.pid_and_sleep, [(str(runs / "t"), i, 25.0) for i in range(3)],
-                        walltime="1", dispatch="workers", worker_jobs=2,
-                        **cluster_support.slurm_options(slurm_cluster, runs))
-    yield run_id, home
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_STATE_HOME", str(home))
-        if any(e["run_id"] == run_id for e in registered()):
-            cancel(run_id)
+    def submit_it(runs: Path) -> str:
+        return submit(tf.pid_and_sleep, [(str(runs / "t"), i, 25.0) for i in range(3)],
+                      walltime="1", dispatch="workers", worker_jobs=2,
+                      **cluster_support.slurm_options(slurm_cluster, runs))
+
+    yield from cluster_support.detached_run(tmp_path_factory, "pilot-walltime", submit_it)
 
 
 @pytest.mark.slurm

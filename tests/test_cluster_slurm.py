@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.backends.cluster import ClusterError, cancel, collect, list_runs, submit
+from remotemap.backends.cluster import ClusterError, collect, list_runs, submit
 from remotemap.backends.cluster.registry import entry_path, registered
 from remotemap.cli import main as cli_main
 from tests import cluster_support
@@ -37,7 +37,6 @@ from tests.cluster_support import (
     wait_for,
 )
 from tests.infra.slurm import SingleNodeSlurm
-from tests.slurm_fixtures import require_soma_workflow
 
 # The shared fixtures, module-scoped per test module (see tests/cluster_support.py).
 state_home = cluster_support.state_home
@@ -52,21 +51,14 @@ def walltime_run(slurm_cluster: SingleNodeSlurm,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The run id and its registry ($XDG_STATE_HOME). Session-scoped: its second half runs
     last in the session, after this module's own registry (``state_home``) is gone."""
-    require_soma_workflow()
     # One job of two tasks and a 1-minute walltime: task 0 outlives it, task 1 never starts
     # in that job and goes to a second round, where it runs.
-    runs = tmp_path_factory.mktemp("walltime-runs")
-    home = tmp_path_factory.mktemp("walltime-state")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_STATE_HOME", str(home))
-        run_id = submit(tf.pid_and_sleep, [(str(runs / "wall"), 0, 300.0),
-                                           (str(runs / "wall"), 1, 0.0)],
-                        walltime="1", tasks_per_job=2, **slurm_options(slurm_cluster, runs))
-    yield run_id, home
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_STATE_HOME", str(home))
-        if any(e["run_id"] == run_id for e in registered()):
-            cancel(run_id)
+    def submit_it(runs: Path) -> str:
+        return submit(tf.pid_and_sleep, [(str(runs / "wall"), 0, 300.0),
+                                         (str(runs / "wall"), 1, 0.0)],
+                      walltime="1", tasks_per_job=2, **slurm_options(slurm_cluster, runs))
+
+    yield from cluster_support.detached_run(tmp_path_factory, "walltime", submit_it)
 
 
 @pytest.mark.slurm
