@@ -159,3 +159,49 @@ def test_cancel_stops_the_worker_jobs(slurm: dict[str, Any], slurm_cluster: Sing
     with pytest.raises(RemoteException) as info:
         collect(run_id, timeout=30, remove=True)
     assert sorted(f.kind for f in info.value.failures) == ["cancelled"] * 6
+
+
+def _pending_workers(cluster: SingleNodeSlurm, run_id: str) -> list[str]:
+    rows = cluster.run(["squeue", "-h", "-t", "PD", "-o", "%i %j"]).stdout.split("\n")
+    return [row.split()[0] for row in rows if f"rm-{run_id}-" in row]
+
+
+@pytest.mark.slurm
+def test_workers_still_queued_when_the_queue_empties_are_dropped(
+        slurm: dict[str, Any], slurm_cluster: SingleNodeSlurm,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A busy cluster: a job holds all but two free CPUs, so two of the four worker jobs start
+    # and the other two wait, held (`scontrol hold`: they would never start). Once the two
+    # running have emptied the queue, the engine drops the two waiting ones: the call returns
+    # with every result, instead of waiting for them (and giving up after close's timeout,
+    # keeping the run).
+    before = {e["run_id"] for e in registered()}
+    idle = int(slurm_cluster.run(["sinfo", "-h", "-o", "%C"]).stdout.split("/")[1])
+    blocker = slurm_cluster.sbatch(f"--cpus-per-task={idle - 2}", "--wrap", "sleep 300")
+    outcome: list[Any] = []
+
+    def call() -> None:
+        with caplog.at_level("WARNING", logger="remotemap"):
+            outcome.append(remote_map(tf.sleep_for, [(i, 2.0) for i in range(8)],
+                                      dispatch="workers", worker_jobs=4, keep_files=True,
+                                      **slurm))
+
+    thread = threading.Thread(target=call)
+    try:
+        wait_for("the blocking job to run", lambda: slurm_cluster.run(
+            ["squeue", "-h", "-j", blocker, "-o", "%T"]).stdout.strip() == "RUNNING")
+        thread.start()
+        run_id = wait_for("the run", lambda: next(
+            (e["run_id"] for e in registered() if e["run_id"] not in before), None))
+        waiting = wait_for("two workers waiting", lambda: (
+            pending if len(pending := _pending_workers(slurm_cluster, run_id)) == 2 else None))
+        slurm_cluster.run(["scontrol", "hold", *waiting])
+        thread.join(timeout=150)
+        assert outcome == [list(range(8))]
+        assert not [r for r in caplog.records if "did not all stop" in r.getMessage()]
+        status = round_status(run_root(run_id))
+        assert status["state"] == "done" and len(status["pilot_stopped"]) == 2
+        assert _pending_workers(slurm_cluster, run_id) == []
+    finally:
+        slurm_cluster.run(["scancel", blocker], check=False)
+        thread.join()

@@ -165,7 +165,7 @@ class Engine:
                     jobs[index[job_id]] = {
                         "status": status, "exit_status": exit_status,
                         "exit_value": _cast(exit_value), "signal": _cast(signal),
-                        "usage": usage or "", "drms": _cast(drms_id)}
+                        "usage": usage or "", "drms": _cast(drms_id), "wf": wf_id}
         return jobs, done
 
     def monitor(self, wfc: Any) -> None:

@@ -8,17 +8,20 @@ more worker jobs, as workflows of their own. It stops submitting when a worker j
 without ever claiming a chunk (a wrong ``cluster.python``, remotemap missing on the nodes):
 then every later one would fail too, and the caller judges what is left from that job.
 
+Once no chunk waits, worker jobs still queued are dropped (``stop_unstarted``).
+
 Imported by the engine after it detached (it loads soma-workflow through ``swf``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from remotemap.backends.cluster.verdict import DONE, FAILED, FINISHED_REGULARLY
+from remotemap.backends.cluster.verdict import DONE, FAILED, FINISHED_REGULARLY, QUEUED_ACTIVE
 from remotemap.pilot import CLAIMED, PilotQueue, held_name, parse_marker, queue_marker
 
 
@@ -34,6 +37,8 @@ class Engine(Protocol):
 
 #: soma-workflow statuses of a job that ended.
 ENDED = frozenset({DONE, FAILED})
+#: ... and of one not started yet (soma-workflow has not submitted it, or it is queued).
+UNSTARTED = frozenset({"not_submitted", "submission_pending", QUEUED_ACTIVE})
 
 
 def has_outcome(root: str, file: int) -> bool:
@@ -52,6 +57,7 @@ class Keeper:
         self.handled: set[int] = set(status.get("pilot_handled") or [])
         self.claimers: set[int] = set(status.get("pilot_claimers") or [])
         self.gave_up: bool = bool(status.get("pilot_gave_up"))
+        self.stopped: set[int] = set(status.get("pilot_stopped") or [])  # never started
         self.canary_seen = 0.0  # when the canary chunk's outcome was first seen
 
     def _note_claimers(self) -> None:
@@ -70,16 +76,38 @@ class Keeper:
             self.queue.requeue(new, lambda file: has_outcome(self.engine.root, file))
             self.handled |= new
             self.gave_up = self.gave_up or any(
-                not ended_well(jobs[n]) and n not in self.claimers for n in new)
+                not ended_well(jobs[n]) and n not in self.claimers | self.stopped for n in new)
             self.engine.save(pilot_handled=sorted(self.handled),
                              pilot_claimers=sorted(self.claimers), pilot_gave_up=self.gave_up)
+        waiting = len(self.queue.waiting())
+        idle = not waiting and not self.queue.held()
+        if idle:
+            self.stop_unstarted(wfc, jobs)
         if len(ended) < len(jobs) or self.gave_up:
             return len(ended) == len(jobs)
-        waiting = len(self.queue.waiting())
-        if not waiting and not self.queue.held():
+        if idle:
             return True
         self.submit(wfc, max(1, min(int(self.engine.spec["workers"]), waiting)))
         return False
+
+    def stop_unstarted(self, wfc: Any, jobs: list[dict[str, Any]]) -> None:
+        """Drop the worker jobs still queued once no chunk waits: they would only start to
+        find nothing to claim, and on a busy cluster the round would wait hours for that.
+        Safe: only this engine puts chunks in the queue, and it has just seen none there (a
+        chunk requeued later gets new workers once these have ended)."""
+        unstarted = {n for n, row in enumerate(jobs)
+                     if row.get("status") in UNSTARTED and n not in self.stopped}
+        if not unstarted:
+            return
+        self.stopped |= unstarted
+        self.engine.save(pilot_stopped=sorted(self.stopped))
+        by_workflow: dict[int, list[int]] = {}
+        for n in unstarted:
+            by_workflow.setdefault(int(jobs[n]["wf"]), []).append(
+                int(self.engine.status["swf_ids"][n]))
+        for wf_id, ids in by_workflow.items():
+            # stop_jobs waits for the scheduler to confirm: not in the engine's loop.
+            threading.Thread(target=wfc.stop_jobs, args=(wf_id, ids), daemon=True).start()
 
     def release(self) -> None:
         """Put the held chunks in the queue once the canary chunk (the round's first) has its
