@@ -348,8 +348,15 @@ def collect(updates: Iterator[Update], n_tasks: int) -> Outcome:
     failures: list[TaskFailure] = []
     done = 0
     for update in updates:
-        for index, value in zip(update.indices, update.values, strict=True):
-            results[index] = value
+        indices = update.indices
+        span = range(indices[0], indices[0] + len(indices)) if indices else range(0)
+        if len(update.values) == len(span) > 1 and indices == list(span):
+            # A whole chunk that succeeded, its indices consecutive: one slice, in C (a loop
+            # here cost ~0.1 us a task). The comparison too runs in C.
+            results[span.start:span.stop] = update.values
+        else:
+            for index, value in zip(indices, update.values, strict=True):
+                results[index] = value
         failures += update.failures
         done += len(update.indices) + len(update.failures)
     return Outcome(results, sorted(failures, key=lambda f: f.index), n_tasks - done)
