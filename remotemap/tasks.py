@@ -191,6 +191,43 @@ def auto_chunksize(n_tasks: int, n_workers: int) -> int:
     return max(1, -(-n_tasks // chunks_wanted))
 
 
+class ChunkSizer:
+    """How many tasks the next chunk gets: ``size``, grown (with ``grow``) once results show
+    tasks so short that a chunk's round trip to a worker costs more than running its tasks.
+
+    A pool of local workers answers a chunk ~1-5 ms after it was sent, however short its tasks
+    (loky hands it through two threads each way): 10,000 tasks of 0.3 us in 8 chunks spent
+    most of their time in those round trips. Once a result came back, the chunks still to cut
+    are made big enough to take about one round trip to run: splitting them further would cost
+    more round trips than it could balance. Tasks that take longer than a round trip keep
+    ``size``. The round trip is the shortest seen (a chunk that waited behind another at its
+    worker looks longer), the time per task the longest seen (the safe side for balance).
+    """
+
+    def __init__(self, size: int, grow: bool = False) -> None:
+        self.size = self.floor = max(1, size)
+        self.grow = grow
+        self._sent: dict[int, float] = {}
+        self._trip = float("inf")
+        self._per_task = 0.0
+
+    def sent(self, chunk_id: int) -> None:
+        if self.grow:
+            self._sent[chunk_id] = time.time()
+
+    def returned(self, result: ChunkResult) -> None:
+        """Learn from ``result`` (of a chunk :meth:`sent` saw) how long a task and a trip take."""
+        sent = self._sent.pop(result.chunk_id, None)
+        ends, starts = result.ends, result.starts
+        if sent is None or not ends or 0 not in starts or not result.indices:
+            return  # not ours, or no times from the worker (a lost chunk)
+        run = max(ends[-1] - starts[0], 0.0)  # on the worker's clock
+        self._trip = min(self._trip, time.time() - sent - run)  # on ours
+        self._per_task = max(self._per_task, run / (len(result.indices) + len(result.failures)))
+        if self._trip > 0 and self._per_task > 0:
+            self.size = max(self.size, min(int(self._trip / self._per_task), 1 << 30))
+
+
 def check_env(env: Mapping[str, str]) -> None:
     """ValueError naming the first variable of ``env`` no process environment can hold.
 
