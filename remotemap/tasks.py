@@ -195,17 +195,18 @@ class ChunkSizer:
     """How many tasks the next chunk gets: ``size``, grown (with ``grow``) once results show
     tasks so short that a chunk's round trip to a worker costs more than running its tasks.
 
-    A pool of local workers answers a chunk ~1-5 ms after it was sent, however short its tasks
-    (loky hands it through two threads each way): 10,000 tasks of 0.3 us in 8 chunks spent
-    most of their time in those round trips. Once a result came back, the chunks still to cut
-    are made big enough to take about one round trip to run: splitting them further would cost
-    more round trips than it could balance. Tasks that take longer than a round trip keep
+    A pool of local workers answers a chunk ~3-10 ms after it was sent, however short its
+    tasks (loky hands it through its manager and feeder threads, and back through its manager
+    thread): 10,000 tasks of 0.3 us in 8 chunks spent most of their time in those trips.
+    Once a result came back, the chunks still to cut are made big enough to take about one
+    round trip to run: splitting them further would cost more round trips than it could
+    balance. Tasks that take longer than a round trip keep
     ``size``. The round trip is the shortest seen (a chunk that waited behind another at its
     worker looks longer), the time per task the longest seen (the safe side for balance).
     """
 
     def __init__(self, size: int, grow: bool = False) -> None:
-        self.size = self.floor = max(1, size)
+        self.size = max(1, size)
         self.grow = grow
         self._sent: dict[int, float] = {}
         self._trip = float("inf")
