@@ -154,7 +154,7 @@ class Buffer:
         result = self.result
         running = -1
         if result is not None and self.indices:
-            ended = len(result.indices) + len(result.failures)
+            ended = len(result.values) + len(result.failures)  # indices come at the end
             running = self.indices[min(ended, len(self.indices) - 1)]
         if running != self.task:
             self._move()

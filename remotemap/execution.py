@@ -172,21 +172,20 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
     result = ChunkResult(chunk.id, worker=worker_id())
     if started is not None:
         started(result)
-    ok_indices, values, failures = result.indices, result.values, result.failures
+    values, failures = result.values, result.failures
     printed.follow(chunk.indices, result)
     ends, marks = result.ends, result.marks  # see ChunkResult.ends
     last = result.starts[0] = time()
     stride = countdown = 1
-    # Looked for only once a Staged marker was made or unpickled in this process: a run
-    # without one never pays (the module itself may be loaded for its constants).
+    # Only once a Staged marker was made or unpickled here (the module may be loaded anyway)
     staged = sys.modules.get("remotemap.staged")
-    if staged is not None and not staged.Staged.made:
-        staged = None
+    staged = staged if staged is not None and staged.Staged.made else None
+    keywords = staged is not None or any(chunk.lkwargs)  # f(*a, **{}) costs twice f(*a)
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
             if staged is not None:  # inputs still marked here are on this disk already
                 args, kwargs = staged.resolve_here(args, kwargs)
-            value = function(*args, **kwargs)
+            value = function(*args, **kwargs) if keywords else function(*args)
         except BaseException as exc:
             end = time()
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
@@ -197,18 +196,19 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
             last = time_failure(result, index, last, end)
             stride = countdown = 1
         else:
-            ok_indices.append(index)
             values.append(value)
             countdown -= 1
             if not countdown:  # read the clock; every few tasks where they take under 10 us
                 now = time()
                 ends.append(now)
-                marks.append(len(ok_indices))
+                marks.append(len(values))
                 stride = min(stride * 2, 64) if now - last < stride * 1e-5 else 1
                 countdown, last = stride, now
-    if len(ok_indices) != (marks[-1] if marks else 0):
+    if len(values) != (marks[-1] if marks else 0):
         ends.append(time())
-        marks.append(len(ok_indices))
+        marks.append(len(values))
+    failed = {failure.index for failure in failures}  # a comprehension: ~80 ns a task
+    result.indices = [i for i in chunk.indices if i not in failed] if failed else [*chunk.indices]
     printed.done()
     return result
 

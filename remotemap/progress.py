@@ -282,7 +282,8 @@ class ChunkWatch:
                     self._busy.clear()  # idle until the next chunk (set under the same lock)
                     continue
                 counts, slot, result = self._current
-                counts[slot] = len(result.indices) + len(result.failures)
+                # values: run_chunk sets the indices only at the end
+                counts[slot] = len(result.values) + len(result.failures)
 
 
 #: Seconds between a worker's writes of its running chunk's count.

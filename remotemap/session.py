@@ -114,6 +114,11 @@ class Backend(ABC):
         """How many tasks to put in one chunk for a run of ``n_tasks``."""
         return 1
 
+    def grows_chunks(self) -> bool:
+        """Whether chunks may grow past :meth:`chunksize` once results show tasks shorter than
+        a chunk's round trip (see ``tasks.ChunkSizer``)."""
+        return False
+
     @abstractmethod
     def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:
         """Start workers ready to run ``function``."""

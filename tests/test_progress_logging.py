@@ -111,7 +111,7 @@ def test_a_worker_counts_its_running_chunk_and_stops_when_it_ends() -> None:
         started = watch.watch((counter.path, slot))
         assert started is not None
         started(result)
-        result.indices += [0, 1]
+        result.values += [0, 1]  # run_chunk grows values per task (indices at the end)
         result.failures.append(TaskFailure(2, "ValueError", "bad", ""))
         deadline = time.monotonic() + 10
         while counter.running() != 3 and time.monotonic() < deadline:
@@ -119,7 +119,7 @@ def test_a_worker_counts_its_running_chunk_and_stops_when_it_ends() -> None:
         assert counter.running() == 3
         watch.unwatch()
         counter.release(slot)
-        result.indices.append(3)  # after its end, the chunk is no longer written
+        result.values.append(3)  # after its end, the chunk is no longer written
         time.sleep(0.3)
         assert counter.running() == 0
     finally:

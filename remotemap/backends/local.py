@@ -129,6 +129,9 @@ class LocalBackend(Backend):
     def chunksize(self, n_tasks: int) -> int:
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, self.n_jobs))
 
+    def grows_chunks(self) -> bool:
+        return not self.settings.get("chunksize")  # a chunksize the user set is kept
+
     def open(self, function: Callable[..., Any], options: TaskOptions) -> LocalSession:
         if self.settings.get("send"):
             # loky's workers keep the working directory they started in, which may not be

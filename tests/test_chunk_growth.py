@@ -1,0 +1,97 @@
+"""Chunks that grow once results show tasks shorter than a round trip (``tasks.ChunkSizer``),
+and what ``run_chunk`` records per task on its fast path (no keywords, indices set at the end).
+
+Speed itself is measured in benchmarks/ab.py, never asserted here: these tests pin down that
+the faster paths keep every behaviour (every task once, in order, failures by index, times).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from remotemap import RemoteException, remote_map
+from remotemap.driver import _Tasks
+from remotemap.execution import run_chunk
+from remotemap.tasks import Chunk, ChunkSizer
+from tests import taskfuncs as tf
+
+
+def _ran(chunk_id: int, n: int) -> Chunk:
+    return Chunk(chunk_id, list(range(n)), [(i,) for i in range(n)], [{}] * n)
+
+
+def test_chunks_grow_when_a_round_trip_costs_more_than_the_tasks() -> None:
+    sizer = ChunkSizer(10, grow=True)
+    sizer.sent(0)
+    result = run_chunk(tf.square, _ran(0, 10))  # ten tasks of a few hundred ns
+    time.sleep(0.05)  # the round trip: far longer than the chunk took to run
+    sizer.returned(result)
+    run = result.ends[-1] - result.starts[0]
+    assert run < 0.05  # else the machine stalled inside the chunk: nothing to learn
+    assert sizer.size > 10
+    assert sizer.size >= int(0.05 / (run / 10)) - 1
+
+
+def test_chunks_keep_their_size_for_tasks_longer_than_a_round_trip() -> None:
+    sizer = ChunkSizer(2, grow=True)
+    sizer.sent(0)
+    chunk = Chunk(0, [0, 1, 2], [(i, 0.05) for i in range(3)], [{}] * 3)
+    sizer.returned(run_chunk(tf.sleep_for, chunk))
+    assert sizer.size == 2
+
+
+def test_chunks_never_grow_unless_asked_or_for_chunks_not_sent() -> None:
+    fixed = ChunkSizer(5)
+    fixed.sent(0)
+    time.sleep(0.02)
+    fixed.returned(run_chunk(tf.square, _ran(0, 5)))
+    assert fixed.size == 5
+    growing = ChunkSizer(5, grow=True)
+    growing.returned(run_chunk(tf.square, _ran(7, 5)))  # a retry's chunk: never sent()
+    assert growing.size == 5
+
+
+def test_tasks_cut_at_the_current_size_cover_every_task_once_in_order() -> None:
+    n = 50
+    largs = [(i,) for i in range(n)]
+    sizer = ChunkSizer(4)
+    work = _Tasks(largs, [{}] * n, sizer, list(range(3, n)))
+    first = work.take(2)
+    sizer.size = 20  # as returned() would after a result of tiny tasks
+    rest = work.take(10)
+    assert work.ended()
+    assert [len(c) for c in first + rest] == [4, 4, 20, 19]
+    assert [i for c in first + rest for i in c.indices] == list(range(3, n))
+    assert all(c.largs == [(i,) for i in c.indices] for c in first + rest)
+    assert [c.id for c in first + rest] == [0, 1, 2, 3]
+    work.again([7, 3])  # retries go out first, numbered after every first attempt
+    (retry,) = work.take(1)
+    assert (retry.id, retry.indices, retry.largs) == (n, [7, 3], [(7,), (3,)])
+
+
+def test_run_chunk_records_indices_times_and_failures_by_task() -> None:
+    # no keywords in the chunk: f(*args); fail_on fails on 2 by default
+    chunk = Chunk(0, [10, 11, 12, 13], [(0,), (1,), (2,), (3,)], [{}] * 4)
+    result = run_chunk(tf.fail_on, chunk)
+    assert result.indices == [10, 11, 13] and result.values == [0, 1, 3]
+    assert [f.index for f in result.failures] == [12]
+    assert sorted(result.task_times()) == [10, 11, 12, 13]
+    keywords = Chunk(1, [0, 1], [(5,), (6,)], [{}, {"bad": (6,)}])
+    result = run_chunk(tf.fail_on, keywords)  # keywords reach the one task that has some
+    assert result.indices == [0] and [f.index for f in result.failures] == [1]
+
+
+def test_local_run_of_many_tiny_tasks_keeps_order_and_names_the_failed_task() -> None:
+    n = 20_000
+    with pytest.raises(RemoteException) as info:
+        remote_map(tf.fail_on, [(i,) for i in range(n)], [{"bad": (15_001,)}] * n,
+                   mode="local", n_jobs=2, progress=False)
+    assert [f.index for f in info.value.failures] == [15_001]
+    results = info.value.results
+    assert results[:15_001] == list(range(15_001))
+    assert results[15_002:] == list(range(15_002, n))
+    values = remote_map(tf.square, [(i,) for i in range(n)], mode="local", n_jobs=2,
+                        progress=False)
+    assert values == [i * i for i in range(n)]
