@@ -275,7 +275,8 @@ class _Tasks(Work):
     def take(self, room: int) -> list[Chunk]:
         chunks, self.retry = self.retry[:room], self.retry[room:]
         while len(chunks) < room and self.cut < len(self.todo):
-            part = self.todo[self.cut : self.cut + self.sizer.size]
+            size = self.sizer.size_for(len(self.todo) - self.cut)
+            part = self.todo[self.cut : self.cut + size]
             self.cut += len(part)
             (chunk,) = make_chunks(self.largs, self.lkwargs, len(part), indices=part)
             chunk.id, self.first_id = self.first_id, self.first_id + 1
@@ -322,7 +323,7 @@ def drive(
     # time, and a timed-out chunk kills only the task that overran.
     timeout = policy.options.timeout is not None
     sizer = ChunkSizer(1 if timeout else backend.chunksize(len(todo)),
-                       grow=not timeout and backend.grows_chunks())
+                       spread=0 if timeout else backend.chunk_spread())
     retries = RetrySchedule(policy)
     # The bar first: it shows 0/N while the session opens (hosts connect, workers start), and
     # its summary line comes after the session has closed.

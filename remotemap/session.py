@@ -114,10 +114,11 @@ class Backend(ABC):
         """How many tasks to put in one chunk for a run of ``n_tasks``."""
         return 1
 
-    def grows_chunks(self) -> bool:
-        """Whether chunks may grow past :meth:`chunksize` once results show tasks shorter than
-        a chunk's round trip (see ``tasks.ChunkSizer``)."""
-        return False
+    def chunk_spread(self) -> int:
+        """0: chunks keep :meth:`chunksize`. N: they may grow past it once results show tasks
+        shorter than a chunk's round trip, while the tasks still to go stay split over at
+        least N chunks, one per worker (see ``tasks.ChunkSizer``)."""
+        return 0
 
     @abstractmethod
     def open(self, function: Callable[..., Any], options: TaskOptions) -> Session:

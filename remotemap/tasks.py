@@ -192,8 +192,9 @@ def auto_chunksize(n_tasks: int, n_workers: int) -> int:
 
 
 class ChunkSizer:
-    """How many tasks the next chunk gets: ``size``, grown (with ``grow``) once results show
-    tasks so short that a chunk's round trip to a worker costs more than running its tasks.
+    """How many tasks the next chunk gets: ``size``, grown (when ``spread``, the number of
+    workers, is given) once results show tasks so short that a chunk's round trip to a worker
+    costs more than running its tasks.
 
     A pool of local workers answers a chunk ~3-10 ms after it was sent, however short its
     tasks (loky hands it through its manager and feeder threads, and back through its manager
@@ -205,12 +206,21 @@ class ChunkSizer:
     worker looks longer), the time per task the longest seen (the safe side for balance).
     """
 
-    def __init__(self, size: int, grow: bool = False) -> None:
-        self.size = max(1, size)
-        self.grow = grow
+    def __init__(self, size: int, spread: int = 0) -> None:
+        self.base = self.size = max(1, size)
+        self.grow = spread > 0
+        self.spread = max(1, spread)
         self._sent: dict[int, float] = {}
         self._trip = float("inf")
         self._per_task = 0.0
+
+    def size_for(self, left: int) -> int:
+        """The next chunk's size, ``left`` tasks being still to cut. A grown chunk still
+        leaves a share of those for each of the ``spread`` workers: tasks that turn slow later
+        in the list (the first ones were cached, say) are not all given to one worker."""
+        if self.size <= self.base:
+            return self.size
+        return max(self.base, min(self.size, -(-left // self.spread)))
 
     def sent(self, chunk_id: int) -> None:
         if self.grow:

@@ -23,7 +23,7 @@ def _ran(chunk_id: int, n: int) -> Chunk:
 
 
 def test_chunks_grow_when_a_round_trip_costs_more_than_the_tasks() -> None:
-    sizer = ChunkSizer(10, grow=True)
+    sizer = ChunkSizer(10, spread=2)
     sizer.sent(0)
     result = run_chunk(tf.square, _ran(0, 10))  # ten tasks of a few hundred ns
     time.sleep(0.05)  # the round trip: far longer than the chunk took to run
@@ -35,7 +35,7 @@ def test_chunks_grow_when_a_round_trip_costs_more_than_the_tasks() -> None:
 
 
 def test_chunks_keep_their_size_for_tasks_longer_than_a_round_trip() -> None:
-    sizer = ChunkSizer(2, grow=True)
+    sizer = ChunkSizer(2, spread=2)
     sizer.sent(0)
     chunk = Chunk(0, [0, 1, 2], [(i, 0.05) for i in range(3)], [{}] * 3)
     sizer.returned(run_chunk(tf.sleep_for, chunk))
@@ -48,7 +48,7 @@ def test_chunks_never_grow_unless_asked_or_for_chunks_not_sent() -> None:
     time.sleep(0.02)
     fixed.returned(run_chunk(tf.square, _ran(0, 5)))
     assert fixed.size == 5
-    growing = ChunkSizer(5, grow=True)
+    growing = ChunkSizer(5, spread=2)
     growing.returned(run_chunk(tf.square, _ran(7, 5)))  # a retry's chunk: never sent()
     assert growing.size == 5
 
@@ -56,7 +56,7 @@ def test_chunks_never_grow_unless_asked_or_for_chunks_not_sent() -> None:
 def test_tasks_cut_at_the_current_size_cover_every_task_once_in_order() -> None:
     n = 50
     largs = [(i,) for i in range(n)]
-    sizer = ChunkSizer(4)
+    sizer = ChunkSizer(4, spread=1)
     work = _Tasks(largs, [{}] * n, sizer, list(range(3, n)))
     first = work.take(2)
     sizer.size = 20  # as returned() would after a result of tiny tasks
@@ -69,6 +69,16 @@ def test_tasks_cut_at_the_current_size_cover_every_task_once_in_order() -> None:
     work.again([7, 3])  # retries go out first, numbered after every first attempt
     (retry,) = work.take(1)
     assert (retry.id, retry.indices, retry.largs) == (n, [7, 3], [(7,), (3,)])
+
+
+def test_grown_chunks_leave_a_share_of_the_rest_to_each_worker() -> None:
+    # Tiny tasks first, then maybe slow ones: growth never gives one worker all that is left.
+    sizer = ChunkSizer(4, spread=3)
+    sizer.size = 1000  # as returned() would after a result of tiny tasks
+    assert [sizer.size_for(left) for left in (900, 30, 10, 5)] == [300, 10, 4, 4]
+    work = _Tasks([(i,) for i in range(100)], [{}] * 100, sizer, list(range(100)))
+    assert [len(c) for c in work.take(10)] == [34, 22, 15, 10, 7, 4, 4, 4]
+    assert ChunkSizer(4, spread=3).size_for(900) == 4  # not grown: the size given
 
 
 def test_run_chunk_records_indices_times_and_failures_by_task() -> None:

@@ -129,8 +129,8 @@ class LocalBackend(Backend):
     def chunksize(self, n_tasks: int) -> int:
         return int(self.settings.get("chunksize") or auto_chunksize(n_tasks, self.n_jobs))
 
-    def grows_chunks(self) -> bool:
-        return not self.settings.get("chunksize")  # a chunksize the user set is kept
+    def chunk_spread(self) -> int:
+        return 0 if self.settings.get("chunksize") else self.n_jobs  # a set chunksize is kept
 
     def open(self, function: Callable[..., Any], options: TaskOptions) -> LocalSession:
         if self.settings.get("send"):
