@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,36 @@ def test_keeper_releases_held_chunks_after_the_canarys_outcome(tmp_path: Path) -
     keeper.canary_seen -= 1.0  # hold_seconds is at least 1 s: as if that second passed
     keeper.release()
     assert not queue.held() and queue.waiting() == [1, 2, 3]
+
+
+class _StopRecorder:
+    """Stands in for soma-workflow's controller: records which jobs the keeper stops (the
+    status lag this is about cannot be produced on demand on a real scheduler)."""
+
+    def __init__(self) -> None:
+        self.stopped: list[tuple[int, list[int]]] = []
+        self.called = threading.Event()
+
+    def stop_jobs(self, wf_id: int, job_ids: list[int]) -> None:
+        self.stopped.append((wf_id, sorted(job_ids)))
+        self.called.set()
+
+
+def test_keeper_drops_only_queued_workers_that_hold_no_claim(tmp_path: Path) -> None:
+    from remotemap.backends.cluster.pilots import Keeper
+
+    queue = make_queue(tmp_path, 0, range(2))
+    engine = _Engine(tmp_path, {"workers": 3, "files": [[f, f] for f in range(2)]})
+    engine.status["swf_ids"] = [11, 12, 13]
+    keeper = Keeper(engine)
+    assert queue.claim(0, lambda waiting: 1) == [0]
+    # Worker 1 started and took the last chunk, but soma-workflow still calls it queued.
+    assert queue.claim(1, lambda waiting: 1) == [1]
+    assert queue.waiting() == []
+    running = {"status": "running", "wf": 7}
+    queued = {"status": "queued_active", "wf": 7}
+    controller = _StopRecorder()
+    assert keeper.tick(controller, [running, queued, dict(queued)]) is False
+    assert controller.called.wait(5)
+    assert controller.stopped == [(7, [13])]  # worker 2 only: worker 1 holds a claim
+    assert engine.status["pilot_stopped"] == [2]

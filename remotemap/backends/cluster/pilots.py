@@ -93,10 +93,17 @@ class Keeper:
     def stop_unstarted(self, wfc: Any, jobs: list[dict[str, Any]]) -> None:
         """Drop the worker jobs still queued once no chunk waits: they would only start to
         find nothing to claim, and on a busy cluster the round would wait hours for that.
-        Safe: only this engine puts chunks in the queue, and it has just seen none there (a
-        chunk requeued later gets new workers once these have ended)."""
+        Safe: only this engine puts chunks in the queue, and it has just seen none there, so
+        a job that holds no claim now can claim nothing later (a chunk requeued later gets
+        new workers once these have ended)."""
         unstarted = {n for n, row in enumerate(jobs)
                      if row.get("status") in UNSTARTED and n not in self.stopped}
+        if not unstarted:
+            return
+        # soma-workflow's status lags: a job it still calls queued may be running, and may
+        # have claimed the last chunks (which is why none waits). One that holds a claim runs.
+        self._note_claimers()
+        unstarted -= self.claimers
         if not unstarted:
             return
         self.stopped |= unstarted
