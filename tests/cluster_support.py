@@ -78,6 +78,24 @@ def detached_run(factory: pytest.TempPathFactory, name: str,
             cancel(run_id)
 
 
+def cancel_from_the_cli(cluster: SingleNodeSlurm, run_id: str, n_tasks: int,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``remotemap cancel RUN`` on a detached run: it says so, none of the run's jobs is
+    pending or running any more (killed ones may linger as COMPLETING), and collecting the
+    run fails every one of its ``n_tasks`` tasks as cancelled."""
+    from remotemap import RemoteException
+    from remotemap.backends.cluster import collect
+    from remotemap.cli import main as cli_main
+
+    assert cli_main(["cancel", run_id]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    queue = cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%j"]).stdout
+    assert run_id not in queue
+    with pytest.raises(RemoteException) as info:
+        collect(run_id, timeout=30, remove=True)
+    assert sorted(f.kind for f in info.value.failures) == ["cancelled"] * n_tasks
+
+
 def env_for_children(state_home: Path) -> dict[str, str]:
     return {**os.environ, "XDG_STATE_HOME": str(state_home), "PYTHONPATH": str(REPO)}
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from remotemap import RemoteException, remote_map
+from remotemap import remote_map
 from remotemap.backends.cluster import collect, submit
 from remotemap.backends.cluster.registry import registered
-from remotemap.cli import main as cli_main
 from tests import cluster_support
 from tests import taskfuncs as tf
 from tests.cluster_support import no_engine_left, round_status, wait_for
@@ -152,13 +151,7 @@ def test_cancel_stops_the_worker_jobs(slurm: dict[str, Any], slurm_cluster: Sing
     run_id = submit(tf.pid_and_sleep, [(stem, i, 120.0) for i in range(6)],
                     dispatch="workers", worker_jobs=2, **options)
     wait_for("both workers to run a task", lambda: len(list(tmp_path.glob("t.[0-9]"))) == 2)
-    assert cli_main(["cancel", run_id]) == 0
-    assert "cancelled" in capsys.readouterr().out
-    queue = slurm_cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%j"]).stdout
-    assert run_id not in queue
-    with pytest.raises(RemoteException) as info:
-        collect(run_id, timeout=30, remove=True)
-    assert sorted(f.kind for f in info.value.failures) == ["cancelled"] * 6
+    cluster_support.cancel_from_the_cli(slurm_cluster, run_id, 6, capsys)
 
 
 def _pending_workers(cluster: SingleNodeSlurm, run_id: str) -> list[str]:

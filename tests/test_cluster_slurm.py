@@ -26,7 +26,6 @@ import pytest
 from remotemap import RemoteException, remote_map
 from remotemap.backends.cluster import ClusterError, collect, list_runs, submit
 from remotemap.backends.cluster.registry import entry_path, registered
-from remotemap.cli import main as cli_main
 from tests import cluster_support
 from tests import taskfuncs as tf
 from tests.cluster_support import (
@@ -204,14 +203,7 @@ def test_cancel_a_detached_run(slurm: dict[str, Any], slurm_cluster: SingleNodeS
     run_id = submit(tf.pid_and_sleep, [(stem, i, 120.0) for i in range(3)], tasks_per_job=1,
                     **options)
     wait_for("a task to start", lambda: list(tmp_path.glob("t.[0-9]")))
-    assert cli_main(["cancel", run_id]) == 0
-    assert "cancelled" in capsys.readouterr().out
-    # Nothing of it pending or running any more (killed jobs may linger as COMPLETING).
-    queue = slurm_cluster.run(["squeue", "-h", "-t", "PD,R", "-o", "%j"]).stdout
-    assert run_id not in queue
-    with pytest.raises(RemoteException) as info:
-        collect(run_id, timeout=30, remove=True)
-    assert sorted(f.kind for f in info.value.failures) == ["cancelled"] * 3
+    cluster_support.cancel_from_the_cli(slurm_cluster, run_id, 3, capsys)
 
 
 # -- a remote submitting host over SSH ------------------------------------------------------------
