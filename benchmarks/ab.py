@@ -14,6 +14,9 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
 * ``tiny``: 10,000 tasks ``x + 1``, ``remote_map(mode="local")`` beside
   ``multiprocessing.Pool(2).starmap`` and a serial loop, taking turns; the median overhead per
   task (elapsed minus the serial loop's, over N) in microseconds, and local / mp.Pool.
+* ``bulk`` and ``bulk_dumps``: 16 tasks each taking its own 50 MB float64 array and returning
+  its sum, ``mode="local"`` (``bulk``) or ``"local_with_dumps"`` beside joblib (memmapping),
+  taking turns; the median MB/s of each, and their ratio (benchmarks.run's workload 3).
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
 """
@@ -28,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,6 +89,44 @@ def probe_tiny(tree: str) -> dict[str, Any]:
             for name in ("local", "mp.Pool")}
     return {"local_us": over["local"], "mp_us": over["mp.Pool"],
             "ratio": over["local"] / over["mp.Pool"]}
+
+
+BULK_TASKS = 16
+BULK_MB = 50
+BULK_ROUNDS = 5
+
+
+def probe_bulk(tree: str, mode: Literal["local", "local_with_dumps"]) -> dict[str, Any]:
+    """Median MB/s of 16 x 50 MB array arguments through ``mode`` and through joblib."""
+    use_tree(tree)
+    import numpy as np
+
+    from benchmarks.contenders import Runner
+    from benchmarks.tasks import array_sum
+    from remotemap import remote_map  # not Runner's: older trees lack what it imports
+
+    arrays = [np.random.default_rng(i).random(BULK_MB * 125_000) for i in range(BULK_TASKS)]
+    largs = [(a,) for a in arrays]
+    expected = [array_sum(a) for a in arrays]
+    joblib = Runner("joblib")
+    calls: dict[str, Callable[[], list[Any]]] = {
+        mode: lambda: remote_map(array_sum, largs, mode=mode, progress=False, n_jobs=2),
+        "joblib": lambda: joblib.map(array_sum, largs),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for k in range(BULK_ROUNDS + 1):  # the first round warms up (workers, imports), untimed
+        for name in order:
+            started = time.perf_counter()
+            values = calls[name]()
+            if k:
+                times[name].append(time.perf_counter() - started)
+            if values != expected:
+                raise AssertionError(f"{name} returned wrong values")
+        order.reverse()
+    rate = {name: BULK_TASKS * BULK_MB / statistics.median(t) for name, t in times.items()}
+    return {"mb_s": rate[mode], "joblib_mb_s": rate["joblib"],
+            "ratio": rate[mode] / rate["joblib"]}
 
 
 def export(revision: str, into: str) -> str:
@@ -146,16 +187,18 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
 def probe(name: str, tree: str) -> dict[str, Any]:
     if name == "tiny":
         return probe_tiny(tree)
+    if name in ("bulk", "bulk_dumps"):
+        return probe_bulk(tree, "local" if name == "bulk" else "local_with_dumps")
     if name == "ssh_cpu":
         from benchmarks.ab_ssh import probe_ssh_cpu
 
         return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny or ssh_cpu")
+    raise ValueError(f"unknown probe {name!r}; expected tiny, bulk, bulk_dumps or ssh_cpu")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny or ssh_cpu")
+    parser.add_argument("name", nargs="?", default="tiny", help="tiny, bulk, bulk_dumps or ssh_cpu")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)

@@ -46,11 +46,29 @@ from remotemap.protocol import (
     seal_file,
     seal_parts,
 )
-from remotemap.server_client import WorkerServer, parse_done
+from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone, parse_done
 from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import OUTCOME_UNWRITABLE_EXIT, SYS_PATH_ENV
 
 log = logging.getLogger("remotemap")
+
+
+def _exited_within(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether ``proc`` ended within ``seconds``; waits on a pidfd, so the caller learns it
+    at once rather than at ``Popen.wait``'s next poll (up to 50 ms later)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], seconds)
+    finally:
+        os.close(pidfd)
+    return bool(readable)
 
 
 def unwritable_chunk(chunk: Chunk, path: str, exc: OSError,
@@ -133,6 +151,8 @@ class DumpsSession(Session):
         self.proc: subprocess.Popen[bytes] | None = None
         self.server: WorkerServer | None = None
         self.lines: _FdLines | None = None
+        #: What the server said when it was ready; None until its ready line was read.
+        self.info: ServerInfo | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         try:
@@ -144,6 +164,9 @@ class DumpsSession(Session):
     # -- the server ---------------------------------------------------------------------------
 
     def _start(self) -> WorkerServer:
+        """Start the server, without waiting for it: it boots (~0.1-0.2 s: an interpreter,
+        the worker's imports, the function) while the first chunks are written, and its
+        ready line is read before the first ``done`` line (:meth:`_is_ready`)."""
         # A server starts by the directory's name: refuse one put in the place of ours.
         check_same_dir(self.layout.root, self.rundir.identity)
         env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path)}
@@ -164,8 +187,18 @@ class DumpsSession(Session):
             self.proc.stdin.flush()
         self.lines = _FdLines(self.proc.stdout.fileno())
         self.server = WorkerServer(self.proc.stdin, self.lines)
-        self.server.wait_ready()
+        self.info = None
         return self.server
+
+    def _is_ready(self) -> bool:
+        """Whether the server's ready line was read; read now if it is there. Raises
+        WorkerServerGone if the server ended or said something else: it did not start."""
+        if self.info is None:
+            assert self.lines is not None and self.server is not None
+            if b"\n" not in self.lines.buffer and not self.lines.eof:
+                return False
+            self.info = self.server.wait_ready()
+        return True
 
     def _stop_server(self) -> None:
         """Close the server's stdin (it then stops its children) and wait; kill if it lingers."""
@@ -178,11 +211,9 @@ class DumpsSession(Session):
                     stream.close()
             except OSError:
                 pass
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
+        if not _exited_within(proc, 2):
             proc.kill()
-            proc.wait()
+        proc.wait()
 
     # -- Session --------------------------------------------------------------------------------
 
@@ -192,15 +223,19 @@ class DumpsSession(Session):
 
     def submit(self, chunk: Chunk) -> None:
         number = next(self._seq)
+        server = self.server or self._start()  # first: it boots while the chunk is written
         staged, failed = self.stage(number, chunk)
         if failed is not None:
             self.ready.append(failed)
         if staged is None:
             return
-        server = self.server or self._start()
         self.running[number] = staged
         timeout = self.options.timeout
-        server.run(number, None if timeout is None else timeout * len(staged))
+        try:
+            server.run(number, None if timeout is None else timeout * len(staged))
+        except WorkerServerGone:
+            self._is_ready()  # if it never started, raise with what it said instead
+            raise
 
     def stage(self, number: int, chunk: Chunk) -> tuple[Chunk | None, ChunkResult | None]:
         """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
@@ -229,7 +264,7 @@ class DumpsSession(Session):
             return results
         assert self.lines is not None
         while True:
-            while (line := self.lines.pop()) is not None:
+            while self._is_ready() and (line := self.lines.pop()) is not None:
                 number, status = parse_done(line, "localhost")
                 results.append(self.collect(number, self.running.pop(number), status))
             if results:
@@ -285,8 +320,8 @@ class DumpsSession(Session):
         why = f"was lost: the worker server ended (exit status {code})"
         results = [lost_chunk_result(chunk, why, kind="lost") for chunk in self.running.values()]
         if self.spill is not None:
-            for number in self.running:
-                self.spill.release(number)
+            for number in self.running:  # its children may not have died yet: not reused
+                self.spill.release(number, reuse=False)
         self.running.clear()
         self._stop_server()
         return results

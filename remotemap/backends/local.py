@@ -32,7 +32,7 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.dumps import DumpsSession
 from remotemap.backends.local_fork import ForkedChunk, fork_is_safe
 from remotemap.backends.local_options import LOCAL
-from remotemap.buffers import BufferSpill, PackedChunk, unpack
+from remotemap.buffers import BufferSpill, PackedChunk, unmap, unpack
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import (
     PICKLING_ERRORS,
@@ -101,7 +101,7 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
             # (a notebook's sys.path.append), and the function may need it to load.
             sys.path[:0] = [p for p in sys_path if p not in sys.path]
             function = _FUNCTIONS[token] = loads(blob)
-        chunk = unpack(packed)
+        chunk, mappings = unpack(packed)
     except Exception as exc:
         return dumps_result(chunk_failed(Chunk(packed.id, packed.indices, [], []), exc))
     try:
@@ -112,6 +112,8 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
         finally:
             _watch().unwatch()  # before the result goes: the caller then frees the slot
     finally:
+        del chunk  # the last reference to the arguments here: their files may be unmapped
+        unmap(mappings)
         # What the chunk's tasks left behind must not reach the next chunk in this worker.
         kill_children()
         for stdio in _STDIO:
@@ -286,8 +288,9 @@ class LocalSession(Session):
             slot = self.slots.pop(future, None)
             if slot is not None and self.counter is not None:
                 self.counter.release(slot)
-            self.spill.release(chunk.id)
             error = future.exception()
+            # A broken pool's other workers may still map their files while loky stops them.
+            self.spill.release(chunk.id, reuse=error is None)
             if isinstance(error, BrokenProcessPool):
                 self._worker_died(chunk, error)
             elif error is not None:  # raised outside any task (loky's own pickling, say)
