@@ -8,6 +8,7 @@ per task would cost tens of them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -89,7 +90,8 @@ class DumpsBackend(Backend):
         return DumpsSession(
             pickle_function(function),
             options,
-            n_jobs=resolve_n_jobs(self.settings.get("n_jobs", 0)),
+            n_jobs=(n_jobs := resolve_n_jobs(self.settings.get("n_jobs", 0))),
+            ahead=n_jobs,
             temp_dir=self.settings.get("temp_dir") or None,
             keep_files=bool(self.settings.get("keep_files")),
             preload=bool(self.settings.get("preload", True)),
@@ -126,14 +128,23 @@ class _FdLines:
 
 
 class DumpsSession(Session):
-    """A local worker server and its run directory; at most ``n_jobs`` tasks at a time."""
+    """A local worker server and its run directory; at most ``n_jobs`` tasks at a time.
+
+    With ``ahead``, that many more chunks are written while ``n_jobs`` run, and each starts
+    the moment a running one ends: writing a chunk's arguments (15 ms for 50 MB) no longer
+    waits for a slot. Without, every chunk submitted starts at once (``local`` sends its tasks
+    with a timeout here, as many as its own capacity)."""
 
     def __init__(self, function_blob: bytes, options: TaskOptions, *, n_jobs: int,
                  temp_dir: str | None = None, keep_files: bool = False,
-                 preload: bool = True) -> None:
+                 preload: bool = True, ahead: int = 0) -> None:
         self.options = options
         self.preload = preload
-        self.capacity = n_jobs
+        self.capacity = n_jobs + ahead
+        self.run_limit = n_jobs if ahead else None
+        #: Chunks written and waiting for a slot (only with ``ahead``), oldest first.
+        self.waiting: collections.deque[int] = collections.deque()
+        self.started = 0  # chunks sent to the server that it has not reported done
         self.keep_files = keep_files
         self.token = new_token()
         #: The run's secret: it seals every file of the run and never goes to disk.
@@ -223,19 +234,30 @@ class DumpsSession(Session):
 
     def submit(self, chunk: Chunk) -> None:
         number = next(self._seq)
-        server = self.server or self._start()  # first: it boots while the chunk is written
+        if self.server is None:
+            self._start()  # first: the server boots while the chunk is written
         staged, failed = self.stage(number, chunk)
         if failed is not None:
             self.ready.append(failed)
         if staged is None:
             return
         self.running[number] = staged
-        timeout = self.options.timeout
-        try:
-            server.run(number, None if timeout is None else timeout * len(staged))
-        except WorkerServerGone:
-            self._is_ready()  # if it never started, raise with what it said instead
-            raise
+        self.waiting.append(number)
+        self._send()
+
+    def _send(self) -> None:
+        """Start the waiting chunks that have a slot (a new server if the last one died)."""
+        server = self.server or self._start()
+        while self.waiting and (self.run_limit is None or self.started < self.run_limit):
+            number = self.waiting.popleft()
+            timeout = self.options.timeout
+            try:
+                server.run(number, None if timeout is None else timeout * len(
+                    self.running[number]))
+            except WorkerServerGone:
+                self._is_ready()  # if it never started, raise with what it said instead
+                raise
+            self.started += 1
 
     def stage(self, number: int, chunk: Chunk) -> tuple[Chunk | None, ChunkResult | None]:
         """Write the chunk's file; tasks whose arguments cannot be pickled fail here."""
@@ -262,12 +284,16 @@ class DumpsSession(Session):
         results, self.ready = self.ready, []
         if results or not self.running:
             return results
+        if self.server is None:
+            self._send()  # the last server died with chunks still waiting: on a new one
         assert self.lines is not None
         while True:
             while self._is_ready() and (line := self.lines.pop()) is not None:
                 number, status = parse_done(line, "localhost")
+                self.started -= 1
                 results.append(self.collect(number, self.running.pop(number), status))
             if results:
+                self._send()
                 return results
             if self.lines.eof:
                 return self._server_died()
@@ -318,17 +344,19 @@ class DumpsSession(Session):
         submission starts a new one."""
         code = self.proc.wait(timeout=5) if self.proc is not None else None
         why = f"was lost: the worker server ended (exit status {code})"
-        results = [lost_chunk_result(chunk, why, kind="lost") for chunk in self.running.values()]
+        started = [n for n in self.running if n not in self.waiting]  # the rest never ran
+        results = [lost_chunk_result(self.running.pop(n), why, kind="lost") for n in started]
         if self.spill is not None:
-            for number in self.running:  # its children may not have died yet: not reused
+            for number in started:  # its children may not have died yet: not reused
                 self.spill.release(number, reuse=False)
-        self.running.clear()
+        self.started = 0
         self._stop_server()
         return results
 
     def close(self) -> None:
         self._stop_server()
         self.running.clear()
+        self.waiting.clear()
         if self.spill is not None:
             self.spill.close()
         self.ready = []
