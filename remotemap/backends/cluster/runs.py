@@ -260,8 +260,10 @@ class ClusterRun:
         failures: list[TaskFailure] = []
         new = {}  # outcome file -> its number, for the names protocol.outcome_name gives
         for name in self.files.listdir(OUTCOMES):
+            if name in self.seen:  # most of them, late in a large run: skip them cheaply
+                continue
             stem, rel = name.partition(".")[0], posixpath.join(OUTCOMES, name)
-            if name not in self.seen and stem.isdigit() and rel == outcome_name(int(stem)):
+            if stem.isdigit() and rel == outcome_name(int(stem)):
                 new[rel] = int(stem)
         for rel, data in self.files.read_many(list(new)).items():
             file = new[rel]
