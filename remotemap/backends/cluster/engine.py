@@ -21,9 +21,9 @@ later.
 * ``RUN/rounds/ROUND.cancel`` asks the engine to stop the workflow (kill running jobs, drop
   queued ones) and exit.
 
-Before detaching it imports only the standard library and remotemap's ``errors``, ``tasks``,
-``backends.base`` (through ``remotemap.backends``), this package's light ``__init__``,
-``checks`` and ``layout`` (``integrity`` once ``start`` runs), so ``start`` answers fast;
+Before detaching it imports only the standard library and remotemap's ``errors``, the light
+``remotemap.backends`` and this package's light ``__init__``, ``checks`` and ``layout``
+(``integrity`` once ``start`` runs), so ``start`` answers fast;
 soma-workflow and ``swf`` are imported after. ``tests/test_layers_worker.py`` holds it to that
 list.
 """
