@@ -16,6 +16,10 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   task (elapsed minus the serial loop's, over N) in microseconds, and local / mp.Pool.
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
+* ``cluster_start``: 3 trivial tasks ``mode="cluster"`` on the SLURM whose slurm.conf is in
+  ``$SLURM_CONF`` (e.g. one kept up by ``tests.infra.slurm``): the call's seconds, when the
+  first sbatch went and how long after the last outcome the call returned
+  (:mod:`benchmarks.cluster_timeline` has the whole timeline).
 """
 
 from __future__ import annotations
@@ -143,19 +147,34 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def probe_cluster_start(tree: str) -> dict[str, Any]:
+    """The fixed cost of a small cluster call (see the module docstring)."""
+    from benchmarks.cluster_timeline import probe as timeline
+
+    # Not in ROOT: the engine (``python -m``, started in the caller's directory) would put
+    # it first on its sys.path and import this checkout's remotemap.
+    os.chdir(tempfile.gettempdir())
+    steps = timeline(tree, 3, os.environ["SLURM_CONF"])
+    return {"call_s": steps["caller returned"], "first_sbatch_s": steps["first sbatch"],
+            "tail_s": steps["caller returned"] - steps["last outcome"]}
+
+
 def probe(name: str, tree: str) -> dict[str, Any]:
     if name == "tiny":
         return probe_tiny(tree)
+    if name == "cluster_start":
+        return probe_cluster_start(tree)
     if name == "ssh_cpu":
         from benchmarks.ab_ssh import probe_ssh_cpu
 
         return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny or ssh_cpu")
+    raise ValueError(f"unknown probe {name!r}; expected tiny, ssh_cpu or cluster_start")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny or ssh_cpu")
+    parser.add_argument("name", nargs="?", default="tiny",
+                        help="tiny, ssh_cpu or cluster_start")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)
