@@ -17,8 +17,8 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
 * ``cluster_start``: 3 trivial tasks ``mode="cluster"`` on the SLURM whose slurm.conf is in
-  ``$SLURM_CONF`` (e.g. one kept up by ``tests.infra.slurm``): the call's seconds, when the
-  first sbatch went and how long after the last outcome the call returned
+  ``$SLURM_CONF`` (e.g. one kept up by ``tests.infra.slurm``): the call's seconds, when its
+  engine started, its first outcome, and how long after the last outcome the call returned
   (:mod:`benchmarks.cluster_timeline` has the whole timeline).
 """
 
@@ -155,7 +155,8 @@ def probe_cluster_start(tree: str) -> dict[str, Any]:
     # it first on its sys.path and import this checkout's remotemap.
     os.chdir(tempfile.gettempdir())
     steps = timeline(tree, 3, os.environ["SLURM_CONF"])
-    return {"call_s": steps["caller returned"], "first_sbatch_s": steps["first sbatch"],
+    return {"call_s": steps["caller returned"], "engine_s": steps["engine started"],
+            "first_outcome_s": steps["first outcome"],
             "tail_s": steps["caller returned"] - steps["last outcome"]}
 
 

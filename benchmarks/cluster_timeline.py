@@ -5,10 +5,10 @@
     .venv/bin/python -m benchmarks.cluster_timeline --base main --rounds 3   # before / after
 
 Each call keeps its run directory (``keep_files``) and the timeline is read from it afterwards:
-the round's spec written by the caller (file mtime), the engine's own steps (the round
-status's ``times``, written by engines that have them; else the lock file's mtime for the
-engine's start), SLURM's Submit/Start/End of every job (``sacct``: whole seconds), the first
-and the last outcome file (mtimes), and the caller's return. Times are seconds after the call.
+the round's spec written by the caller and the engine's lock taken (file mtimes), the engine's
+own steps (the round status's ``times``, written by engines that have them), SLURM's
+Submit/Start/End of every job (``sacct``: whole seconds, so up to 1 s early), the first and
+the last outcome file (mtimes), and the caller's return. Times are seconds after the call.
 
 Without ``--slurm-conf`` a private single-node SLURM (16 slots, needs root) is started, as in
 :mod:`benchmarks.peers_slurm`. ``--base REV`` runs the calls alternately with the code of
@@ -37,8 +37,9 @@ from benchmarks.contenders import ROOT
 
 #: Steps of the timeline, in the order of a call.
 STEPS = ("spec written", "engine started", "soma-workflow ready", "first sbatch",
-         "last sbatch", "first job start", "first outcome", "last outcome", "last job end",
-         "engine saw outcomes", "engine saw end", "caller returned")
+         "last sbatch", "first sbatch (sacct)", "first job start (sacct)", "first outcome",
+         "last outcome", "last job end (sacct)", "engine saw outcomes", "engine saw end",
+         "caller returned")
 
 
 def add_one(x: int) -> int:
@@ -75,16 +76,17 @@ def read_timeline(run: str, started: float, returned: float,
     outcomes = sorted(os.stat(p).st_mtime for p in glob.glob(os.path.join(run, "outcomes",
                                                                          "*.pkl")))
     sacct = _sacct_rows(os.path.basename(run), env)
-    found = {
+    found = {  # sacct's times are whole seconds; the engine's only where it writes them
         "spec written": mtime("rounds/0.json"),
-        "engine started": times.get("engine") or mtime("rounds/0.lock"),
+        "engine started": mtime("rounds/0.lock"),
         "soma-workflow ready": times.get("controller"),
-        "first sbatch": times.get("first_sbatch") or min((r[0] for r in sacct), default=None),
-        "last sbatch": times.get("last_sbatch") or max((r[0] for r in sacct), default=None),
-        "first job start": min((r[1] for r in sacct), default=None),
+        "first sbatch": times.get("first_sbatch"),
+        "last sbatch": times.get("last_sbatch"),
+        "first sbatch (sacct)": min((r[0] for r in sacct), default=None),
+        "first job start (sacct)": min((r[1] for r in sacct), default=None),
         "first outcome": outcomes[0] if outcomes else None,
         "last outcome": outcomes[-1] if outcomes else None,
-        "last job end": max((r[2] for r in sacct), default=None),
+        "last job end (sacct)": max((r[2] for r in sacct), default=None),
         "engine saw outcomes": times.get("outcomes"),
         "engine saw end": times.get("done"),
         "caller returned": returned,
