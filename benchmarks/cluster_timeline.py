@@ -42,10 +42,6 @@ STEPS = ("spec written", "engine started", "soma-workflow ready", "first sbatch"
          "caller returned")
 
 
-def add_one(x: int) -> int:
-    return x + 1
-
-
 def _sacct_rows(run_id: str, env: dict[str, str]) -> list[tuple[float, float, float]]:
     """(Submit, Start, End) of every job of the run, as epoch seconds (whole seconds)."""
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", "now-1hours", "-o",
@@ -110,6 +106,8 @@ def slurm_conf(given: str | None) -> Iterator[str]:
 
 def one_call(n_tasks: int, conf: str) -> dict[str, float]:
     """One call of ``n_tasks`` trivial tasks, in this process; its timeline."""
+    # A task function in a module both sides have (the jobs import it by name).
+    from benchmarks.tasks import add_one
     from remotemap import remote_map
 
     env = {**os.environ, "SLURM_CONF": conf}
