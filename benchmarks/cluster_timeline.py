@@ -43,14 +43,21 @@ STEPS = ("spec written", "engine started", "soma-workflow ready", "first sbatch"
 
 
 def _sacct_rows(run_id: str, env: dict[str, str]) -> list[tuple[float, float, float]]:
-    """(Submit, Start, End) of every job of the run, as epoch seconds (whole seconds)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", "now-1hours", "-o",
-                          "JobName,Submit,Start,End"], env=env, capture_output=True, text=True,
-                         check=False, timeout=60).stdout
+    """(Submit, Start, End) of every job of the run, as epoch seconds (whole seconds); asked
+    again for up to 10 s while accounting has not heard of every end (it lags the call)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", "now-1hours", "-o",
+                              "JobName,Submit,Start,End"], env=env, capture_output=True,
+                             text=True, check=False, timeout=60).stdout
+        lines = [line.split("|") for line in out.splitlines() if run_id in line]
+        if (lines and all(s[:1].isdigit() for _, *stamps in lines for s in stamps)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     rows = []
-    for line in out.splitlines():
-        name, *stamps = line.split("|")
-        if run_id in name and len(stamps) == 3 and all(s[:1].isdigit() for s in stamps):
+    for _, *stamps in lines:
+        if len(stamps) == 3 and all(s[:1].isdigit() for s in stamps):
             submit, start, end = (time.mktime(time.strptime(s, "%Y-%m-%dT%H:%M:%S"))
                                   for s in stamps)
             rows.append((submit, start, end))
