@@ -26,6 +26,7 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.remote_fetch import fetch_task_files
 from remotemap.backends.remote_files import RemoteRun, remote_dir
 from remotemap.backends.ssh_options import SSH
+from remotemap.backends.ssh_warm import WarmRemoteRun
 from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
 from remotemap.errors import ConfigError, TaskFailure
 from remotemap.execution import lost_chunk_result, pickle_function
@@ -144,9 +145,9 @@ class _HostRunner(threading.Thread):
         while not self.dispatch.stop.is_set():
             in_flight: dict[int, Chunk] = {}
             try:
-                with RemoteRun(self.host, self.settings, self.blob, self.options, self.staging,
-                               self.index, self.dispatch.stop.is_set,
-                               self.dispatch.pending) as remote:
+                with WarmRemoteRun(self.host, self.settings, self.blob, self.options,
+                                   self.staging, self.index, self.dispatch.stop.is_set,
+                                   self.dispatch.pending) as remote:
                     with contextlib.suppress(StagingStopped):  # closing: clean up below
                         self._serve(remote, in_flight)
                     if self.staging is not None:
