@@ -16,6 +16,7 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   task (elapsed minus the serial loop's, over N) in microseconds, and local / mp.Pool.
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
+  ``ssh_cpu_warm``: the same once the host is warm (a call before, untimed).
 """
 
 from __future__ import annotations
@@ -146,16 +147,16 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
 def probe(name: str, tree: str) -> dict[str, Any]:
     if name == "tiny":
         return probe_tiny(tree)
-    if name == "ssh_cpu":
+    if name in ("ssh_cpu", "ssh_cpu_warm"):
         from benchmarks.ab_ssh import probe_ssh_cpu
 
-        return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny or ssh_cpu")
+        return probe_ssh_cpu(tree, warm=name == "ssh_cpu_warm")
+    raise ValueError(f"unknown probe {name!r}; expected tiny, ssh_cpu or ssh_cpu_warm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny or ssh_cpu")
+    parser.add_argument("name", nargs="?", default="tiny", help="tiny, ssh_cpu or ssh_cpu_warm")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)

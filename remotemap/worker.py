@@ -17,7 +17,8 @@ Two ways to run it:
     ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
     ``open {JSON}`` (root, key, env) makes it serve another run: the ``ssh`` mode keeps a
-    host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins.
+    host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins;
+    ``drop`` removes the run directory (answered ``dropped``) when a call ends.
 
     Before forking a chunk's child, the server reads the chunk's sealed file (only once its
     seal checks out; a refused file is left to the child, which reports it as before) and
@@ -160,6 +161,10 @@ class _Server:
             return
         if words[0] == "open":
             self.reopen(line[len("open"):])
+            return
+        if words == ["drop"]:  # a warm server's caller is done with the run: its files go
+            self.run.rundir.remove()
+            self.out.write("dropped\n")
             return
         if words[0] != "run" or len(words) not in (2, 3):
             self.out.write(f"error unknown command {line!r}\n")

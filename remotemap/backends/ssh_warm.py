@@ -220,9 +220,26 @@ class WarmRemoteRun(RemoteRun):
         if seconds <= 0 or self._running or self.process is None or self.info is None \
                 or self.info.remotemap_version != __version__:
             return False
-        self._remove_run_dir()
+        if not self._drop_run_dir():
+            return False
         warm = WarmHost(self.connection, self.process, self._python, self.info, self._uid)
         if not warm.alive():
             return False
         POOL.keep(self._warm_key(), warm, seconds)
         return True
+
+    def _drop_run_dir(self) -> bool:
+        """The server removes the run directory (one line each way, where ``rm`` over a new
+        channel starts two processes); False if it did not say it did."""
+        if self.settings.get("keep_remote_files") or self.layout is None:
+            return True
+        assert self._reader is not None
+        try:
+            self.process.write(b"drop\n")
+            self._reader.timeout = 10.0
+            said = self._reader.readline()
+        except Exception as exc:  # the link or the server: closed the cold way
+            log.debug("ssh host %s: drop failed: %s", self.host, exc)
+            return False
+        self._removed = said == b"dropped\n"
+        return self._removed
