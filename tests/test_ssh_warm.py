@@ -7,10 +7,12 @@ connection (the server's parent).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,3 +124,26 @@ def test_a_warm_host_is_closed_when_its_idle_time_expires(
     assert _running(server) and _running(sshd)  # kept, for now
     assert _gone_within((server, sshd), 5), "the warm host outlived its keep_alive"
     assert _call(options)[0] != server
+
+
+_EXITING_CALLER = """
+import json, os, sys
+from remotemap import remote_map
+
+def where(x):
+    server = os.getppid()
+    with open(f"/proc/{server}/stat") as f:
+        return server, int(f.read().rsplit(")", 1)[1].split()[1])
+
+got = remote_map(where, [(1,)], mode="ssh", **json.loads(sys.argv[1]))
+print(json.dumps(got[0]))
+"""
+
+
+def test_warm_hosts_are_closed_when_the_interpreter_exits(
+        sshd_host: SSHServer, remote_python: Path) -> None:
+    options = _options(sshd_host, remote_python, keep_alive=300)
+    done = subprocess.run([sys.executable, "-c", _EXITING_CALLER, json.dumps(options)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    server, sshd = json.loads(done.stdout.splitlines()[-1])
+    assert _gone_within((server, sshd), 3), "a warm host outlived its caller's interpreter"
