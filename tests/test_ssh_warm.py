@@ -21,7 +21,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from remotemap import remote_map
+from remotemap import RemoteException, remote_map
 from tests.infra.sshd import SSHServer
 
 pytestmark = pytest.mark.ssh
@@ -128,7 +128,7 @@ def test_a_warm_host_is_closed_when_its_idle_time_expires(
 
 _EXITING_CALLER = """
 import json, os, sys
-from remotemap import remote_map
+from remotemap import RemoteException, remote_map
 
 def where(x):
     server = os.getppid()
@@ -147,3 +147,22 @@ def test_warm_hosts_are_closed_when_the_interpreter_exits(
                           capture_output=True, text=True, timeout=120, check=True)
     server, sshd = json.loads(done.stdout.splitlines()[-1])
     assert _gone_within((server, sshd), 3), "a warm host outlived its caller's interpreter"
+
+
+def _fail_first(x: int) -> int:
+    """Task 0 fails at once naming its server and sshd pids; the others take a while."""
+    if x == 0:
+        _, server, sshd = _square_where(x)
+        raise ValueError(f"{server} {sshd}")
+    time.sleep(3)
+    return x
+
+
+def test_a_call_cut_short_leaves_no_host_warm(
+        sshd_host: SSHServer, remote_python: Path) -> None:
+    options = _options(sshd_host, remote_python, keep_alive=300, env={"WARM_TEST": "cut-short"})
+    with pytest.raises(RemoteException) as info:
+        remote_map(_fail_first, [(i,) for i in range(4)], mode="ssh", chunksize=1,
+                   on_error="stop", **options)
+    server, sshd = (int(word) for word in info.value.failures[0].message.split())
+    assert _gone_within((server, sshd), 3), "a host of a call cut short was kept warm"

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -165,7 +165,9 @@ POOL = WarmPool()
 
 class WarmRemoteRun(RemoteRun):
     """A :class:`RemoteRun` that starts on a warm host when one matches, and leaves its host
-    warm when it ends well (``ssh.keep_alive`` > 0)."""
+    warm when it ends well (``ssh.keep_alive`` > 0) and ``may_keep`` says the call did."""
+
+    may_keep: Callable[[], bool] = staticmethod(lambda: True)
 
     def __enter__(self) -> WarmRemoteRun:
         warm = POOL.take(self._warm_key()) if keep_alive(self.settings) > 0 else None
@@ -217,8 +219,8 @@ class WarmRemoteRun(RemoteRun):
         from remotemap._version import __version__
 
         seconds = keep_alive(self.settings)
-        if seconds <= 0 or self._running or self.process is None or self.info is None \
-                or self.info.remotemap_version != __version__:
+        if seconds <= 0 or not self.may_keep() or self._running or self.process is None \
+                or self.info is None or self.info.remotemap_version != __version__:
             return False
         if not self._drop_run_dir():
             return False
