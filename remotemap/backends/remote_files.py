@@ -151,8 +151,9 @@ class RemoteRun:
                 f"cannot create the run directory {layout.root} ({exc.strerror}); set "
                 "ssh.remote_dir to a directory that user may write") from exc
         check_remote_private(conn, layout.root, uid)
-        for sub in layout.subdirs():
-            conn.makedirs_private(sub)
+        sftp = conn.sftp()
+        for sub in layout.subdirs():  # in a directory only this user may change: no path walk
+            sftp.mkdir(sub, 0o700)
         return layout
 
     def _start(self) -> None:
