@@ -20,6 +20,7 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   ``$SLURM_CONF`` (e.g. one kept up by ``tests.infra.slurm``): the call's seconds, when its
   engine started, its first outcome, and how long after the last outcome the call returned
   (:mod:`benchmarks.cluster_timeline` has the whole timeline).
+* ``ssh_cpu_warm``: ``ssh_cpu`` once the host is warm (a call before, untimed).
 """
 
 from __future__ import annotations
@@ -165,17 +166,18 @@ def probe(name: str, tree: str) -> dict[str, Any]:
         return probe_tiny(tree)
     if name == "cluster_start":
         return probe_cluster_start(tree)
-    if name == "ssh_cpu":
+    if name in ("ssh_cpu", "ssh_cpu_warm"):
         from benchmarks.ab_ssh import probe_ssh_cpu
 
-        return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny, ssh_cpu or cluster_start")
+        return probe_ssh_cpu(tree, warm=name == "ssh_cpu_warm")
+    raise ValueError(
+        f"unknown probe {name!r}; expected tiny, ssh_cpu, ssh_cpu_warm or cluster_start")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
     parser.add_argument("name", nargs="?", default="tiny",
-                        help="tiny, ssh_cpu or cluster_start")
+                        help="tiny, ssh_cpu, ssh_cpu_warm or cluster_start")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)
