@@ -59,8 +59,8 @@ class ChunkResult:
     #: ``run_chunk``'s compact record: after ``marks[j]`` of ``indices`` were done, the clock
     #: read ``ends[j]``; the tasks done since the read before (or since ``starts[d]``, where
     #: a span starts after ``d`` tasks) share that span evenly. The clock is read after each
-    #: task, or after every few where tasks take under 10 us: a clock read may cost a few
-    #: hundred ns, and a tuple per task would cost more than a tiny task.
+    #: task, or after each block of up to 1,024 where tasks take under 10 us (``run_block``):
+    #: a clock read may cost a few hundred ns, a tuple per task more than a tiny task.
     ends: array[float] = field(default_factory=lambda: array("d"))
     marks: array[int] = field(default_factory=lambda: array("q"))
     starts: dict[int, float] = field(default_factory=dict)
