@@ -25,6 +25,9 @@ class Chunk:
     indices: list[int]
     largs: list[tuple[Any, ...]]
     lkwargs: list[dict[str, Any]]
+    #: ``indices`` are consecutive, as ``make_chunks`` cut them from a slice: known without
+    #: comparing them (``local`` then sends them as a span).
+    consecutive: bool = False
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -179,9 +182,8 @@ def make_chunks(
         # Consecutive indices (every first attempt): the arguments are a slice, not a lookup
         # per task. The comparison runs in C.
         if isinstance(todo, range) or part == list(range(part[0], part[0] + len(part))):
-            yield Chunk(
-                chunk_id, part, largs[part[0] : part[-1] + 1], lkwargs[part[0] : part[-1] + 1]
-            )
+            yield Chunk(chunk_id, part, largs[part[0] : part[-1] + 1],
+                        lkwargs[part[0] : part[-1] + 1], consecutive=True)
         else:
             yield Chunk(chunk_id, part, [largs[i] for i in part], [lkwargs[i] for i in part])
 

@@ -16,7 +16,7 @@ from remotemap import RemoteException, remote_map
 from remotemap.backends.local import _dumps_result, _loads_result, _span
 from remotemap.driver import _Tasks
 from remotemap.execution import run_chunk
-from remotemap.tasks import Chunk, ChunkSizer
+from remotemap.tasks import Chunk, ChunkSizer, make_chunks
 from tests import taskfuncs as tf
 
 
@@ -133,8 +133,11 @@ def test_a_failure_inside_a_grown_block_fails_that_task_alone() -> None:
 
 
 def test_local_indices_cross_as_a_span_only_when_consecutive() -> None:
-    assert _span([3, 4, 5]) == (3, 6)
-    assert [_span(i) for i in ([], [3, 5], [5, 4], [0, 2, 1, 3])] == [None] * 4
+    cut = list(make_chunks([(i,) for i in range(10)], [{}] * 10, 4, indices=[3, 4, 5, 7, 9, 8]))
+    assert [c.consecutive for c in cut] == [False, False]  # 3, 4, 5, 7 and 9, 8
+    cut = list(make_chunks([(i,) for i in range(10)], [{}] * 10, 4, indices=range(2, 10)))
+    assert [_span(c) for c in cut] == [(2, 6), (6, 10)]
+    assert _span(Chunk(0, [3, 4], [(3,), (4,)], [{}, {}])) is None  # not known consecutive
     ok = run_chunk(tf.fail_on, Chunk(0, [3, 4], [(3,), (4,)], [{}, {}]))
     back = _loads_result(_dumps_result(ok, (3, 5)))
     assert type(back.indices) is list and back.indices == [3, 4] and back.values == [3, 4]

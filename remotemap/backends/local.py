@@ -126,13 +126,11 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
 _SPAN = "span"
 
 
-def _span(indices: list[int]) -> tuple[int, int] | None:
-    """Consecutive ``indices`` (every first attempt) as (start, stop): a chunk's indices then
-    cross to the worker and back as two numbers, not a list of ints pickled each way."""
-    if not indices or indices[-1] - indices[0] + 1 != len(indices):
-        return None
-    span = (indices[0], indices[-1] + 1)
-    return span if indices == list(range(*span)) else None  # compared in C
+def _span(chunk: Chunk) -> tuple[int, int] | None:
+    """A chunk's consecutive indices (every first attempt) as (start, stop): they then cross
+    to the worker and back as two numbers, not a list of ints pickled each way."""
+    return (chunk.indices[0], chunk.indices[-1] + 1) if chunk.consecutive and chunk.indices \
+        else None
 
 
 def _dumps_result(result: ChunkResult, span: tuple[int, int] | None) -> bytes:
@@ -240,7 +238,7 @@ class LocalSession(Session):
             chunk, packed = keep, self.spill.pack(keep)
         slot = self.counter.take() if self.counter is not None else None
         where = None if slot is None or self.counter is None else (self.counter.path, slot)
-        span = _span(chunk.indices)
+        span = _span(chunk)
         if span is not None:  # the worker rebuilds the indices from the span
             packed = PackedChunk(packed.id, [], packed.data, packed.buffer_files)
         if self._fork(chunk, packed, where, slot, span):
