@@ -20,6 +20,11 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   workload 3).
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
+* ``cluster_start``: 3 trivial tasks ``mode="cluster"`` on the SLURM whose slurm.conf is in
+  ``$SLURM_CONF`` (e.g. one kept up by ``tests.infra.slurm``): the call's seconds, when its
+  engine started, its first outcome, and how long after the last outcome the call returned
+  (:mod:`benchmarks.cluster_timeline` has the whole timeline).
+* ``ssh_cpu_warm``: ``ssh_cpu`` once the host is warm (a call before, untimed).
 """
 
 from __future__ import annotations
@@ -187,21 +192,38 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def probe_cluster_start(tree: str) -> dict[str, Any]:
+    """The fixed cost of a small cluster call (see the module docstring)."""
+    from benchmarks.cluster_timeline import probe as timeline
+
+    # Not in ROOT: the engine (``python -m``, started in the caller's directory) would put
+    # it first on its sys.path and import this checkout's remotemap.
+    os.chdir(tempfile.gettempdir())
+    steps = timeline(tree, 3, os.environ["SLURM_CONF"])
+    return {"call_s": steps["caller returned"], "engine_s": steps["engine started"],
+            "first_outcome_s": steps["first outcome"],
+            "tail_s": steps["caller returned"] - steps["last outcome"]}
+
+
 def probe(name: str, tree: str) -> dict[str, Any]:
     if name == "tiny":
         return probe_tiny(tree)
     if name in ("bulk", "bulk_dumps"):
         return probe_bulk(tree, "local" if name == "bulk" else "local_with_dumps")
-    if name == "ssh_cpu":
+    if name == "cluster_start":
+        return probe_cluster_start(tree)
+    if name in ("ssh_cpu", "ssh_cpu_warm"):
         from benchmarks.ab_ssh import probe_ssh_cpu
 
-        return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny, bulk, bulk_dumps or ssh_cpu")
+        return probe_ssh_cpu(tree, warm=name == "ssh_cpu_warm")
+    raise ValueError(f"unknown probe {name!r}; expected tiny, bulk, bulk_dumps, ssh_cpu, "
+                     "ssh_cpu_warm or cluster_start")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny, bulk, bulk_dumps or ssh_cpu")
+    parser.add_argument("name", nargs="?", default="tiny",
+                        help="tiny, bulk, bulk_dumps, ssh_cpu, ssh_cpu_warm or cluster_start")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)

@@ -11,6 +11,11 @@ stretches every task. So the probe reports the overhead itself, in seconds, two 
 * ``over_ideal_s``: elapsed minus the ideal 2.0 s;
 * ``non_task_s``: elapsed minus half the tasks' summed wall time (as the tasks saw it, load
   included): the time the two workers were not running a task.
+
+``ssh_cpu`` times cold calls (a checkout that keeps hosts warm, ``ssh.keep_alive``, has its
+warm hosts closed before each call); ``ssh_cpu_warm`` makes one call first, untimed, and times
+the calls after it, which find the host's connection and worker server up (dask's
+``SSHCluster`` "once its workers run"; a checkout without warm hosts is cold every time).
 """
 
 from __future__ import annotations
@@ -36,8 +41,18 @@ def burn(seconds: float) -> tuple[float, float]:
     return started, time.time()
 
 
-def probe_ssh_cpu(tree: str) -> dict[str, Any]:
-    """The median over ``CALLS`` calls, end to end (connect, start, run, fetch, clean up)."""
+def _close_warm_hosts() -> None:
+    """Close the warm hosts, where the checkout under test keeps any."""
+    try:
+        from remotemap.backends.ssh_warm import POOL
+    except ImportError:
+        return
+    POOL.close_all()
+
+
+def probe_ssh_cpu(tree: str, warm: bool = False) -> dict[str, Any]:
+    """The median over ``CALLS`` calls, end to end (connect, start, run, fetch, clean up);
+    ``warm``: after a first call, untimed, whose host stays warm for them."""
     from benchmarks.ab import use_tree
 
     use_tree(tree)
@@ -55,7 +70,11 @@ def probe_ssh_cpu(tree: str) -> dict[str, Any]:
     with SSHServer(user) as server:
         options: dict[str, Any] = {"hosts": [server.alias], "n_jobs": 2, "progress": False,
                                    "ssh_config": str(server.ssh_config), "python": python}
+        if warm:
+            remote_map(burn, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
         for _ in range(CALLS):
+            if not warm:
+                _close_warm_hosts()
             started = time.perf_counter()
             spans = remote_map(burn, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
             took = time.perf_counter() - started
@@ -64,4 +83,5 @@ def probe_ssh_cpu(tree: str) -> dict[str, Any]:
     ideal = CPU_TASKS * CPU_SECONDS / 2
     return {"elapsed_s": statistics.median(elapsed),
             "over_ideal_s": statistics.median(elapsed) - ideal,
-            "non_task_s": statistics.median(non_task)}
+            "non_task_s": statistics.median(non_task),
+            "speedup": CPU_TASKS * CPU_SECONDS / statistics.median(elapsed)}

@@ -100,6 +100,7 @@ class BuiltinModeOptions(TypedDict, total=False):
     # ssh
     remote_dir: str
     keep_remote_files: bool
+    keep_alive: float
     fetch: list[str]
     fetch_dir: PathLike
     stage_dir: str

@@ -26,7 +26,7 @@ import heapq
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,7 +260,7 @@ class _Tasks(Work):
     The chunks are cut as they go out, their size from ``sizer`` (see ChunkSizer)."""
 
     def __init__(self, largs: list[tuple[Any, ...]], lkwargs: list[dict[str, Any]],
-                 sizer: ChunkSizer, todo: list[int]) -> None:
+                 sizer: ChunkSizer, todo: Sequence[int]) -> None:
         self.largs, self.lkwargs = largs, lkwargs
         self.todo, self.cut, self.sizer = todo, 0, sizer  # todo[:cut] went out
         self.retry: list[Chunk] = []
@@ -313,7 +313,7 @@ def drive(
     after the first final failure.
     """
     n_tasks = len(largs)
-    todo = list(range(n_tasks))
+    todo: Sequence[int] = range(n_tasks)  # a range: chunks are cut as slices, not looked up
     if store is not None:  # a resumed run: what succeeded before is kept, not run again
         stored = store.load()
         if stored.values:

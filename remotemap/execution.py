@@ -18,6 +18,7 @@ import traceback
 import types
 from collections import ChainMap
 from collections.abc import Callable
+from operator import countOf
 from time import time
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ import cloudpickle
 from remotemap import outofband
 from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
-from remotemap.tasks import Chunk, ChunkResult, time_failure
+from remotemap.tasks import Chunk, ChunkResult, run_block, time_failure
 
 _HOST = socket.gethostname()
 
@@ -176,37 +177,32 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
     printed.follow(chunk.indices, result)
     ends, marks = result.ends, result.marks  # see ChunkResult.ends
     last = result.starts[0] = time()
-    stride = countdown = 1
     # Only once a Staged marker was made or unpickled here (the module may be loaded anyway)
     staged = sys.modules.get("remotemap.staged")
     staged = staged if staged is not None and staged.Staged.made else None
     keywords = staged is not None or any(chunk.lkwargs)  # f(*a, **{}) costs twice f(*a)
-    for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
-        try:
-            if staged is not None:  # inputs still marked here are on this disk already
-                args, kwargs = staged.resolve_here(args, kwargs)
-            value = function(*args, **kwargs) if keywords else function(*args)
+    items = iter(zip(chunk.largs, chunk.lkwargs, strict=True) if keywords else chunk.largs)
+    stride, n = 1, len(chunk.indices)
+    while len(values) + len(failures) < n:
+        try:  # tasks in blocks, a plain loop each: nothing per task but the call and append
+            run_block(function, items, stride, values.append, keywords, staged)
         except BaseException as exc:
             end = time()
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():
                 raise
-            # Drop this frame: the traceback should start in the user's function.
-            exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+            # Drop our frames: the traceback should start in the user's function.
+            tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+            if tb is not None and tb.tb_frame.f_code is run_block.__code__:
+                tb = tb.tb_next
+            exc.__traceback__ = tb
+            index = chunk.indices[len(values) + len(failures)]
             failures.append(failure_from_exception(index, exc))
-            last = time_failure(result, index, last, end)
-            stride = countdown = 1
-        else:
-            values.append(value)
-            countdown -= 1
-            if not countdown:  # read the clock; every few tasks where they take under 10 us
-                now = time()
-                ends.append(now)
-                marks.append(len(values))
-                stride = min(stride * 2, 64) if now - last < stride * 1e-5 else 1
-                countdown, last = stride, now
-    if len(values) != (marks[-1] if marks else 0):
-        ends.append(time())
-        marks.append(len(values))
+            last, stride = time_failure(result, index, last, end), 1
+        else:  # read the clock after each block; blocks grow where tasks take under 10 us
+            now = time()
+            ends.append(now)
+            marks.append(len(values))
+            stride, last = (min(stride * 2, 1024) if now - last < stride * 1e-5 else 1), now
     failed = {failure.index for failure in failures}  # a comprehension: ~80 ns a task
     result.indices = [i for i in chunk.indices if i not in failed] if failed else [*chunk.indices]
     printed.done()
@@ -233,8 +229,11 @@ def dumps_result(result: ChunkResult, token: str | None = None,
     cannot load fails that task alone (see :func:`loads_result`). With ``buffers``, each
     value's large buffers go there instead (a list per value kept, ``outofband``).
     """
-    if _PLAIN.issuperset(map(type, result.values)) and (
-            buffers is None or not any(map(outofband.is_large_bytes, result.values))):
+    values = result.values
+    kind = type(values[0]) if values else int  # one plain type is counted in C, a mix in a set
+    if ((kind in _PLAIN and countOf(map(type, values), kind) == len(values))
+            or _PLAIN.issuperset(map(type, values))) and (
+            buffers is None or not any(map(outofband.is_large_bytes, values))):
         return dumps((token, result))
     blob, ends = _pickle_each(result, buffers)
     bare = dataclasses.replace(result, values=[])

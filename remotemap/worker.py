@@ -16,6 +16,9 @@ Two ways to run it:
     paying for a fresh interpreter each time. It reads
     ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
+    ``open {JSON}`` (root, key, env) makes it serve another run: the ``ssh`` mode keeps a
+    host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins;
+    ``drop`` removes the run directory (answered ``dropped``) when a call ends.
 
     Before forking a chunk's child, the server reads the chunk's sealed file (only once its
     seal checks out; a refused file is left to the child, which reports it as before) and
@@ -84,11 +87,39 @@ class _Server:
         self.children: dict[int, tuple[int, float | None]] = {}  # pid -> (chunk, deadline)
         self.timed_out: set[int] = set()
         self.prctl = _load_prctl()
-        self.function: Function | None
+        self.function: Function | None = None
+        self.run_env: list[str] = []  # the variables the current run set (``open``)
+        self._load()
+
+    def _load(self) -> None:
         try:
-            self.function = load_function(run)
+            self.function = load_function(self.run)
         except Exception:
             self.function = None  # each child retries and reports the error per task
+
+    def ready_line(self) -> str:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"ready {os.getpid()} {sys.version.split()[0]} {__version__} {cpus or 1}\n"
+
+    def reopen(self, spec: str) -> None:
+        """``open {"root": ..., "key": HEX, "env": {...}}``: serve another run from now on (a
+        warm server, kept by its caller between calls). The caller sends it only when none of
+        its chunks runs; the new run's directory is entered with the same checks, its key
+        comes on this line (stdin, never the host's disk), and its variables replace the last
+        run's. Answers ``ready ...`` again; an unsafe directory ends the server (SystemExit)."""
+        import json
+
+        fields = json.loads(spec)
+        self.stop_children()
+        for name in self.run_env:
+            os.environ.pop(name, None)
+        env = {str(k): str(v) for k, v in fields.get("env", {}).items()}
+        os.environ.update(env)
+        self.run_env = list(env)
+        old, self.run = self.run, WorkerRun(_enter(fields["root"]), bytes.fromhex(fields["key"]))
+        old.rundir.close()
+        self._load()
+        self.out.write(self.ready_line())
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -100,9 +131,7 @@ class _Server:
         selector = selectors.DefaultSelector()
         selector.register(0, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        python = sys.version.split()[0]
-        self.out.write(f"ready {os.getpid()} {python} {__version__} {cpus or 1}\n")
+        self.out.write(self.ready_line())
         pending = b""
         stdin_open = True
         try:
@@ -129,6 +158,13 @@ class _Server:
     def handle(self, line: str) -> None:
         words = line.split()
         if not words:
+            return
+        if words[0] == "open":
+            self.reopen(line[len("open"):])
+            return
+        if words == ["drop"]:  # a warm server's caller is done with the run: its files go
+            self.run.rundir.remove()
+            self.out.write("dropped\n")
             return
         if words[0] != "run" or len(words) not in (2, 3):
             self.out.write(f"error unknown command {line!r}\n")

@@ -8,13 +8,15 @@ the faster paths keep every behaviour (every task once, in order, failures by in
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from remotemap import RemoteException, remote_map
+from remotemap.backends.local import _dumps_result, _loads_result, _span
 from remotemap.driver import _Tasks
 from remotemap.execution import run_chunk
-from remotemap.tasks import Chunk, ChunkSizer
+from remotemap.tasks import Chunk, ChunkSizer, make_chunks
 from tests import taskfuncs as tf
 
 
@@ -105,3 +107,50 @@ def test_local_run_of_many_tiny_tasks_keeps_order_and_names_the_failed_task() ->
     values = remote_map(tf.square, [(i,) for i in range(n)], mode="local", n_jobs=2,
                         progress=False)
     assert values == [i * i for i in range(n)]
+
+
+def _stop_on(x: int) -> int:
+    if x == 7:
+        raise StopIteration("task 7 stops")  # list.extend(map(...)) would take it for the end
+    return x
+
+
+def test_a_failure_inside_a_grown_block_fails_that_task_alone() -> None:
+    # Thousands of tiny tasks run in blocks of a plain loop; a task failing inside one still
+    # fails alone, is named by its index, and its traceback starts in the user's function.
+    n = 3000
+    chunk = Chunk(0, list(range(100, 100 + n)), [(i, (1, 2500)) for i in range(n)], [{}] * n)
+    result = run_chunk(tf.fail_on, chunk)
+    assert [f.index for f in result.failures] == [101, 2600]
+    assert result.values == [i for i in range(n) if i not in (1, 2500)]
+    assert result.indices == [100 + i for i in range(n) if i not in (1, 2500)]
+    assert sorted(result.task_times()) == list(range(100, 100 + n))
+    trace = result.failures[1].traceback
+    assert "in fail_on" in trace and "remotemap" not in trace
+    stopped = run_chunk(_stop_on, Chunk(1, list(range(10)), [(i,) for i in range(10)], [{}] * 10))
+    assert [(f.index, f.exception_type) for f in stopped.failures] == [(7, "StopIteration")]
+    assert stopped.values == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+
+
+def test_local_indices_cross_as_a_span_only_when_consecutive() -> None:
+    cut = list(make_chunks([(i,) for i in range(10)], [{}] * 10, 4, indices=[3, 4, 5, 7, 9, 8]))
+    assert [c.consecutive for c in cut] == [False, False]  # 3, 4, 5, 7 and 9, 8
+    cut = list(make_chunks([(i,) for i in range(10)], [{}] * 10, 4, indices=range(2, 10)))
+    assert [_span(c) for c in cut] == [(2, 6), (6, 10)]
+    assert _span(Chunk(0, [3, 4], [(3,), (4,)], [{}, {}])) is None  # not known consecutive
+    ok = run_chunk(tf.fail_on, Chunk(0, [3, 4], [(3,), (4,)], [{}, {}]))
+    back = _loads_result(_dumps_result(ok, (3, 5)))
+    assert type(back.indices) is list and back.indices == [3, 4] and back.values == [3, 4]
+    failed = run_chunk(tf.fail_on, Chunk(0, [1, 2, 3], [(1,), (2,), (3,)], [{}] * 3))
+    back = _loads_result(_dumps_result(failed, (1, 4)))  # a failure: the indices go as they are
+    assert back.indices == [1, 3] and [f.index for f in back.failures] == [2]
+
+
+def test_local_retries_of_scattered_tasks_come_back_at_their_indices(tmp_path: Path) -> None:
+    # First attempts go with consecutive indices (spans), the retries of tasks 3, 10, 17...
+    # in chunks of scattered indices (lists): every value lands where it belongs.
+    n = 40
+    largs = [(str(tmp_path), i, int(i % 7 == 3)) for i in range(n)]
+    values = remote_map(tf.fail_until, largs, mode="local", n_jobs=2, retries=1, backoff=0,
+                        progress=False)
+    assert values == [2 if i % 7 == 3 else 1 for i in range(n)]

@@ -12,7 +12,9 @@ scheduler (``keep_files=True``). Rows or outputs made by hand are marked so, wit
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -284,6 +286,7 @@ def test_layout_names_agree_with_protocol() -> None:
     """layout spells protocol's directory names itself (it must stay importable without
     cloudpickle); they must be the same names."""
     assert layout.LOGS == protocol.LOGS
+    assert posixpath.join(layout.OUTCOMES, layout.outcome_file(7)) == protocol.outcome_name(7)
     assert layout.SUBDIRS[: len(protocol.SUBDIRS)] == protocol.SUBDIRS
 
 
@@ -351,3 +354,26 @@ def test_scheduler_reads_signal_cancel_and_timeout(scheduler: Any, answers: list
     status, info = engine_loop(scheduler, job_id)
     assert (status, *info[:3]) == expected
     assert scheduler.answers == []
+
+
+def test_scheduler_polls_soon_after_hurry_then_less_and_less_often(scheduler: Any) -> None:
+    """Once every task wrote its outcome the engine hurries the scheduler: sacct is asked
+    again after ``HURRY_FIRST`` seconds rather than a whole ``poll_interval``, and again
+    after a gap each time (never at every tick)."""
+    from remotemap.backends.cluster.swf import HURRY_FIRST, HURRY_GROWTH
+
+    scheduler.poll_interval = 60.0
+    scheduler.answers = [STARTING] * 4
+    scheduler.get_job_status("2")
+    scheduler.get_job_status("2")
+    assert len(scheduler.commands) == 1  # within poll_interval: the cached record
+    scheduler.hurry()
+    time.sleep(HURRY_FIRST * 1.5)
+    scheduler.get_job_status("2")
+    assert len(scheduler.commands) == 2
+    scheduler.get_job_status("2")  # right after a poll: still a gap between two
+    assert len(scheduler.commands) == 2
+    time.sleep(HURRY_FIRST * HURRY_GROWTH * 1.5)
+    scheduler.get_job_status("2")
+    assert len(scheduler.commands) == 3
+    assert scheduler.answers == [STARTING]  # and never more often than asked for

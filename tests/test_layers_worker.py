@@ -27,8 +27,7 @@ WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remot
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
                   "remotemap.worker_run"}
-ENGINE_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.tasks",
-                  "remotemap.backends", "remotemap.backends.base", "remotemap.session",
+ENGINE_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.backends",
                   "remotemap.backends.cluster", "remotemap.backends.cluster.checks",
                   "remotemap.backends.cluster.layout", "remotemap.backends.cluster.engine",
                   "remotemap.backends.cluster_engine"}

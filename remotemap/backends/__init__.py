@@ -9,9 +9,10 @@ modules the cluster engine runs on hosts that have no more than the worker's nee
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from remotemap.backends.base import Backend
+if TYPE_CHECKING:  # served by __getattr__: the cluster engine starts faster without it
+    from remotemap.backends.base import Backend
 
 #: The entry-point group a distribution declares its modes in (``NAME = "module:Class"``).
 GROUP = "remotemap.backends"
@@ -40,6 +41,7 @@ def get_backend_class(name: str) -> type[Backend]:
     """The backend class for mode ``name``; ValueError listing the valid names when there is no
     such mode, ModeLoadError (an ImportError and a BackendUnavailable) naming the
     "module:Class" and the plug-in's entry point when it cannot be loaded."""
+    from remotemap.backends.base import Backend
     from remotemap.config.modes import ModeLoadError, load_backend_class, mode_target
 
     cls = load_backend_class(name)
@@ -69,6 +71,10 @@ def __getattr__(attribute: str) -> Any:
         from remotemap.config.modes import TARGETS
 
         return TARGETS
+    if attribute == "Backend":
+        from remotemap.backends.base import Backend
+
+        return Backend
     raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 

@@ -92,8 +92,10 @@ def _watch_parent() -> None:
 
 
 def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk,
-                   counter: tuple[str, int] | None = None) -> bytes:
+                   counter: tuple[str, int] | None = None,
+                   span: tuple[int, int] | None = None) -> bytes:
     function = _FUNCTIONS.get(token)
+    indices = packed.indices if span is None else list(range(*span))
     try:
         if function is None:
             _FUNCTIONS.clear()  # one run at a time: do not keep old runs' functions alive
@@ -102,13 +104,15 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
             sys.path[:0] = [p for p in sys_path if p not in sys.path]
             function = _FUNCTIONS[token] = loads(blob)
         chunk, mappings = unpack(packed)
+        chunk.indices = indices
     except Exception as exc:
-        return dumps_result(chunk_failed(Chunk(packed.id, packed.indices, [], []), exc))
+        return dumps_result(chunk_failed(Chunk(packed.id, indices, [], []), exc))
     try:
         if counter is None:
-            return dumps_result(run_chunk(function, chunk))
+            return _dumps_result(run_chunk(function, chunk), span)
         try:
-            return dumps_result(run_chunk(function, chunk, started=_watch().watch(counter)))
+            return _dumps_result(run_chunk(function, chunk, started=_watch().watch(counter)),
+                                 span)
         finally:
             _watch().unwatch()  # before the result goes: the caller then frees the slot
     finally:
@@ -118,6 +122,33 @@ def _run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedC
         kill_children()
         for stdio in _STDIO:
             stdio.repair()
+
+
+#: The token of a result whose indices went as a range: every task of the chunk's span, in order.
+_SPAN = "span"
+
+
+def _span(chunk: Chunk) -> tuple[int, int] | None:
+    """A chunk's consecutive indices (every first attempt) as (start, stop): they then cross
+    to the worker and back as two numbers, not a list of ints pickled each way."""
+    return (chunk.indices[0], chunk.indices[-1] + 1) if chunk.consecutive and chunk.indices \
+        else None
+
+
+def _dumps_result(result: ChunkResult, span: tuple[int, int] | None) -> bytes:
+    if span is None or result.failures:
+        return dumps_result(result)
+    # No task failed: the indices are the span's. A range pickles as three numbers;
+    # _loads_result makes it a list again, before anything else sees it.
+    result.indices = range(*span)  # type: ignore[assignment]
+    return dumps_result(result, _SPAN)
+
+
+def _loads_result(data: bytes) -> ChunkResult:
+    token, result = loads_result(data)
+    if token == _SPAN:
+        result.indices = list(result.indices)
+    return result
 
 
 class LocalBackend(Backend):
@@ -209,23 +240,25 @@ class LocalSession(Session):
             chunk, packed = keep, self.spill.pack(keep)
         slot = self.counter.take() if self.counter is not None else None
         where = None if slot is None or self.counter is None else (self.counter.path, slot)
-        if self._fork(chunk, packed, where, slot):
+        span = _span(chunk)
+        if span is not None:  # the worker rebuilds the indices from the span
+            packed = PackedChunk(packed.id, [], packed.data, packed.buffer_files)
+        if self._fork(chunk, packed, where, slot, span):
             return
+        call = (_run_in_worker, self.token, self.blob, self.sys_path, packed, where, span)
         try:
-            future = self._pool().submit(_run_in_worker, self.token, self.blob,
-                                         self.sys_path, packed, where)
+            future = self._pool().submit(*call)
         except BrokenProcessPool:
             # A worker died and loky flagged the pool before a wait() saw the failed future:
             # the chunks it held come back through their futures; this one goes to a new pool.
             self._executor = None
-            future = self._pool().submit(_run_in_worker, self.token, self.blob,
-                                         self.sys_path, packed, where)
+            future = self._pool().submit(*call)
         self.futures[future] = chunk
         if slot is not None:
             self.slots[future] = slot
 
     def _fork(self, chunk: Chunk, packed: PackedChunk, where: tuple[str, int] | None,
-              slot: int | None) -> bool:
+              slot: int | None, span: tuple[int, int] | None) -> bool:
         """Run the session's first chunk in a forked child, if fork is safe now."""
         if not self._may_fork:
             return False
@@ -236,7 +269,7 @@ class LocalSession(Session):
 
         def run() -> bytes:  # in the child
             _init_worker()
-            return _run_in_worker(token, blob, sys_path, packed, where)
+            return _run_in_worker(token, blob, sys_path, packed, where, span)
 
         self.forked = ForkedChunk()
         self.forked.start(run)
@@ -254,7 +287,7 @@ class LocalSession(Session):
         self.spill.release(chunk.id)
         data, status = ended
         if status == "exit:0":
-            return [loads_result(data)[1]]
+            return [_loads_result(data)]
         # As when a pool worker dies: its tasks run again, one process each, so the task that
         # crashed fails alone with its exit code or signal.
         log.warning("the forked local worker ended abnormally (%s); its tasks run again, one "
@@ -296,7 +329,7 @@ class LocalSession(Session):
             elif error is not None:  # raised outside any task (loky's own pickling, say)
                 results.append(_chunk_error(chunk, error))
             else:
-                results.append(loads_result(future.result())[1])
+                results.append(_loads_result(future.result()))
         return results
 
     def _worker_died(self, chunk: Chunk, exc: BaseException) -> None:

@@ -113,6 +113,8 @@ class RemoteRun:
         self._staged: dict[int, float | None] = {}
         self._running: set[int] = set()
         self._removed = False
+        self._uid = -1  # the login's uid on the host, once asked
+        self._python = ""  # ssh.python, as the host resolved it
 
     def __enter__(self) -> RemoteRun:
         from remotemap.ssh import Connection, connection_options
@@ -138,7 +140,7 @@ class RemoteRun:
         from remotemap.ssh.safety import check_remote_parent, check_remote_private, remote_uid
 
         conn = self.connection
-        uid = remote_uid(conn)
+        uid = self._uid = self._uid if self._uid >= 0 else remote_uid(conn)
         parent = check_remote_parent(conn, remote_dir(self.settings), uid)
         layout = RunLayout(posixpath.join(parent, f"run-{self.token}"))
         try:
@@ -149,18 +151,17 @@ class RemoteRun:
                 f"cannot create the run directory {layout.root} ({exc.strerror}); set "
                 "ssh.remote_dir to a directory that user may write") from exc
         check_remote_private(conn, layout.root, uid)
-        for sub in layout.subdirs():
-            conn.makedirs_private(sub)
+        sftp = conn.sftp()
+        for sub in layout.subdirs():  # in a directory only this user may change: no path walk
+            sftp.mkdir(sub, 0o700)
         return layout
 
     def _start(self) -> None:
         conn = self.connection
         from remotemap.ssh.safety import expand_remote_home
 
-        python = expand_remote_home(conn, self.settings.get("python") or "python3")
-        variables = dict(self.options.env)
-        if self.staging is not None:  # where the tasks find what was sent
-            variables.update(self.staging.open(self.target(), self.staging_user, self.stop))
+        python = self._python = expand_remote_home(conn, self.settings.get("python") or "python3")
+        variables = self._variables()
         # Environment variables for the tasks: set on the server, so its imports see them too.
         env = [f"{name}={value}" for name, value in variables.items()]
         root = self._run_root()
@@ -182,13 +183,24 @@ class RemoteRun:
             self.process.write(f"key {self.key.hex()}\n".encode())  # never on the host's disk
         self._await_server(python)
 
+    def _variables(self) -> dict[str, str]:
+        variables = dict(self.options.env)
+        if self.staging is not None:  # where the tasks find what was sent
+            variables.update(self.staging.open(self.target(), self.staging_user, self.stop))
+        return variables
+
+    def _serve_on(self, process: Any) -> WorkerServer:
+        """The caller's side of the worker server that ``process`` runs."""
+        self._reader = _ProcessReader(process)
+        self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
+        self.server = WorkerServer(_ProcessWriter(process), self._reader, self.host)
+        return self.server
+
     def _await_server(self, python: str) -> None:
         """Wait for the server's ready line; RemoteSetupError naming the host if it died."""
-        self._reader = _ProcessReader(self.process)
-        self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
-        self.server = WorkerServer(_ProcessWriter(self.process), self._reader, self.host)
+        server = self._serve_on(self.process)
         try:
-            self.info = self.server.wait_ready()
+            self.info = server.wait_ready()
         except (WorkerServerGone, OSError) as exc:
             err = self._stderr_after_exit()
             raise RemoteSetupError(

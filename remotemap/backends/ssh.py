@@ -17,6 +17,7 @@ import collections
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.remote_fetch import fetch_task_files
 from remotemap.backends.remote_files import RemoteRun, remote_dir
 from remotemap.backends.ssh_options import SSH
+from remotemap.backends.ssh_warm import WarmRemoteRun
 from remotemap.backends.staging import SessionStaging, StagingStopped, staging_plan
 from remotemap.errors import ConfigError, TaskFailure
 from remotemap.execution import lost_chunk_result, pickle_function
@@ -58,6 +60,8 @@ class _Dispatch:
         #: the chunk's result, from whichever host gives it (see ``RemoteRun.stage``).
         self.pending: dict[int, list[TaskFailure]] = {}
         self.stop = threading.Event()
+        #: False once the call was cut short (Ctrl-C, an error, fail-fast): no host stays warm.
+        self.keep_hosts = True
 
     def put(self, chunk: Chunk) -> None:
         with self._ready:
@@ -144,9 +148,11 @@ class _HostRunner(threading.Thread):
         while not self.dispatch.stop.is_set():
             in_flight: dict[int, Chunk] = {}
             try:
-                with RemoteRun(self.host, self.settings, self.blob, self.options, self.staging,
-                               self.index, self.dispatch.stop.is_set,
-                               self.dispatch.pending) as remote:
+                run = WarmRemoteRun(self.host, self.settings, self.blob, self.options,
+                                    self.staging, self.index, self.dispatch.stop.is_set,
+                                    self.dispatch.pending)
+                run.may_keep = lambda: self.dispatch.keep_hosts
+                with run as remote:
                     with contextlib.suppress(StagingStopped):  # closing: clean up below
                         self._serve(remote, in_flight)
                     if self.staging is not None:
@@ -334,6 +340,8 @@ class SSHSession(Session):
         return results
 
     def close(self) -> None:
+        if self._outstanding or sys.exc_info()[0] is not None:
+            self.dispatch.keep_hosts = False
         self.dispatch.close()
         for runner in self.runners:
             runner.join(timeout=10)

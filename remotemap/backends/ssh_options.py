@@ -36,6 +36,9 @@ SSH = Section(
         Key("n_jobs", "int", 0, "tasks at once per host; 0 = the host's CPUs"),
         Key("chunksize", "int", 0, "tasks per chunk sent to a host; 0 = automatic", minimum=0),
         Key("keep_remote_files", "bool", False, "keep the run directories on the hosts"),
+        Key("keep_alive", "float", 300.0,
+            "seconds each host's connection and worker server stay up after a call, for the "
+            "next call with the same settings; 0 = close them at once", minimum=0.0),
         PRELOAD,
         Key("fetch", "list[str]", [],
             "glob patterns of files tasks write in their working directory, copied back"),

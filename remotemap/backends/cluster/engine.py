@@ -21,9 +21,9 @@ later.
 * ``RUN/rounds/ROUND.cancel`` asks the engine to stop the workflow (kill running jobs, drop
   queued ones) and exit.
 
-Before detaching it imports only the standard library and remotemap's ``errors``, ``tasks``,
-``backends.base`` (through ``remotemap.backends``), this package's light ``__init__``,
-``checks`` and ``layout`` (``integrity`` once ``start`` runs), so ``start`` answers fast;
+Before detaching it imports only the standard library and remotemap's ``errors``, the light
+``remotemap.backends`` and this package's light ``__init__``, ``checks`` and ``layout``
+(``integrity`` once ``start`` runs), so ``start`` answers fast;
 soma-workflow and ``swf`` are imported after. ``tests/test_layers_worker.py`` holds it to that
 list.
 """
@@ -42,6 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.checks import (
     SWF_TYPES,
     EngineError,
@@ -94,13 +95,20 @@ class Engine:
         self._written = 0.0
         self._asked = 0.0  # when squeue was last asked why jobs wait
         self._reasons: dict[str, tuple[str, str]] = {}
+        #: The round's outcome files not seen yet (None once all were: the jobs are ending).
+        self._awaited: set[str] | None = {layout.outcome_file(int(f)) for f, _ in spec["files"]}
+        #: When this engine reached each step (time.time()): the status's ``times``.
+        self.times: dict[str, float] = {"engine": time.time()}
 
     def save(self, **changes: Any) -> None:
-        self.status.update(changes, heartbeat=time.time())
+        self.status.update(changes, heartbeat=time.time(), times=self.times)
         write_json(self.paths.status, self.status)
         self._written = time.monotonic()
 
     def run(self) -> None:
+        database = os.path.join(self.paths.round_state_dir, layout.SWF_DATABASE)
+        making = threading.Thread(target=make_database, args=(database,), daemon=True)
+        making.start()  # it waits for the disk while this thread imports soma-workflow
         from remotemap.backends.cluster import swf
 
         spec = self.spec
@@ -113,11 +121,13 @@ class Engine:
         if self.status.get("wf_id") is None and os.path.exists(self.paths.cancel):
             self.save(state="cancelled", ended=True, jobs=[])
             return
+        making.join()
         wfc = swf.light_controller(
             Path(self.paths.round_state_dir),
             SWF_TYPES[spec["scheduler"]], tick=float(spec.get("tick", 0.1)),
             proc_nb=int(spec.get("proc_nb") or 0),
             poll_interval=float(spec.get("poll_interval", 1.0)))
+        self.times["controller"] = time.time()
         try:
             if self.status.get("wf_id") is None:
                 if spec["scheduler"] == "slurm":
@@ -125,6 +135,9 @@ class Engine:
                 workflow, jobs = swf.build_workflow(spec, self.root)
                 wf_id = wfc.submit_workflow(workflow, name=workflow.name,
                                             queue=spec.get("queue") or None)
+                # Wake soma-workflow's loop: the jobs go to the scheduler now, not a tick later.
+                swf.scheduler_of(wfc).jobs_finished_event.set()
+                self.times["submitted"] = time.time()
                 self.save(wf_id=wf_id, swf_ids=swf.job_ids(wfc, wf_id, jobs), state="running")
             else:
                 for wf_id in self.workflows():
@@ -186,18 +199,45 @@ class Engine:
                 for wf_id in self.workflows():
                     threading.Thread(target=wfc.stop_workflow, args=(wf_id,),
                                      daemon=True).start()
+            self.watch_outcomes(wfc)
             jobs, done = self.rows(wfc)
             self.add_reasons(jobs)
             if keeper is not None and cancelling is None:
                 done = keeper.tick(wfc, jobs) and done
             given_up = cancelling is not None and time.monotonic() - cancelling > CANCEL_GRACE
             if done or given_up:
+                self.note_end(wfc)
                 state = "cancelled" if cancelling is not None else "done"
                 self.save(jobs=jobs, state=state, ended=True)
                 return
             if jobs != self.status.get("jobs") or time.monotonic() - self._written > HEARTBEAT:
                 self.save(jobs=jobs, cancel_requested=cancelling is not None)
             time.sleep(tick)
+
+    def watch_outcomes(self, wfc: Any) -> None:
+        """Once every task of the round wrote its outcome, its jobs are about to end and the
+        caller waits only for this engine to see it: have the scheduler look soon."""
+        if self._awaited is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._awaited -= set(os.listdir(os.path.join(self.root, layout.OUTCOMES)))
+        if not self._awaited:
+            from remotemap.backends.cluster import swf
+
+            self._awaited = None
+            self.times["outcomes"] = time.time()
+            scheduler = swf.scheduler_of(wfc)
+            if isinstance(scheduler, swf.SacctSlurmScheduler):
+                scheduler.hurry()
+            scheduler.jobs_finished_event.set()
+
+    def note_end(self, wfc: Any) -> None:
+        from remotemap.backends.cluster import swf
+
+        sent = getattr(swf.scheduler_of(wfc), "sbatch_times", None)
+        if sent:
+            self.times.update(first_sbatch=sent[0], last_sbatch=sent[1])
+        self.times["done"] = time.time()
 
     def add_reasons(self, jobs: list[dict[str, Any]]) -> None:
         """Put SLURM's pending reason on the row of each job it holds in its queue (squeue
@@ -217,6 +257,27 @@ class Engine:
             state, reason = self._reasons.get(str(job.get("drms")), ("", ""))
             if job.get("status") == QUEUED and state == "PENDING" and reason:
                 job["reason"] = reason
+
+
+def make_database(path: str) -> None:
+    """soma-workflow's empty database at ``path``, unless there is one (an engine restarted).
+
+    Its ~30 ``CREATE TABLE`` each wait for the disk: done in a thread of its own while the
+    engine imports soma-workflow. Made under another name and renamed, so the controller sees a
+    whole database or none (and then makes it itself)."""
+    if os.path.exists(path):
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        from soma_workflow.database_server import create_database
+
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        create_database(tmp)
+        os.replace(tmp, path)
+    except Exception:  # the controller makes it: say why it was not made here
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class Abandoned(Exception):

@@ -32,11 +32,16 @@ ROUNDS = "rounds"
 SOMA_WORKFLOW = "swf"
 #: ``remotemap.protocol.LOGS``: the run's log directory, which also holds the jobs' output.
 LOGS = "logs"
+#: ``remotemap.protocol.OUTCOMES``: where each task's outcome file appears.
+OUTCOMES = "outcomes"
 #: ``remotemap.pilot``'s queue of a round run by worker jobs, and their claims.
 QUEUE = "queue"
 CLAIMED = "claimed"
 #: The subdirectories of a cluster run directory: protocol's (chunks, outcomes, logs) and ours.
-SUBDIRS = ("chunks", "outcomes", LOGS, ROUNDS, SOMA_WORKFLOW, QUEUE, CLAIMED)
+SUBDIRS = ("chunks", OUTCOMES, LOGS, ROUNDS, SOMA_WORKFLOW, QUEUE, CLAIMED)
+
+#: soma-workflow's sqlite database, in a round's state directory (``round_state_dir_name``).
+SWF_DATABASE = "soma_workflow.db"
 
 _SPEC = re.compile(r"(\d+)\.json")
 
@@ -71,6 +76,11 @@ def spec_round(name: str) -> int | None:
     (``3.json`` -> 3; ``3.status.json`` -> None)."""
     match = _SPEC.fullmatch(name)
     return int(match.group(1)) if match else None
+
+
+def outcome_file(file: int) -> str:
+    """The name, in ``OUTCOMES``, of chunk file ``file``'s outcome (``protocol.outcome_name``)."""
+    return f"{file:06d}.pkl"
 
 
 def job_name(run_id: str, rnd: int, job: int) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.engine import HEARTBEAT
 from remotemap.backends.cluster.files import ClusterError, RunFiles
-from remotemap.backends.cluster.settings import engine_env, engine_python
+from remotemap.backends.cluster.settings import engine_env, engine_python, poll_interval
 from remotemap.backends.cluster.verdict import stderr_tail
 
 log = logging.getLogger("remotemap")
@@ -35,6 +35,21 @@ STALE_AFTER_END = 15 * HEARTBEAT
 START_TIMEOUT = 60.0
 #: Times a dead engine is restarted for one round before the run gives up.
 MAX_RESTARTS = 3
+
+
+#: The first pause of a caller waiting for engines to exit (``end_pauses``).
+FIRST_END_PAUSE = 0.05
+
+
+def end_pauses(settings: Mapping[str, Any]) -> Iterator[float]:
+    """Pauses between looks at engines that are about to exit: short at first (an engine
+    exits a fraction of a second after its round ended, and the caller returns only then),
+    each 1.5 times the one before, up to the run's ``poll_interval`` (an SFTP round trip
+    each through ``cluster.host``)."""
+    pause, longest = FIRST_END_PAUSE, poll_interval(settings)
+    while True:
+        yield min(pause, longest)
+        pause *= 1.5
 
 
 @dataclass

@@ -36,11 +36,10 @@ from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.files import ClusterError, RunFiles
 from remotemap.backends.cluster.judging import judge_job, judge_workers
 from remotemap.backends.cluster.pending import count_reasons
-from remotemap.backends.cluster.rounds import Round, watch_engine
+from remotemap.backends.cluster.rounds import Round, end_pauses, watch_engine
 from remotemap.backends.cluster.settings import (
     engine_env,
     engine_python,
-    poll_interval,
     queue_markers,
     round_spec,
 )
@@ -259,9 +258,9 @@ class ClusterRun:
         values: list[tuple[int, Any]] = []
         failures: list[TaskFailure] = []
         new = {}  # outcome file -> its number, for the names protocol.outcome_name gives
-        for name in self.files.listdir(OUTCOMES):
+        for name in sorted(set(self.files.listdir(OUTCOMES)) - self.seen):  # new names only
             stem, rel = name.partition(".")[0], posixpath.join(OUTCOMES, name)
-            if name not in self.seen and stem.isdigit() and rel == outcome_name(int(stem)):
+            if stem.isdigit() and rel == outcome_name(int(stem)):
                 new[rel] = int(stem)
         for rel, data in self.files.read_many(list(new)).items():
             file = new[rel]
@@ -350,7 +349,7 @@ class ClusterRun:
 
     def wait_ended(self, timeout: float) -> bool:
         """Wait until every round is over and its engine exited; False on timeout."""
-        deadline = time.monotonic() + timeout
+        deadline, pauses = time.monotonic() + timeout, end_pauses(self.settings)
         while True:
             for rnd in [r for r in self.rounds.values() if not r.exited]:
                 self._read_status(rnd)
@@ -365,7 +364,7 @@ class ClusterRun:
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(poll_interval(self.settings))
+            time.sleep(next(pauses))
 
     def job_counts(self) -> dict[str, int]:
         """How many jobs are in each soma-workflow state, over every round."""

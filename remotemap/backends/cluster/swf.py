@@ -21,6 +21,7 @@ import ast
 import contextlib
 import io
 import logging
+import math
 import os
 import re
 import shlex
@@ -49,6 +50,10 @@ from remotemap.backends.cluster.verdict import (
 )
 
 _SACCT_BATCH = 200  # job ids per sacct call (keeps the command line short)
+#: Seconds between sacct polls right after :meth:`SacctSlurmScheduler.hurry`; each gap after
+#: it is ``HURRY_GROWTH`` times the one before, up to ``poll_interval``.
+HURRY_FIRST = 0.1
+HURRY_GROWTH = 1.5
 
 def slurm_script(command: list[str], *, name: str, queue: str | None,
                  native: list[str], env: dict[str, str], workdir: str | None) -> str:
@@ -87,7 +92,8 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
     ``submit_one_job`` (quoted script, ``sbatch --parsable``, sbatch's message kept in the
     error, which soma-workflow writes to the job's stderr file) and the three status methods.
     ``kill_job`` (``scancel``) is inherited. One ``sacct`` call refreshes every job still
-    watched, at most once per ``poll_interval`` seconds: the engine asks per job, per tick.
+    watched, at most once per ``poll_interval`` seconds: the engine asks per job, per tick;
+    sooner after :meth:`hurry` (the jobs are about to end).
     """
 
     poll_interval = 1.0
@@ -103,7 +109,10 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
         self._watched: set[str] = set()
         self._last_poll = 0.0
         self._ended_without_step: dict[str, float] = {}
+        self._gap = math.inf  # seconds between polls while hurried (inf: poll_interval)
         self.sacct_calls = 0
+        #: time.time() of the first and of the latest sbatch (the engine's timeline).
+        self.sbatch_times: tuple[float, float] | None = None
 
     @classmethod
     def build_scheduler(cls, config: Any) -> SacctSlurmScheduler:
@@ -141,7 +150,18 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
         job_id = done.stdout.strip().split(";")[0]
         with self._lock:
             self._watched.add(job_id)
+            now = time.time()
+            self.sbatch_times = (self.sbatch_times[0] if self.sbatch_times else now, now)
         return job_id
+
+    def hurry(self) -> None:
+        """The jobs are about to end (every task wrote its outcome): poll sacct again after
+        ``HURRY_FIRST`` seconds, then less and less often (``HURRY_GROWTH``) up to
+        ``poll_interval``: the engine sees the end within a fraction of a second rather than a
+        whole interval (the caller waits for it), and sacct is not asked that often for long
+        if a job lingers."""
+        with self._lock:
+            self._gap = HURRY_FIRST
 
     # -- status cache
     def _refresh(self, wanted: str) -> None:
@@ -150,7 +170,7 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
         A job sacct does not know yet (just submitted) reads as pending until the next poll.
         """
         self._watched.add(wanted)  # jobs of an adopted workflow were not submitted by us
-        if time.monotonic() - self._last_poll < self.poll_interval:
+        if time.monotonic() - self._last_poll < min(self.poll_interval, self._gap):
             return
         ids = sorted(self._watched, key=lambda j: (len(j), j))
         found: dict[str, SacctRecord] = {}
@@ -163,6 +183,7 @@ class SacctSlurmScheduler(slurm_scheduler.SlurmScheduler):  # type: ignore[misc]
                                     timeout=60).stdout
             found.update(parse_sacct(output))
         self._last_poll = time.monotonic()
+        self._gap *= HURRY_GROWTH
         self._records.update(found)
         self._watched -= {
             job_id for job_id, rec in found.items()
@@ -247,7 +268,7 @@ def light_controller(state_dir: Path, scheduler_type: str, *, tick: float = 0.1,
         SacctSlurmScheduler.poll_interval = poll_interval
     swf_engine.refreshment_interval = tick  # engine loop tick and wait_* polling period
     config = Configuration("remotemap", LIGHT_MODE, scheduler_type,
-                           str(state_dir / "soma_workflow.db"), str(transfers))
+                           str(state_dir / layout.SWF_DATABASE), str(transfers))
     # A light-mode controller reads ~/.soma-workflow-scheduler.cfg when there is one (and a
     # file without SCHEDULER_INTERVAL hangs the local scheduler). This process is remotemap's
     # engine: tell soma-workflow there is none, so the defaults (one job per CPU, 0.05 s
@@ -259,6 +280,11 @@ def light_controller(state_dir: Path, scheduler_type: str, *, tick: float = 0.1,
     for name in ("engine", "jobServer", "ljp.slurm_scheduler", "ljp.pbspro_scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return wfc
+
+
+def scheduler_of(wfc: WorkflowController) -> Any:
+    """The controller's scheduler (a :class:`SacctSlurmScheduler` for SLURM)."""
+    return wfc._engine_proxy.engine_loop._scheduler
 
 
 # --------------------------------------------------------------------------- the workflow

@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from remotemap.errors import FailureKind
-from remotemap.protocol import exit_status_text
 
 # soma-workflow's job statuses and exit statuses, as its database stores them (the values of
 # ``soma_workflow.constants``: a test checks they agree).
@@ -97,6 +96,14 @@ class SacctRecord:
     def exit_pending(self) -> bool:
         """Ended by itself (COMPLETED or FAILED), but not :attr:`settled` yet."""
         return self.state in ("COMPLETED", "FAILED") and not self.settled
+
+
+def _exit_text(status: str) -> str:
+    """``protocol.exit_status_text``, imported when a verdict needs it: the engine imports this
+    module for its sacct parsing only, and starts faster without protocol (and cloudpickle)."""
+    from remotemap.protocol import exit_status_text
+
+    return exit_status_text(status)
 
 
 def _code_pair(text: str) -> tuple[int, int]:
@@ -230,7 +237,7 @@ class JobEnd:
         if exit_status == EXIT_ABORTED:
             return _aborted(row, scheduler, again)
         if exit_status == FINISHED_TERM_SIG and row.get("signal"):
-            return JobEnd("crash", exit_status_text(f"signal:{int(row['signal'])}"), True,
+            return JobEnd("crash", _exit_text(f"signal:{int(row['signal'])}"), True,
                           resubmit=again)
         value = row.get("exit_value")
         if exit_status == FINISHED_REGULARLY and isinstance(value, int):
@@ -269,12 +276,12 @@ def _exited(value: int, spec: Mapping[str, Any], again: bool) -> JobEnd:
         return JobEnd("lost", "exited without writing its outcome", True, ok=True,
                       resubmit=False)
     if value < 0:
-        return JobEnd("crash", exit_status_text(f"signal:{-value}"), True, resubmit=again)
+        return JobEnd("crash", _exit_text(f"signal:{-value}"), True, resubmit=again)
     if value == 124 and (spec.get("task_timeout") or spec.get("wrapper_walltime")):
         what = ("its timeout" if spec.get("task_timeout")
                 else "the job's walltime (cluster.walltime)")
         return JobEnd("timeout", f"was killed after exceeding {what}", True, resubmit=again)
-    return JobEnd("crash", exit_status_text(f"exit:{value}"), True, resubmit=again)
+    return JobEnd("crash", _exit_text(f"exit:{value}"), True, resubmit=again)
 
 
 def describe(row: Mapping[str, Any], scheduler: str, name: str) -> str:
