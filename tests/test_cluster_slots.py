@@ -164,3 +164,19 @@ def test_cancel_stops_the_job_and_all_its_loops(slurm: dict[str, Any],
     assert len(set(loops)) == 3 and all(_alive(pid) for pid in loops)
     cluster_support.cancel_from_the_cli(slurm_cluster, run_id, 6, capsys)
     wait_for("every loop to end", lambda: not any(_alive(pid) for pid in loops), 30)
+
+
+@pytest.mark.slurm
+def test_a_task_that_kills_its_loop_every_time_fails_alone(slurm: dict[str, Any]) -> None:
+    from remotemap import RemoteException
+
+    with pytest.raises(RemoteException) as info:
+        remote_map(tf.crash_on, [(i,) for i in range(40)], dispatch="workers", **slurm)
+    (failure,) = info.value.failures
+    assert failure.index == 3 and failure.kind == "lost"
+    # Its second death (a loop of the job that claimed it last) tells which loop died of it,
+    # and that the chunk was left to fail; every other task of that job went on.
+    assert "ended with exit status 3" in failure.traceback
+    assert "left to fail: [3]" in failure.traceback
+    assert [r for i, r in enumerate(info.value.results) if i != 3] == \
+        [i for i in range(40) if i != 3]
