@@ -16,6 +16,8 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   task (elapsed minus the serial loop's, over N) in microseconds, and local / mp.Pool.
 * ``ssh_cpu`` (:mod:`benchmarks.ab_ssh`): 8 tasks of 0.5 s CPU over ssh on the loopback host,
   2 workers; the overhead is the elapsed time minus the ideal (serial time / 2).
+* ``slurm_workers`` (:mod:`benchmarks.ab_slurm`): 1,000 trivial tasks and 100 x sleep(1) on
+  the private SLURM (16 slots, root), remote_map's worker jobs beside dask-jobqueue's 2 x 8.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def export(revision: str, into: str) -> str:
 
 def run_probe(name: str, tree: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--probe", name, tree],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"probe {name} on {tree} failed ({proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
@@ -150,12 +152,16 @@ def probe(name: str, tree: str) -> dict[str, Any]:
         from benchmarks.ab_ssh import probe_ssh_cpu
 
         return probe_ssh_cpu(tree)
-    raise ValueError(f"unknown probe {name!r}; expected tiny or ssh_cpu")
+    if name == "slurm_workers":
+        from benchmarks.ab_slurm import probe_slurm_workers
+
+        return probe_slurm_workers(tree)
+    raise ValueError(f"unknown probe {name!r}; expected tiny, ssh_cpu or slurm_workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny or ssh_cpu")
+    parser.add_argument("name", nargs="?", default="tiny", help="tiny, ssh_cpu or slurm_workers")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)
