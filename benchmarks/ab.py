@@ -100,7 +100,7 @@ def export(revision: str, into: str) -> str:
 
 def run_probe(name: str, tree: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--probe", name, tree],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"probe {name} on {tree} failed ({proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
@@ -161,7 +161,7 @@ def probe(name: str, tree: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
-    parser.add_argument("name", nargs="?", default="tiny", help="tiny, ssh_cpu or slurm_workers")
+    parser.add_argument("name", nargs="?", default="tiny", help="tiny or ssh_cpu")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)
