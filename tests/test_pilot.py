@@ -34,6 +34,7 @@ from remotemap.pilot import (
     marker_slot,
     parse_marker,
     queue_marker,
+    spec_name,
 )
 from tests import cluster_support
 from tests import taskfuncs as tf
@@ -55,6 +56,7 @@ def make_queue(root: Path, rnd: int, files: range) -> PilotQueue:
 def test_layout_names_the_pilot_directories() -> None:
     assert (layout.QUEUE, layout.CLAIMED) == (QUEUE, CLAIMED)
     assert {QUEUE, CLAIMED} <= set(layout.SUBDIRS)
+    assert spec_name(3) == layout.spec_name(3)  # where a worker job reads its slots
 
 
 def test_markers_round_trip() -> None:
