@@ -115,6 +115,7 @@ class BuiltinModeOptions(TypedDict, total=False):
     tasks_per_job: int
     dispatch: Dispatch
     worker_jobs: int
+    worker_slots: int
     slurm_conf: str
     poll_interval: float
 

@@ -5,6 +5,7 @@ A round run by worker jobs leaves one empty *marker* per chunk file in the run d
 
     queue/R-FILE.A            chunk file FILE of round R, waiting (A: times claimed before)
     claimed/R-FILE.A.J        the same, claimed by worker job J of round R
+    claimed/R-FILE.A.J.S      ... by claim loop S of worker job J (a job of several slots)
 
 A worker job (``python -m remotemap.worker pilot ...``) claims a marker by renaming it from
 ``queue/`` to ``claimed/`` with its job number in the name: ``rename`` is atomic on one
@@ -12,7 +13,9 @@ filesystem, so two workers never run the same chunk. It runs the chunk as the ``
 does (``worker_run.execute_chunk``: the same sealed outcome file), and claims again until the
 queue is empty, or until the next claim would not end before its job's end time. The engine on
 the submitting host gives the claims of a worker job that ended back to the queue
-(:meth:`PilotQueue.requeue`) when they have no outcome.
+(:meth:`PilotQueue.requeue`) when they have no outcome. A worker job of several slots runs one
+claim loop per slot, each in a process of its own (``remotemap.pilot_slots``, which runs the
+``pilot`` command).
 
 Standard library only at import: the engine and the caller read these names too; the loop
 imports the worker's modules when it runs.
@@ -57,14 +60,32 @@ def held_name(rnd: int) -> str:
     return posixpath.join(QUEUE, f"{rnd}.held")
 
 
+def spec_name(rnd: int) -> str:
+    """The round's spec, written by the caller (``backends/cluster/layout.spec_name``): a
+    worker job reads its number of slots there."""
+    return posixpath.join("rounds", f"{rnd}.json")
+
+
 def parse_marker(name: str) -> tuple[int, int, int, int | None] | None:
-    """``R-FILE.A[.J]`` -> (round, file, attempt, job or None); None for another name."""
+    """``R-FILE.A[.J[.S]]`` -> (round, file, attempt, job or None); None for another name.
+    The slot ``S`` (:func:`marker_slot`) is the job's business: the engine requeues by job."""
     head, _, rest = name.partition("-")
     parts = rest.split(".")
-    if not head.isdigit() or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+    if not head.isdigit() or len(parts) not in (2, 3, 4) or not all(p.isdigit() for p in parts):
         return None
-    job = int(parts[2]) if len(parts) == 3 else None
+    job = int(parts[2]) if len(parts) >= 3 else None
     return int(head), int(parts[0]), int(parts[1]), job
+
+
+def marker_slot(name: str) -> int | None:
+    """The claim loop (slot) of a claim ``R-FILE.A.J.S``; None for a claim of a one-slot job."""
+    parts = name.split(".")
+    return int(parts[3]) if len(parts) == 4 and parse_marker(name) is not None else None
+
+
+def claimer(job: int, slot: int | None) -> str:
+    """What a claim's name ends with: the job, and the loop when the job has several."""
+    return str(job) if slot is None else f"{job}.{slot}"
 
 
 class PilotQueue:
@@ -117,9 +138,11 @@ class PilotQueue:
         """The chunk files of this round still in the queue."""
         return [file for _, file, _, _ in self._mine(QUEUE)]
 
-    def claim(self, job: int, size: Callable[[int], int]) -> list[int]:
-        """Claim up to ``size(waiting)`` chunk files for worker job ``job``; [] when the queue
-        is empty or ``size`` says 0. A marker another worker renamed first is skipped."""
+    def claim(self, job: int, size: Callable[[int], int], slot: int | None = None
+              ) -> list[int]:
+        """Claim up to ``size(waiting)`` chunk files for worker job ``job`` (its claim loop
+        ``slot``, if it has several); [] when the queue is empty or ``size`` says 0. A marker
+        another worker renamed first is skipped."""
         waiting = self._mine(QUEUE)
         wanted = size(len(waiting)) if waiting else 0
         claimed: list[int] = []
@@ -128,7 +151,7 @@ class PilotQueue:
                 break
             try:
                 self._rename(posixpath.join(QUEUE, name),
-                             posixpath.join(CLAIMED, f"{name}.{job}"))
+                             posixpath.join(CLAIMED, f"{name}.{claimer(job, slot)}"))
             except FileNotFoundError:
                 continue  # another worker was first
             claimed.append(file)
@@ -142,14 +165,17 @@ class PilotQueue:
                 found[file] = (attempt + 1, job)
         return found
 
-    def requeue(self, jobs: set[int], has_outcome: Callable[[int], bool]
-                ) -> tuple[list[int], list[int]]:
-        """Give back what the ended worker jobs ``jobs`` claimed but left without an outcome:
-        (files back in the queue, files claimed :data:`MAX_CLAIMS` times, left claimed)."""
+    def requeue(self, jobs: set[int], has_outcome: Callable[[int], bool],
+                slot: int | None = None) -> tuple[list[int], list[int]]:
+        """Give back what the ended worker jobs ``jobs`` claimed (with ``slot``: only what
+        that claim loop claimed) but left without an outcome: (files back in the queue, files
+        claimed :data:`MAX_CLAIMS` times, left claimed)."""
         back: list[int] = []
         kept: list[int] = []
         for name, file, attempt, job in self._mine(CLAIMED):
-            if job not in jobs or has_outcome(file):
+            if job not in jobs or (slot is not None and marker_slot(name) != slot):
+                continue
+            if has_outcome(file):
                 continue
             if attempt + 1 >= MAX_CLAIMS:
                 kept.append(file)
@@ -209,44 +235,47 @@ def job_end_time(walltime: float, started: float) -> float | None:
 
 @dataclass(frozen=True)
 class PilotOptions:
-    """A worker job's command line after ``pilot RUN_DIR --key-file PATH``."""
+    """A worker job's command line after ``pilot RUN_DIR --key-file PATH``. ``slots``: claim
+    loops the job runs at once; 0 = as the round's spec says (``spec["slots"]``, else 1)."""
 
     rnd: int
     job: int
     workers: int
     walltime: float = 0.0
+    slots: int = 0
 
     @classmethod
     def parse(cls, args: list[str]) -> PilotOptions:
-        """``--round R --job J --workers N [--walltime SECONDS]``; ValueError names a bad one."""
+        """``--round R --job J --workers N [--walltime SECONDS] [--slots K]``; ValueError
+        names a bad one."""
         if len(args) % 2:
             raise ValueError(f"options come in pairs: {' '.join(args)}")
         given = dict(zip(args[::2], args[1::2], strict=True))
-        unknown = set(given) - {"--round", "--job", "--workers", "--walltime"}
+        unknown = set(given) - {"--round", "--job", "--workers", "--walltime", "--slots"}
         if unknown or not {"--round", "--job", "--workers"} <= set(given):
             raise ValueError(f"unknown or missing options in: {' '.join(args)}")
         return cls(int(given["--round"]), int(given["--job"]), int(given["--workers"]),
-                   float(given.get("--walltime", 0)))
+                   float(given.get("--walltime", 0)), int(given.get("--slots", 0)))
 
 
 if TYPE_CHECKING:
     from remotemap.worker_run import WorkerRun
 
 
-def run_pilot(run: WorkerRun, options: PilotOptions) -> int:
-    """Claim and run chunks until none is left or none fits before the job's end; the number
-    of chunks run. Each chunk runs as ``run_chunks`` runs it (its outcome sealed, what its
-    tasks leave behind undone before the next)."""
+def claim_loop(run: WorkerRun, job: int, slot: int | None, end: float | None,
+               options: PilotOptions) -> int:
+    """Claim (as ``job``'s loop ``slot``) and run chunks until none is left or none fits before
+    ``end``; the number of chunks run. Each chunk runs as ``run_chunks`` runs it (its outcome
+    sealed, what its tasks leave behind undone before the next)."""
     from remotemap.worker_run import chunk_runner
 
-    end = job_end_time(options.walltime, time.time())
     queue = PilotQueue(run.rundir.root, options.rnd, run.rundir.fd)
-    sizer = Sizer(options.workers)
+    sizer = Sizer(options.workers * max(1, options.slots))  # every loop of the round
     done = 0
     with chunk_runner(run) as run_one:
         while True:
             left = None if end is None else end - time.time()
-            files = queue.claim(options.job, functools.partial(sizer.size, left=left))
+            files = queue.claim(job, functools.partial(sizer.size, left=left), slot)
             if not files and queue.held():
                 time.sleep(HELD_WAIT)  # the rest comes once the canary chunk went well
                 continue

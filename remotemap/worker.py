@@ -368,21 +368,22 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, UnsafePath) as exc:
             raise SystemExit(f"remotemap.worker: the run key {args[3]}: {exc}") from None
         if args[0] == "pilot":  # a worker job that pulls chunks (cluster.dispatch "workers")
-            from remotemap.pilot import PilotOptions, run_pilot
+            from remotemap.pilot import PilotOptions
+            from remotemap.pilot_slots import run_pilot
 
             try:
                 options = PilotOptions.parse(args[4:])
             except ValueError as exc:
                 raise SystemExit(f"remotemap.worker pilot: {exc}") from None
-            run_pilot(WorkerRun(_enter(args[1]), key), options)
-            return 0
+            return run_pilot(WorkerRun(_enter(args[1]), key), options)
         fail_exit = "--fail-exit" in args[4:]
         chunks = [int(c) for c in args[4:] if c != "--fail-exit"]
         ok = run_chunks(WorkerRun(_enter(args[1]), key), chunks)
         return TASK_FAILED_EXIT if fail_exit and not ok else 0
     usage = ("serve RUN_DIR [--task-dirs] [--no-preload] (key line on stdin) | "
              "run RUN_DIR --key-file PATH [--fail-exit] CHUNK... | "
-             "pilot RUN_DIR --key-file PATH --round R --job J --workers N [--walltime S]")
+             "pilot RUN_DIR --key-file PATH --round R --job J --workers N [--walltime S] "
+             "[--slots K]")
     print(f"usage: python -m remotemap.worker {usage}", file=sys.stderr)
     return 2
 

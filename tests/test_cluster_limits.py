@@ -108,6 +108,14 @@ def test_each_limit_is_named_with_option_value_and_partition() -> None:
         str(refused)
     refused = _problem(cpus_per_task=17)
     assert refused is not None and "(16 CPUs)" in str(refused)
+    refused = _problem(queue="short", worker_slots=3)
+    assert refused is not None and refused.key == "cluster.worker_slots"
+    assert str(refused).startswith("cluster.worker_slots '3 (3 CPUs a worker job)' exceeds "
+                                   "partition 'short' MaxCPUsPerNode 2")
+    refused = _problem(worker_slots=8, cpus_per_task=4)  # 32 CPUs a job, on 16-CPU nodes
+    assert refused is not None and "(16 CPUs)" in str(refused)
+    assert _problem(worker_slots=8, cpus_per_task=4, dispatch="jobs") is None  # no slots
+    assert _problem(worker_slots=8, cpus_per_task=2) is None
     refused = _problem(queue="nope")
     assert refused is not None and refused.key == "cluster.queue"
     assert str(refused) == ("cluster.queue: partition 'nope' does not exist on login1 (its "

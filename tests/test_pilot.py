@@ -15,7 +15,12 @@ import pytest
 
 from remotemap import remote_map
 from remotemap.backends.cluster import layout
-from remotemap.backends.cluster.settings import cluster_settings, dispatch, round_spec
+from remotemap.backends.cluster.settings import (
+    cluster_settings,
+    dispatch,
+    round_spec,
+    worker_layout,
+)
 from remotemap.pilot import (
     CLAIMED,
     END_MARGIN,
@@ -26,8 +31,10 @@ from remotemap.pilot import (
     PilotQueue,
     Sizer,
     job_end_time,
+    marker_slot,
     parse_marker,
     queue_marker,
+    spec_name,
 )
 from tests import cluster_support
 from tests import taskfuncs as tf
@@ -49,12 +56,16 @@ def make_queue(root: Path, rnd: int, files: range) -> PilotQueue:
 def test_layout_names_the_pilot_directories() -> None:
     assert (layout.QUEUE, layout.CLAIMED) == (QUEUE, CLAIMED)
     assert {QUEUE, CLAIMED} <= set(layout.SUBDIRS)
+    assert spec_name(3) == layout.spec_name(3)  # where a worker job reads its slots
 
 
 def test_markers_round_trip() -> None:
     assert queue_marker(3, 7, 1) == "queue/3-000007.1"
     assert parse_marker("3-000007.1") == (3, 7, 1, None)
     assert parse_marker("3-000007.1.12") == (3, 7, 1, 12)
+    assert parse_marker("3-000007.1.12.5") == (3, 7, 1, 12)  # loop 5 of job 12: job 12's
+    assert (marker_slot("3-000007.1.12.5"), marker_slot("3-000007.1.12")) == (5, None)
+    assert marker_slot("3-000007.1.12.x") is None
     for name in ("3-000007", "x-000007.1", "3-000007.1.tmp-55", "000007.pkl"):
         assert parse_marker(name) is None
 
@@ -131,6 +142,48 @@ def test_requeue_gives_back_only_a_dead_workers_unfinished_claims(tmp_path: Path
     assert queue.claims()[1] == (2, 3) and queue.waiting() == [3]
 
 
+def test_requeue_of_one_loop_leaves_its_jobs_other_loops(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path, 0, range(6))
+    assert queue.claim(1, lambda waiting: 2, slot=0) == [0, 1]
+    assert queue.claim(1, lambda waiting: 1, slot=1) == [2]
+    assert queue.claim(2, lambda waiting: 1, slot=1) == [3]  # another job's loop 1
+    assert sorted(os.listdir(tmp_path / CLAIMED)) == [
+        "0-000000.0.1.0", "0-000001.0.1.0", "0-000002.0.1.1", "0-000003.0.2.1"]
+    assert queue.claims() == {0: (1, 1), 1: (1, 1), 2: (1, 1), 3: (1, 2)}
+    # Loop 1 of job 1 died while its job lives: the job gives back that loop's claim only.
+    assert queue.requeue({1}, lambda file: False, slot=1) == ([2], [])
+    assert queue.waiting() == [2, 4, 5] and (tmp_path / queue_marker(0, 2, 1)).exists()
+    # Then the whole job ended: the engine gives back what its other loop left undone.
+    assert queue.requeue({1}, lambda file: file == 0) == ([1], [])
+    assert queue.waiting() == [1, 2, 4, 5]
+    assert os.listdir(tmp_path / CLAIMED).count("0-000003.0.2.1") == 1  # job 2's is kept
+
+
+def test_worker_layout_rule() -> None:
+    slurm = cluster_settings({"scheduler": "slurm"})
+    assert worker_layout(slurm, 1000) == (2, 8)  # 16 loops in 2 jobs, as dask-jobqueue's 2 x 8
+    assert worker_layout(slurm, 16) == (2, 8)
+    assert worker_layout(slurm, 12) == (2, 6)  # never more loops than tasks
+    assert worker_layout(slurm, 5) == (1, 5)
+    assert worker_layout({**slurm, "worker_jobs": 3}, 1000) == (3, 1)  # as before slots
+    assert worker_layout({**slurm, "worker_slots": 4}, 1000) == (4, 4)
+    assert worker_layout({**slurm, "worker_slots": 4}, 6) == (2, 3)
+    assert worker_layout({**slurm, "worker_jobs": 3, "worker_slots": 2}, 1000) == (3, 2)
+    assert worker_layout({**slurm, "worker_jobs": 3, "worker_slots": 2}, 2) == (2, 1)
+    files = [(i, i) for i in range(40)]
+    spec = round_spec({**slurm, "cpus_per_task": 2, "walltime": "5"}, run_id="r", number=0,
+                      files=files, env={}, task_timeout=None, function="f")
+    assert (len(spec["jobs"]), spec["slots"], spec["workers"]) == (2, 8, 2)
+    assert spec["native"] == ["--time=5", "--cpus-per-task=16"]  # 8 slots x 2 CPUs
+    assert spec["native_keys"] == ["cluster.walltime", "cluster.worker_slots"]
+    jobs = round_spec({**slurm, "dispatch": "jobs", "cpus_per_task": 2}, run_id="r",
+                      number=0, files=files, env={}, task_timeout=None, function="f")
+    assert jobs["native"] == ["--cpus-per-task=2"] and jobs["slots"] == 1
+    pbs = round_spec({**slurm, "scheduler": "pbspro", "dispatch": "workers"}, run_id="r",
+                     number=0, files=files, env={}, task_timeout=None, function="f")
+    assert pbs["native"] == ["-l ncpus=8"]
+
+
 def test_sizer_starts_small_then_aims_at_the_target_and_shares() -> None:
     sizer = Sizer(workers=4, target=2.0)
     assert sizer.size(1000, None) == 1  # nothing measured yet
@@ -161,7 +214,9 @@ def test_job_end_time_without_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pilot_options_name_what_is_wrong() -> None:
     assert PilotOptions.parse(["--round", "2", "--job", "1", "--workers", "4"]) == \
-        PilotOptions(2, 1, 4, 0.0)
+        PilotOptions(2, 1, 4, 0.0, 0)
+    assert PilotOptions.parse(["--round", "2", "--job", "1", "--workers", "4",
+                               "--slots", "3"]).slots == 3
     with pytest.raises(ValueError, match="--bogus"):
         PilotOptions.parse(["--round", "2", "--job", "1", "--workers", "4", "--bogus", "1"])
     with pytest.raises(ValueError, match="pairs"):
@@ -196,6 +251,15 @@ def test_worker_jobs_on_the_local_scheduler(local: dict[str, Any], tmp_path: Pat
                          dispatch="workers", worker_jobs=2, **local)
     assert results == [i * 10 for i in range(40)]
     assert sorted(int(p.name.split(".")[0]) for p in tmp_path.iterdir()) == list(range(40))
+
+
+def test_worker_slots_on_the_local_scheduler(local: dict[str, Any], tmp_path: Path) -> None:
+    results = remote_map(tf.count_runs, [(str(tmp_path), i) for i in range(40)],
+                         dispatch="workers", worker_jobs=2, worker_slots=3, **local)
+    assert results == [i * 10 for i in range(40)]
+    ran = [p.name.split(".") for p in tmp_path.iterdir()]
+    assert sorted(int(x) for x, _, _ in ran) == list(range(40))  # each task once
+    assert len({pid for _, pid, _ in ran}) > 2  # in more processes than the two jobs
 
 
 def test_a_canary_round_queues_its_first_chunk_only(tmp_path: Path) -> None:

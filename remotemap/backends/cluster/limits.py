@@ -4,9 +4,10 @@ SLURM accepts a job that asks for more than its partition allows (``EnforcePartL
 the default) and leaves it pending for ever, ``PENDING (PartitionTimeLimit)``. So before a run
 makes its directory, the caller asks the submitting host (``scontrol -o show partition``, and
 ``sinfo`` for the nodes' CPUs and memory when the run asks for CPUs or memory) and refuses a
-``walltime``, ``memory`` or ``cpus_per_task`` above the partition's ``MaxTime``,
-``MaxMemPerNode``, ``MaxCPUsPerNode`` or the largest node, and a partition that does not
-exist. A limit that is ``UNLIMITED`` or cannot be read lets the run go: SLURM judges it then.
+``walltime``, ``memory``, ``cpus_per_task`` or ``worker_slots`` (x ``cpus_per_task``) above
+the partition's ``MaxTime``, ``MaxMemPerNode``, ``MaxCPUsPerNode`` or the largest node, and a
+partition that does not exist. A limit that is ``UNLIMITED`` or cannot be read lets the run
+go: SLURM judges it then.
 
 ``MaxMemPerCPU`` is not a reason to refuse: SLURM raises the job's CPUs to fit it.
 """
@@ -162,6 +163,25 @@ def limits_problem(settings: Mapping[str, Any], partitions: Mapping[str, Partiti
     if cpus and nodes[0] is not None and cpus > nodes[0]:
         return _refused("cluster.cpus_per_task", cpus, part,
                         f"the largest node of partition {part.name!r} ({nodes[0]} CPUs)")
+    return _slots_problem(settings, part, nodes[0])
+
+
+def _slots_problem(settings: Mapping[str, Any], part: Partition, node_cpus: int | None
+                   ) -> PartitionRefused | None:
+    """A worker job of ``worker_slots`` slots asks for slots x ``cpus_per_task`` CPUs (1 if
+    unset): refused above the partition's or its largest node's CPUs, as ``cpus_per_task``."""
+    slots = int(settings.get("worker_slots") or 0)
+    if slots < 2 or settings.get("dispatch") == "jobs":
+        return None
+    cpus = slots * int(settings.get("cpus_per_task") or 1)
+    value = f"{slots} ({cpus} CPUs a worker job)"
+    limit = part.max_cpus_per_node
+    if limit is not None and limit.isdigit() and cpus > int(limit):
+        return _refused("cluster.worker_slots", value, part,
+                        f"partition {part.name!r} MaxCPUsPerNode {limit}")
+    if node_cpus is not None and cpus > node_cpus:
+        return _refused("cluster.worker_slots", value, part,
+                        f"the largest node of partition {part.name!r} ({node_cpus} CPUs)")
     return None
 
 
@@ -186,7 +206,8 @@ def check_partition(files: RunFiles, settings: Mapping[str, Any]) -> None:
     nodes: tuple[int | None, int | None] = (None, None)
     name = requested_partition(settings)[0] or next(
         (p.name for p in partitions.values() if p.default), "")
-    if name in partitions and (settings.get("memory") or settings.get("cpus_per_task")):
+    if name in partitions and (settings.get("memory") or settings.get("cpus_per_task")
+                               or int(settings.get("worker_slots") or 0) > 1):
         code, out, _ = files.command(["sinfo", "-h", "-p", name, "-o", "%c|%m"], env)
         if code == 0:
             nodes = parse_nodes(out)

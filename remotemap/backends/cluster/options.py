@@ -41,7 +41,11 @@ CLUSTER = Section(
             "tasks), workers (worker jobs pull tasks until none is left) or auto",
             choices=("auto", "jobs", "workers")),
         Key("worker_jobs", "int", 0, "worker jobs a round starts with (dispatch workers); "
-            "0 = automatic (16, at most one per task)", minimum=0),
+            "0 = automatic (16 loops in jobs of worker_slots, at most one loop per task)",
+            minimum=0),
+        Key("worker_slots", "int", 0, "tasks a worker job runs at once, each in a process "
+            "of its own with cpus_per_task CPUs (dispatch workers); 0 = automatic (8 when "
+            "worker_jobs is automatic too, else 1)", minimum=0),
         Key("slurm_conf", "str", "", "slurm.conf on the submitting host; empty = $SLURM_CONF"),
         Key("poll_interval", "float", 1.0, "seconds between two job-state queries (sacct...)",
             minimum=0.1),

@@ -87,7 +87,8 @@ class Keeper:
             return len(ended) == len(jobs)
         if idle:
             return True
-        self.submit(wfc, max(1, min(int(self.engine.spec["workers"]), waiting)))
+        slots = max(1, int(self.engine.spec.get("slots") or 1))  # never more loops than chunks
+        self.submit(wfc, max(1, min(int(self.engine.spec["workers"]), -(-waiting // slots))))
         return False
 
     def stop_unstarted(self, wfc: Any, jobs: list[dict[str, Any]]) -> None:

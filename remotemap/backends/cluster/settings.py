@@ -20,8 +20,12 @@ from remotemap.tasks import auto_chunksize
 SCHEDULERS = ("local", "slurm", "pbspro", "drmaa")
 #: Jobs a round aims at on a batch scheduler when ``tasks_per_job`` is 0 (automatic).
 AUTO_JOBS = 32
-#: Worker jobs a round run by worker jobs starts with when ``worker_jobs`` is 0 (automatic).
+#: Claim loops a round run by worker jobs starts with when ``worker_jobs`` and
+#: ``worker_slots`` are 0 (automatic): the test SLURM's 16 slots, say.
 AUTO_WORKERS = 16
+#: Slots (claim loops) per worker job when both are automatic: 16 loops in 2 jobs of 8, as
+#: dask-jobqueue's usual 2 x 8 - two interpreters to start instead of 16.
+AUTO_SLOTS = 8
 #: Seconds between two looks at a run's files (round status, outcomes) when this machine
 #: submits: reading them costs a few system calls.
 LOCAL_POLL_INTERVAL = 0.05
@@ -69,15 +73,21 @@ def walltime_seconds(text: str) -> int:
     return numbers[0] * 60 + (numbers[1] if len(numbers) == 2 else 0)
 
 
-def native_options(settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The scheduler options (``#SBATCH``/``#PBS`` lines) and the config key each comes from."""
+def native_options(settings: Mapping[str, Any], slots: int = 1) -> tuple[list[str], list[str]]:
+    """The scheduler options (``#SBATCH``/``#PBS`` lines) and the config key each comes from.
+    ``slots``: claim loops per worker job, each with ``cpus_per_task`` CPUs (1 if unset)."""
     scheduler = settings["scheduler"]
     options: list[tuple[str, str]] = []
+    if slots > 1:
+        cpus = int(settings["cpus_per_task"] or 1) * slots
+        settings = {**settings, "cpus_per_task": cpus}
+    cpus_key = "cluster.worker_slots" if slots > 1 else "cluster.cpus_per_task"
     if scheduler in ("slurm", "drmaa"):
         for key, flag in (("walltime", "--time"), ("memory", "--mem"),
                           ("cpus_per_task", "--cpus-per-task")):
             if settings[key]:
-                options.append((f"cluster.{key}", f"{flag}={settings[key]}"))
+                options.append((cpus_key if key == "cpus_per_task" else f"cluster.{key}",
+                                f"{flag}={settings[key]}"))
     elif scheduler == "pbspro":
         if settings["walltime"]:
             hours, rest = divmod(walltime_seconds(settings["walltime"]), 3600)
@@ -86,7 +96,7 @@ def native_options(settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         if settings["memory"]:
             options.append(("cluster.memory", f"-l mem={settings['memory']}"))
         if settings["cpus_per_task"]:
-            options.append(("cluster.cpus_per_task", f"-l ncpus={settings['cpus_per_task']}"))
+            options.append((cpus_key, f"-l ncpus={settings['cpus_per_task']}"))
     if scheduler != "local":
         options += [("cluster.native_options", o) for o in settings["native_options"]]
     return [o for _, o in options], [k for k, _ in options]
@@ -120,9 +130,19 @@ def dispatch(settings: Mapping[str, Any], n_tasks: int, task_timeout: float | No
     return "workers" if batch and n_tasks > AUTO_JOBS else "jobs"
 
 
-def worker_jobs(settings: Mapping[str, Any], n_tasks: int) -> int:
-    """Worker jobs a round of ``n_tasks`` starts with: ``worker_jobs``, at most one per task."""
-    return max(1, min(n_tasks, int(settings.get("worker_jobs") or AUTO_WORKERS)))
+def worker_layout(settings: Mapping[str, Any], n_tasks: int) -> tuple[int, int]:
+    """(worker jobs, slots per job) a round of ``n_tasks`` starts with, never more loops
+    than tasks. Both automatic: :data:`AUTO_WORKERS` loops in jobs of :data:`AUTO_SLOTS`
+    (16 tasks or more: 2 x 8). ``worker_jobs`` alone: one slot each, as before slots
+    existed. ``worker_slots`` alone: enough jobs for :data:`AUTO_WORKERS` loops."""
+    jobs, slots = int(settings.get("worker_jobs") or 0), int(settings.get("worker_slots") or 0)
+    loops = max(1, min(n_tasks, AUTO_WORKERS))
+    if not slots:
+        slots = 1 if jobs else min(AUTO_SLOTS, loops)
+    if not jobs:
+        jobs = math.ceil(loops / slots)
+    jobs = max(1, min(jobs, n_tasks))
+    return jobs, max(1, min(slots, math.ceil(n_tasks / jobs)))
 
 
 def queue_markers(spec: Mapping[str, Any]) -> dict[str, bytes]:
@@ -152,12 +172,14 @@ def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
     """What the engine needs to run one round (written to ``RUN/rounds/N.json``)."""
     ids = [f for f, _ in files]
     how = dispatch(settings, len(files), task_timeout)
+    slots = 1
     if how == "workers":
-        jobs: list[list[int]] = [[] for _ in range(worker_jobs(settings, len(files)))]
+        n_jobs, slots = worker_layout(settings, len(files))
+        jobs: list[list[int]] = [[] for _ in range(n_jobs)]
     else:
         per_job = tasks_per_job(settings, len(files))
         jobs = [ids[i : i + per_job] for i in range(0, len(ids), per_job)]
-    native, keys = native_options(settings)
+    native, keys = native_options(settings, slots)
     local = settings["scheduler"] == "local"
     return {
         "run_id": run_id, "round": number, "scheduler": settings["scheduler"],
@@ -169,6 +191,7 @@ def round_spec(settings: Mapping[str, Any], *, run_id: str, number: int,
         "poll_interval": settings["poll_interval"], "tick": 0.1, "proc_nb": 0,
         "function": function, "files": files,
         "jobs": jobs, "dispatch": how, "workers": len(jobs) if how == "workers" else 0,
+        "slots": slots,
         "walltime_seconds": walltime_seconds(settings["walltime"]) if settings["walltime"]
         else 0,
     }
