@@ -76,7 +76,8 @@ def make_policy(on_error: str, timeout: float | None, retries: int, backoff: flo
     check_env(env)
     if not isinstance(stream_output, bool):
         raise TypeError(f"stream_output must be True or False, got {stream_output!r}")
-    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env), stream_output)
+    return Policy(on_error, retries, float(backoff), TaskOptions(timeout, env, on_error == "stop"),
+                  stream_output)
 
 
 def output_shower(policy: Policy, session: Session,

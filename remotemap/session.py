@@ -38,6 +38,9 @@ class TaskOptions:
     timeout: float | None = None
     #: Environment variables set for the task only (in the worker, not in the caller).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: The caller stops at the first failure (``on_error="stop"``): a backend that can hold
+    #: most tasks back until the first ones went well may do so.
+    stop_on_error: bool = False
 
 
 class Session(ABC):

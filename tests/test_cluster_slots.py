@@ -55,6 +55,7 @@ def test_automatic_slots_give_serial_results_each_chunk_once(
     spec = json.loads((root / "rounds" / "0.json").read_text())
     assert (len(spec["jobs"]), spec["slots"]) == (2, 8)
     assert "--cpus-per-task=8" in spec["native"]
+    assert spec["canary"] is False  # no caller to stop at a failure: nothing held back
     results = collect(run_id, timeout=180, remove=False)
     assert [r[0] for r in results] == [i * i for i in range(n)]
     assert len({r[1] for r in results}) <= 2  # two SLURM jobs ...

@@ -262,6 +262,13 @@ def test_worker_slots_on_the_local_scheduler(local: dict[str, Any], tmp_path: Pa
     assert len({pid for _, pid, _ in ran}) > 2  # in more processes than the two jobs
 
 
+@pytest.mark.parametrize("on_error, held", [("stop", True), ("continue", False)])
+def test_only_a_caller_that_stops_asks_to_hold_the_bulk(on_error: str, held: bool) -> None:
+    from remotemap.driver import make_policy
+
+    assert make_policy(on_error, None, 0, 0.0, None).options.stop_on_error is held
+
+
 def test_a_canary_round_queues_its_first_chunk_only(tmp_path: Path) -> None:
     from remotemap.backends.cluster.settings import queue_markers
     from remotemap.pilot import held_name

@@ -101,6 +101,8 @@ class ClusterRun:
         self.requeue = True
         #: Where the tasks' staged inputs go, and how (``session.stage_inputs``).
         self.staging: tuple[HostStaging, Target] | None = None
+        #: A worker round holds all but its first chunk until it went well (on_error="stop").
+        self.hold_bulk = False
 
     # -- making and reopening -----------------------------------------------------------------
     @classmethod
@@ -197,8 +199,9 @@ class ClusterRun:
                           env=self.env, task_timeout=task_timeout,
                           function=str(self.meta.get("function", "")))
         spec["key_file"] = self.meta["key_file"]  # the jobs' key: its path, never the key
-        if dependencies is None:  # worker jobs: their queue holds all but the first chunk
-            spec["canary"] = len(spec["files" if spec["workers"] else "jobs"]) > CANARY_ABOVE
+        if dependencies is None:  # a canary job (build_workflow), or a hold (hold_bulk)
+            count = len(spec["files"]) if spec["workers"] else len(spec["jobs"])
+            spec["canary"] = count > CANARY_ABOVE and (self.hold_bulk or not spec["workers"])
         else:
             spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
                         dependencies=[list(pair) for pair in dependencies], dispatch="jobs")

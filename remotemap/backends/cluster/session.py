@@ -159,6 +159,7 @@ class ClusterSession(Session):
         if self.run is None:
             self.run = create_run(self.settings, self.blob, function=self.function,
                                   env=self.options.env, n_tasks=None, detached=False)
+            self.run.hold_bulk = self.options.stop_on_error
             log.info("cluster run %s in %s:%s", self.run.run_id, self.run.files.label,
                      self.run.files.root)
         tasks = [task for c in chunks for task in zip(c.indices, c.largs, c.lkwargs, strict=True)]
