@@ -22,6 +22,7 @@ import cloudpickle
 import pytest
 
 from remotemap import Staged, remote_map
+from remotemap.backends.ssh_warm import POOL
 from remotemap.ssh import Connection, HostKeyError, transfer
 from remotemap.ssh.sending import fetch_file, part_name, remote_state, send_file
 from tests.infra.sshd import SSHServer, generate_key, known_hosts_line
@@ -161,6 +162,7 @@ def _stop_at(threshold: int, conn: Connection, fault: str) -> Callable[[int], No
 def test_an_interrupted_lane_upload_leaves_no_ssh_and_is_resumed(
         conn: Connection, tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str) -> None:
     local = _local(tmp_path, 128 * MIB)
+    POOL.close_all()  # the warm hosts of earlier calls keep their own lanes' ssh masters
     with pytest.raises(Stop):
         send_file(conn, str(local), "staged/input.bin",
                   progress=_stop_at(4 * MIB, conn, fault))
