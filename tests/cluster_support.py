@@ -120,3 +120,8 @@ def no_engine_left(runs_dir: Path) -> None:
     out = subprocess.run(["pgrep", "-f", f"cluster_engine start {runs_dir}"],
                          capture_output=True, text=True, check=False).stdout.split()
     assert out == [], f"engines still running: {out}"
+
+
+def run_root(run_id: str) -> Path:
+    """The run directory of registered run ``run_id``."""
+    return Path(next(e for e in registered() if e["run_id"] == run_id)["root"])

@@ -31,10 +31,7 @@ state_home = cluster_support.state_home
 runs_dir = cluster_support.runs_dir
 swf = cluster_support.swf
 slurm = cluster_support.slurm
-
-
-def run_root(run_id: str) -> Path:
-    return Path(next(e for e in registered() if e["run_id"] == run_id)["root"])
+run_root = cluster_support.run_root
 
 
 def job_and_square(counter_dir: str, x: int) -> tuple[int, str]:
