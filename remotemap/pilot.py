@@ -169,20 +169,29 @@ class PilotQueue:
                 slot: int | None = None) -> tuple[list[int], list[int]]:
         """Give back what the ended worker jobs ``jobs`` claimed (with ``slot``: only what
         that claim loop claimed) but left without an outcome: (files back in the queue, files
-        claimed :data:`MAX_CLAIMS` times, left claimed)."""
+        claimed :data:`MAX_CLAIMS` times, left claimed).
+
+        A loop runs its claims in order, so of a loop's claims without an outcome only the
+        first was running when it died: that one counts a claim; the others never started
+        and go back as they were (a task that kills its loop must not take the tasks claimed
+        with it down too)."""
         back: list[int] = []
         kept: list[int] = []
+        running: set[str] = set()  # the loops whose running claim was seen
         for name, file, attempt, job in self._mine(CLAIMED):
             if job not in jobs or (slot is not None and marker_slot(name) != slot):
                 continue
             if has_outcome(file):
                 continue
-            if attempt + 1 >= MAX_CLAIMS:
+            loop = name.split(".", 2)[2]  # J or J.S: the claim loop
+            tried = loop not in running
+            running.add(loop)
+            if tried and attempt + 1 >= MAX_CLAIMS:
                 kept.append(file)
                 continue
             try:
                 self._rename(posixpath.join(CLAIMED, name),
-                             queue_marker(self.rnd, file, attempt + 1))
+                             queue_marker(self.rnd, file, attempt + tried))
             except FileNotFoundError:
                 continue
             back.append(file)

@@ -159,6 +159,22 @@ def test_requeue_of_one_loop_leaves_its_jobs_other_loops(tmp_path: Path) -> None
     assert os.listdir(tmp_path / CLAIMED).count("0-000003.0.2.1") == 1  # job 2's is kept
 
 
+def test_only_the_claim_a_loop_was_running_counts_when_it_died(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path, 0, range(4))
+    assert queue.claim(1, lambda waiting: 3, slot=0) == [0, 1, 2]
+    # The loop died in file 0 (its first claim without an outcome): 1 and 2 never started.
+    assert queue.requeue({1}, lambda file: False, slot=0) == ([0, 1, 2], [])
+    assert sorted(os.listdir(tmp_path / QUEUE)) == [
+        queue_marker(0, 0, 1).split("/")[1], queue_marker(0, 1, 0).split("/")[1],
+        queue_marker(0, 2, 0).split("/")[1], queue_marker(0, 3, 0).split("/")[1]]
+    # Claimed together again and file 0 kills the loop again: it is left to fail, and the
+    # files claimed with it go back unharmed (before, file 1 failed with it as claimed twice).
+    assert queue.claim(1, lambda waiting: 3, slot=0) == [0, 1, 2]
+    assert queue.requeue({1}, lambda file: False, slot=0) == ([1, 2], [0])
+    assert queue.claims()[0] == (MAX_CLAIMS, 1)
+    assert queue.waiting() == [1, 2, 3] and (tmp_path / queue_marker(0, 1, 0)).exists()
+
+
 def test_worker_layout_rule() -> None:
     slurm = cluster_settings({"scheduler": "slurm"})
     assert worker_layout(slurm, 1000) == (2, 8)  # 16 loops in 2 jobs, as dask-jobqueue's 2 x 8

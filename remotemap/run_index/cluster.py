@@ -110,8 +110,22 @@ def remove(run: LoadedRun) -> str:
         unregister(run.id)
         return f"forgot it; its directory {run.summary.location} could not be opened: {exc}"
     try:
+        _wait_engines_exited(cluster_run)
         cluster_run.remove()
     finally:
         cluster_run.files.close()
     unregister(run.id)
     return f"removed {run.summary.location}"
+
+
+def _wait_engines_exited(cluster_run: Any, timeout: float = 30.0) -> None:
+    """Wait for the run's engines still finishing: an engine writes its round's last status
+    after the tasks' outcomes, and would make its directory again under a removed run. (Only
+    an engine of this machine can be seen; one on a submitting host is not waited for.)"""
+    deadline = time.monotonic() + timeout
+    while any(cluster_run.files.engine_running(n) for n in list(cluster_run.rounds)):
+        if time.monotonic() > deadline:
+            raise RunDirectoryBusy(f"cluster run {cluster_run.run_id}: its engine still runs "
+                                   f"after {timeout:g} s: `remotemap cancel "
+                                   f"{cluster_run.run_id}` first")
+        time.sleep(0.05)

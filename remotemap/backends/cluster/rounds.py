@@ -92,6 +92,10 @@ def watch_engine(rnd: Round, files: RunFiles, run_id: str,
         running = now - last < (STALE_AFTER if rnd.status else START_TIMEOUT)
     if running:
         return
+    fresh = files.read_json(layout.status_name(rnd.number))
+    if fresh is not None and fresh.get("ended"):
+        rnd.status = fresh  # it ended and exited after the caller's last look: not dead
+        return
     if rnd.status is None and now - rnd.started < 10.0:
         return  # just started: it may not have taken its lock yet
     if rnd.status is None and rnd.restarts >= 1:
