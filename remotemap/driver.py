@@ -36,7 +36,15 @@ from remotemap.execution import fill_source_lines
 from remotemap.progress import Progress
 from remotemap.runs import RunStore
 from remotemap.session import Backend, Session, TaskOptions
-from remotemap.tasks import Chunk, ChunkResult, ChunkSizer, check_env, make_chunks
+from remotemap.tasks import (
+    Chunk,
+    ChunkResult,
+    ChunkSizer,
+    check_env,
+    learned_times,
+    make_chunks,
+    remember_times,
+)
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,8 @@ class Update:
     indices: list[int]
     values: list[Any]
     failures: list[TaskFailure]
+    #: ``indices`` are consecutive and ascending (ChunkResult.consecutive).
+    consecutive: bool = False
 
 
 def drive(
@@ -324,7 +334,8 @@ def drive(
     # time, and a timed-out chunk kills only the task that overran.
     timeout = policy.options.timeout is not None
     sizer = ChunkSizer(1 if timeout else backend.chunksize(len(todo)),
-                       spread=0 if timeout else backend.chunk_spread())
+                       spread=0 if timeout else backend.chunk_spread(),
+                       prior=learned_times(function, backend.name))
     retries = RetrySchedule(policy)
     # The bar first: it shows 0/N while the session opens (hosts connect, workers start), and
     # its summary line comes after the session has closed.
@@ -344,9 +355,10 @@ def drive(
             finals = [f for f in map(retries.consider, result.failures) if f is not None]
             bar.update(len(result.indices) + len(finals), failed=len(finals),
                        retried=len(result.failures) - len(finals))
-            yield Update(result.indices, result.values, finals)
+            yield Update(result.indices, result.values, finals, result.consecutive)
             if finals and policy.on_error == "stop":
                 return
+        remember_times(function, backend.name, sizer.learned())
 
 
 def collect(updates: Iterator[Update], n_tasks: int) -> Outcome:
@@ -357,9 +369,9 @@ def collect(updates: Iterator[Update], n_tasks: int) -> Outcome:
     for update in updates:
         indices = update.indices
         span = range(indices[0], indices[0] + len(indices)) if indices else range(0)
-        if len(update.values) == len(span) > 1 and indices == list(span):
+        if len(update.values) == len(span) > 1 and (update.consecutive or indices == list(span)):
             # A whole chunk that succeeded, its indices consecutive: one slice, in C (a loop
-            # here cost ~0.1 us a task). The comparison too runs in C.
+            # here cost ~0.1 us a task). The comparison too runs in C, where still needed.
             results[span.start:span.stop] = update.values
         else:
             for index, value in zip(indices, update.values, strict=True):

@@ -6,7 +6,9 @@ tiny tasks, building and pickling per-task objects would cost more than the task
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,9 @@ class ChunkResult:
     ends: array[float] = field(default_factory=lambda: array("d"))
     marks: array[int] = field(default_factory=lambda: array("q"))
     starts: dict[int, float] = field(default_factory=dict)
+    #: ``indices`` are known consecutive and ascending (they travelled as a span): the caller
+    #: puts the values in place as one slice, without comparing them.
+    consecutive: bool = False
 
     def task_times(self) -> dict[int, tuple[float, float]]:
         """Each task's (start, end) by index, of those with a recorded time."""
@@ -213,15 +218,27 @@ class ChunkSizer:
     balance. Tasks that take longer than a round trip keep
     ``size``. The round trip is the shortest seen (a chunk that waited behind another at its
     worker looks longer), the time per task the longest seen (the safe side for balance).
+
+    ``prior``: the round trip and time per task an earlier call of the same function measured
+    (:func:`learned_times`), so a call made again and again (a loop over subjects, a
+    benchmark) cuts its first chunks to size instead of learning anew, as dask's scheduler
+    keeps each task prefix's duration across computations. The first result of this call
+    replaces it.
     """
 
-    def __init__(self, size: int, spread: int = 0) -> None:
+    def __init__(self, size: int, spread: int = 0,
+                 prior: tuple[float, float] | None = None) -> None:
         self.base = self.size = max(1, size)
         self.grow = spread > 0
         self.spread = max(1, spread)
         self._sent: dict[int, float] = {}
         self._trip = float("inf")
         self._per_task = 0.0
+        self._measured = False  # a result of this call came back: the prior is dropped
+        self._share: int | None = None  # a grown chunk's most tasks, set at its first cut
+        if prior is not None and self.grow:  # an earlier call's round trip and time per task
+            self._trip, self._per_task = prior
+            self._resize()
 
     def size_for(self, left: int) -> int:
         """The next chunk's size, ``left`` tasks being still to cut. A grown chunk still
@@ -229,7 +246,9 @@ class ChunkSizer:
         in the list (the first ones were cached, say) are not all given to one worker."""
         if self.size <= self.base:
             return self.size
-        return max(self.base, min(self.size, -(-left // self.spread)))
+        if self._share is None:  # equal shares of what is left when the size grew
+            self._share = -(-left // self.spread)
+        return max(self.base, min(self.size, self._share))
 
     def sent(self, chunk_id: int) -> None:
         if self.grow:
@@ -241,11 +260,45 @@ class ChunkSizer:
         ends, starts = result.ends, result.starts
         if sent is None or not ends or 0 not in starts or not result.indices:
             return  # not ours, or no times from the worker (a lost chunk)
+        if not self._measured:  # this call's own times replace what an earlier call saw
+            self._trip, self._per_task, self._measured = float("inf"), 0.0, True
         run = max(ends[-1] - starts[0], 0.0)  # on the worker's clock
         self._trip = min(self._trip, time.time() - sent - run)  # on ours
         self._per_task = max(self._per_task, run / (len(result.indices) + len(result.failures)))
-        if self._trip > 0 and self._per_task > 0:
-            self.size = max(self.size, min(int(self._trip / self._per_task), 1 << 30))
+        self._resize()
+
+    def learned(self) -> tuple[float, float] | None:
+        """This call's shortest round trip and longest time per task (None before a result
+        came back): where the next call of the same function starts from."""
+        return (self._trip, self._per_task) if self._measured else None
+
+    def _resize(self) -> None:
+        if 0 < self._trip < float("inf") and self._per_task > 0:
+            size = max(self.base, min(int(self._trip / self._per_task), 1 << 30))
+            if size != self.size:
+                self.size, self._share = size, None
+
+
+#: What each function's last call measured (``ChunkSizer.learned``), by backend name. Weak
+#: keys: an entry goes with its function; a callable that takes no weak reference (an instance
+#: of a class with ``__slots__``) is not remembered.
+_LEARNED: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, float]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def learned_times(function: Any, backend: str) -> tuple[float, float] | None:
+    """The round trip and time per task the last call of ``function`` on ``backend`` saw."""
+    try:
+        return _LEARNED.get(function, {}).get(backend)
+    except TypeError:  # unhashable, or no weak reference
+        return None
+
+
+def remember_times(function: Any, backend: str, times: tuple[float, float] | None) -> None:
+    if times is None:
+        return
+    with contextlib.suppress(TypeError):
+        _LEARNED.setdefault(function, {})[backend] = times
 
 
 def check_env(env: Mapping[str, str]) -> None:

@@ -7,16 +7,26 @@ the faster paths keep every behaviour (every task once, in order, failures by in
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
 from remotemap import RemoteException, remote_map
-from remotemap.backends.local import _dumps_result, _loads_result, _span
+from remotemap.backends.local_worker import (
+    chunk_span as _span,
+)
+from remotemap.backends.local_worker import (
+    dumps_span_result as _dumps_result,
+)
+from remotemap.backends.local_worker import (
+    loads_span_result as _loads_result,
+)
 from remotemap.driver import _Tasks
 from remotemap.execution import run_chunk
-from remotemap.tasks import Chunk, ChunkSizer, make_chunks
+from remotemap.tasks import Chunk, ChunkSizer, learned_times, make_chunks, remember_times
 from tests import taskfuncs as tf
 
 
@@ -73,14 +83,61 @@ def test_tasks_cut_at_the_current_size_cover_every_task_once_in_order() -> None:
     assert (retry.id, retry.indices, retry.largs) == (n, [7, 3], [(7,), (3,)])
 
 
-def test_grown_chunks_leave_a_share_of_the_rest_to_each_worker() -> None:
-    # Tiny tasks first, then maybe slow ones: growth never gives one worker all that is left.
+def test_grown_chunks_leave_an_equal_share_of_the_rest_to_each_worker() -> None:
+    # Tiny tasks first, then maybe slow ones: growth never gives one worker all that is left,
+    # and the workers get equal shares of it (not halves of halves: more chunks, more trips).
     sizer = ChunkSizer(4, spread=3)
     sizer.size = 1000  # as returned() would after a result of tiny tasks
-    assert [sizer.size_for(left) for left in (900, 30, 10, 5)] == [300, 10, 4, 4]
+    assert [sizer.size_for(left) for left in (900, 600, 300)] == [300, 300, 300]
+    sizer = ChunkSizer(4, spread=3)
+    sizer.size = 1000
     work = _Tasks([(i,) for i in range(100)], [{}] * 100, sizer, list(range(100)))
-    assert [len(c) for c in work.take(10)] == [34, 22, 15, 10, 7, 4, 4, 4]
+    assert [len(c) for c in work.take(10)] == [34, 34, 32]
     assert ChunkSizer(4, spread=3).size_for(900) == 4  # not grown: the size given
+
+
+def test_a_call_starts_from_what_the_last_call_of_its_function_measured() -> None:
+    # A round trip of 10 ms, tasks of 1 us: the first chunks are cut to size at once.
+    sizer = ChunkSizer(1250, spread=2, prior=(0.01, 1e-6))
+    assert sizer.learned() is None  # nothing measured by this call yet
+    assert [sizer.size_for(left) for left in (10_000, 5_000)] == [5000, 5000]
+    assert ChunkSizer(1250, prior=(0.01, 1e-6)).size_for(10_000) == 1250  # growth not asked
+    # The first result of this call replaces the prior: these tasks are slow, size back to base.
+    sizer.sent(0)
+    chunk = Chunk(0, [0, 1], [(0, 0.05), (1, 0.05)], [{}] * 2)
+    sizer.returned(run_chunk(tf.sleep_for, chunk))
+    assert sizer.size == 1250
+    learned = sizer.learned()
+    assert learned is not None and learned[1] >= 0.05
+
+
+class _Slotted:
+    __slots__ = ()
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+def test_local_remembers_each_function_s_task_times_while_the_function_lives() -> None:
+    def tiny(x: int) -> int:
+        return x + 1
+
+    assert learned_times(tiny, "local") is None
+    assert remote_map(tiny, [(i,) for i in range(2000)], mode="local", n_jobs=2,
+                      progress=False) == [i + 1 for i in range(2000)]
+    times = learned_times(tiny, "local")
+    assert times is not None and times[0] > 0 and times[1] > 0
+    # called again, it starts from those times and still gives every result in order
+    assert remote_map(tiny, [(i,) for i in range(3000)], mode="local", n_jobs=2,
+                      progress=False) == [i + 1 for i in range(3000)]
+    assert learned_times(tiny, "serial") is None  # per backend
+    slotted = _Slotted()  # takes no weak reference: not remembered, and no error
+    remember_times(slotted, "local", (0.01, 1e-6))
+    assert learned_times(slotted, "local") is None
+    gone = weakref.ref(tiny)
+    del tiny
+    gc.collect()
+    assert gone() is None  # the memory did not keep the function alive
 
 
 def test_run_chunk_records_indices_times_and_failures_by_task() -> None:

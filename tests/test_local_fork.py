@@ -1,7 +1,7 @@
 """``local`` runs a call's first chunk in a child forked from the caller (no pool to start):
 only when fork is safe, with the same failure records as a pool worker, and Ctrl-C stops it.
 
-Each case runs in a fresh interpreter: the test process has threads and a loky pool already,
+Each case runs in a fresh interpreter: the test process has threads and a worker pool already,
 which (rightly) rule fork out.
 """
 
@@ -23,7 +23,7 @@ from tests.test_interrupt import _alive, _signal_when_running, caller_script
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
-#: Prints, as JSON: the values or failures, and whether loky's pool was ever started.
+#: Prints, as JSON: the values or failures, and whether a pool worker was ever started.
 _CALLER = """
 import json, os, sys, threading
 from remotemap import RemoteException, remote_map
@@ -35,7 +35,7 @@ try:
 except RemoteException as exc:
     out = {{"failures": [[f.index, f.kind, f.message] for f in exc.failures],
             "results": exc.results}}
-out["pool_started"] = "loky.reusable_executor" in sys.modules
+out["pool_started"] = "loky.backend.popen_loky_posix" in sys.modules  # a worker started
 out["caller_pid"] = os.getpid()
 out["plugin_loaded"] = "remotemap.backends.dask" in sys.modules
 print(json.dumps(out))

@@ -1,0 +1,116 @@
+"""What a ``local`` worker process runs: a chunk, with the run's function cached per worker.
+
+Imported by every worker of the pool (``local_pool``), by the child forked for a call's first
+chunk (``local_fork``), and by the caller for the result format (a chunk's consecutive indices
+travel as a span, two numbers, not a list pickled each way).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from remotemap.buffers import PackedChunk, unmap, unpack
+from remotemap.execution import chunk_failed, dumps_result, loads, loads_result, run_chunk
+from remotemap.leftovers import Stdio, become_subreaper, kill_children
+from remotemap.progress import ChunkWatch
+from remotemap.tasks import Chunk, ChunkResult
+
+# Worker-side cache: the function of the current run, unpickled once per worker process.
+_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+# Worker-side: stdout and stderr as the worker started, put back after a task closed them.
+_STDIO: list[Stdio] = []
+# Worker-side: what counts the running chunk's tasks for a progress bar, started when needed.
+_WATCH: list[ChunkWatch] = []
+
+
+def _watch() -> ChunkWatch:
+    if not _WATCH:
+        _WATCH.append(ChunkWatch())
+    return _WATCH[0]
+
+
+def init_worker() -> None:
+    """Worker initializer: follow the caller's life, and adopt what tasks leave running."""
+    _watch_parent()
+    become_subreaper()
+    _STDIO.append(Stdio())
+
+
+def _watch_parent() -> None:
+    """Worker initializer: exit when the caller dies (even by SIGKILL, which leaves no chance
+    to stop the pool), instead of lingering as an orphan."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="remotemap-watch-parent", daemon=True).start()
+
+
+def run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk,
+                   counter: tuple[str, int] | None = None,
+                   span: tuple[int, int] | None = None) -> bytes:
+    function = _FUNCTIONS.get(token)
+    indices = packed.indices if span is None else list(range(*span))
+    try:
+        if function is None:
+            _FUNCTIONS.clear()  # one run at a time: do not keep old runs' functions alive
+            # Workers outlive a run; the caller's sys.path may have grown since they started
+            # (a notebook's sys.path.append), and the function may need it to load.
+            sys.path[:0] = [p for p in sys_path if p not in sys.path]
+            function = _FUNCTIONS[token] = loads(blob)
+        chunk, mappings = unpack(packed)
+        chunk.indices = indices
+    except Exception as exc:
+        return dumps_result(chunk_failed(Chunk(packed.id, indices, [], []), exc))
+    try:
+        if counter is None:
+            return dumps_span_result(run_chunk(function, chunk), span)
+        try:
+            return dumps_span_result(run_chunk(function, chunk, started=_watch().watch(counter)),
+                                 span)
+        finally:
+            _watch().unwatch()  # before the result goes: the caller then frees the slot
+    finally:
+        del chunk  # the last reference to the arguments here: their files may be unmapped
+        unmap(mappings)
+        # What the chunk's tasks left behind must not reach the next chunk in this worker.
+        kill_children()
+        for stdio in _STDIO:
+            stdio.repair()
+
+
+#: The token of a result whose indices went as a range: every task of the chunk's span, in order.
+_SPAN = "span"
+
+
+def chunk_span(chunk: Chunk) -> tuple[int, int] | None:
+    """A chunk's consecutive indices (every first attempt) as (start, stop): they then cross
+    to the worker and back as two numbers, not a list of ints pickled each way."""
+    return (chunk.indices[0], chunk.indices[-1] + 1) if chunk.consecutive and chunk.indices \
+        else None
+
+
+def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> bytes:
+    if span is None or result.failures:
+        return dumps_result(result)
+    # No task failed: the indices are the span's. A range pickles as three numbers;
+    # loads_span_result makes it a list again, before anything else sees it.
+    result.indices = range(*span)  # type: ignore[assignment]
+    return dumps_result(result, _SPAN)
+
+
+def loads_span_result(data: bytes) -> ChunkResult:
+    token, result = loads_result(data)
+    if token == _SPAN:
+        # A value that could not be pickled left a gap: then they are not consecutive.
+        result.indices, result.consecutive = list(result.indices), not result.failures
+    return result
