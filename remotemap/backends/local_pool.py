@@ -121,6 +121,10 @@ class WorkerPool:
                 self._drop(worker)
                 self.workers.append(self._start())
                 continue
+            except BaseException:  # Ctrl-C mid-write: the worker may hold half a message
+                _kill(worker.process)
+                self._drop(worker)
+                raise
             worker.jobs.append(job)
             return True
 
