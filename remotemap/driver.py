@@ -211,15 +211,21 @@ class Work(ABC):
         for."""
         time.sleep(timeout or 0)
 
+    def submitted(self, chunk_id: int) -> None:  # noqa: B027 - most work has nothing to do
+        """Chunk ``chunk_id`` was just handed to the session (packed and sent, for a local
+        one)."""
+
     def sent(self) -> None:  # noqa: B027 - most work has nothing to do here
         """The chunks just taken were submitted; the loop waits next."""
 
 
-def _submit(session: Session, chunks: list[Chunk], sent: dict[int, list[float]]) -> None:
+def _submit(session: Session, chunks: list[Chunk], sent: dict[int, list[float]],
+            work: Work) -> None:
     # The chunks (functions and arguments) stay in this frame only, not held while waiting.
     for chunk in chunks:
         sent[chunk.id] = [time.time(), len(chunk)]
         session.submit(chunk)
+        work.submitted(chunk.id)
 
 
 def _stamp(result: ChunkResult, sent: dict[int, list[float]]) -> ChunkResult:
@@ -252,7 +258,7 @@ def dispatch(session: Session, work: Work, retries: RetrySchedule) -> Iterator[C
         chunks = work.take(max(session.capacity - session.in_flight, 0))
         if chunks is None:
             return
-        _submit(session, chunks, sent)
+        _submit(session, chunks, sent, work)
         del chunks
         work.sent()
         if session.in_flight:
@@ -289,9 +295,11 @@ class _Tasks(Work):
             self.cut += len(part)
             (chunk,) = make_chunks(self.largs, self.lkwargs, len(part), indices=part)
             chunk.id, self.first_id = self.first_id, self.first_id + 1
-            self.sizer.sent(chunk.id)
             chunks.append(chunk)
         return chunks
+
+    def submitted(self, chunk_id: int) -> None:
+        self.sizer.sent(chunk_id)
 
     def ended(self) -> bool:
         return self.cut >= len(self.todo) and not self.retry

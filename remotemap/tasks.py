@@ -210,14 +210,19 @@ class ChunkSizer:
     workers, is given) once results show tasks so short that a chunk's round trip to a worker
     costs more than running its tasks.
 
-    A pool of local workers answers a chunk ~3-10 ms after it was sent, however short its
-    tasks (loky hands it through its manager and feeder threads, and back through its manager
-    thread): 10,000 tasks of 0.3 us in 8 chunks spent most of their time in those trips.
-    Once a result came back, the chunks still to cut are made big enough to take about one
-    round trip to run: splitting them further would cost more round trips than it could
-    balance. Tasks that take longer than a round trip keep
-    ``size``. The round trip is the shortest seen (a chunk that waited behind another at its
-    worker looks longer), the time per task the longest seen (the safe side for balance).
+    A pool of local workers answers a chunk 1-3 ms after it was sent, however short its tasks
+    (the pipes, a worker waking up, pickling): 10,000 tasks of 0.3 us in 8 chunks spent most
+    of their time in those trips. Once a result came back, the chunks still to cut are made
+    big enough to take about one round trip to run: splitting them further would cost more
+    round trips than it could balance. Tasks that take longer than a round trip keep ``size``.
+
+    The round trip is taken as twice the way out: from the chunk handed to the session (after
+    its arguments were packed) to its first task's start, the shortest seen (a chunk that
+    waited behind another at its worker looks longer). Not the time until the caller read the
+    result: a caller busy packing large arguments reads late, and that lag is not a cost per
+    chunk that bigger chunks would save. So growth is only for sessions whose workers read
+    the caller's clock (``local``). The time per task is the longest seen (the safe side for
+    balance).
 
     ``prior``: the round trip and time per task an earlier call of the same function measured
     (:func:`learned_times`), so a call made again and again (a loop over subjects, a
@@ -262,8 +267,10 @@ class ChunkSizer:
             return  # not ours, or no times from the worker (a lost chunk)
         if not self._measured:  # this call's own times replace what an earlier call saw
             self._trip, self._per_task, self._measured = float("inf"), 0.0, True
-        run = max(ends[-1] - starts[0], 0.0)  # on the worker's clock
-        self._trip = min(self._trip, time.time() - sent - run)  # on ours
+        run = max(ends[-1] - starts[0], 0.0)
+        way_out = starts[0] - sent  # the worker's clock is the caller's (see above)
+        if way_out > 0:
+            self._trip = min(self._trip, 2 * way_out)
         self._per_task = max(self._per_task, run / (len(result.indices) + len(result.failures)))
         self._resize()
 
