@@ -67,7 +67,7 @@ from remotemap.integrity import read_key_file
 from remotemap.preload import Preloader
 from remotemap.protocol import chunk_name, log_name
 from remotemap.rundir import LocalRunDir
-from remotemap.worker_children import Slots, die_with_parent, kill_group, load_prctl
+from remotemap.worker_children import Slots, die_with_parent, kill_group, load_prctl, wait_to_go
 from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
 
 #: ``run --fail-exit``'s status when a task failed.
@@ -179,14 +179,22 @@ class _Server:
         chunk_id = int(words[1])
         # Preloaded now, even for a chunk held for a slot: it then starts the moment one frees.
         chunk = (chunk_id, float(words[2]) if len(words) == 3 else None, self._preload(chunk_id))
-        if self.slots.admit(len(self.children), chunk):
-            self._fork(*chunk)
+        self._fork(*chunk, standby=not self.slots.admit(len(self.children), chunk))
 
-    def _fork(self, chunk_id: int, timeout: float | None, data: bytes | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout  # from its start
+    def _fork(self, chunk_id: int, timeout: float | None, data: bytes | None,
+              standby: bool = False) -> None:
+        """Fork the chunk's child; ``standby``: it waits for :meth:`Slots.release`'s byte."""
+        go = os.pipe() if standby else None
         pid = os.fork()
         if pid == 0:
-            self._child(chunk_id, data)  # never returns
+            self._child(chunk_id, data, go)  # never returns
+        if go is not None:
+            os.close(go[0])
+            self.slots.stand_by(chunk_id, pid, go[1])
+        self._started(pid, chunk_id, None if go is not None else timeout)
+
+    def _started(self, pid: int, chunk_id: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout  # from its start
         self.children[pid] = (chunk_id, deadline)
 
     def _preload(self, chunk_id: int) -> bytes | None:
@@ -202,7 +210,7 @@ class _Server:
         self.preloader.preload(data)
         return data
 
-    def _child(self, chunk_id: int, data: bytes | None) -> None:
+    def _child(self, chunk_id: int, data: bytes | None, go: tuple[int, int] | None) -> None:
         code = 0
         try:
             signal.set_wakeup_fd(-1)
@@ -215,6 +223,8 @@ class _Server:
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
+            if go is not None:
+                wait_to_go(go, self.slots.go_pipes())
             execute_chunk(self.run, chunk_id, self.function, self.task_dirs, data)
         except BaseException:
             import traceback
@@ -236,12 +246,16 @@ class _Server:
             if pid == 0:
                 return
             chunk_id, _ = self.children.pop(pid)
+            self.slots.lost(pid)
             # What the task started and left running dies with it (the child's group, which
             # outlives the reaped child while members remain, so the id cannot be reused).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            for held in self.slots.release(len(self.children)):  # before the caller hears
-                self._fork(*held)
+            for held, timeout, data, standby in self.slots.release(len(self.children)):
+                if standby is None:  # before the caller hears
+                    self._fork(held, timeout, data)
+                else:
+                    self._started(standby, held, timeout)
             if pid in self.timed_out:
                 self.timed_out.discard(pid)
                 text = "timeout"

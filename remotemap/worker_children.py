@@ -8,6 +8,13 @@ is reaped; and a chunk's outcome of at most ``INLINE`` bytes follows its ``done`
 protocol stream (``done CHUNK exit:0 SIZE`` and SIZE bytes, still sealed: the caller checks
 them as it would the file), sparing the caller a download. An untuned server (a
 ``local_with_dumps`` caller) starts every ``run`` line at once and writes bare ``done`` lines.
+
+A held chunk's child is forked when the chunk is held, while the others run: it sets itself
+up (its group, its log) and waits for one byte on a pipe of its own, which the server writes
+when a slot frees. A fork and a child's set-up (milliseconds on a loaded host, at the very
+moment the caller's traffic for the chunk that ended arrives too) are off the slot's idle
+time; the held chunk's timeout starts with that byte. A standby child that dies before it
+is told to go is reported like any child, and its chunk is not started again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from remotemap.rundir import LocalRunDir
 
 #: A chunk told to run: its id, its timeout in seconds, its checked content (preloading).
 Waiting = tuple[int, float | None, bytes | None]
+#: A held chunk let go: its id, its timeout, its content, its standby child's pid (or None).
+Released = tuple[int, float | None, bytes | None, int | None]
 
 
 class Slots:
@@ -34,6 +43,7 @@ class Slots:
         self.limit: int | None = None  # None: untuned, every chunk starts at once
         self.inline = 0
         self._held: collections.deque[Waiting] = collections.deque()
+        self._standby: dict[int, tuple[int, int]] = {}  # chunk -> (its child, its go pipe)
 
     def tune(self, words: list[str]) -> None:
         """``tune SLOTS INLINE``'s words after ``tune``; ValueError if malformed."""
@@ -42,25 +52,54 @@ class Slots:
             raise ValueError(f"tune {slots} {inline}")
         self.limit, self.inline = slots, inline
 
-    def admit(self, running: int, chunk: Waiting) -> bool:
-        """True if ``chunk`` may start now, with ``running`` children; else it is held."""
-        if self.limit is None or (running < self.limit and not self._held):
+    def admit(self, children: int, chunk: Waiting) -> bool:
+        """True if ``chunk`` may start now, the server having ``children``; else it is held
+        (the server then forks its standby child, :meth:`stand_by`)."""
+        if self.limit is None or (children - len(self._standby) < self.limit
+                                  and not self._held):
             return True
         self._held.append(chunk)
         return False
 
-    def release(self, running: int) -> list[Waiting]:
-        """The held chunks that may start now that ``running`` children run."""
-        free = 0 if self.limit is None else self.limit - running
-        started = []
+    def stand_by(self, chunk_id: int, pid: int, go: int) -> None:
+        """Held ``chunk_id``'s child ``pid`` waits for a byte on the pipe ``go`` writes to."""
+        self._standby[chunk_id] = (pid, go)
+
+    def release(self, children: int) -> list[Released]:
+        """The held chunks that start now that the server has ``children``: a standby child
+        is told to go here; a chunk without one is for the server to fork."""
+        free = 0 if self.limit is None else self.limit - (children - len(self._standby))
+        started: list[Released] = []
         while self._held and free > 0:
-            started.append(self._held.popleft())
+            chunk_id, timeout, data = self._held.popleft()
+            pid, go = self._standby.pop(chunk_id, (None, -1))
+            if go >= 0:
+                with contextlib.suppress(OSError):  # gone meanwhile: reaped and reported
+                    os.write(go, b"g")
+                os.close(go)
+            started.append((chunk_id, timeout, data, pid))
             free -= 1
         return started
 
+    def lost(self, pid: int) -> None:
+        """Child ``pid`` ended: if it was a standby one, its chunk is not to start again."""
+        for chunk_id, (standing, go) in list(self._standby.items()):
+            if standing == pid:
+                del self._standby[chunk_id]
+                os.close(go)
+                self._held = collections.deque(c for c in self._held if c[0] != chunk_id)
+
+    def go_pipes(self) -> list[int]:
+        """The standby children's go pipes, for a new child to close."""
+        return [go for _, go in self._standby.values()]
+
     def clear(self) -> None:
-        """Forget the held chunks (the caller left, or the run changed): they never start."""
+        """Forget the held chunks (the caller left, or the run changed): they never start;
+        their standby children, stopped with the others, read the end of their pipe."""
         self._held.clear()
+        for _, go in self._standby.values():
+            os.close(go)
+        self._standby.clear()
 
     def done_message(self, rundir: LocalRunDir, chunk_id: int, status: str) -> bytes:
         """The ``done`` line, with the outcome after it when it is to go inline and can be
@@ -111,3 +150,13 @@ def die_with_parent(prctl: Callable[..., int] | None) -> None:
     """Ask Linux to SIGKILL this child if the server dies, so no task outlives its run."""
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def wait_to_go(go: tuple[int, int], others: list[int]) -> None:
+    """In a standby child: wait for the server's byte; exit if its pipe ends without one (the
+    run was stopped). ``others``: other children's pipes, not this one's to hold open."""
+    for fd in (go[1], *others):
+        os.close(fd)
+    if os.read(go[0], 1) != b"g":
+        os._exit(0)
+    os.close(go[0])

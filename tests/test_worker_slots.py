@@ -4,6 +4,8 @@ right after their ``done`` line. Driven directly, as ``tests/test_worker.py`` do
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -106,3 +108,43 @@ def test_held_chunks_never_start_once_stdin_closes(tmp_path: Path) -> None:
     _wait_for(Path(f"{stem}.0"))
     _finish(proc)  # the running child is stopped; the held one must not start in its place
     assert not Path(f"{stem}.1").exists()
+
+
+def _children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_a_held_chunks_child_waits_forked_and_if_killed_is_reported_not_restarted(
+        tmp_path: Path) -> None:
+    stem = str(tmp_path / "pid")
+    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 1.0)], [{}]),
+                                             Chunk(1, [1], [(stem, 1, 0)], [{}]),
+                                             Chunk(2, [2], [(stem, 2, 0)], [{}])])
+    proc = _serve(layout)
+    server = _client(proc)
+    server.tune(1, 1 << 16)
+    for chunk_id in (0, 1, 2):
+        server.run(chunk_id)
+    _wait_for(Path(f"{stem}.0"))
+    running = int(Path(f"{stem}.0").read_text())
+    deadline = time.monotonic() + 10
+    while len(_children_of(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    standby = sorted(_children_of(proc.pid) - {running})
+    assert len(standby) == 2  # both held chunks' children, forked before any slot freed
+    os.kill(standby[0], signal.SIGKILL)  # chunk 1's, the first forked
+    assert server.next_done() == (1, "signal:9")
+    assert server.next_done() == (0, "exit:0")
+    assert server.next_done() == (2, "exit:0")
+    assert not Path(f"{stem}.1").exists()  # never started, in its own child or another
+    assert Path(f"{stem}.2").exists()
+    _finish(proc)
