@@ -109,9 +109,13 @@ class WorkerServer:
     def run(self, chunk_id: int, timeout: float | None = None) -> None:
         self._send(f"run {chunk_id}" + (f" {timeout}" if timeout is not None else "") + "\n")
 
-    def _send(self, line: str) -> None:
+    def put(self, chunk_id: int, parts: tuple[bytes, bytes]) -> None:
+        """Send a chunk's sealed file (tag and data) for the server to write (a tuned one)."""
+        self._send(f"put {chunk_id} {len(parts[0]) + len(parts[1])}\n", *parts)
+
+    def _send(self, line: str, *payload: bytes) -> None:
         try:
-            self._stdin.write(line.encode())
+            self._stdin.write(b"".join((line.encode(), *payload)))
             self._stdin.flush()
         except (OSError, ValueError) as exc:
             raise WorkerServerGone(f"worker server on {self.where} is gone: {exc}") from exc

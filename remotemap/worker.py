@@ -18,7 +18,8 @@ Two ways to run it:
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
     ``open {JSON}`` (root, key, env) makes it serve another run: the ``ssh`` mode keeps a
     host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins;
-    ``drop`` removes the run directory (answered ``dropped``) when a call ends. ``tune SLOTS
+    ``drop`` removes the run directory (answered ``dropped``) when a call ends; ``put``
+    writes a chunk's file sent on stdin (``remotemap.worker_stdin``). ``tune SLOTS
     INLINE`` (``ssh``) caps the children and holds further chunks, and sends small outcomes
     after their ``done`` line (``remotemap.worker_children``).
 
@@ -43,7 +44,7 @@ seal the run's key checks, and seals the outcomes it writes (see ``remotemap.pro
 
 The worker imports only the standard library, cloudpickle and remotemap's lower modules
 (``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``preload``,
-``protocol``, ``rundir``, ``tasks``, ``worker_children``, ``worker_run``;
+``protocol``, ``rundir``, ``tasks``, ``worker_children``, ``worker_run``, ``worker_stdin``;
 ``remotemap/__init__`` imports its public names lazily), never the driver, config, api,
 executor, workflow or cli;
 ``tests/test_layers_worker.py`` holds it to that list. This module holds the program (its
@@ -69,6 +70,7 @@ from remotemap.protocol import chunk_name, log_name
 from remotemap.rundir import LocalRunDir
 from remotemap.worker_children import Slots, die_with_parent, kill_group, load_prctl, wait_to_go
 from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
+from remotemap.worker_stdin import StdinReader
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
@@ -136,7 +138,7 @@ class _Server:
         selector.register(0, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         self.out.write(self.ready_line())
-        pending = b""
+        stdin = StdinReader()
         stdin_open = True
         try:
             while stdin_open or self.children:
@@ -150,18 +152,20 @@ class _Server:
                         selector.unregister(0)
                         self.stop_children()
                         continue
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        self.handle(line.decode())
+                    for line, payload in stdin.feed(data):
+                        self.handle(line, payload)
                 self.reap()
                 self.enforce_deadlines()
         finally:
             self.stop_children()
 
-    def handle(self, line: str) -> None:
+    def handle(self, line: str, payload: bytes | None = None) -> None:
         words = line.split()
         if not words:
+            return
+        if payload is not None:  # ``put CHUNK SIZE``: a chunk's sealed file, checked when read
+            with contextlib.suppress(OSError):  # else its child reports the file missing
+                self.run.rundir.write(chunk_name(int(words[1])), payload)
             return
         if words[0] == "open":
             self.reopen(line[len("open"):])

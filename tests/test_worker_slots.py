@@ -1,6 +1,7 @@
 """A tuned worker server (``tune SLOTS INLINE``, what the ``ssh`` mode sends): it holds the
-chunks beyond its slots and starts each the moment a slot frees, and sends small outcomes
-right after their ``done`` line. Driven directly, as ``tests/test_worker.py`` does."""
+chunks beyond its slots and starts each the moment a slot frees, sends small outcomes right
+after their ``done`` line, and writes the chunks ``put`` on its stdin. Driven directly, as
+``tests/test_worker.py`` does."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from remotemap.protocol import open_outcome
+from remotemap.protocol import chunk_name, encode_chunk, open_outcome, seal_parts
 from remotemap.server_client import WorkerServer
 from remotemap.tasks import Chunk
+from remotemap.worker_stdin import StdinReader
 from tests import taskfuncs as tf
 from tests.test_worker import KEY, _layout_with, _serve
 
@@ -148,3 +150,29 @@ def test_a_held_chunks_child_waits_forked_and_if_killed_is_reported_not_restarte
     assert not Path(f"{stem}.1").exists()  # never started, in its own child or another
     assert Path(f"{stem}.2").exists()
     _finish(proc)
+
+
+def test_a_chunk_put_on_stdin_is_written_sealed_and_runs() -> None:
+    layout = _layout_with(tf.square, [])
+    chunk = Chunk(5, [5], [(9,)], [{}])
+    name = chunk_name(chunk.id)
+    sealed = seal_parts(KEY, name, encode_chunk("tok", chunk))
+    proc = _serve(layout)
+    server = _client(proc)
+    server.tune(1, 1 << 16)
+    server.put(chunk.id, sealed)
+    server.run(chunk.id)
+    assert server.next_done() == (5, "exit:0")
+    assert Path(layout.chunk(5)).read_bytes() == b"".join(sealed)
+    result = open_outcome(KEY, 5, server.outcomes.pop(5), "tok", "inline")
+    assert result is not None and result.values == [81]
+    _finish(proc)
+
+
+def test_stdin_is_cut_into_lines_and_put_payloads_however_it_arrives() -> None:
+    stream = b"tune 2 0\nput 3 5\nab\ncdrun 3\nput ../x 2\n"
+    for cut in range(len(stream) + 1):  # every place one read may end and the next begin
+        reader = StdinReader()
+        got = [*reader.feed(stream[:cut]), *reader.feed(stream[cut:])]
+        assert got == [("tune 2 0", None), ("put 3 5", b"ab\ncd"), ("run 3", None),
+                       ("put ../x 2", None)]  # not a chunk's number: an unknown command
