@@ -25,6 +25,8 @@ Probes (``--probe NAME TREE``, run by the above in a fresh interpreter; JSON on 
   engine started, its first outcome, and how long after the last outcome the call returned
   (:mod:`benchmarks.cluster_timeline` has the whole timeline).
 * ``ssh_cpu_warm``: ``ssh_cpu`` once the host is warm (a call before, untimed).
+* ``ssh_sleep_warm``: the same with tasks that sleep 0.5 s: the load of a shared machine
+  stretches them less, so the overhead of a warm call shows through it.
 * ``slurm_workers`` (:mod:`benchmarks.ab_slurm`): 1,000 trivial tasks and 100 x sleep(1) on
   the private SLURM (16 slots, root), remote_map's worker jobs beside dask-jobqueue's 2 x 8.
 """
@@ -214,23 +216,23 @@ def probe(name: str, tree: str) -> dict[str, Any]:
         return probe_bulk(tree, "local" if name == "bulk" else "local_with_dumps")
     if name == "cluster_start":
         return probe_cluster_start(tree)
-    if name in ("ssh_cpu", "ssh_cpu_warm"):
+    if name in ("ssh_cpu", "ssh_cpu_warm", "ssh_sleep_warm"):
         from benchmarks.ab_ssh import probe_ssh_cpu
 
-        return probe_ssh_cpu(tree, warm=name == "ssh_cpu_warm")
+        return probe_ssh_cpu(tree, warm=name != "ssh_cpu", sleep=name == "ssh_sleep_warm")
     if name == "slurm_workers":
         from benchmarks.ab_slurm import probe_slurm_workers
 
         return probe_slurm_workers(tree)
     raise ValueError(f"unknown probe {name!r}; expected tiny, bulk, bulk_dumps, ssh_cpu, "
-                     "ssh_cpu_warm, cluster_start or slurm_workers")
+                     "ssh_cpu_warm, ssh_sleep_warm, cluster_start or slurm_workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
     parser.add_argument("name", nargs="?", default="tiny",
-                        help="tiny, bulk, bulk_dumps, ssh_cpu, ssh_cpu_warm, cluster_start"
-                             " or slurm_workers")
+                        help="tiny, bulk, bulk_dumps, ssh_cpu, ssh_cpu_warm, ssh_sleep_warm,"
+                             " cluster_start or slurm_workers")
     parser.add_argument("--base", default="main", help="git revision of the before side")
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "TREE"), help=argparse.SUPPRESS)

@@ -41,6 +41,13 @@ def burn(seconds: float) -> tuple[float, float]:
     return started, time.time()
 
 
+def nap(seconds: float) -> tuple[float, float]:
+    """Sleep ``seconds``; (wall start, wall end)."""
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
+
+
 def _close_warm_hosts() -> None:
     """Close the warm hosts, where the checkout under test keeps any."""
     try:
@@ -50,9 +57,10 @@ def _close_warm_hosts() -> None:
     POOL.close_all()
 
 
-def probe_ssh_cpu(tree: str, warm: bool = False) -> dict[str, Any]:
+def probe_ssh_cpu(tree: str, warm: bool = False, sleep: bool = False) -> dict[str, Any]:
     """The median over ``CALLS`` calls, end to end (connect, start, run, fetch, clean up);
-    ``warm``: after a first call, untimed, whose host stays warm for them."""
+    ``warm``: after a first call, untimed, whose host stays warm for them; ``sleep``: tasks
+    that sleep (``nap``) instead of burning CPU."""
     from benchmarks.ab import use_tree
 
     use_tree(tree)
@@ -65,18 +73,19 @@ def probe_ssh_cpu(tree: str, warm: bool = False) -> dict[str, Any]:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the host lacks benchmarks
     user = ensure_test_user()
     python = str(install_remotemap_for_user(user, Path(tree)))
+    task = nap if sleep else burn
     elapsed: list[float] = []
     non_task: list[float] = []
     with SSHServer(user) as server:
         options: dict[str, Any] = {"hosts": [server.alias], "n_jobs": 2, "progress": False,
                                    "ssh_config": str(server.ssh_config), "python": python}
         if warm:
-            remote_map(burn, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
+            remote_map(task, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
         for _ in range(CALLS):
             if not warm:
                 _close_warm_hosts()
             started = time.perf_counter()
-            spans = remote_map(burn, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
+            spans = remote_map(task, [(CPU_SECONDS,)] * CPU_TASKS, mode="ssh", **options)
             took = time.perf_counter() - started
             elapsed.append(took)
             non_task.append(took - sum(end - start for start, end in spans) / 2)

@@ -18,7 +18,10 @@ Two ways to run it:
     stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
     ``open {JSON}`` (root, key, env) makes it serve another run: the ``ssh`` mode keeps a
     host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins;
-    ``drop`` removes the run directory (answered ``dropped``) when a call ends.
+    ``drop`` removes the run directory (answered ``dropped``) when a call ends; ``put``
+    writes a chunk's file sent on stdin (``remotemap.worker_stdin``). ``tune SLOTS
+    INLINE`` (``ssh``) caps the children and holds further chunks, and sends small outcomes
+    after their ``done`` line (``remotemap.worker_children``).
 
     Before forking a chunk's child, the server reads the chunk's sealed file (only once its
     seal checks out; a refused file is left to the child, which reports it as before) and
@@ -41,8 +44,9 @@ seal the run's key checks, and seals the outcomes it writes (see ``remotemap.pro
 
 The worker imports only the standard library, cloudpickle and remotemap's lower modules
 (``_version``, ``errors``, ``execution``, ``integrity``, ``leftovers``, ``preload``,
-``protocol``, ``rundir``, ``tasks``, ``worker_run``; ``remotemap/__init__`` imports its public
-names lazily), never the driver, config, api, executor, workflow or cli;
+``protocol``, ``rundir``, ``tasks``, ``worker_children``, ``worker_run``, ``worker_stdin``;
+``remotemap/__init__`` imports its public names lazily), never the driver, config, api,
+executor, workflow or cli;
 ``tests/test_layers_worker.py`` holds it to that list. This module holds the program (its
 commands, the key line) and the fork server; what runs a chunk in the run directory is
 ``remotemap.worker_run``.
@@ -56,7 +60,6 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable
 
 from remotemap._version import __version__
 from remotemap.capture import keep_in_log
@@ -65,7 +68,9 @@ from remotemap.integrity import read_key_file
 from remotemap.preload import Preloader
 from remotemap.protocol import chunk_name, log_name
 from remotemap.rundir import LocalRunDir
+from remotemap.worker_children import Slots, die_with_parent, kill_group, load_prctl, wait_to_go
 from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
+from remotemap.worker_stdin import StdinReader
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
@@ -86,7 +91,8 @@ class _Server:
         os.dup2(2, 1)
         self.children: dict[int, tuple[int, float | None]] = {}  # pid -> (chunk, deadline)
         self.timed_out: set[int] = set()
-        self.prctl = _load_prctl()
+        self.slots = Slots()  # untuned: every chunk starts when told
+        self.prctl = load_prctl()
         self.function: Function | None = None
         self.run_env: list[str] = []  # the variables the current run set (``open``)
         self._load()
@@ -132,7 +138,7 @@ class _Server:
         selector.register(0, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         self.out.write(self.ready_line())
-        pending = b""
+        stdin = StdinReader()
         stdin_open = True
         try:
             while stdin_open or self.children:
@@ -146,18 +152,20 @@ class _Server:
                         selector.unregister(0)
                         self.stop_children()
                         continue
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        self.handle(line.decode())
+                    for line, payload in stdin.feed(data):
+                        self.handle(line, payload)
                 self.reap()
                 self.enforce_deadlines()
         finally:
             self.stop_children()
 
-    def handle(self, line: str) -> None:
+    def handle(self, line: str, payload: bytes | None = None) -> None:
         words = line.split()
         if not words:
+            return
+        if payload is not None:  # ``put CHUNK SIZE``: a chunk's sealed file, checked when read
+            with contextlib.suppress(OSError):  # else its child reports the file missing
+                self.run.rundir.write(chunk_name(int(words[1])), payload)
             return
         if words[0] == "open":
             self.reopen(line[len("open"):])
@@ -166,15 +174,31 @@ class _Server:
             self.run.rundir.remove()
             self.out.write("dropped\n")
             return
+        if words[0] == "tune":
+            self.slots.tune(words[1:])
+            return
         if words[0] != "run" or len(words) not in (2, 3):
             self.out.write(f"error unknown command {line!r}\n")
             return
         chunk_id = int(words[1])
-        data = self._preload(chunk_id)
-        deadline = time.monotonic() + float(words[2]) if len(words) == 3 else None
+        # Preloaded now, even for a chunk held for a slot: it then starts the moment one frees.
+        chunk = (chunk_id, float(words[2]) if len(words) == 3 else None, self._preload(chunk_id))
+        self._fork(*chunk, standby=not self.slots.admit(len(self.children), chunk))
+
+    def _fork(self, chunk_id: int, timeout: float | None, data: bytes | None,
+              standby: bool = False) -> None:
+        """Fork the chunk's child; ``standby``: it waits for :meth:`Slots.release`'s byte."""
+        go = os.pipe() if standby else None
         pid = os.fork()
         if pid == 0:
-            self._child(chunk_id, data)  # never returns
+            self._child(chunk_id, data, go)  # never returns
+        if go is not None:
+            os.close(go[0])
+            self.slots.stand_by(chunk_id, pid, go[1])
+        self._started(pid, chunk_id, None if go is not None else timeout)
+
+    def _started(self, pid: int, chunk_id: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout  # from its start
         self.children[pid] = (chunk_id, deadline)
 
     def _preload(self, chunk_id: int) -> bytes | None:
@@ -190,19 +214,21 @@ class _Server:
         self.preloader.preload(data)
         return data
 
-    def _child(self, chunk_id: int, data: bytes | None) -> None:
+    def _child(self, chunk_id: int, data: bytes | None, go: tuple[int, int] | None) -> None:
         code = 0
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             os.setpgid(0, 0)  # its own group, so a timeout kills what the task spawned too
-            _die_with_parent(self.prctl)
+            die_with_parent(self.prctl)
             log = self.run.rundir.open_for_writing(log_name(chunk_id))
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
+            if go is not None:
+                wait_to_go(go, self.slots.go_pipes())
             execute_chunk(self.run, chunk_id, self.function, self.task_dirs, data)
         except BaseException:
             import traceback
@@ -224,10 +250,16 @@ class _Server:
             if pid == 0:
                 return
             chunk_id, _ = self.children.pop(pid)
+            self.slots.lost(pid)
             # What the task started and left running dies with it (the child's group, which
             # outlives the reaped child while members remain, so the id cannot be reused).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            for held, timeout, data, standby in self.slots.release(len(self.children)):
+                if standby is None:  # before the caller hears
+                    self._fork(held, timeout, data)
+                else:
+                    self._started(standby, held, timeout)
             if pid in self.timed_out:
                 self.timed_out.discard(pid)
                 text = "timeout"
@@ -235,7 +267,9 @@ class _Server:
                 text = f"signal:{os.WTERMSIG(status)}"
             else:
                 text = f"exit:{os.WEXITSTATUS(status)}"
-            self.out.write(f"done {chunk_id} {text}\n")
+            self.out.flush()
+            self.out.buffer.write(self.slots.done_message(self.run.rundir, chunk_id, text))
+            self.out.buffer.flush()
 
     def _next_timeout(self) -> float | None:
         deadlines = [d for _, d in self.children.values() if d is not None]
@@ -248,54 +282,23 @@ class _Server:
         for pid, (_, deadline) in self.children.items():
             if deadline is not None and now >= deadline and pid not in self.timed_out:
                 self.timed_out.add(pid)
-                _kill_group(pid, signal.SIGKILL)
+                kill_group(pid, signal.SIGKILL)
 
     def stop_children(self) -> None:
-        """Stop every child: SIGTERM first so tasks may clean up, SIGKILL if they linger."""
+        """Stop every child: SIGTERM first so tasks may clean up, SIGKILL if they linger;
+        the chunks held for a slot never start."""
+        self.slots.clear()
         for pid in self.children:
-            _kill_group(pid, signal.SIGTERM)
+            kill_group(pid, signal.SIGTERM)
         give_up = time.monotonic() + 0.5
         while self.children and time.monotonic() < give_up:
             self.reap()
             time.sleep(0.01)
         for pid in self.children:
-            _kill_group(pid, signal.SIGKILL)
+            kill_group(pid, signal.SIGKILL)
         while self.children:
             self.reap()
             time.sleep(0.005)
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    """Signal the child's process group (what the task spawned too), else the child alone."""
-    try:
-        os.killpg(pid, sig)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass  # the child may not have made its group yet
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's prctl, loaded once in the server (importing ctypes in every child costs ms)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except Exception:
-        return None
-    return prctl
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(prctl: Callable[..., int] | None) -> None:
-    """Ask Linux to SIGKILL this child if the server dies, so no task outlives its run."""
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _drain(fd: int) -> None:
@@ -390,3 +393,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     "remotemap.protocol": 1,
     "remotemap.worker": 1,
     "remotemap.worker_run": 1,
+    "remotemap.worker_children": 1,
+    "remotemap.worker_stdin": 1,
     "remotemap.pilot": 1,
     "remotemap.pilot_slots": 1,
     "remotemap.preload": 1,

@@ -26,6 +26,7 @@ WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remot
                   "remotemap.preload",
                   "remotemap.protocol",
                   "remotemap.rundir", "remotemap.tasks", "remotemap.worker",
+                  "remotemap.worker_children", "remotemap.worker_stdin",
                   "remotemap.worker_run"}
 ENGINE_MODULES = {"remotemap", "remotemap._version", "remotemap.errors", "remotemap.backends",
                   "remotemap.backends.cluster", "remotemap.backends.cluster.checks",

@@ -34,7 +34,13 @@ from remotemap.protocol import (
     seal_file,
     seal_parts,
 )
-from remotemap.server_client import ServerInfo, WorkerServer, WorkerServerGone
+from remotemap.server_client import (
+    ProcessReader,
+    ProcessWriter,
+    ServerInfo,
+    WorkerServer,
+    WorkerServerGone,
+)
 from remotemap.ssh import transfer
 from remotemap.tasks import Chunk, ChunkResult
 from remotemap.worker import OUTCOME_UNWRITABLE_EXIT
@@ -44,6 +50,10 @@ if TYPE_CHECKING:
     from remotemap.backends.staging_targets import SSHTarget
 
 log = logging.getLogger("remotemap")
+
+#: Chunks and outcomes of at most this many bytes (no large buffers) go on the worker server's
+#: stdin and stdout (``put``, ``tune``), sparing an SFTP transfer's round trips.
+INLINE_BYTES = 1 << 18
 
 
 class RemoteSetupError(RemotemapError, RuntimeError):
@@ -60,25 +70,6 @@ def remote_dir(settings: Mapping[str, Any]) -> str:
                           "'..'; give an absolute path or one inside the home",
                           key="ssh.remote_dir")
     return value
-
-
-class _ProcessWriter:
-    def __init__(self, process: Any) -> None:
-        self._process = process
-        self.write = process.write
-
-    def flush(self) -> None:
-        pass
-
-
-class _ProcessReader:
-    def __init__(self, process: Any) -> None:
-        self._process = process
-        self.timeout: float | None = None
-
-    def readline(self) -> bytes:
-        line: bytes = self._process.readline(self.timeout)
-        return line
 
 
 class RemoteRun:
@@ -103,7 +94,7 @@ class RemoteRun:
         self.process: Any = None
         self.layout: RunLayout | None = None
         self.info: ServerInfo | None = None
-        self._reader: _ProcessReader | None = None
+        self._reader: ProcessReader | None = None
         self.server: WorkerServer | None = None
         #: Tasks of a staged chunk that failed to pickle or whose inputs could not be sent,
         #: reported with the chunk's result; shared by the session's runs (``pending``), so a
@@ -112,6 +103,8 @@ class RemoteRun:
         #: Chunks uploaded and not yet started (their timeout, if any); started, not collected.
         self._staged: dict[int, float | None] = {}
         self._running: set[int] = set()
+        #: The server holds the chunks beyond its slots (``tune``): every chunk is sent at once.
+        self.queues = False
         self._removed = False
         self._uid = -1  # the login's uid on the host, once asked
         self._python = ""  # ssh.python, as the host resolved it
@@ -191,10 +184,21 @@ class RemoteRun:
 
     def _serve_on(self, process: Any) -> WorkerServer:
         """The caller's side of the worker server that ``process`` runs."""
-        self._reader = _ProcessReader(process)
+        self._reader = ProcessReader(process)
         self._reader.timeout = max(30.0, float(self.settings.get("connect_timeout") or 10))
-        self.server = WorkerServer(_ProcessWriter(process), self._reader, self.host)
+        self.server = WorkerServer(ProcessWriter(process), self._reader, self.host,
+                                   self._reader.read_exact)
         return self.server
+
+    def _tune(self) -> None:
+        """A server of this version holds the chunks beyond its slots and sends small
+        outcomes with their ``done`` line; an older one is driven as before."""
+        from remotemap._version import __version__
+
+        assert self.server is not None and self.info is not None
+        self.queues = self.info.remotemap_version == __version__
+        if self.queues:
+            self.server.tune(self.slots, INLINE_BYTES)
 
     def _await_server(self, python: str) -> None:
         """Wait for the server's ready line; RemoteSetupError naming the host if it died."""
@@ -215,6 +219,7 @@ class RemoteRun:
                         self.info.remotemap_version, __version__)
         log.debug("ssh host %s ready: python %s, %d CPUs", self.host,
                   self.info.python_version, self.info.cpus)
+        self._tune()
 
     def target(self) -> SSHTarget:
         """This connection as the place staged inputs go."""
@@ -265,10 +270,13 @@ class RemoteRun:
             self._pending_failures.setdefault(chunk.id, []).extend(failures)
         # Large buffers first, as raw files (the worker maps them); then the sealed chunk
         # naming them, its tag and data written one after the other.
-        for path, raw in outgoing:
-            transfer.put_bytes(self.connection, path, raw)
-        transfer.put_bytes(self.connection, self.layout.chunk(chunk.id),
-                           seal_parts(self.key, chunk_name(chunk.id), data))
+        sealed = seal_parts(self.key, chunk_name(chunk.id), data)
+        if self.queues and not outgoing and len(data) <= INLINE_BYTES:
+            self.server.put(chunk.id, sealed)  # on the server's stdin: no upload's round trips
+        else:
+            for path, raw in outgoing:
+                transfer.put_bytes(self.connection, path, raw)
+            transfer.put_bytes(self.connection, self.layout.chunk(chunk.id), sealed)
         timeout = self.options.timeout
         self._staged[chunk.id] = None if timeout is None else timeout * len(chunk)
         if start:
@@ -328,14 +336,16 @@ class RemoteRun:
             return None
 
     def collect(self, chunk: Chunk, status: str) -> ChunkResult:
-        assert self.layout is not None
+        assert self.layout is not None and self.server is not None
         self._running.discard(chunk.id)
         result: ChunkResult | None = None
+        sent = self.server.outcomes.pop(chunk.id, None)  # inline: checked as the file would be
         if status == "exit:0":
             path = self.layout.outcome(chunk.id)
             try:
                 result = open_outcome(self.key, chunk.id,
-                                      transfer.get_bytes(self.connection, path),
+                                      sent if sent is not None
+                                      else transfer.get_bytes(self.connection, path),
                                       self.token, f"{self.host}:{path}",
                                       self._fetch_buffers(chunk.id))
             except FileNotFoundError:

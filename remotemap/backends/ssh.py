@@ -195,15 +195,19 @@ class _HostRunner(threading.Thread):
     def _serve(self, remote: RemoteRun, in_flight: dict[int, Chunk]) -> None:
         """Keep the host's slots busy: besides the chunks running, up to ``AHEAD`` more are
         uploaded and wait their turn, so a slot that frees is given its next chunk at once
-        (one line to the server), before the finished chunk's outcome is downloaded."""
+        (one line to the server), before the finished chunk's outcome is downloaded. A server
+        that holds chunks itself (``remote.queues``) is sent one ahead per slot, each told to
+        run at once: it starts them as its slots free, with no round trip in between."""
         slots = remote.slots
+        ahead = slots if remote.queues else AHEAD
         waiting: collections.deque[int] = collections.deque()  # uploaded, not started
         while not self.dispatch.stop.is_set():
             while waiting and len(in_flight) - len(waiting) < slots:
                 remote.start(waiting.popleft())
-            while len(in_flight) < slots + AHEAD:
-                start = len(in_flight) - len(waiting) < slots  # a slot is free for it
-                chunk = (self.dispatch.take(wait=0.0 if in_flight else 0.1) if start
+            while len(in_flight) < slots + ahead:
+                free = len(in_flight) - len(waiting) < slots  # a slot is free for it
+                start = free or remote.queues
+                chunk = (self.dispatch.take(wait=0.0 if in_flight else 0.1) if free
                          else self.dispatch.take_ahead())
                 if chunk is None:
                     break

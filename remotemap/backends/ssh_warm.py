@@ -194,6 +194,7 @@ class WarmRemoteRun(RemoteRun):
             spec = {"root": layout.root, "key": self.key.hex(), "env": variables}
             self.process.write(f"open {json.dumps(spec)}\n".encode())  # never on the disk
             self.info = self._serve_on(self.process).wait_ready()
+            self._tune()
         except Exception as exc:
             log.info("ssh: the warm connection to %s did not answer (%s); connecting anew",
                      self.host, exc)

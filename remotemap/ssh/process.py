@@ -199,6 +199,24 @@ class RemoteProcess:
                 else:
                     self._eof = True
 
+    def read_exact(self, size: int, timeout: float | None = None) -> bytes:
+        """The next ``size`` bytes of stdout (what follows a line that announced them);
+        EOFError if stdout ends first, :class:`CommandTimeout` after ``timeout`` seconds."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._read_lock:
+            while len(self._buffer) < size and not self._eof:
+                remaining = None if end is None else max(end - time.monotonic(), 0.001)
+                data = self._recv(remaining, timeout)
+                if data:
+                    self._buffer += data
+                else:
+                    self._eof = True
+            if len(self._buffer) < size:
+                raise EOFError(f"{self.argv[0]} ended {size - len(self._buffer)} bytes short")
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            return data
+
     def _recv(self, wait: float | None, timeout: float | None) -> bytes:
         self._chan.settimeout(wait)
         try:
