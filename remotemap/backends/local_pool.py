@@ -241,7 +241,8 @@ def park(pool: WorkerPool) -> None:
 
 def pool_is_parked() -> bool:
     """Whether a call could take a started pool (then no child is forked for its first chunk)."""
-    return bool(_parked) and bool(_parked[0].workers)
+    with _parked_lock:
+        return bool(_parked) and bool(_parked[0].workers)
 
 
 @atexit.register
