@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from remotemap.execution import dumps
 from remotemap.protocol import map_buffer_files
-from remotemap.tasks import Chunk
+from remotemap.tasks import Chunk, single_arguments
 
 #: Buffers smaller than this stay inside the pickle: a file per small buffer costs more.
 SPILL_THRESHOLD = 1 << 20
@@ -43,6 +43,8 @@ class PackedChunk:
     indices: list[int]
     data: bytes
     buffer_files: list[str] = field(default_factory=list)
+    #: ``data`` holds each task's only positional argument, not a tuple each (``pack``).
+    singles: bool = False
 
 
 class BufferSpill:
@@ -58,9 +60,13 @@ class BufferSpill:
         self._free: dict[str, int] = {}
         self._names = itertools.count()
 
-    def pack(self, chunk: Chunk) -> PackedChunk:
-        """Pickle the chunk's arguments; raises as pickling does if one cannot be pickled."""
+    def pack(self, chunk: Chunk, singles: bool = False) -> PackedChunk:
+        """Pickle the chunk's arguments; raises as pickling does if one cannot be pickled.
+        ``singles``: tasks of one positional argument each and no keywords go as a plain list
+        of those arguments (``tasks.single_arguments``; :func:`unpack` gives them back as a
+        ``Chunk.singles`` chunk)."""
         files: list[str] = []
+        flat = single_arguments(chunk) if singles else None
 
         def spill(buffer: pickle.PickleBuffer) -> bool:
             raw = buffer.raw()
@@ -73,13 +79,14 @@ class BufferSpill:
             return False
 
         try:
-            data = dumps((chunk.largs, chunk.lkwargs), protocol=5, buffer_callback=spill)
+            arguments = (chunk.largs, chunk.lkwargs) if flat is None else (flat, [])
+            data = dumps(arguments, protocol=5, buffer_callback=spill)
         except BaseException:
             _unlink(files)
             raise
         if files:
             self._files[chunk.id] = files
-        return PackedChunk(chunk.id, chunk.indices, data, files)
+        return PackedChunk(chunk.id, chunk.indices, data, files, singles=flat is not None)
 
     def pack_arguments(self, chunk: Chunk) -> tuple[bytes, list[str]]:
         """The chunk's arguments pickled, and the files its large buffers went to: the
@@ -159,7 +166,9 @@ def unpack(packed: PackedChunk) -> tuple[Chunk, list[tuple[str, mmap.mmap]]]:
     mappings, for :func:`unmap` once the chunk's tasks are done."""
     buffers = map_buffer_files(packed.buffer_files)
     largs, lkwargs = pickle.loads(packed.data, buffers=buffers)
-    return (Chunk(packed.id, packed.indices, largs, lkwargs),
+    if packed.singles:  # no keywords: one empty dict shared by all (f(**d) copies it)
+        lkwargs = [{}] * len(largs)
+    return (Chunk(packed.id, packed.indices, largs, lkwargs, singles=packed.singles),
             list(zip(packed.buffer_files, buffers, strict=True)))
 
 

@@ -27,7 +27,7 @@ import cloudpickle
 from remotemap import outofband
 from remotemap.capture import Buffer, Printer
 from remotemap.errors import FailureKind, TaskFailure
-from remotemap.tasks import Chunk, ChunkResult, run_block, time_failure
+from remotemap.tasks import Chunk, ChunkResult, run_block, task_items, time_failure
 
 _HOST = socket.gethostname()
 
@@ -180,12 +180,11 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
     # Only once a Staged marker was made or unpickled here (the module may be loaded anyway)
     staged = sys.modules.get("remotemap.staged")
     staged = staged if staged is not None and staged.Staged.made else None
-    keywords = staged is not None or any(chunk.lkwargs)  # f(*a, **{}) costs twice f(*a)
-    items = iter(zip(chunk.largs, chunk.lkwargs, strict=True) if keywords else chunk.largs)
+    items, keywords = task_items(chunk, staged)
     stride, n = 1, len(chunk.indices)
     while len(values) + len(failures) < n:
         try:  # tasks in blocks, a plain loop each: nothing per task but the call and append
-            run_block(function, items, stride, values.append, keywords, staged)
+            run_block(function, items, stride, values.append, keywords, staged, chunk.singles)
         except BaseException as exc:
             end = time()
             if interrupted is not None and isinstance(exc, KeyboardInterrupt) and interrupted():

@@ -12,7 +12,7 @@ import weakref
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from operator import countOf
 from typing import Any
 
@@ -25,11 +25,15 @@ class Chunk:
 
     id: int
     indices: list[int]
-    largs: list[tuple[Any, ...]]
+    #: Each task's positional arguments as a tuple; its only argument itself when ``singles``.
+    largs: list[Any]
     lkwargs: list[dict[str, Any]]
     #: ``indices`` are consecutive, as ``make_chunks`` cut them from a slice: known without
     #: comparing them (``local`` then sends them as a span).
     consecutive: bool = False
+    #: ``largs`` holds each task's only positional argument itself, not a tuple of it: a
+    #: ``local`` worker's chunk, packed so (``buffers.BufferSpill.pack``, ``single_arguments``).
+    singles: bool = False
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -293,6 +297,17 @@ _LEARNED: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, float]]] = \
     weakref.WeakKeyDictionary()
 
 
+def single_arguments(chunk: Chunk) -> list[Any] | None:
+    """Each task's only positional argument, when every task has exactly one and none has
+    keywords (the common ``largs=[(x,) for x in ...]``); else None. Sent as a plain list they
+    pickle in half the time and load in a fifth (no tuple each), and the worker calls ``f(x)``
+    rather than ``f(*args)``. Counted and flattened in C: ~50 ns a task."""
+    n = len(chunk.largs)
+    if countOf(map(len, chunk.largs), 1) != n or any(chunk.lkwargs):
+        return None
+    return list(chain.from_iterable(chunk.largs))
+
+
 def learned_times(function: Any, backend: str) -> tuple[float, float] | None:
     """The round trip and time per task the last call of ``function`` on ``backend`` saw."""
     try:
@@ -340,11 +355,28 @@ def time_failure(result: ChunkResult, index: int, last: float, end: float) -> fl
     return now
 
 
+def task_items(chunk: Chunk, staged: Any) -> tuple[Iterator[Any], bool]:
+    """What :func:`run_block` takes the tasks from, and whether they have keywords: ``f(*a,
+    **{})`` costs twice ``f(*a)``, itself more than ``f(a)`` (``Chunk.singles``). With
+    ``staged``, the module resolving staged inputs, those are resolved in argument tuples:
+    a chunk of single arguments goes back to tuples."""
+    keywords = staged is not None or (not chunk.singles and any(chunk.lkwargs))
+    if chunk.singles and keywords:
+        chunk.largs, chunk.singles = [(arg,) for arg in chunk.largs], False
+    items = zip(chunk.largs, chunk.lkwargs, strict=True) if keywords else chunk.largs
+    return iter(items), keywords
+
+
 def run_block(function: Callable[..., Any], items: Iterator[Any], count: int,
-              append: Callable[[Any], None], keywords: bool, staged: Any) -> None:
+              append: Callable[[Any], None], keywords: bool, staged: Any,
+              singles: bool = False) -> None:
     """Call ``function`` on the next ``count`` tasks of ``items`` (argument tuples, or (args,
     kwargs) pairs with ``keywords``), appending each value: ``run_chunk``'s inner loop, nothing
     per task but the call and the append. ``staged``: the module resolving staged inputs."""
+    if singles:  # each item is the task's only argument (Chunk.singles)
+        for arg in islice(items, count):
+            append(function(arg))
+        return
     if not keywords:
         for args in islice(items, count):
             append(function(*args))

@@ -24,6 +24,7 @@ from remotemap.backends.local_worker import (
 from remotemap.backends.local_worker import (
     loads_span_result as _loads_result,
 )
+from remotemap.buffers import BufferSpill, unpack
 from remotemap.driver import _Tasks
 from remotemap.execution import run_chunk
 from remotemap.tasks import Chunk, ChunkSizer, learned_times, make_chunks, remember_times
@@ -212,3 +213,42 @@ def test_local_retries_of_scattered_tasks_come_back_at_their_indices(tmp_path: P
     values = remote_map(tf.fail_until, largs, mode="local", n_jobs=2, retries=1, backoff=0,
                         progress=False)
     assert values == [2 if i % 7 == 3 else 1 for i in range(n)]
+
+
+def test_tasks_of_one_argument_travel_as_a_plain_list_and_run_as_f_of_x() -> None:
+    spill = BufferSpill()
+    try:
+        singles = Chunk(0, [0, 1, 2], [((1, 2),), ([3],), (None,)], [{}, {}, {}])
+        packed = spill.pack(singles, singles=True)
+        assert packed.singles
+        chunk, _ = unpack(packed)
+        # a tuple or list argument stays one argument: f((1, 2)), not f(1, 2)
+        assert chunk.singles and chunk.largs == [(1, 2), [3], None]
+        assert run_chunk(tf.identity, chunk).values == [(1, 2), [3], None]
+        for mixed in (Chunk(1, [0, 1], [(1,), (1, 2)], [{}, {}]),  # two arguments
+                      Chunk(2, [0, 1], [(1,), (2,)], [{}, {"b": 3}]),  # a keyword
+                      Chunk(3, [0], [()], [{}])):  # none
+            packed = spill.pack(mixed, singles=True)
+            back, _ = unpack(packed)
+            assert not packed.singles and not back.singles and back.largs == mixed.largs
+        assert not spill.pack(singles).singles  # only when asked (local_with_dumps is not)
+    finally:
+        spill.close()
+
+
+def test_a_one_argument_chunk_names_its_failures_and_keeps_tuple_arguments_whole() -> None:
+    # (Staged inputs, resolved in tuples, are test_staging's, which runs one-argument tasks.)
+    spill = BufferSpill()
+    try:  # fail_on fails on 2
+        chunk, _ = unpack(spill.pack(Chunk(0, [5, 6, 7], [(0,), (2,), (3,)], [{}] * 3),
+                                     singles=True))
+    finally:
+        spill.close()
+    assert chunk.singles
+    result = run_chunk(tf.fail_on, chunk)
+    assert result.indices == [5, 7] and result.values == [0, 3]
+    assert [f.index for f in result.failures] == [6]
+    assert "in fail_on" in result.failures[0].traceback
+    values = remote_map(tf.identity, [(i,) for i in range(500)] + [((1, 2),)], mode="local",
+                        n_jobs=2, progress=False)
+    assert values == [*range(500), (1, 2)]

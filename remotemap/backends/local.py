@@ -37,7 +37,7 @@ from remotemap.backends.local_worker import (
     loads_span_result,
     run_in_worker,
 )
-from remotemap.buffers import BufferSpill, PackedChunk
+from remotemap.buffers import BufferSpill
 from remotemap.config import resolve_n_jobs
 from remotemap.execution import PICKLING_ERRORS, find_unpicklable, pickle_function
 from remotemap.progress import TaskCounter
@@ -129,18 +129,18 @@ class LocalSession(Session):
                 self._isolated().submit(single)
             return
         try:
-            packed = self.spill.pack(chunk)
+            packed = self.spill.pack(chunk, singles=True)
         except PICKLING_ERRORS:
             keep, failures = find_unpicklable(chunk)
             self.ready.append(ChunkResult(chunk.id, failures=failures))
             if not keep.indices:
                 return
-            chunk, packed = keep, self.spill.pack(keep)
+            chunk, packed = keep, self.spill.pack(keep, singles=True)
         slot = self.counter.take() if self.counter is not None else None
         where = None if slot is None or self.counter is None else (self.counter.path, slot)
         span = chunk_span(chunk)
         if span is not None:  # the worker rebuilds the indices from the span
-            packed = PackedChunk(packed.id, [], packed.data, packed.buffer_files)
+            packed = dataclasses.replace(packed, indices=[])
         call = (self.token, self.blob, self.sys_path, packed, where, span)
         if not self._fork(call, (chunk, slot)):
             self.unsent.append((pickle.dumps(call, protocol=5), (chunk, slot)))
