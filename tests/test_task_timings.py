@@ -118,9 +118,12 @@ def test_tiny_tasks_cost_a_clock_read_per_group_not_per_task() -> None:
     """A clock read costs a few hundred ns on some machines, more than a tiny task: tasks
     under 10 us are timed in groups of up to 64; 1 ms tasks one by one."""
     n = 5000
-    tiny = run_chunk(tf.square, Chunk(0, list(range(n)), [(i,) for i in range(n)], [{}] * n))
     # Unloaded, about n/64 reads. A task preempted by another process (a busy CI machine)
-    # looks slow and restarts its group at 1: allow for that, far below one read per task.
+    # looks slow and restarts its group at 1: allow for that, far below one read per task,
+    # and take the least disturbed of three runs.
+    tiny = min((run_chunk(tf.square, Chunk(0, list(range(n)), [(i,) for i in range(n)],
+                                           [{}] * n)) for _ in range(3)),
+               key=lambda result: len(result.ends))
     assert len(tiny.ends) < n / 8
     assert len(tiny.task_times()) == n
     slow = run_chunk(time.sleep, Chunk(1, list(range(20)), [(0.001,)] * 20, [{}] * 20))
