@@ -192,12 +192,7 @@ class RemoteProcess:
                     line = bytes(self._buffer)
                     self._buffer.clear()
                     return line
-                remaining = None if end is None else max(end - time.monotonic(), 0.001)
-                data = self._recv(remaining, timeout)
-                if data:
-                    self._buffer += data
-                else:
-                    self._eof = True
+                self._fill(end, timeout)
 
     def read_exact(self, size: int, timeout: float | None = None) -> bytes:
         """The next ``size`` bytes of stdout (what follows a line that announced them);
@@ -205,17 +200,22 @@ class RemoteProcess:
         end = None if timeout is None else time.monotonic() + timeout
         with self._read_lock:
             while len(self._buffer) < size and not self._eof:
-                remaining = None if end is None else max(end - time.monotonic(), 0.001)
-                data = self._recv(remaining, timeout)
-                if data:
-                    self._buffer += data
-                else:
-                    self._eof = True
+                self._fill(end, timeout)
             if len(self._buffer) < size:
                 raise EOFError(f"{self.argv[0]} ended {size - len(self._buffer)} bytes short")
             data = bytes(self._buffer[:size])
             del self._buffer[:size]
             return data
+
+    def _fill(self, end: float | None, timeout: float | None) -> None:
+        """Add what stdout sends next to the buffer (waiting until ``end`` at most), or note
+        its end. The caller holds the read lock."""
+        remaining = None if end is None else max(end - time.monotonic(), 0.001)
+        data = self._recv(remaining, timeout)
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
 
     def _recv(self, wait: float | None, timeout: float | None) -> bytes:
         self._chan.settimeout(wait)
