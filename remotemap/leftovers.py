@@ -16,6 +16,8 @@ import io
 import os
 import signal
 import sys
+import threading
+import time
 from typing import TextIO
 
 _STDIO = (1, 2)
@@ -151,3 +153,17 @@ def _reap_orphans() -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
+
+
+def exit_with_parent(thread_name: str) -> None:
+    """Exit this process when its parent dies (even by SIGKILL, which leaves the parent no
+    chance to stop it), instead of running on as an orphan: a daemon thread named
+    ``thread_name`` looks twice a second."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=thread_name, daemon=True).start()

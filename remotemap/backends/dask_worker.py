@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +42,7 @@ from remotemap.execution import (
     run_chunk,
     tail,
 )
+from remotemap.leftovers import exit_with_parent
 from remotemap.protocol import exit_status_text
 from remotemap.tasks import Chunk
 
@@ -150,21 +150,9 @@ def _wait(child: subprocess.Popen[bytes], timeout: float | None, wanted: Callabl
                 return None
 
 
-def _follow_parent() -> None:
-    """Exit when the dask worker dies (even by SIGKILL), instead of running on unseen."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="remotemap-dask-parent", daemon=True).start()
-
-
 def _child(tmp: Path) -> None:
     """The child process: run the chunk, write its result where the task reads it."""
-    _follow_parent()
+    exit_with_parent("remotemap-dask-parent")  # the dask worker's death, even by SIGKILL
     payload = loads((tmp / "payload.pkl").read_bytes())
     chunk_id, indices, positions, blob, arguments, sys_path = payload
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from remotemap.buffers import PackedChunk, unmap, unpack
 from remotemap.execution import chunk_failed, dumps_result, loads, loads_result, run_chunk
-from remotemap.leftovers import Stdio, become_subreaper, kill_children
+from remotemap.leftovers import Stdio, become_subreaper, exit_with_parent, kill_children
 from remotemap.progress import ChunkWatch
 from remotemap.tasks import Chunk, ChunkResult
 
@@ -33,26 +33,9 @@ def _watch() -> ChunkWatch:
 
 def init_worker() -> None:
     """Worker initializer: follow the caller's life, and adopt what tasks leave running."""
-    _watch_parent()
+    exit_with_parent("remotemap-watch-parent")  # the caller's death, even by SIGKILL
     become_subreaper()
     _STDIO.append(Stdio())
-
-
-def _watch_parent() -> None:
-    """Worker initializer: exit when the caller dies (even by SIGKILL, which leaves no chance
-    to stop the pool), instead of lingering as an orphan."""
-    import os
-    import threading
-    import time
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="remotemap-watch-parent", daemon=True).start()
 
 
 def run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedChunk,
