@@ -6,6 +6,7 @@ environment changed, never a result lost or given to the wrong chunk, nothing le
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -204,3 +205,36 @@ def test_no_worker_started_by_the_pool_outlives_the_pools_shut_at_exit() -> None
     local_pool._shutdown_all()  # what runs at exit: every pool, parked or not
     assert [p.exitcode for p in processes] == [0, 0]  # they ended on their own, not killed
     assert pool.workers == []
+
+
+_REPEATED_CALLS = textwrap.dedent("""
+    import json, time
+    from remotemap import remote_map
+    from remotemap.backends import local_pool
+    from tests.test_local_pool import pid_of
+
+    def one_call():
+        return remote_map(pid_of, [(0,)], mode="local", n_jobs=2, progress=False)[0][1]
+
+    first = [one_call()]
+    deadline = time.monotonic() + 30
+    while not local_pool.parked_pool_ready() and time.monotonic() < deadline:
+        first.append(one_call())  # forked while the pool starts
+        time.sleep(0.05)
+    later = [one_call() for _ in range(10)]
+    workers = [w.process.pid for w in local_pool._parked[0].workers] if local_pool._parked else []
+    print(json.dumps({"first": first, "later": later, "workers": workers}))
+""")
+
+
+def test_calls_that_come_again_get_a_pool_instead_of_a_fork_each() -> None:
+    # A script's only call of one chunk forks a child and starts no pool. A loop of such
+    # calls would fork each time (~5-15 ms a call here, against ~1 ms from a warm pool): from
+    # the second call the pool starts meanwhile, and once its workers are ready they answer.
+    proc = subprocess.run([sys.executable, "-c", _REPEATED_CALLS], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=90,
+                          check=True)
+    seen = json.loads(proc.stdout)
+    assert seen["workers"], f"no pool was ever ready: {seen}"
+    assert len(set(seen["first"])) == len(seen["first"])  # forked: a new child each call
+    assert set(seen["later"]) <= set(seen["workers"]), seen

@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import signal
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -53,6 +54,10 @@ def serve(conn: Connection, run: Callable[..., bytes], initializer: Callable[[],
     """
     initializer()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send_bytes(b"")  # ready: started, imported, initialized (see WorkerPool.ready)
+    except OSError:  # the pool was shut while this worker started
+        return
     while True:
         try:
             if not conn.poll(idle_timeout):
@@ -74,6 +79,8 @@ class _Worker:
     conn: Connection
     #: What was sent to it and not answered yet, oldest first: it answers in that order.
     jobs: deque[Any] = field(default_factory=deque)
+    #: It said it is ready (its first message, before any answer).
+    ready: bool = False
 
 
 @dataclass
@@ -109,8 +116,7 @@ class WorkerPool:
         """Send ``data`` (a pickled argument tuple for ``run``) to the worker with the fewest
         chunks, starting workers as needed; False when every worker is busy and ``data`` is
         too large to queue behind a chunk (send it after a result came back)."""
-        while len(self.workers) < self.n_workers:
-            self.workers.append(self._start())
+        self.start()
         while True:
             worker = min(self.workers, key=lambda w: len(w.jobs))
             if worker.jobs and len(data) > QUEUE_AHEAD_BYTES:
@@ -128,21 +134,48 @@ class WorkerPool:
             worker.jobs.append(job)
             return True
 
+    def ready(self) -> bool:
+        """Whether every worker is started and said it is ready (none is importing still);
+        False with none started."""
+        for worker in list(self.workers):
+            try:
+                if not worker.ready and worker.conn.poll(0):
+                    worker.ready = worker.conn.recv_bytes() == b""
+            except (EOFError, OSError):  # it ended: replaced at the next send
+                self._drop(worker)
+        return bool(self.workers) and all(worker.ready for worker in self.workers)
+
+    def start(self) -> None:
+        """Start the workers not running yet (they start too at the first :meth:`send`)."""
+        while len(self.workers) < self.n_workers:
+            self.workers.append(self._start())
+
     def wait(self, timeout: float | None, also: list[Any]) -> tuple[list[tuple[Any, bytes]],
                                                                     list[Died]]:
         """Wait up to ``timeout`` seconds for a result or for one of ``also`` (file
         descriptors or connections) to be ready; the answers that came, with their jobs, and
         the workers that died with jobs unanswered (they are replaced at the next send)."""
-        busy = [worker for worker in self.workers if worker.jobs]
-        watched = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-        ready = set(wait(watched + also, timeout))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            busy = [worker for worker in self.workers if worker.jobs]
+            watched = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+            readable = set(wait(watched + also, timeout))
+            answers, died = self._gather(busy, readable)
+            if answers or died or not readable or not readable.isdisjoint(also):
+                return answers, died
+            # Only a worker saying it is ready (its first message): wait on for the rest.
+            if deadline is not None:
+                timeout = max(deadline - time.monotonic(), 0.0)
+
+    def _gather(self, busy: list[_Worker], readable: set[Any]
+                ) -> tuple[list[tuple[Any, bytes]], list[Died]]:
         answers: list[tuple[Any, bytes]] = []
         died: list[Died] = []
         for worker in busy:
-            if worker.conn not in ready and worker.process.sentinel not in ready:
+            if worker.conn not in readable and worker.process.sentinel not in readable:
                 continue
             ended = _read(worker, answers)
-            if ended or worker.process.sentinel in ready:
+            if ended or worker.process.sentinel in readable:
                 jobs, status = list(worker.jobs), self._drop(worker)
                 if jobs:
                     died.append(Died(jobs, status))
@@ -191,7 +224,11 @@ def _read(worker: _Worker, answers: list[tuple[Any, bytes]]) -> bool:
     """Read the answers ``worker`` has sent so far into ``answers``; whether its pipe ended."""
     try:
         while worker.jobs and worker.conn.poll(0):
-            answers.append((worker.jobs[0], worker.conn.recv_bytes()))
+            data = worker.conn.recv_bytes()
+            if not worker.ready:  # the first message: it says it is ready
+                worker.ready = True
+                continue
+            answers.append((worker.jobs[0], data))
             worker.jobs.popleft()
         return not worker.jobs and worker.conn.poll(0)  # idle, yet readable: the end
     except (EOFError, OSError):
@@ -239,10 +276,11 @@ def park(pool: WorkerPool) -> None:
         old.shutdown()
 
 
-def pool_is_parked() -> bool:
-    """Whether a call could take a started pool (then no child is forked for its first chunk)."""
+def parked_pool_ready() -> bool:
+    """Whether a call could take a pool whose workers are ready (then no child is forked for
+    its first chunk: the pool answers sooner)."""
     with _parked_lock:
-        return bool(_parked) and bool(_parked[0].workers)
+        return bool(_parked) and _parked[0].ready()
 
 
 @atexit.register
