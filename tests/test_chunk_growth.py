@@ -8,8 +8,11 @@ the faster paths keep every behaviour (every task once, in order, failures by in
 from __future__ import annotations
 
 import gc
+import pickle
 import time
 import weakref
+from fractions import Fraction
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,15 @@ from remotemap.backends.local_worker import (
 )
 from remotemap.buffers import BufferSpill, unpack
 from remotemap.driver import _Tasks
-from remotemap.execution import run_chunk
-from remotemap.tasks import Chunk, ChunkSizer, learned_times, make_chunks, remember_times
+from remotemap.execution import dumps_plain, run_chunk
+from remotemap.tasks import (
+    Chunk,
+    ChunkResult,
+    ChunkSizer,
+    learned_times,
+    make_chunks,
+    remember_times,
+)
 from tests import taskfuncs as tf
 
 
@@ -252,3 +262,20 @@ def test_a_one_argument_chunk_names_its_failures_and_keeps_tuple_arguments_whole
     values = remote_map(tf.identity, [(i,) for i in range(500)] + [((1, 2),)], mode="local",
                         n_jobs=2, progress=False)
     assert values == [*range(500), (1, 2)]
+
+
+def test_plain_values_pickle_in_one_pass_and_anything_else_is_refused() -> None:
+    plain = [1, 2.5, "s", b"b", None, True, 3j, (1, "x"), [2, [3]], {"k": {4}}]
+    blob = dumps_plain(plain)
+    assert blob is not None and pickle.loads(blob) == plain
+    # An int subclass (an IntEnum) is not plain: the caller may lack its class.
+    for odd in ([1, tf.Unloadable()], [(1, object())], [{"k": Fraction(1, 3)}], [HTTPStatus.OK]):
+        assert dumps_plain(odd) is None, odd
+
+
+def test_a_span_result_of_plain_values_and_one_of_others_both_load_whole() -> None:
+    for values in ([0, 1.5, "two"], [0, Fraction(1, 2), "two"]):
+        result = ChunkResult(3, [10, 11, 12], list(values))
+        back = _loads_result(_dumps_result(result, (10, 13)))
+        assert (back.chunk_id, back.indices, back.values) == (3, [10, 11, 12], values)
+        assert back.consecutive

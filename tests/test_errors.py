@@ -62,6 +62,8 @@ INTERNAL = {
     # A closing ssh session's signal to a file upload on its way: caught in backends/ssh.py
     # and staging.py, which then clean the staging area up.
     "remotemap.backends.staging.StagingStopped",
+    # dumps_plain's signal that an object is not plain: caught there, which returns None.
+    "remotemap.execution._NotPlain",
 }
 
 

@@ -7,12 +7,21 @@ travel as a span, two numbers, not a list pickled each way).
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from remotemap.buffers import PackedChunk, unmap, unpack
-from remotemap.execution import chunk_failed, dumps_result, loads, loads_result, run_chunk
+from remotemap.execution import (
+    chunk_failed,
+    dumps,
+    dumps_plain,
+    dumps_result,
+    loads,
+    loads_result,
+    run_chunk,
+)
 from remotemap.leftovers import Stdio, become_subreaper, exit_with_parent, kill_children
 from remotemap.progress import ChunkWatch
 from remotemap.tasks import Chunk, ChunkResult
@@ -73,6 +82,9 @@ def run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedCh
 
 #: The token of a result whose indices went as a range: every task of the chunk's span, in order.
 _SPAN = "span"
+#: The first byte of a span result whose values are plain and travel as a pickle of their own
+#: (a pickle's first byte is 0x80, so the two cannot be mistaken).
+_PLAIN_SPAN = b"P"
 
 
 def chunk_span(chunk: Chunk) -> tuple[int, int] | None:
@@ -88,11 +100,21 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
     # No task failed: the indices are the span's. A range pickles as three numbers;
     # loads_span_result makes it a list again, before anything else sees it.
     result.indices = range(*span)  # type: ignore[assignment]
-    return dumps_result(result, _SPAN)
+    values = dumps_plain(result.values)  # the common case of tiny tasks: checked as pickled
+    if values is None:
+        return dumps_result(result, _SPAN)
+    result.values = []
+    return _PLAIN_SPAN + dumps((result, values))
 
 
 def loads_span_result(data: bytes) -> ChunkResult:
-    token, result = loads_result(data)
+    result: ChunkResult
+    token: str | None
+    if data[:1] == _PLAIN_SPAN:
+        result, values = loads(memoryview(data)[1:])
+        result.values, token = pickle.loads(values), _SPAN
+    else:
+        token, result = loads_result(data)
     if token == _SPAN:
         # A value that could not be pickled left a gap: then they are not consecutive.
         result.indices, result.consecutive = list(result.indices), not result.failures
