@@ -279,3 +279,7 @@ def test_a_span_result_of_plain_values_and_one_of_others_both_load_whole() -> No
         back = _loads_result(_dumps_result(result, (10, 13)))
         assert (back.chunk_id, back.indices, back.values) == (3, [10, 11, 12], values)
         assert back.consecutive
+        # Given the chunk's own indices, the result takes that list: no new one is made.
+        sent = [10, 11, 12]
+        again = _loads_result(_dumps_result(ChunkResult(3, [], list(values)), (10, 13)), sent)
+        assert again.indices is sent and again.values == values

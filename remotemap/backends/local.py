@@ -227,7 +227,7 @@ class LocalSession(Session):
         if slot is not None and self.counter is not None:
             self.counter.release(slot)
         self.spill.release(chunk.id)
-        return loads_span_result(data)
+        return loads_span_result(data, chunk.indices)
 
     def _lost(self, job: Job) -> None:
         chunk, slot = job

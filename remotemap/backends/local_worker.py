@@ -107,7 +107,9 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
     return _PLAIN_SPAN + dumps((result, values))
 
 
-def loads_span_result(data: bytes) -> ChunkResult:
+def loads_span_result(data: bytes, indices: list[int] | None = None) -> ChunkResult:
+    """The result :func:`dumps_span_result` wrote; ``indices``: those of the chunk sent, which
+    a span result then takes as they are (no list of new ints made and freed again)."""
     result: ChunkResult
     token: str | None
     if data[:1] == _PLAIN_SPAN:
@@ -116,6 +118,9 @@ def loads_span_result(data: bytes) -> ChunkResult:
     else:
         token, result = loads_result(data)
     if token == _SPAN:
+        span = result.indices
+        result.indices = indices if indices is not None and len(indices) == len(span) \
+            else list(span)
         # A value that could not be pickled left a gap: then they are not consecutive.
-        result.indices, result.consecutive = list(result.indices), not result.failures
+        result.consecutive = not result.failures
     return result
