@@ -254,11 +254,26 @@ class _PlainPickler(pickle.Pickler):
         raise _NotPlain
 
 
-def dumps_plain(obj: Any) -> bytes | None:
+class _CappedFile(io.BytesIO):
+    """A pickle's output that refuses to grow past ``limit`` bytes (raising _NotPlain). The
+    pickler writes it a frame (~64 KiB) or a large buffer at a time: a few calls."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        if self.tell() + memoryview(data).nbytes > self.limit:
+            raise _NotPlain
+        return super().write(data)
+
+
+def dumps_plain(obj: Any, limit: int | None = None) -> bytes | None:
     """``obj`` pickled if it holds only plain data (numbers, strings, bytes, None, in lists,
-    tuples, dicts and sets), which any Python loads; else None. The check is the pickling
-    itself, one pass in C: checking each value's type first cost as much again."""
-    with io.BytesIO() as file:
+    tuples, dicts and sets), which any Python loads, in at most ``limit`` bytes; else None.
+    The check is the pickling itself, one pass in C: checking each value's type first cost as
+    much again."""
+    with io.BytesIO() if limit is None else _CappedFile(limit) as file:
         try:
             _PlainPickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
         except (_NotPlain, RecursionError):

@@ -271,10 +271,13 @@ def test_plain_values_pickle_in_one_pass_and_anything_else_is_refused() -> None:
     # An int subclass (an IntEnum) is not plain: the caller may lack its class.
     for odd in ([1, tf.Unloadable()], [(1, object())], [{"k": Fraction(1, 3)}], [HTTPStatus.OK]):
         assert dumps_plain(odd) is None, odd
+    # Past its limit it stops (large values go with the rest of the result, in one pass).
+    assert dumps_plain([b"x" * 100], limit=50) is None
+    assert dumps_plain([b"x" * 100], limit=200) is not None
 
 
 def test_a_span_result_of_plain_values_and_one_of_others_both_load_whole() -> None:
-    for values in ([0, 1.5, "two"], [0, Fraction(1, 2), "two"]):
+    for values in ([0, 1.5, "two"], [0, Fraction(1, 2), "two"], [b"x" * (2 << 20), 1]):
         result = ChunkResult(3, [10, 11, 12], list(values))
         back = _loads_result(_dumps_result(result, (10, 13)))
         assert (back.chunk_id, back.indices, back.values) == (3, [10, 11, 12], values)

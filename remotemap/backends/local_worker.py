@@ -82,6 +82,10 @@ def run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedCh
 
 #: The token of a result whose indices went as a range: every task of the chunk's span, in order.
 _SPAN = "span"
+#: The largest pickle of a chunk's plain values sent on its own: it is copied once more into
+#: the message, cheap for the many small values of tiny tasks. Larger values go with the
+#: result in one pass, as any others do.
+PLAIN_VALUES_LIMIT = 1 << 20
 #: The first byte of a span result whose values are plain and travel as a pickle of their own
 #: (a pickle's first byte is 0x80, so the two cannot be mistaken).
 _PLAIN_SPAN = b"P"
@@ -100,7 +104,8 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
     # No task failed: the indices are the span's. A range pickles as three numbers;
     # loads_span_result makes it a list again, before anything else sees it.
     result.indices = range(*span)  # type: ignore[assignment]
-    values = dumps_plain(result.values)  # the common case of tiny tasks: checked as pickled
+    # The common case of tiny tasks: plain values, checked as they are pickled.
+    values = dumps_plain(result.values, PLAIN_VALUES_LIMIT)
     if values is None:
         return dumps_result(result, _SPAN)
     result.values = []
