@@ -4,7 +4,9 @@ Starting loky's pool costs a fresh interpreter per worker, which then imports lo
 cloudpickle and remotemap: a few hundred milliseconds before the first result, most of the
 cold start of a short call. A child forked from the caller has all of that already, and answers
 in milliseconds. So the first chunk of a call goes to such a child while the pool starts for the
-rest (or never starts, when the call has only that chunk).
+rest, or while a parked pool's workers are still starting. A process's first call of only that
+chunk starts no pool; a second one does, so that calls made again and again find warm workers
+(``local.LocalSession._fork``).
 
 Fork is used only where it is safe: this process runs a single thread (a fork copies locks that
 other threads may hold, and the child would hang on them) and no loky executor exists yet
