@@ -239,48 +239,6 @@ def dumps_result(result: ChunkResult, token: str | None = None,
     return dumps((token, bare, blob, ends))
 
 
-class _NotPlain(Exception):
-    """An object that :func:`dumps_plain` does not take."""
-
-
-class _PlainPickler(pickle.Pickler):
-    """The C pickler writes None, bools, ints, floats, strings, bytes, lists, tuples, dicts and
-    sets itself, and asks ``reducer_override`` about any other object: here only a complex
-    number passes (and its class, which its reduction names)."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is complex or obj is complex:
-            return NotImplemented
-        raise _NotPlain
-
-
-class _CappedFile(io.BytesIO):
-    """A pickle's output that refuses to grow past ``limit`` bytes (raising _NotPlain). The
-    pickler writes it a frame (~64 KiB) or a large buffer at a time: a few calls."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def write(self, data: Any) -> int:
-        if self.tell() + memoryview(data).nbytes > self.limit:
-            raise _NotPlain
-        return super().write(data)
-
-
-def dumps_plain(obj: Any, limit: int | None = None) -> bytes | None:
-    """``obj`` pickled if it holds only plain data (numbers, strings, bytes, None, in lists,
-    tuples, dicts and sets), which any Python loads, in at most ``limit`` bytes; else None.
-    The check is the pickling itself, one pass in C: checking each value's type first cost as
-    much again."""
-    with io.BytesIO() if limit is None else _CappedFile(limit) as file:
-        try:
-            _PlainPickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-        except (_NotPlain, RecursionError):
-            return None
-        return file.getvalue()
-
-
 def _pickle_each(result: ChunkResult, buffers: list[list[memoryview]] | None = None
                  ) -> tuple[bytes, list[int]]:
     """Every value as its own pickle, back to back; where each ends. Unpicklable values are

@@ -29,7 +29,8 @@ from remotemap.backends.local_worker import (
 )
 from remotemap.buffers import BufferSpill, unpack
 from remotemap.driver import _Tasks
-from remotemap.execution import dumps_plain, run_chunk
+from remotemap.execution import run_chunk
+from remotemap.plain import dumps_plain
 from remotemap.tasks import (
     Chunk,
     ChunkResult,

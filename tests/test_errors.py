@@ -63,7 +63,7 @@ INTERNAL = {
     # and staging.py, which then clean the staging area up.
     "remotemap.backends.staging.StagingStopped",
     # dumps_plain's signal that an object is not plain: caught there, which returns None.
-    "remotemap.execution._NotPlain",
+    "remotemap.plain._NotPlain",
 }
 
 

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "remotemap.leftovers": 1,
     "remotemap.buffers": 1,
     "remotemap.outofband": 1,
+    "remotemap.plain": 1,
     "remotemap.interrupts": 1,
     "remotemap.fingerprint": 1,
     "remotemap.progress": 1,

@@ -16,13 +16,13 @@ from remotemap.buffers import PackedChunk, unmap, unpack
 from remotemap.execution import (
     chunk_failed,
     dumps,
-    dumps_plain,
     dumps_result,
     loads,
     loads_result,
     run_chunk,
 )
 from remotemap.leftovers import Stdio, become_subreaper, exit_with_parent, kill_children
+from remotemap.plain import dumps_plain
 from remotemap.progress import ChunkWatch
 from remotemap.tasks import Chunk, ChunkResult
 
