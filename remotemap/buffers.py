@@ -25,6 +25,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from remotemap.execution import dumps
@@ -40,7 +41,7 @@ class PackedChunk:
     """A chunk as it travels to a local worker: its tasks pickled, large buffers as files."""
 
     id: int
-    indices: list[int]
+    indices: Sequence[int]
     data: bytes
     buffer_files: list[str] = field(default_factory=list)
     #: ``data`` holds each task's only positional argument, not a tuple each (``pack``).

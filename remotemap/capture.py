@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from remotemap.tasks import ChunkResult
@@ -100,7 +100,7 @@ class Buffer:
     limit = HEAD + 2 * TAIL  # trim parts beyond this many characters
     head: list[tuple[bool, str]] | None = None  # the first HEAD, once cut from parts
     cut = 0
-    indices: list[int] | tuple[()] = ()
+    indices: Sequence[int] = ()
     result: ChunkResult | None = None
     task = -1  # whose output parts hold (-1: nobody's)
     outer: Buffer | None = None  # a task running a serial remote_map of its own
@@ -142,7 +142,7 @@ class Buffer:
                 if sys.stderr is err:
                     sys.stderr = err.original
 
-    def follow(self, indices: list[int], result: ChunkResult) -> None:
+    def follow(self, indices: Sequence[int], result: ChunkResult) -> None:
         """The chunk's tasks are ``indices``, run in turn, each ending in ``result``."""
         self.indices, self.result = indices, result
 

@@ -203,7 +203,9 @@ def _run_tasks(function: Callable[..., Any], chunk: Chunk,
             marks.append(len(values))
             stride, last = (min(stride * 2, 1024) if now - last < stride * 1e-5 else 1), now
     failed = {failure.index for failure in failures}  # a comprehension: ~80 ns a task
-    result.indices = [i for i in chunk.indices if i not in failed] if failed else [*chunk.indices]
+    # A range is shared as it is (read-only); a list is copied, as the caller may reuse it.
+    result.indices = [i for i in chunk.indices if i not in failed] if failed else \
+        chunk.indices if isinstance(chunk.indices, range) else [*chunk.indices]
     printed.done()
     return result
 
@@ -331,7 +333,8 @@ PICKLING_ERRORS = (Exception, SystemExit)
 
 def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
     """Split out the tasks whose arguments cannot be pickled, each with a failure naming why."""
-    keep = Chunk(chunk.id, [], [], [])
+    kept: list[int] = []
+    keep = Chunk(chunk.id, kept, [], [])
     failures: list[TaskFailure] = []
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         try:
@@ -340,7 +343,7 @@ def find_unpicklable(chunk: Chunk) -> tuple[Chunk, list[TaskFailure]]:
             culprit = _first_unpicklable([*args, *kwargs.values()])
             failures.append(unpicklable_failure(index, "arguments", culprit, exc))
         else:
-            keep.indices.append(index)
+            kept.append(index)
             keep.largs.append(args)
             keep.lkwargs.append(kwargs)
     return keep, failures

@@ -267,7 +267,8 @@ def encode_chunk(token: str, chunk: Chunk, pack: ArgumentPacker | None = None,
         arguments = dumps((chunk.largs, chunk.lkwargs))
     else:
         arguments, files = pack(chunk)
-    header: tuple[Any, ...] = (token, chunk.id, chunk.indices)
+    # A list, as every version has sent: the host's worker may be an older remotemap.
+    header: tuple[Any, ...] = (token, chunk.id, list(chunk.indices))
     if files or options:
         header += (files, options) if options else (files,)
     return dumps(header) + arguments

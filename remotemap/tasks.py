@@ -24,7 +24,9 @@ class Chunk:
     """Consecutive tasks that one worker runs in turn."""
 
     id: int
-    indices: list[int]
+    #: The tasks' indices: a ``range`` where ``make_chunks`` cut consecutive ones (no list of
+    #: thousands of ints made and freed again per chunk), else a list.
+    indices: Sequence[int]
     #: Each task's positional arguments as a tuple; its only argument itself when ``singles``.
     largs: list[Any]
     lkwargs: list[dict[str, Any]]
@@ -50,7 +52,9 @@ class ChunkResult:
     """
 
     chunk_id: int
-    indices: list[int] = field(default_factory=list)
+    #: A list, or the chunk's own ``range`` when every task of it succeeded (a read-only
+    #: sequence either way: whoever gathers indices builds a list of its own).
+    indices: Sequence[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)
     #: What each task printed (stdout and stderr, as written), by index; tasks that printed
@@ -187,12 +191,16 @@ def make_chunks(
     todo = range(len(largs)) if indices is None else indices
     size = max(1, chunksize)
     for chunk_id, start in enumerate(range(0, len(todo), size)):
-        part = list(todo[start : start + size])
         # Consecutive indices (every first attempt): the arguments are a slice, not a lookup
-        # per task. The comparison runs in C.
-        if isinstance(todo, range) or part == list(range(part[0], part[0] + len(part))):
-            yield Chunk(chunk_id, part, largs[part[0] : part[-1] + 1],
-                        lkwargs[part[0] : part[-1] + 1], consecutive=True)
+        # per task, and the indices a range. The comparison runs in C.
+        part: Sequence[int] = todo[start : start + size]
+        if not isinstance(part, range):
+            part = list(part)
+            if part == list(range(part[0], part[0] + len(part))):
+                part = range(part[0], part[0] + len(part))
+        if isinstance(part, range):
+            yield Chunk(chunk_id, part, largs[part.start : part.stop],
+                        lkwargs[part.start : part.stop], consecutive=True)
         else:
             yield Chunk(chunk_id, part, [largs[i] for i in part], [lkwargs[i] for i in part])
 

@@ -126,13 +126,14 @@ def _run_here(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkResult:
 def run_in_task_dirs(run: WorkerRun, function: Function, chunk: Chunk) -> ChunkResult:
     """Run each task in its own working directory, ``RUN/work/INDEX``, so the files it writes
     can be found (and copied back) afterwards."""
-    result = ChunkResult(chunk.id)
+    indices: list[int] = []  # the result's, gathered here
+    result = ChunkResult(chunk.id, indices)
     for index, args, kwargs in zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True):
         workdir = run.layout.name(run.layout.workdir(index))
         run.rundir.makedirs(workdir)
         run.rundir.chdir(workdir)
         one = run_chunk(function, Chunk(chunk.id, [index], [args], [kwargs]))
-        result.indices += one.indices
+        indices += one.indices
         result.values += one.values
         result.failures += one.failures
         result.timings.update(one.task_times())

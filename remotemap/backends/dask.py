@@ -148,7 +148,7 @@ class DaskSession(Session):
         if len(arguments) > LARGE:  # as data beside the task, not inside its graph
             arguments = self.client.scatter(arguments, hash=False)
         future = self.client.submit(
-            run_task, key, chunk.id, chunk.indices, self.blob, arguments, self.sys_path,
+            run_task, key, chunk.id, list(chunk.indices), self.blob, arguments, self.sys_path,
             self.options.timeout, dict(self.options.env), key=key, pure=False, retries=0)
         self.futures[key] = (future, chunk)
         future.add_done_callback(lambda f: self.done.put(f.key))
@@ -173,10 +173,11 @@ class DaskSession(Session):
         from distributed import Event
 
         try:
-            result = ChunkResult(chunk.id)
+            indices: list[int] = []  # the result's, gathered here
+            result = ChunkResult(chunk.id, indices)
             for data in future.result():  # one result, or one per task run again alone
                 part = loads_result(data)[1]
-                result.indices += part.indices
+                indices += part.indices
                 result.values += part.values
                 result.failures += part.failures
                 result.timings.update(part.task_times())

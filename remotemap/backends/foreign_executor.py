@@ -144,12 +144,13 @@ def run_pickled(function_blob: bytes, chunk_blob: bytes, options: TaskOptions,
     with _environment(options.env):
         if options.timeout is None:
             return dumps_result(run_chunk(function, chunk))
-        result = ChunkResult(chunk.id)
+        indices: list[int] = []  # the result's, gathered here
+        result = ChunkResult(chunk.id, indices)
         for one in (Chunk(chunk.id, [i], [a], [k]) for i, a, k in
                     zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True)):
             with _alarm(options.timeout):
                 part = run_chunk(function, one)
-            result.indices += part.indices
+            indices += part.indices
             result.values += part.values
             result.failures += [_as_timeout(f) for f in part.failures]
             result.timings.update(part.task_times())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from remotemap.buffers import PackedChunk, unmap, unpack
@@ -51,7 +51,7 @@ def run_in_worker(token: str, blob: bytes, sys_path: list[str], packed: PackedCh
                    counter: tuple[str, int] | None = None,
                    span: tuple[int, int] | None = None) -> bytes:
     function = _FUNCTIONS.get(token)
-    indices = packed.indices if span is None else list(range(*span))
+    indices = packed.indices if span is None else range(*span)
     try:
         if function is None:
             _FUNCTIONS.clear()  # one run at a time: do not keep old runs' functions alive
@@ -103,7 +103,7 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
         return dumps_result(result)
     # No task failed: the indices are the span's. A range pickles as three numbers;
     # loads_span_result makes it a list again, before anything else sees it.
-    result.indices = range(*span)  # type: ignore[assignment]
+    result.indices = range(*span)
     # The common case of tiny tasks: plain values, checked as they are pickled.
     values = dumps_plain(result.values, PLAIN_VALUES_LIMIT)
     if values is None:
@@ -112,7 +112,7 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
     return _PLAIN_SPAN + dumps((result, values))
 
 
-def loads_span_result(data: bytes, indices: list[int] | None = None) -> ChunkResult:
+def loads_span_result(data: bytes, indices: Sequence[int] | None = None) -> ChunkResult:
     """The result :func:`dumps_span_result` wrote; ``indices``: those of the chunk sent, which
     a span result then takes as they are (no list of new ints made and freed again)."""
     result: ChunkResult

@@ -68,12 +68,13 @@ class _SerialSession(Session):
             if self.options.timeout is None:
                 self.ready.append(run_chunk(self.function, chunk, interrupted, echo=self.echo))
                 return
-            result = ChunkResult(chunk.id)
+            indices: list[int] = []  # the result's, gathered here
+            result = ChunkResult(chunk.id, indices)
             for one in (Chunk(chunk.id, [i], [a], [k]) for i, a, k in
                         zip(chunk.indices, chunk.largs, chunk.lkwargs, strict=True)):
                 with _alarm(self.options.timeout):
                     part = run_chunk(self.function, one, interrupted, echo=self.echo)
-                result.indices += part.indices
+                indices += part.indices
                 result.values += part.values
                 result.failures += [_as_timeout(f) for f in part.failures]
                 result.timings.update(part.task_times())

@@ -200,7 +200,8 @@ class HostStaging:
                  stop: Callable[[], bool]) -> tuple[Chunk, list[TaskFailure]]:
         """A copy of ``chunk`` whose :class:`Staged` inputs are their copies on the host, with
         the tasks whose files could not be sent left out and failed, naming the file."""
-        keep = Chunk(chunk.id, [], [], [])
+        kept: list[int] = []
+        keep = Chunk(chunk.id, kept, [], [])
         failures: list[TaskFailure] = []
 
         def where(staged: Staged) -> Any:
@@ -215,7 +216,7 @@ class HostStaging:
                 failure = failure_from_exception(index, exc)
                 failures.append(_on_host(failure, self.host))
                 continue
-            keep.indices.append(index)
+            kept.append(index)
             keep.largs.append(args)
             keep.lkwargs.append(kwargs)
         return keep, failures

@@ -167,12 +167,15 @@ class ClusterSession(Session):
 
     def _deliver(self, values: list[tuple[int, Any]], failures: list[TaskFailure]) -> None:
         results: dict[int, ChunkResult] = {}
+        gathered: dict[int, list[int]] = {}  # each result's indices, as a list to append to
         for index, value in values:
             chunk_id = self._chunk_of.pop(index, None)
-            if chunk_id is not None:
-                result = results.setdefault(chunk_id, ChunkResult(chunk_id))
-                result.indices.append(index)
-                result.values.append(value)
+            if chunk_id is None:
+                continue
+            if chunk_id not in results:
+                results[chunk_id] = ChunkResult(chunk_id, gathered.setdefault(chunk_id, []))
+            gathered[chunk_id].append(index)
+            results[chunk_id].values.append(value)
         for failure in failures:
             chunk_id = self._chunk_of.pop(failure.index, None)
             if chunk_id is not None:
