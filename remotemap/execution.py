@@ -371,18 +371,12 @@ def lost_chunk_result(
     for index in chunk.indices:
         message = f"the worker process running task {index} {why}"
         trace = f"output of the worker (last lines):\n{log_tail}" if log_tail.strip() else ""
-        failures.append(
-            TaskFailure(
-                index=index,
-                exception_type=exception_type,
-                message=message,
-                traceback=trace,
-                host=host or _HOST,
-                kind=kind,
-                # alone in its process, the task wrote all of the log: what it printed
-                output=log_tail if len(chunk.indices) == 1 else "",
-            )
-        )
+        failures.append(TaskFailure(
+            index=index, exception_type=exception_type, message=message, traceback=trace,
+            host=host or _HOST, kind=kind,
+            # alone in its process, the task wrote all of the log: what it printed
+            output=log_tail if len(chunk.indices) == 1 else "",
+        ))
     return ChunkResult(chunk.id, failures=failures)
 
 

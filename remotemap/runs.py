@@ -36,7 +36,7 @@ import posixpath
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,8 +266,9 @@ class RunStore:
         cannot be pickled becomes its task's failure, there and in ``result`` (serial mode's
         values were never pickled before); each value is loaded on its own (``outcomes``)."""
         indices = [*result.indices, *(f.index for f in result.failures)]
-        if isinstance(result.indices, range):  # stored as every version stored them: a list
-            result = replace(result, indices=list(result.indices))
+        # Stored as every version stored them, a list (in place: dumps_result may move a value
+        # it cannot pickle to the failures, here as in the caller's result).
+        result.indices = list(result.indices)
         record = {"function": self.fingerprints.function,
                   "tasks": {i: self.fingerprints.tasks[i] for i in indices},
                   "result": dumps_result(result)}

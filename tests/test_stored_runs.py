@@ -297,3 +297,15 @@ def test_the_lock_is_held_while_the_call_goes_on_and_no_longer(tmp_path: Path) -
         remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir)
     results.close()  # leaving the loop early ends the call
     assert remote_map(tf.square, [(1,), (2,), (3,)], mode="serial", run_dir=run_dir) == [1, 4, 9]
+
+
+def test_stored_records_keep_their_indices_as_lists(tmp_path: Path) -> None:
+    # Consecutive chunks carry their indices as a range in this process; a run directory may
+    # be read by another version, so what is stored stays what every version stored: a list.
+    run_dir = tmp_path / "run"
+    assert remote_map(tf.square, [(i,) for i in range(40)], mode="local", n_jobs=2,
+                      chunksize=10, run_dir=str(run_dir), progress=False) == \
+        [i * i for i in range(40)]
+    results = [record["result"] for record in RunStore.existing(run_dir).outcomes()]
+    assert results and all(type(result.indices) is list for result in results)
+    assert sorted(i for result in results for i in result.indices) == list(range(40))
