@@ -194,7 +194,7 @@ def make_chunks(
         # Consecutive indices (every first attempt): the arguments are a slice, not a lookup
         # per task, and the indices a range. The comparison runs in C.
         part: Sequence[int] = todo[start : start + size]
-        if not isinstance(part, range):
+        if not (isinstance(part, range) and part.step == 1):
             part = list(part)
             if part == list(range(part[0], part[0] + len(part))):
                 part = range(part[0], part[0] + len(part))

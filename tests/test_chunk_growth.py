@@ -287,3 +287,13 @@ def test_a_span_result_of_plain_values_and_one_of_others_both_load_whole() -> No
         sent = [10, 11, 12]
         again = _loads_result(_dumps_result(ChunkResult(3, [], list(values)), (10, 13)), sent)
         assert again.indices is sent and again.values == values
+
+
+def test_chunks_of_a_stepped_range_take_the_tasks_named_not_a_slice() -> None:
+    largs = [(i,) for i in range(10)]
+    cut = list(make_chunks(largs, [{}] * 10, 3, indices=range(0, 10, 2)))
+    assert [list(c.indices) for c in cut] == [[0, 2, 4], [6, 8]]
+    assert [c.largs for c in cut] == [[(0,), (2,), (4,)], [(6,), (8,)]]
+    assert not any(c.consecutive for c in cut)
+    consecutive = list(make_chunks(largs, [{}] * 10, 4, indices=range(2, 10)))
+    assert [type(c.indices) for c in consecutive] == [range, range]

@@ -102,7 +102,7 @@ def dumps_span_result(result: ChunkResult, span: tuple[int, int] | None) -> byte
     if span is None or result.failures:
         return dumps_result(result)
     # No task failed: the indices are the span's. A range pickles as three numbers;
-    # loads_span_result makes it a list again, before anything else sees it.
+    # loads_span_result gives the result the indices of the chunk that was sent.
     result.indices = range(*span)
     # The common case of tiny tasks: plain values, checked as they are pickled.
     values = dumps_plain(result.values, PLAIN_VALUES_LIMIT)
