@@ -265,10 +265,10 @@ class RunStore:
         """Keep a chunk's result with the fingerprints of the tasks it ran. A value that
         cannot be pickled becomes its task's failure, there and in ``result`` (serial mode's
         values were never pickled before); each value is loaded on its own (``outcomes``)."""
-        indices = [*result.indices, *(f.index for f in result.failures)]
         # Stored as every version stored them, a list (in place: dumps_result may move a value
         # it cannot pickle to the failures, here as in the caller's result).
         result.indices = list(result.indices)
+        indices = [*result.indices, *(f.index for f in result.failures)]
         record = {"function": self.fingerprints.function,
                   "tasks": {i: self.fingerprints.tasks[i] for i in indices},
                   "result": dumps_result(result)}

@@ -196,8 +196,9 @@ def make_chunks(
         part: Sequence[int] = todo[start : start + size]
         if not (isinstance(part, range) and part.step == 1):
             part = list(part)
-            if part == list(range(part[0], part[0] + len(part))):
-                part = range(part[0], part[0] + len(part))
+            span = range(part[0], part[0] + len(part))
+            if part == list(span):
+                part = span
         if isinstance(part, range):
             yield Chunk(chunk_id, part, largs[part.start : part.stop],
                         lkwargs[part.start : part.stop], consecutive=True)

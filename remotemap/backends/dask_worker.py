@@ -96,7 +96,7 @@ class _Child:
         whether its process died without giving one."""
         blob, arguments, sys_path = self.payload
         (self.tmp / "payload.pkl").write_bytes(
-            dumps((chunk.id, list(chunk.indices), positions, blob, arguments, sys_path)))
+            dumps((chunk.id, chunk.indices, positions, blob, arguments, sys_path)))
         result = self.tmp / "result.pkl"
         result.unlink(missing_ok=True)
         (self.tmp / "started").unlink(missing_ok=True)
