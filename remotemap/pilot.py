@@ -66,6 +66,38 @@ def spec_name(rnd: int) -> str:
     return posixpath.join("rounds", f"{rnd}.json")
 
 
+def marker_source(rnd: int) -> str:
+    """The empty file round ``rnd``'s queue markers are hard links of (:func:`make_markers`)."""
+    return posixpath.join("rounds", f"{rnd}.marker")
+
+
+def make_markers(root: str, names: list[str], source: str, dir_fd: int | None = None) -> None:
+    """Empty files ``names`` (paths relative to ``root``, or to ``dir_fd`` when given) as hard
+    links of the empty file ``source``, which this makes first.
+
+    Only a marker's name matters, and a link costs a directory entry where a new file costs
+    an inode too: 30 µs against 0.75 ms of kernel time each in this project's crowded
+    ``/tmp`` (ext4), and a round of 1,000 tasks has 1,000 markers. Where links cannot be made
+    (AFS forbids them across directories, ext4 allows 65,000 to a file) the rest are files."""
+    def path(name: str) -> str:
+        return name if dir_fd is not None else os.path.join(root, name)
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(path(source), flags, 0o600, dir_fd=dir_fd))
+    linking = True
+    for name in names:
+        if linking:
+            try:
+                os.link(path(source), path(name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+                continue
+            except FileExistsError:
+                continue  # made before (an engine restarted mid-release)
+            except OSError:
+                linking = False
+        os.close(os.open(path(name), flags, 0o600, dir_fd=dir_fd))
+
+
 def parse_marker(name: str) -> tuple[int, int, int, int | None] | None:
     """``R-FILE.A[.J[.S]]`` -> (round, file, attempt, job or None); None for another name.
     The slot ``S`` (:func:`marker_slot`) is the job's business: the engine requeues by job."""

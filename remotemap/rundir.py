@@ -119,6 +119,11 @@ class LocalRunDir:
         with self._open_regular(name) as f:
             return None if f is None else (f.read(head), f.read())
 
+    def read_at(self, name: str, offset: int, size: int) -> bytes | None:
+        """``size`` bytes of the file from ``offset`` (fewer at its end); None if missing."""
+        with self._open_regular(name) as f:
+            return None if f is None else os.pread(f.fileno(), size, offset)
+
     @contextlib.contextmanager
     def _open_regular(self, name: str) -> Iterator[BinaryIO | None]:
         """``name`` opened for reading (None if missing); UnsafePath if not a regular file."""

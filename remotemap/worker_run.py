@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from remotemap.capture import merge_outputs
+from remotemap.chunk_packs import PackReader
 from remotemap.execution import (
     PICKLING_ERRORS,
     chunk_failed,
@@ -26,6 +27,7 @@ from remotemap.execution import (
     failure_from_exception,
     run_chunk,
 )
+from remotemap.integrity import TAG_SIZE, check_tag, file_key
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import (
     FUNCTION,
@@ -53,10 +55,28 @@ class WorkerRun:
         self.key = key
         self.layout = RunLayout(rundir.root)
         set_worker_key(key)  # for workflow steps reading their prerequisites' outcomes
+        self._packs: PackReader | None = None
 
     def load(self, name: str) -> bytes:
         """The checked content of the sealed file ``name``: FileNotFoundError, TamperedFile."""
         return read_sealed(self.rundir, self.key, name)
+
+    def load_chunk(self, chunk_id: int) -> bytes:
+        """The checked content of chunk file ``chunk_id``, on its own or in a pack
+        (``chunk_packs``): FileNotFoundError, TamperedFile."""
+        name = chunk_name(chunk_id)
+        try:
+            return self.load(name)
+        except FileNotFoundError:
+            if self._packs is None:
+                self._packs = PackReader(self.rundir)
+            found = self._packs.find(chunk_id)
+            if found is None:
+                raise
+        pack, blob = found
+        data = memoryview(blob)[TAG_SIZE:]
+        check_tag(file_key(self.key, name), blob[:TAG_SIZE], data, self.rundir.path(pack))
+        return bytes(data)
 
 
 def load_function(run: WorkerRun) -> Function:
@@ -72,7 +92,7 @@ def execute_chunk(
     True when every task succeeded. ``data``: the chunk file's content, already checked
     (``WorkerRun.load``) by the fork server; None to read it here."""
     if data is None:
-        data = run.load(chunk_name(chunk_id))
+        data = run.load_chunk(chunk_id)
     token, _, indices, arguments, options = decode_chunk_header(data)
     try:
         if function is None:

@@ -132,9 +132,11 @@ def allocate_beyond(limit_mb: int) -> int:
     return len(block)
 
 
-def count_runs(counter_dir: str, x: int, fail_if_exists: str = "") -> int:
-    """Record that task ``x`` ran; fail while the file ``fail_if_exists`` exists."""
+def count_runs(counter_dir: str, x: int, fail_if_exists: str = "", seconds: float = 0.0) -> int:
+    """Record that task ``x`` ran (then sleep ``seconds``); fail while the file
+    ``fail_if_exists`` exists."""
     Path(counter_dir, f"{x}.{os.getpid()}.{time.monotonic_ns()}").touch()
+    time.sleep(seconds)
     if fail_if_exists and os.path.exists(fail_if_exists):
         raise RuntimeError(f"task {x} fails while {fail_if_exists} exists")
     return x * 10

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "remotemap.execution": 1,
     "remotemap.capture": 1,
     "remotemap.protocol": 1,
+    "remotemap.chunk_packs": 1,
     "remotemap.worker": 1,
     "remotemap.worker_run": 1,
     "remotemap.worker_children": 1,

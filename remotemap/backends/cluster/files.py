@@ -37,6 +37,7 @@ from remotemap.backends.cluster.engine import engine_running
 from remotemap.backends.cluster.layout import SUBDIRS
 from remotemap.errors import RemotemapError
 from remotemap.integrity import check_same_dir, read_key_file, write_key_file
+from remotemap.pilot import make_markers, marker_source
 from remotemap.rundir import LocalRunDir, prepare_parent
 from remotemap.state import state_dir
 
@@ -103,6 +104,12 @@ class RunFiles(ABC):
     @abstractmethod
     def write_many(self, files: Mapping[str, bytes]) -> None:
         """Write each file atomically (private)."""
+
+    def write_markers(self, rnd: int, rels: list[str]) -> None:
+        """Empty files ``rels``: round ``rnd``'s queue markers, only their names matter (each
+        its own file here; :class:`LocalFiles` links them to one)."""
+        if rels:
+            self.write_many(dict.fromkeys(rels, b""))
 
     @abstractmethod
     def listdir(self, rel: str) -> list[str]:
@@ -199,6 +206,10 @@ class LocalFiles(RunFiles):
         rundir = self._rundir()
         for rel, data in files.items():
             rundir.write(rel, data)
+
+    def write_markers(self, rnd: int, rels: list[str]) -> None:
+        if rels:
+            make_markers(self.root, rels, marker_source(rnd), dir_fd=self._rundir().fd)
 
     def listdir(self, rel: str) -> list[str]:
         return self._rundir().listdir(rel)

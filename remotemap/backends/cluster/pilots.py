@@ -22,7 +22,15 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from remotemap.backends.cluster.verdict import DONE, FAILED, FINISHED_REGULARLY, QUEUED_ACTIVE
-from remotemap.pilot import CLAIMED, PilotQueue, held_name, parse_marker, queue_marker
+from remotemap.pilot import (
+    CLAIMED,
+    PilotQueue,
+    held_name,
+    make_markers,
+    marker_source,
+    parse_marker,
+    queue_marker,
+)
 
 
 class Engine(Protocol):
@@ -132,10 +140,9 @@ class Keeper:
         if now - self.canary_seen < hold_seconds(spec):
             return
         taken = set(self.queue.claims())  # an engine restarted mid-release: not twice
-        for file in files[1:]:
-            if file not in taken and not has_outcome(root, file):
-                with open(os.path.join(root, queue_marker(self.engine.rnd, file)), "w"):
-                    pass
+        make_markers(root, [queue_marker(self.engine.rnd, file) for file in files[1:]
+                            if file not in taken and not has_outcome(root, file)],
+                     marker_source(self.engine.rnd))
         os.unlink(os.path.join(root, held_name(self.engine.rnd)))
 
     def submit(self, wfc: Any, count: int) -> None:

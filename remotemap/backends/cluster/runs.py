@@ -37,13 +37,9 @@ from remotemap.backends.cluster.files import ClusterError, RunFiles
 from remotemap.backends.cluster.judging import judge_job, judge_workers
 from remotemap.backends.cluster.pending import count_reasons
 from remotemap.backends.cluster.rounds import Round, end_pauses, watch_engine
-from remotemap.backends.cluster.settings import (
-    engine_env,
-    engine_python,
-    queue_markers,
-    round_spec,
-)
+from remotemap.backends.cluster.settings import engine_env, engine_python, queue_markers, round_spec
 from remotemap.capture import merge_outputs
+from remotemap.chunk_packs import packed
 from remotemap.errors import TamperedFile, TaskFailure, UnsafePath
 from remotemap.execution import lost_chunk_result
 from remotemap.integrity import new_key
@@ -148,14 +144,14 @@ class ClusterRun:
     # -- submitting ---------------------------------------------------------------------------
     def add_tasks(self, tasks: Iterable[tuple[int, tuple[Any, ...], dict[str, Any]]],
                   *, task_timeout: float | None = None) -> list[TaskFailure]:
-        """Stage each task as a chunk file and start a round with them; tasks whose
-        arguments cannot be pickled fail here instead."""
+        """Stage each task as a chunk file (small ones packed) and start a round with them;
+        tasks whose arguments cannot be pickled fail here instead."""
         tasks = list(tasks)
         staged = [(file, *task) for file, task in zip(self.reserve(len(tasks)), tasks,
                                                       strict=True)]
         blobs, files, failures = self.stage(staged)
         if files:
-            self.files.write_many(blobs)
+            self.files.write_many(packed({file: blobs[chunk_name(file)] for file, _ in files}))
             self.start_round(files, task_timeout=task_timeout)
         return failures
 
@@ -205,8 +201,8 @@ class ClusterRun:
         else:
             spec.update(jobs=[[file] for file, _ in files], canary=False, fail_exit=True,
                         dependencies=[list(pair) for pair in dependencies], dispatch="jobs")
-        self.files.write_many({**queue_markers(spec),
-                               layout.spec_name(number): json.dumps(spec).encode()})
+        self.files.write_markers(number, queue_markers(spec))  # before the spec names them
+        self.files.write_many({layout.spec_name(number): json.dumps(spec).encode()})
         self._add_round(spec)
         self.files.engine(engine_python(self.settings), number, engine_env(self.settings))
         log.debug("cluster run %s: round %d, %d tasks in %d jobs", self.run_id, number,

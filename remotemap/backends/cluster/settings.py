@@ -145,16 +145,16 @@ def worker_layout(settings: Mapping[str, Any], n_tasks: int) -> tuple[int, int]:
     return jobs, max(1, min(slots, math.ceil(n_tasks / jobs)))
 
 
-def queue_markers(spec: Mapping[str, Any]) -> dict[str, bytes]:
+def queue_markers(spec: Mapping[str, Any]) -> list[str]:
     """The queue of a round run by worker jobs: one empty marker per chunk file; with
     ``spec["canary"]`` only the first one and the flag that holds the others back (the
     engine releases them: ``pilots.Keeper``)."""
     if spec.get("dispatch") != "workers":
-        return {}
-    files = [int(file) for file, _ in spec["files"]]
-    held = {held_name(int(spec["round"])): b""} if spec.get("canary") else {}
-    return {**{queue_marker(int(spec["round"]), file): b""
-               for file in (files[:1] if held else files)}, **held}
+        return []
+    rnd, files = int(spec["round"]), [int(file) for file, _ in spec["files"]]
+    if spec.get("canary"):
+        return [queue_marker(rnd, files[0]), held_name(rnd)]
+    return [queue_marker(rnd, file) for file in files]
 
 
 def job_python(settings: Mapping[str, Any]) -> str:
