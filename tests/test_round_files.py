@@ -143,3 +143,56 @@ def test_a_round_of_worker_jobs_packs_its_chunks_and_links_its_markers(
     source = (run / "rounds" / "0.marker").stat()
     claimed = [(run / CLAIMED / name).stat().st_ino for name in os.listdir(run / CLAIMED)]
     assert len(claimed) == 30 and set(claimed) == {source.st_ino}
+
+
+def test_the_engines_remove_a_finished_run_after_the_caller_returned(
+        local: dict[str, Any], state_home: Path) -> None:
+    """Every task has its outcome: the call returns without waiting for its engines to see
+    the jobs end, and the last engine to exit removes the directory, key and registry entry."""
+    from remotemap.backends.cluster.handover import REQUEST
+    from remotemap.backends.cluster.registry import registered
+    from tests.cluster_support import no_engine_left, wait_for
+
+    before = {e["run_id"] for e in registered()}
+    assert remote_map(tf.square, [(i,) for i in range(12)], tasks_per_job=4, **local) == \
+        [i * i for i in range(12)]
+    # Left to the engines (the run still registered, with the request), or removed already
+    # by the caller (every engine had exited: then the registry has nothing new).
+    (entry,) = [e for e in registered() if e["run_id"] not in before] or [None]
+    if entry is not None:
+        root = Path(entry["root"])
+        key = state_home / "remotemap" / "keys" / f"{entry['run_id']}.key"
+        assert (root / REQUEST).exists() and key.exists()
+        wait_for("the run directory to go", lambda: not root.exists(), timeout=60)
+        wait_for("the registry entry to go",
+                 lambda: all(e["run_id"] in before for e in registered()), timeout=60)
+        assert not key.exists()
+    no_engine_left(Path(local["shared_dir"]))
+
+
+def test_the_last_engine_out_removes_the_run_only_when_asked(tmp_path: Path) -> None:
+    import json
+
+    from remotemap.backends.cluster.handover import REQUEST, remove_if_asked, request_body
+
+    root, key, entry = tmp_path / "run", tmp_path / "run.key", tmp_path / "run.json"
+    (root / "rounds").mkdir(parents=True)
+    root.chmod(0o700)
+    key.write_text("k")
+    entry.write_text("{}")
+
+    def status(rnd: int, **fields: Any) -> None:
+        (root / "rounds" / f"{rnd}.json").write_text("{}")
+        (root / "rounds" / f"{rnd}.status.json").write_text(json.dumps(fields))
+
+    status(0, ended=True, exited=True)
+    status(1, ended=True)  # its engine is still stopping soma-workflow
+    assert not remove_if_asked(str(root))  # not asked
+    (root / REQUEST).write_bytes(request_body([str(key), str(entry)]))
+    assert not remove_if_asked(str(root)) and root.exists()  # round 1's engine still runs
+    status(1, ended=True, state="error")  # an engine that failed will not run again
+    root.chmod(0o755)
+    assert not remove_if_asked(str(root)) and root.exists()  # not a private directory
+    root.chmod(0o700)
+    assert remove_if_asked(str(root))
+    assert not root.exists() and not key.exists() and not entry.exists()

@@ -43,12 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from remotemap.backends.cluster import layout
-from remotemap.backends.cluster.checks import (
-    SWF_TYPES,
-    EngineError,
-    check_slurm_options,
-    preflight,
-)
+from remotemap.backends.cluster.checks import SWF_TYPES, EngineError, check_slurm_options, preflight
 from remotemap.backends.cluster.layout import RoundPaths
 
 #: Seconds between two writes of an unchanged status (the engine's heartbeat).
@@ -313,6 +308,9 @@ def serve(root: str, rnd: int) -> int:
         if engine is not None and engine.status.get("ended") and os.path.isdir(root):
             with contextlib.suppress(Exception):
                 engine.save(exited=True)  # soma-workflow's threads are stopped: we are done
+                from remotemap.backends.cluster.handover import remove_if_asked
+
+                remove_if_asked(root)  # the last engine out, when the caller left it to us
         os.close(lock)
 
 

@@ -20,12 +20,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from remotemap.backends.base import Backend, Session, TaskOptions
+from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.checks import preflight
-from remotemap.backends.cluster.files import RunFiles, open_files
+from remotemap.backends.cluster.files import LocalFiles, RunFiles, open_files
+from remotemap.backends.cluster.handover import REQUEST, request_body, round_over
 from remotemap.backends.cluster.limits import check_partition
 from remotemap.backends.cluster.options import CLUSTER
 from remotemap.backends.cluster.pending import describe_reasons, worrying
-from remotemap.backends.cluster.registry import register, unregister
+from remotemap.backends.cluster.registry import entry_path, register, unregister
 from remotemap.backends.cluster.runs import ClusterRun
 from remotemap.backends.cluster.settings import cluster_settings, poll_interval, tasks_per_job
 from remotemap.errors import BackendUnavailable, TaskFailure
@@ -235,7 +237,8 @@ class ClusterSession(Session):
 
 
 def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
-    """Stop the run's jobs still out, then remove its directory (unless ``keep_files``)."""
+    """Stop the run's jobs still out, then remove its directory (unless ``keep_files``): at
+    once, or by its engines once they exit when every task has its outcome (``handover``)."""
     try:
         if run.pending:
             try:
@@ -244,6 +247,9 @@ def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
                 # ended the run says more than this one, which must not replace it
                 log.warning("cluster run %s: cannot ask its jobs to stop in %s:%s: %s",
                             run.run_id, run.files.label, run.files.root, exc)
+        elif not settings["keep_files"] and hand_over(run):
+            log.debug("cluster run %s: its engines remove it once they exit", run.run_id)
+            return
         if not run.wait_ended(CLOSE_TIMEOUT):
             log.warning("cluster run %s: its jobs did not all stop within %.0f s; the run "
                         "is kept in %s:%s (remotemap cancel %s)", run.run_id, CLOSE_TIMEOUT,
@@ -256,3 +262,18 @@ def close_run(run: ClusterRun, settings: Mapping[str, Any]) -> None:
     finally:
         run.files.close()
 
+
+def hand_over(run: ClusterRun) -> bool:
+    """Ask the run's engines to remove it once they all exited (``handover``); False when the
+    caller must remove it: the engines run on another host (they cannot reach this machine's
+    registry), one died, or all exited already."""
+    if not isinstance(run.files, LocalFiles) or run.cancelled:
+        return False
+    over = {n: round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds}
+    if not all(done or run.files.engine_running(n) for n, done in over.items()):
+        return False  # an engine to start again: the caller's wait does that
+    run.files.write_many({REQUEST: request_body([str(run.meta["key_file"]),
+                                                 str(entry_path(run.run_id))])})
+    # Read again after the request is written: if every engine exited meanwhile, none may
+    # have seen it, and the caller removes the run (see handover's docstring).
+    return not all(round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds)
