@@ -115,10 +115,17 @@ def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def no_engine_left(runs_dir: Path) -> None:
-    """No cluster engine of this test module still runs (they exit with their rounds)."""
-    out = subprocess.run(["pgrep", "-f", f"cluster_engine start {runs_dir}"],
-                         capture_output=True, text=True, check=False).stdout.split()
+def no_engine_left(runs_dir: Path, timeout: float = 30.0) -> None:
+    """No cluster engine of this test module still runs within ``timeout`` s: they exit with
+    their rounds, which may end after the call returned (a call whose every task has its
+    outcome leaves the end and the run's removal to its engines: ``cluster.handover``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["pgrep", "-f", f"cluster_engine start {runs_dir}"],
+                             capture_output=True, text=True, check=False).stdout.split()
+        if out == [] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert out == [], f"engines still running: {out}"
 
 

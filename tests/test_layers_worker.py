@@ -20,7 +20,8 @@ FORBIDDEN = ("remotemap.api", "remotemap.workflow", "remotemap.config", "remotem
              "remotemap.executor", "remotemap.driver")
 
 #: Everything of remotemap each program really loads: a new import shows up here for review.
-WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.errors",
+WORKER_MODULES = {"remotemap", "remotemap._version", "remotemap.capture", "remotemap.chunk_packs",
+                  "remotemap.errors",
                   "remotemap.execution",
                   "remotemap.integrity", "remotemap.leftovers", "remotemap.outofband",
                   "remotemap.preload",

@@ -13,6 +13,7 @@ import pytest
 
 from remotemap import RemoteException, Staged, remote_map, staged_path
 from tests import cluster_support
+from tests.cluster_support import wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -50,7 +51,8 @@ def test_inputs_go_through_the_shared_directory(slurm: dict[str, Any], runs_dir:
             assert relative.parts[1] == "staged" and staged.endswith(str(caller))
             runs.add(runs_dir / relative.parts[0])
     assert len(runs) == 1
-    assert not any(os.path.exists(run) for run in runs)  # gone with the run directory
+    # Gone with the run directory, which the engine removes once its jobs ended.
+    wait_for("the run directory to go", lambda: not any(os.path.exists(r) for r in runs))
 
 
 def _read_as(path: str) -> tuple[str, str, str]:
