@@ -9,6 +9,7 @@ partition ``held`` down), and through a real sshd as the submitting host.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,22 @@ def test_each_limit_is_named_with_option_value_and_partition() -> None:
                             "partitions: debug, short, held)")
 
 
+def test_automatic_worker_slots_fit_the_partitions_nodes() -> None:
+    from remotemap.backends.cluster.limits import slots_that_fit
+    from remotemap.backends.cluster.settings import worker_layout
+
+    parts = parse_partitions(SCONTROL)
+    assert slots_that_fit({}, parts["debug"], 16) == 16
+    assert slots_that_fit({"cpus_per_task": 4}, parts["debug"], 16) == 4
+    assert slots_that_fit({}, parts["short"], 16) == 2  # MaxCPUsPerNode 2
+    assert slots_that_fit({"cpus_per_task": 3}, parts["short"], 16) == 1  # refused elsewhere
+    assert slots_that_fit({}, parts["debug"], None) is None  # nothing known: the default
+    slurm = {"scheduler": "slurm", "worker_jobs": 0, "worker_slots": 0}
+    assert worker_layout(slurm, 1000) == (2, 8)
+    assert worker_layout({**slurm, "slots_that_fit": 2}, 1000) == (8, 2)  # as many loops
+    assert worker_layout({**slurm, "slots_that_fit": 4, "worker_slots": 8}, 1000) == (2, 8)
+
+
 def test_within_limits_or_unlimited_passes() -> None:
     assert _problem(queue="short", walltime="1", memory="1000M", cpus_per_task=2) is None
     assert _problem(walltime="10:00", memory="4000", cpus_per_task=16) is None
@@ -173,6 +190,22 @@ def test_a_run_over_the_partitions_limits_is_refused_and_makes_nothing(
     # Within the limits, the same partition runs it.
     assert remote_map(abs, [(-1,)], queue=SHORT_PARTITION, walltime="1", cpus_per_task=2,
                       memory="500M", **options) == [1]
+
+
+
+@pytest.mark.slurm
+def test_automatic_worker_jobs_ask_no_more_cpus_than_the_partition_gives(
+        swf: None, slurm_cluster: SingleNodeSlurm, state_home: Path, tmp_path: Path) -> None:
+    """``short`` takes at most 2 CPUs a job: automatic slots are 2 there, not 8 (a job of 8
+    would be refused by sbatch, and every task fail with it)."""
+    options = {"mode": "cluster", "progress": False, "keep_files": True,
+               **slurm_options(slurm_cluster, tmp_path / "runs")}
+    assert remote_map(abs, [(-i,) for i in range(20)], queue=SHORT_PARTITION,
+                      dispatch="workers", walltime="1", **options) == list(range(20))
+    (run,) = (tmp_path / "runs").iterdir()
+    spec = json.loads((run / "rounds" / "0.json").read_text())
+    assert (spec["slots"], spec["workers"]) == (2, 8)
+    assert "--cpus-per-task=2" in spec["native"]
 
 
 @pytest.mark.slurm

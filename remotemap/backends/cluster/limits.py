@@ -191,26 +191,47 @@ def _refused(key: str, value: object, part: Partition, limit: str) -> PartitionR
                             "(cluster.queue)", key=key, partition=part.name)
 
 
-def check_partition(files: RunFiles, settings: Mapping[str, Any]) -> None:
+def slots_that_fit(settings: Mapping[str, Any], part: Partition, node_cpus: int | None
+                   ) -> int | None:
+    """The most slots a worker job of automatic size (``worker_slots`` 0) may have: each takes
+    ``cpus_per_task`` CPUs (1 if unset), within the partition's MaxCPUsPerNode and its
+    largest node. None when neither is known."""
+    known = [node_cpus] if node_cpus else []
+    if part.max_cpus_per_node is not None and part.max_cpus_per_node.isdigit():
+        known.append(int(part.max_cpus_per_node))
+    if not known:
+        return None
+    return max(1, min(known) // max(1, int(settings.get("cpus_per_task") or 1)))
+
+
+def _auto_slots(settings: Mapping[str, Any]) -> bool:
+    return not settings.get("worker_slots") and settings.get("dispatch") != "jobs"
+
+
+def check_partition(files: RunFiles, settings: Mapping[str, Any]) -> int | None:
     """Refuse (:class:`PartitionRefused`) a SLURM run its partition cannot take, asking the
-    submitting host; nothing is made there. Limits that cannot be read let the run go."""
+    submitting host; nothing is made there. Limits that cannot be read let the run go.
+    Returns :func:`slots_that_fit` when worker jobs may get slots automatically, else None."""
     if settings.get("scheduler") != "slurm":
-        return
+        return None
     env = {"SLURM_CONF": str(settings["slurm_conf"])} if settings.get("slurm_conf") else {}
     code, out, err = files.command(["scontrol", "-o", "show", "partition"], env)
     if code != 0:
         log.debug("cannot read the partitions on %s (%s): not checked", files.label,
                   err.strip() or f"exit status {code}")
-        return
+        return None
     partitions = parse_partitions(out)
     nodes: tuple[int | None, int | None] = (None, None)
     name = requested_partition(settings)[0] or next(
         (p.name for p in partitions.values() if p.default), "")
     if name in partitions and (settings.get("memory") or settings.get("cpus_per_task")
-                               or int(settings.get("worker_slots") or 0) > 1):
+                               or int(settings.get("worker_slots") or 0) > 1
+                               or _auto_slots(settings)):
         code, out, _ = files.command(["sinfo", "-h", "-p", name, "-o", "%c|%m"], env)
         if code == 0:
             nodes = parse_nodes(out)
     problem = limits_problem(settings, partitions, nodes, files.label)
     if problem is not None:
         raise problem
+    part = partitions.get(name)
+    return slots_that_fit(settings, part, nodes[0]) if part and _auto_slots(settings) else None

@@ -66,7 +66,9 @@ def create_run(settings: dict[str, Any], blob: bytes, *, function: str,
         shared = os.path.join(os.path.expanduser("~"), os.path.expanduser(shared))
     files: RunFiles = open_files(settings, posixpath.join(shared, run_id))
     try:
-        check_partition(files, settings)  # before anything is made, here or there
+        fit = check_partition(files, settings)  # before anything is made, here or there
+        if fit is not None:  # automatic worker slots: no more than the partition's nodes take
+            settings = {**settings, "slots_that_fit": fit}
         env = dict(env)
         if not settings.get("host"):  # same machine: modules found through our sys.path too
             env.setdefault(SYS_PATH_ENV, json.dumps(sys.path))

@@ -134,11 +134,14 @@ def worker_layout(settings: Mapping[str, Any], n_tasks: int) -> tuple[int, int]:
     """(worker jobs, slots per job) a round of ``n_tasks`` starts with, never more loops
     than tasks. Both automatic: :data:`AUTO_WORKERS` loops in jobs of :data:`AUTO_SLOTS`
     (16 tasks or more: 2 x 8). ``worker_jobs`` alone: one slot each, as before slots
-    existed. ``worker_slots`` alone: enough jobs for :data:`AUTO_WORKERS` loops."""
+    existed. ``worker_slots`` alone: enough jobs for :data:`AUTO_WORKERS` loops. Automatic
+    slots are no more than the partition's nodes take (``slots_that_fit``, read by
+    ``limits.check_partition``)."""
     jobs, slots = int(settings.get("worker_jobs") or 0), int(settings.get("worker_slots") or 0)
     loops = max(1, min(n_tasks, AUTO_WORKERS))
     if not slots:
-        slots = 1 if jobs else min(AUTO_SLOTS, loops)
+        fit = int(settings.get("slots_that_fit") or AUTO_SLOTS)
+        slots = 1 if jobs else min(AUTO_SLOTS, loops, fit)
     if not jobs:
         jobs = math.ceil(loops / slots)
     jobs = max(1, min(jobs, n_tasks))
