@@ -321,3 +321,13 @@ def print_then_sleep(x: int, seconds: float) -> int:
     print(f"task {x} started", flush=True)
     time.sleep(seconds)
     return x
+
+
+def cpus_seen(x: int) -> tuple[int, int, int]:
+    """What a call made inside this task would use: ``n_jobs`` 0 and 3, and how many workers
+    a nested ``local`` call of 4 tasks ran them in."""
+    from remotemap import remote_map
+    from remotemap.config import resolve_n_jobs
+
+    pids = remote_map(os.getpid, [()] * 4, mode="local", chunksize=1)
+    return resolve_n_jobs(0), resolve_n_jobs(3), len(set(pids))

@@ -147,3 +147,14 @@ def test_ctrl_c_stops_the_forked_child(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the forked child is still running"
+
+
+def test_a_call_inside_the_forked_task_counts_its_share_of_the_cpus(tmp_path: Path) -> None:
+    """n_jobs=2: a task's own calls count half the CPUs as "all" (config.CPUS_ENV), so nested
+    calls do not start CPUs x CPUs processes; an explicit n_jobs is kept."""
+    from loky import cpu_count
+
+    share = max(1, cpu_count() // 2)
+    [[auto, explicit, workers]] = _call(tmp_path, "tf.cpus_seen, [(0,)]")["values"]
+    assert (auto, explicit) == (share, 3)
+    assert workers <= share + 1  # its pool, and the child its first chunk forked

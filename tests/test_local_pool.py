@@ -22,6 +22,7 @@ import pytest
 from remotemap import remote_map
 from remotemap.backends import local_pool
 from remotemap.backends.local_pool import QUEUE_AHEAD_BYTES, WorkerPool
+from tests import taskfuncs as tf
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -238,3 +239,15 @@ def test_calls_that_come_again_get_a_pool_instead_of_a_fork_each() -> None:
     assert seen["workers"], f"no pool was ever ready: {seen}"
     assert len(set(seen["first"])) == len(seen["first"])  # forked: a new child each call
     assert set(seen["later"]) <= set(seen["workers"]), seen
+
+
+@pytest.mark.parametrize("mode", ["local", "local_with_dumps"])
+def test_calls_inside_tasks_count_the_tasks_share_of_the_cpus(mode: Any) -> None:
+    from loky import cpu_count
+
+    share = max(1, cpu_count() // 2)
+    options: dict[str, Any] = {"chunksize": 1} if mode == "local" else {}  # a task a chunk
+    seen = remote_map(tf.cpus_seen, [(i,) for i in range(4)], mode=mode, n_jobs=2,
+                      progress=False, **options)
+    assert [s[:2] for s in seen] == [(share, 3)] * 4
+    assert all(workers <= share + 1 for _, _, workers in seen)

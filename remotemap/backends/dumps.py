@@ -24,7 +24,7 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.local_options import LOCAL_WITH_DUMPS
 from remotemap.buffers import BufferSpill
-from remotemap.config import resolve_n_jobs
+from remotemap.config import CPUS_ENV, resolve_n_jobs, task_share
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure
 from remotemap.execution import (
     failure_from_exception,
@@ -140,6 +140,7 @@ class DumpsSession(Session):
                  preload: bool = True, ahead: int = 0) -> None:
         self.options = options
         self.preload = preload
+        self.n_jobs = n_jobs
         self.capacity = n_jobs + ahead
         self.run_limit = n_jobs if ahead else None
         #: Chunks written and waiting for a slot (only with ``ahead``), oldest first.
@@ -180,7 +181,8 @@ class DumpsSession(Session):
         ready line is read before the first ``done`` line (:meth:`_is_ready`)."""
         # A server starts by the directory's name: refuse one put in the place of ours.
         check_same_dir(self.layout.root, self.rundir.identity)
-        env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path)}
+        env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path),
+               CPUS_ENV: task_share(self.n_jobs)}  # for calls made inside tasks
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root,
              *([] if self.preload else ["--no-preload"])],

@@ -5,15 +5,18 @@ Changing the file lives in :mod:`remotemap.config.editing`, kept out of this nam
 """
 
 from remotemap.config.loader import (
+    CPUS_ENV,
     ENV_VAR,
     Config,
     config_path,
     load_config,
     resolve_n_jobs,
+    task_share,
 )
 from remotemap.config.schema import SCHEMA, Key, Section, get_section, lookup_key, section_names
 
 __all__ = [
+    "CPUS_ENV",
     "ENV_VAR",
     "SCHEMA",
     "Config",
@@ -25,4 +28,5 @@ __all__ = [
     "lookup_key",
     "resolve_n_jobs",
     "section_names",
+    "task_share",
 ]

@@ -344,21 +344,42 @@ def load_config(path: str | os.PathLike[str] | None = None, *, strict: bool = Tr
     return Config(file, source, exists=True, values=values, origins=origins, problems=problems)
 
 
+#: The CPUs of this machine a task may use, set by the local modes in the processes that run
+#: tasks: one worker's share, usable CPUs // the call's workers. ``n_jobs`` 0, -1, -2... of a
+#: call made inside a task count from it, so nested calls do not multiply the processes
+#: (joblib's nested calls likewise fall back to fewer workers).
+CPUS_ENV = "REMOTEMAP_CPUS"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its task's share (:data:`CPUS_ENV`) inside a task, else
+    what loky counts (CPU affinity and cgroup quotas: containers, SLURM)."""
+    share = os.environ.get(CPUS_ENV, "")
+    if share.isdigit() and int(share) > 0:
+        return int(share)
+    # Imported here, because most callers of this module never need it.
+    from loky import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
+def task_share(n_workers: int) -> str:
+    """:data:`CPUS_ENV` for the tasks of ``n_workers`` workers started from this process."""
+    return str(max(1, usable_cpus() // max(1, n_workers)))
+
+
 def resolve_n_jobs(n_jobs: int) -> int:
     """A worker count (>= 1) from an ``n_jobs`` setting.
 
     Positive values are used as they are; 0 and -1 mean every CPU this process may use, -2 all
-    but one, and so on, never fewer than one.
+    but one, and so on, never fewer than one. Inside a task of a local mode, "every CPU" is
+    the task's share (:func:`usable_cpus`).
     """
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
         raise TypeError(f"n_jobs must be an integer, got {type(n_jobs).__name__} {n_jobs!r}")
     if n_jobs > 0:
         return n_jobs
-    # loky's count (the one joblib uses) honours CPU affinity and cgroup quotas (containers,
-    # SLURM); imported here because most callers of this module never need it.
-    from loky import cpu_count
-
-    cpus = max(1, int(cpu_count()))
+    cpus = usable_cpus()
     if n_jobs in (0, -1):
         return cpus
     return max(1, cpus + 1 + n_jobs)
