@@ -106,7 +106,7 @@ class WorkerPool:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.n_workers, sorted(self.env.items()), self.run, self.initializer)
+        return pool_key(self.n_workers, self.env, self.run, self.initializer)
 
     @property
     def busy(self) -> int:
@@ -254,14 +254,19 @@ _parked_lock = threading.Lock()
 def take_pool(n_workers: int, env: Mapping[str, str], run: Callable[..., bytes],
               initializer: Callable[[], None]) -> WorkerPool:
     """The parked pool if it matches, else a new one (a parked pool that does not is shut)."""
-    wanted = WorkerPool(n_workers, env, run, initializer)
     with _parked_lock:
         parked = _parked.pop() if _parked else None
-    if parked is not None and parked.key == wanted.key:
+    if parked is not None and parked.key == pool_key(n_workers, env, run, initializer):
         return parked
     if parked is not None:
         parked.shutdown()
-    return wanted
+    return WorkerPool(n_workers, env, run, initializer)
+
+
+def pool_key(n_workers: int, env: Mapping[str, str], run: Callable[..., bytes],
+             initializer: Callable[[], None]) -> tuple[Any, ...]:
+    """What makes two pools interchangeable: their size, environment and worker functions."""
+    return (max(1, n_workers), sorted(env.items()), run, initializer)
 
 
 def park(pool: WorkerPool) -> None:
