@@ -240,9 +240,9 @@ def test_settings_for_a_mode_without_a_section() -> None:
 
 
 def test_resolve_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    import loky
+    from remotemap.config import CPUS_ENV
 
-    monkeypatch.setattr(loky, "cpu_count", lambda *a, **k: 8)
+    monkeypatch.setenv(CPUS_ENV, "8")  # inside a task given 8 CPUs: "all" is 8
     assert [resolve_n_jobs(n) for n in (0, -1, -2, -8, -50, 1, 3, 32)] == [
         8,
         8,
@@ -257,10 +257,16 @@ def test_resolve_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_n_jobs(True)
 
 
-def test_resolve_n_jobs_uses_the_real_cpu_count() -> None:
+def test_resolve_n_jobs_uses_the_real_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loky import cpu_count
+
+    from remotemap.config import CPUS_ENV
+
+    monkeypatch.delenv(CPUS_ENV, raising=False)
     n = resolve_n_jobs(0)
-    assert n >= 1
-    assert n <= (os.cpu_count() or 1)
+    assert n == max(1, cpu_count()) and n <= (os.cpu_count() or 1)
+    monkeypatch.setenv(CPUS_ENV, "lots")  # not a count: the machine's
+    assert resolve_n_jobs(0) == n
 
 
 # --- extension points: kinds not used by today's sections ---------------------------------

@@ -5,6 +5,7 @@ Nothing here writes to disk: loading a config (or importing this module) never c
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -357,8 +358,15 @@ def usable_cpus() -> int:
     share = os.environ.get(CPUS_ENV, "")
     if share.isdigit() and int(share) > 0:
         return int(share)
-    # Imported here, because most callers of this module never need it.
-    from loky import cpu_count
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    return _loky_cpus(affinity)
+
+
+@functools.lru_cache(maxsize=8)
+def _loky_cpus(affinity: int) -> int:
+    """loky's count, once per CPU affinity (``affinity``: a key only): it reads the cgroup
+    files each time, ~0.1 ms, and a loop of small calls asks once or twice a call."""
+    from loky import cpu_count  # here: most callers of this module never need it
 
     return max(1, int(cpu_count()))
 
