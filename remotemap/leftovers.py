@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 _STDIO = (1, 2)
@@ -155,15 +156,20 @@ def _reap_orphans() -> None:
             pass
 
 
-def exit_with_parent(thread_name: str) -> None:
+def exit_with_parent(thread_name: str, before_exit: Callable[[], object] | None = None
+                     ) -> None:
     """Exit this process when its parent dies (even by SIGKILL, which leaves the parent no
     chance to stop it), instead of running on as an orphan: a daemon thread named
-    ``thread_name`` looks twice a second."""
+    ``thread_name`` looks twice a second. ``before_exit`` then undoes what the dead parent
+    can no longer (its files)."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        if before_exit is not None:
+            with contextlib.suppress(BaseException):  # exit whatever it raised
+                before_exit()
         os._exit(1)
 
     threading.Thread(target=watch, name=thread_name, daemon=True).start()

@@ -168,10 +168,14 @@ def test_a_crash_in_a_chunk_of_many_tasks_fails_that_task_only(dask_scheduler: s
 
 
 def test_a_scheduler_killed_mid_run_fails_the_tasks_as_lost_not_a_hang(tmp_path: Path) -> None:
+    """Then the worker is SIGKILLed mid-chunk too: the chunk's process removes the task's
+    temporary directory, which the dead worker cannot."""
     from distributed import Client
 
-    # A scheduler and a worker of their own, as `dask scheduler` and `dask worker` start them.
-    info_file = tmp_path / "scheduler.json"
+    # A scheduler and a worker of their own, as `dask scheduler` and `dask worker` start them;
+    # the worker's temp dir is this test's, to see what it leaves there.
+    info_file, worker_tmp = tmp_path / "scheduler.json", tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
     cli = [sys.executable, "-m"]
     scheduler = subprocess.Popen([*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                   "--port", "0", "--no-dashboard", "--scheduler-file",
@@ -180,7 +184,8 @@ def test_a_scheduler_killed_mid_run_fails_the_tasks_as_lost_not_a_hang(tmp_path:
     try:
         worker = subprocess.Popen([*cli, "distributed.cli.dask_worker", "--no-nanny",
                                    "--nthreads", "1", "--no-dashboard", "--scheduler-file",
-                                   str(info_file)], stderr=subprocess.DEVNULL)
+                                   str(info_file)], stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "TMPDIR": str(worker_tmp)})
         with Client(scheduler_file=str(info_file), timeout=30, set_as_default=False) as client:
             client.wait_for_workers(1, timeout=30)
             address = client.scheduler.address
@@ -200,6 +205,11 @@ def test_a_scheduler_killed_mid_run_fails_the_tasks_as_lost_not_a_hang(tmp_path:
             if process is not None:
                 process.kill()
                 process.wait()
+    # The chunk's process looks for its parent's death twice a second.
+    deadline = time.monotonic() + 10
+    while (left := list(worker_tmp.glob("remotemap-dask-*"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], "the killed dask worker's task directory was left behind"
 
 
 def test_a_large_function_is_scattered_once_and_works(dask_scheduler: str) -> None:

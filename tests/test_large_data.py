@@ -131,8 +131,8 @@ def _result(values: list[Any]) -> ChunkResult:
     return result
 
 
-def test_a_local_outcome_buffer_cut_short_or_grown_is_refused_naming_it() -> None:
-    layout, rundir = create_local_run_dir()
+def test_a_local_outcome_buffer_cut_short_or_grown_is_refused_naming_it(tmp_path: Path) -> None:
+    layout, rundir = create_local_run_dir(str(tmp_path))  # not /tmp: nothing removes it
     key = new_key()
     parts = write_outcome_parts(rundir, key, _result([_blob(2, OUT_OF_BAND_MIN), 7]), "tok")
     rundir.write(outcome_name(3), *parts)
@@ -163,8 +163,8 @@ def test_an_argument_buffer_of_another_size_is_refused_naming_it(tmp_path: Path)
     assert refused.value.path == str(path)
 
 
-def test_small_results_keep_the_plain_outcome_and_no_buffer_file() -> None:
-    layout, rundir = create_local_run_dir()
+def test_small_results_keep_the_plain_outcome_and_no_buffer_file(tmp_path: Path) -> None:
+    layout, rundir = create_local_run_dir(str(tmp_path))  # not /tmp: nothing removes it
     key = new_key()
     small = _result([1, "two", b"three" * 1000, 4.0])
     plain = seal_parts(key, outcome_name(3), dumps_result(_result(list(small.values)), "tok"))

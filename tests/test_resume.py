@@ -49,7 +49,11 @@ def test_caller_killed_half_way_then_resumed(tmp_path: Path, mode: str) -> None:
     counters.mkdir()
     script.write_text(SCRIPT)
     argv = [sys.executable, str(script), str(counters), str(run_dir), mode]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A caller killed by SIGKILL cannot remove its private local_with_dumps directory: its temp
+    # dir is the test's, so that what it leaves goes with tmp_path, not into the system's.
+    (temp := tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while not RunStore.exists_at(run_dir) or len(list(RunStore.existing(run_dir).outcomes())) < 3:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -60,7 +64,7 @@ def test_caller_killed_half_way_then_resumed(tmp_path: Path, mode: str) -> None:
     done_before = set(RunStore.existing(run_dir).load().values)
     assert 0 < len(done_before) < 24
 
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == str([i * i for i in range(24)])
     runs: dict[int, int] = {}

@@ -33,8 +33,11 @@ from tests import taskfuncs as tf
 KEY = bytes(range(32))
 
 
-def _layout_with(function: object, chunks: list[Chunk], token: str = "tok") -> RunLayout:
-    layout, rundir = create_local_run_dir()
+def _layout_with(parent: Path, function: object, chunks: list[Chunk], token: str = "tok"
+                 ) -> RunLayout:
+    """A run directory made by hand, as a caller would, in ``parent``: the test's tmp_path,
+    since no caller is there to remove it."""
+    layout, rundir = create_local_run_dir(str(parent))
     rundir.write(FUNCTION, seal_file(KEY, FUNCTION, dumps(function)))
     for chunk in chunks:
         name = chunk_name(chunk.id)
@@ -92,8 +95,8 @@ def test_stale_outcome_file_is_ignored_by_collect() -> None:
     assert "without writing its outcome" in result.failures[0].message
 
 
-def test_server_answers_ready_then_done_and_stops_on_eof() -> None:
-    layout = _layout_with(tf.square, [Chunk(0, [0], [(7,)], [{}])])
+def test_server_answers_ready_then_done_and_stops_on_eof(tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, tf.square, [Chunk(0, [0], [(7,)], [{}])])
     proc = _serve(layout)
     assert proc.stdin is not None and proc.stdout is not None
     ready = proc.stdout.readline().split()
@@ -109,8 +112,9 @@ def test_server_answers_ready_then_done_and_stops_on_eof() -> None:
     assert proc.wait(timeout=5) == 0
 
 
-def test_server_timeout_kills_the_task_and_says_so() -> None:
-    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [("/tmp/rm-none", 0, 30)], [{}])])
+def test_server_timeout_kills_the_task_and_says_so(tmp_path: Path) -> None:
+    stem = str(tmp_path / "pid")
+    layout = _layout_with(tmp_path, tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 30)], [{}])])
     proc = _serve(layout)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdout.readline()
@@ -125,7 +129,7 @@ def test_server_timeout_kills_the_task_and_says_so() -> None:
 
 def test_closing_stdin_kills_running_children(tmp_path: Path) -> None:
     stem = str(tmp_path / "pid")
-    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 60)], [{}])])
+    layout = _layout_with(tmp_path, tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 60)], [{}])])
     proc = _serve(layout)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdout.readline()

@@ -50,8 +50,8 @@ def test_a_held_chunk_starts_when_the_slot_frees_and_its_timeout_counts_from_the
     stem = str(tmp_path / "pid")
     # Chunk 1 waits 1.5 s behind chunk 0 with a 1 s timeout: counted from its "run" line it
     # would be killed; counted from its start, its 0.05 s sleep ends well within it.
-    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 1.5)], [{}]),
-                                             Chunk(1, [1], [(stem, 1, 0.05)], [{}])])
+    layout = _layout_with(tmp_path, tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 1.5)], [{}]),
+                                                       Chunk(1, [1], [(stem, 1, 0.05)], [{}])])
     proc = _serve(layout)
     server = _client(proc)
     server.tune(1, 1 << 16)
@@ -69,9 +69,10 @@ def test_a_held_chunk_starts_when_the_slot_frees_and_its_timeout_counts_from_the
     _finish(proc)
 
 
-def test_a_crashed_chunk_frees_its_slot_for_the_held_one_and_says_how_it_died() -> None:
-    layout = _layout_with(tf.crash_on, [Chunk(0, [3], [(3,)], [{}]),
-                                        Chunk(1, [4], [(4,)], [{}])])
+def test_a_crashed_chunk_frees_its_slot_for_the_held_one_and_says_how_it_died(
+        tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, tf.crash_on, [Chunk(0, [3], [(3,)], [{}]),
+                                                  Chunk(1, [4], [(4,)], [{}])])
     proc = _serve(layout)
     server = _client(proc)
     server.tune(1, 1 << 16)
@@ -85,8 +86,8 @@ def test_a_crashed_chunk_frees_its_slot_for_the_held_one_and_says_how_it_died() 
     _finish(proc)
 
 
-def test_an_outcome_larger_than_inline_is_left_to_download() -> None:
-    layout = _layout_with(tf.square, [Chunk(0, [0], [(7,)], [{}])])
+def test_an_outcome_larger_than_inline_is_left_to_download(tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, tf.square, [Chunk(0, [0], [(7,)], [{}])])
     proc = _serve(layout)
     server = _client(proc)
     server.tune(2, 16)  # below any sealed outcome's size
@@ -100,8 +101,8 @@ def test_an_outcome_larger_than_inline_is_left_to_download() -> None:
 
 def test_held_chunks_never_start_once_stdin_closes(tmp_path: Path) -> None:
     stem = str(tmp_path / "pid")
-    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 30)], [{}]),
-                                             Chunk(1, [1], [(stem, 1, 0)], [{}])])
+    layout = _layout_with(tmp_path, tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 30)], [{}]),
+                                                       Chunk(1, [1], [(stem, 1, 0)], [{}])])
     proc = _serve(layout)
     server = _client(proc)
     server.tune(1, 1 << 16)
@@ -128,9 +129,9 @@ def _children_of(pid: int) -> set[int]:
 def test_a_held_chunks_child_waits_forked_and_if_killed_is_reported_not_restarted(
         tmp_path: Path) -> None:
     stem = str(tmp_path / "pid")
-    layout = _layout_with(tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 1.0)], [{}]),
-                                             Chunk(1, [1], [(stem, 1, 0)], [{}]),
-                                             Chunk(2, [2], [(stem, 2, 0)], [{}])])
+    layout = _layout_with(tmp_path, tf.pid_and_sleep, [Chunk(0, [0], [(stem, 0, 1.0)], [{}]),
+                                                       Chunk(1, [1], [(stem, 1, 0)], [{}]),
+                                                       Chunk(2, [2], [(stem, 2, 0)], [{}])])
     proc = _serve(layout)
     server = _client(proc)
     server.tune(1, 1 << 16)
@@ -152,8 +153,8 @@ def test_a_held_chunks_child_waits_forked_and_if_killed_is_reported_not_restarte
     _finish(proc)
 
 
-def test_a_chunk_put_on_stdin_is_written_sealed_and_runs() -> None:
-    layout = _layout_with(tf.square, [])
+def test_a_chunk_put_on_stdin_is_written_sealed_and_runs(tmp_path: Path) -> None:
+    layout = _layout_with(tmp_path, tf.square, [])
     chunk = Chunk(5, [5], [(9,)], [{}])
     name = chunk_name(chunk.id)
     sealed = seal_parts(KEY, name, encode_chunk("tok", chunk))

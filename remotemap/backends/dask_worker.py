@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,7 +153,9 @@ def _wait(child: subprocess.Popen[bytes], timeout: float | None, wanted: Callabl
 
 def _child(tmp: Path) -> None:
     """The child process: run the chunk, write its result where the task reads it."""
-    exit_with_parent("remotemap-dask-parent")  # the dask worker's death, even by SIGKILL
+    # The dask worker's death, even by SIGKILL (the OOM killer, a nanny's restart): its
+    # TemporaryDirectory is then never removed, so this process removes it before exiting.
+    exit_with_parent("remotemap-dask-parent", lambda: shutil.rmtree(tmp, ignore_errors=True))
     payload = loads((tmp / "payload.pkl").read_bytes())
     chunk_id, indices, positions, blob, arguments, sys_path = payload
     try:
