@@ -331,3 +331,20 @@ def cpus_seen(x: int) -> tuple[int, int, int]:
 
     pids = remote_map(os.getpid, [()] * 4, mode="local", chunksize=1)
     return resolve_n_jobs(0), resolve_n_jobs(3), len(set(pids))
+
+
+def busy_span(x: int, seconds: float) -> tuple[int, float, float]:
+    """Sleep ``seconds``: (this process's pid, when the task started and ended: epoch s)."""
+    started = time.time()
+    time.sleep(seconds)
+    return os.getpid(), started, time.time()
+
+
+def most_at_once(spans: list[tuple[int, float, float]]) -> int:
+    """The most of ``busy_span``'s tasks that ran at the same moment."""
+    edges = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+    running = most = 0
+    for _, step in edges:  # at a tie an end sorts first: touching tasks do not overlap
+        running += step
+        most = max(most, running)
+    return most

@@ -15,6 +15,7 @@ import pytest
 from remotemap import Executor, ModeName, RemoteException, remote_map
 from remotemap.cli import main as cli_main
 from remotemap.errors import ConfigError, TaskFailure
+from tests import taskfuncs as tf
 
 HERE = Path(__file__).name
 
@@ -149,8 +150,10 @@ def test_another_modes_options_are_ignored_with_one_warning() -> None:
 
 def test_n_jobs_none_means_the_configured_value(isolated_config: Path) -> None:
     _write_config(isolated_config, "[local]\nn_jobs = 1\nchunksize = 1\n")
-    pids = remote_map(pid, [(i,) for i in range(4)], mode="local", n_jobs=None, progress=False)
-    assert len(set(pids)) == 1 and os.getpid() not in pids
+    spans = remote_map(tf.busy_span, [(i, 0.1) for i in range(4)], mode="local", n_jobs=None,
+                       progress=False)
+    # One task at a time (a first chunk may run in a forked child, then the pool's worker).
+    assert tf.most_at_once(spans) == 1 and os.getpid() not in {p for p, _, _ in spans}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # None asks for nothing: serial has nothing to ignore
         assert remote_map(pid, [(1,)], mode="serial", n_jobs=None) == [os.getpid()]

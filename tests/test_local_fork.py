@@ -158,3 +158,16 @@ def test_a_call_inside_the_forked_task_counts_its_share_of_the_cpus(tmp_path: Pa
     [[auto, explicit, workers]] = _call(tmp_path, "tf.cpus_seen, [(0,)]")["values"]
     assert (auto, explicit) == (share, 3)
     assert workers <= share + 1  # its pool, and the child its first chunk forked
+
+
+def test_the_forked_child_counts_as_one_of_the_n_jobs_workers(tmp_path: Path) -> None:
+    """The first chunk runs in a forked child while the pool starts: meanwhile the pool runs
+    one chunk fewer, so no more than n_jobs=2 tasks ever run at once."""
+    from tests.taskfuncs import most_at_once
+
+    # The forked task outlasts the pool's start (~0.3 s), which then runs the others.
+    out = _call(tmp_path, "tf.busy_span, [(i, 1.5 if i == 0 else 0.3) for i in range(6)], "
+                          "chunksize=1")
+    spans = [tuple(span) for span in out["values"]]
+    assert most_at_once(spans) <= 2  # 3 before: the child and the pool's two workers
+    assert spans[0][0] != out["caller_pid"]  # the first task ran in a child

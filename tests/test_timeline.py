@@ -127,7 +127,8 @@ def test_runs_plot_draws_one_bar_per_attempt(chromium: str, tmp_path: Path) -> N
     assert retries == [1, 4]
     results = run_results(run)
     assert tags["script"] == 0
-    assert Counter(r.worker for r in results) and len({r.worker for r in results}) <= 2
+    # n_jobs=2, and a child forked for the first chunk while the pool starts, in turn.
+    assert Counter(r.worker for r in results) and len({r.worker for r in results}) <= 3
     # one shaded chunk band per stored chunk result, its edge drawn
     assert tags["line"] >= len(results)
     png = tmp_path / "run.png"

@@ -152,7 +152,12 @@ class LocalSession(Session):
             self._send()
 
     def _send(self) -> None:
+        # A child forked for the call's first chunk is one of the n_jobs: while it runs, the
+        # pool holds one chunk fewer than that, none queued ahead (n_jobs=1: none at all).
+        forking = self.forked is not None and self.forked.in_flight > 0
         while self.unsent:
+            if forking and self._pool().busy >= self.n_jobs - 1:
+                return  # after the forked chunk's result (wait)
             data, job = self.unsent[0]
             if not self._pool().send(data, job):
                 return  # every worker busy: after the next result
@@ -210,6 +215,8 @@ class LocalSession(Session):
             timeout = 0.05 if timeout is None else min(timeout, 0.05)
         if forked:
             results += self._wait_forked(0 if results else timeout)
+            if self.unsent and self.forked is not None and not self.forked.in_flight:
+                self._send()  # what waited for the forked child's slot
         if isolated is not None:
             results += isolated.wait(0 if (results or pooled) else timeout)
         if not pooled or self.pool is None:
