@@ -240,9 +240,10 @@ def test_settings_for_a_mode_without_a_section() -> None:
 
 
 def test_resolve_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from remotemap.config import CPUS_ENV
+    from remotemap.config import SHARED_BY_ENV, loader
 
-    monkeypatch.setenv(CPUS_ENV, "8")  # inside a task given 8 CPUs: "all" is 8
+    monkeypatch.setattr(loader, "_loky_cpus", lambda affinity: 32)
+    monkeypatch.setenv(SHARED_BY_ENV, "4")  # in a task of one of 4 workers: "all" is 8
     assert [resolve_n_jobs(n) for n in (0, -1, -2, -8, -50, 1, 3, 32)] == [
         8,
         8,
@@ -260,13 +261,15 @@ def test_resolve_n_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resolve_n_jobs_uses_the_real_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
     from loky import cpu_count
 
-    from remotemap.config import CPUS_ENV
+    from remotemap.config import SHARED_BY_ENV, shared_by
 
-    monkeypatch.delenv(CPUS_ENV, raising=False)
+    monkeypatch.delenv(SHARED_BY_ENV, raising=False)
     n = resolve_n_jobs(0)
     assert n == max(1, cpu_count()) and n <= (os.cpu_count() or 1)
-    monkeypatch.setenv(CPUS_ENV, "lots")  # not a count: the machine's
+    monkeypatch.setenv(SHARED_BY_ENV, "lots")  # not a count: the machine's
     assert resolve_n_jobs(0) == n
+    monkeypatch.setenv(SHARED_BY_ENV, "2")  # nested: a worker of 2, starting 3 of its own
+    assert shared_by(3) == "6" and resolve_n_jobs(0) == max(1, n // 2)
 
 
 # --- extension points: kinds not used by today's sections ---------------------------------

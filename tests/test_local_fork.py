@@ -150,7 +150,7 @@ def test_ctrl_c_stops_the_forked_child(tmp_path: Path) -> None:
 
 
 def test_a_call_inside_the_forked_task_counts_its_share_of_the_cpus(tmp_path: Path) -> None:
-    """n_jobs=2: a task's own calls count half the CPUs as "all" (config.CPUS_ENV), so nested
+    """n_jobs=2: a task's own calls count half the CPUs as "all" (config.SHARED_BY_ENV), so nested
     calls do not start CPUs x CPUs processes; an explicit n_jobs is kept."""
     from loky import cpu_count
 

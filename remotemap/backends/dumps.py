@@ -24,7 +24,7 @@ from typing import Any
 from remotemap.backends.base import Backend, Session, TaskOptions
 from remotemap.backends.local_options import LOCAL_WITH_DUMPS
 from remotemap.buffers import BufferSpill
-from remotemap.config import CPUS_ENV, resolve_n_jobs, task_share
+from remotemap.config import SHARED_BY_ENV, resolve_n_jobs, shared_by
 from remotemap.errors import FailureKind, TamperedFile, TaskFailure
 from remotemap.execution import (
     failure_from_exception,
@@ -182,7 +182,7 @@ class DumpsSession(Session):
         # A server starts by the directory's name: refuse one put in the place of ours.
         check_same_dir(self.layout.root, self.rundir.identity)
         env = {**os.environ, **self.options.env, SYS_PATH_ENV: json.dumps(sys.path),
-               CPUS_ENV: task_share(self.n_jobs)}  # for calls made inside tasks
+               SHARED_BY_ENV: shared_by(self.n_jobs)}  # for calls made inside tasks
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root,
              *([] if self.preload else ["--no-preload"])],

@@ -38,7 +38,7 @@ from remotemap.backends.local_worker import (
     run_in_worker,
 )
 from remotemap.buffers import BufferSpill
-from remotemap.config import CPUS_ENV, resolve_n_jobs, task_share
+from remotemap.config import SHARED_BY_ENV, resolve_n_jobs, shared_by
 from remotemap.execution import PICKLING_ERRORS, find_unpicklable, pickle_function
 from remotemap.progress import TaskCounter
 from remotemap.protocol import new_token
@@ -112,7 +112,7 @@ class LocalSession(Session):
         if self.pool is None:
             # The environment is the workers': a pool started with another one is replaced.
             # Each worker's tasks get their share of the CPUs, for calls they make themselves.
-            env = {**self.options.env, CPUS_ENV: task_share(self.n_jobs)}
+            env = {**self.options.env, SHARED_BY_ENV: shared_by(self.n_jobs)}
             self.pool = take_pool(self.n_jobs, env, run_in_worker, init_worker)
         return self.pool
 
@@ -172,10 +172,10 @@ class LocalSession(Session):
         if parked_pool_ready() or not fork_is_safe():
             return False
 
-        share = task_share(self.n_jobs)
+        share = shared_by(self.n_jobs)
 
         def run() -> bytes:  # in the child
-            os.environ[CPUS_ENV] = share  # as a pool worker's (see _pool)
+            os.environ[SHARED_BY_ENV] = share  # as a pool worker's (see _pool)
             init_worker()
             return run_in_worker(*call)
 

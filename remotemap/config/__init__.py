@@ -5,20 +5,20 @@ Changing the file lives in :mod:`remotemap.config.editing`, kept out of this nam
 """
 
 from remotemap.config.loader import (
-    CPUS_ENV,
     ENV_VAR,
+    SHARED_BY_ENV,
     Config,
     config_path,
     load_config,
     resolve_n_jobs,
-    task_share,
+    shared_by,
 )
 from remotemap.config.schema import SCHEMA, Key, Section, get_section, lookup_key, section_names
 
 __all__ = [
-    "CPUS_ENV",
     "ENV_VAR",
     "SCHEMA",
+    "SHARED_BY_ENV",
     "Config",
     "Key",
     "Section",
@@ -28,5 +28,5 @@ __all__ = [
     "lookup_key",
     "resolve_n_jobs",
     "section_names",
-    "task_share",
+    "shared_by",
 ]

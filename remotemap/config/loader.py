@@ -345,21 +345,25 @@ def load_config(path: str | os.PathLike[str] | None = None, *, strict: bool = Tr
     return Config(file, source, exists=True, values=values, origins=origins, problems=problems)
 
 
-#: The CPUs of this machine a task may use, set by the local modes in the processes that run
-#: tasks: one worker's share, usable CPUs // the call's workers. ``n_jobs`` 0, -1, -2... of a
-#: call made inside a task count from it, so nested calls do not multiply the processes
-#: (joblib's nested calls likewise fall back to fewer workers).
-CPUS_ENV = "REMOTEMAP_CPUS"
+#: Among how many workers this process's CPUs are shared: the product of the worker counts of
+#: the calls it runs a task of, set by the local modes in the processes that run tasks. An
+#: automatic ``n_jobs`` (0, -1, -2...) of a call made inside a task counts from that share, so
+#: nested calls do not multiply the processes (joblib's nested calls likewise fall back to
+#: fewer workers). A count, not the share itself: loky need not be imported to pass it on
+#: (30 ms of a cold start), only by a nested call that asks for its CPUs.
+SHARED_BY_ENV = "REMOTEMAP_SHARED_BY"
+
+
+def _shared_by() -> int:
+    value = os.environ.get(SHARED_BY_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may use: its task's share (:data:`CPUS_ENV`) inside a task, else
-    what loky counts (CPU affinity and cgroup quotas: containers, SLURM)."""
-    share = os.environ.get(CPUS_ENV, "")
-    if share.isdigit() and int(share) > 0:
-        return int(share)
+    """The CPUs this process may use: what loky counts (CPU affinity and cgroup quotas:
+    containers, SLURM), divided among the workers it is one of (:data:`SHARED_BY_ENV`)."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-    return _loky_cpus(affinity)
+    return max(1, _loky_cpus(affinity) // _shared_by())
 
 
 @functools.lru_cache(maxsize=8)
@@ -371,9 +375,9 @@ def _loky_cpus(affinity: int) -> int:
     return max(1, int(cpu_count()))
 
 
-def task_share(n_workers: int) -> str:
-    """:data:`CPUS_ENV` for the tasks of ``n_workers`` workers started from this process."""
-    return str(max(1, usable_cpus() // max(1, n_workers)))
+def shared_by(n_workers: int) -> str:
+    """:data:`SHARED_BY_ENV` for the tasks of ``n_workers`` workers started from this process."""
+    return str(_shared_by() * max(1, n_workers))
 
 
 def resolve_n_jobs(n_jobs: int) -> int:
