@@ -8,14 +8,16 @@ Two ways to run it:
     ``--fail-exit`` it exits with status 3 when a task failed, so a batch system holding
     jobs that depend on this one does not start them (a workflow's steps on ``cluster``).
 
-``python -m remotemap.worker serve RUN_DIR [--task-dirs] [--no-preload]``
+``python -m remotemap.worker serve RUN_DIR [--task-dirs] [--no-preload] [--remove-orphaned]``
     A preloaded server: it reads the run's key from the first line of its stdin (``key HEX``,
     plus ``DEV INO`` when the caller knows which directory it made), then loads the function
     once (importing what the function needs), then forks one child per chunk it is told to
     run, so each chunk gets its own process - a crash kills one chunk, not the run - without
     paying for a fresh interpreter each time. It reads
     ``run CHUNK [TIMEOUT]`` lines on stdin and answers ``done CHUNK STATUS`` on stdout. When
-    stdin closes (the caller finished, was interrupted or died) it kills its children and exits.
+    stdin closes (the caller finished, was interrupted or died) it kills its children and exits;
+    with ``--remove-orphaned`` (``local_with_dumps``) it also removes the run directory unless
+    the caller said ``close`` first: a caller killed by SIGKILL cannot remove it itself.
     ``open {JSON}`` (root, key, env) makes it serve another run: the ``ssh`` mode keeps a
     host's server warm between calls (``ssh.keep_alive``) and sends it when the next begins;
     ``drop`` removes the run directory (answered ``dropped``) when a call ends; ``put``
@@ -23,20 +25,14 @@ Two ways to run it:
     INLINE`` (``ssh``) caps the children and holds further chunks, and sends small outcomes
     after their ``done`` line (``remotemap.worker_children``).
 
-    Before forking a chunk's child, the server reads the chunk's sealed file (only once its
-    seal checks out; a refused file is left to the child, which reports it as before) and
-    imports in its own process the modules the chunk's pickle names (``remotemap.preload``,
-    which walks the opcodes and unpickles nothing), so the children inherit them imported:
-    an ``Executor`` or joblib chunk carries its own callables, and each child would otherwise
-    import, say, scikit-learn again. The trade-off: those imports now run in the server, which
-    forks afterwards. Only modules the tasks import anyway are imported, by the same user for
-    the same run, and one that fails to import is skipped (the child fails or not, as without
-    preloading); but a module whose import starts threads (a BLAS pool, a client's
-    background thread) makes every later fork copy a process with those threads, an import
-    that hangs holds up the server (and the chunks after it, whose timeouts start when they
-    are forked), and one that crashes the interpreter ends the server and the chunks it ran.
-    ``--no-preload`` (the ``preload = false`` option of ``[local_with_dumps]`` and ``[ssh]``)
-    turns it off.
+    Before forking a chunk's child, the server reads the chunk's sealed file (a refused one
+    is left to the child to report) and imports the modules its pickle names
+    (``remotemap.preload`` walks the opcodes, unpickles nothing), so the children inherit
+    them: an ``Executor`` or joblib chunk carries its own callables, which each child would
+    import again. Only modules the tasks import anyway are imported, and one that fails is
+    skipped; but an import that starts threads makes every later fork copy them, one that
+    hangs holds up the server, and one that crashes it ends the chunks it ran.
+    ``--no-preload`` (``preload = false`` in ``[local_with_dumps]`` and ``[ssh]``) turns it off.
 
 Either way the worker enters the run directory only if no other user can change it, reaches
 its files through a descriptor opened once (``remotemap.rundir``), unpickles only files whose
@@ -81,9 +77,11 @@ OUTCOME_UNWRITABLE_EXIT = 70
 class _Server:
     """The fork server: one child process per chunk, at most as many as the caller sends."""
 
-    def __init__(self, run: WorkerRun, task_dirs: bool = False, preload: bool = True) -> None:
+    def __init__(self, run: WorkerRun, task_dirs: bool = False, preload: bool = True,
+                 remove_orphaned: bool = False) -> None:
         self.run = run
         self.task_dirs = task_dirs
+        self.remove_orphaned = remove_orphaned  # cleared by the caller's ``close``
         self.preloader = Preloader() if preload else None
         # The protocol gets its own copy of stdout; fd 1 then points at stderr so that a stray
         # print() in user code can never corrupt the protocol stream.
@@ -151,6 +149,8 @@ class _Server:
                         stdin_open = False
                         selector.unregister(0)
                         self.stop_children()
+                        if self.remove_orphaned:  # the caller died without a word
+                            self.run.rundir.remove()
                         continue
                     for line, payload in stdin.feed(data):
                         self.handle(line, payload)
@@ -176,6 +176,9 @@ class _Server:
             return
         if words[0] == "tune":
             self.slots.tune(words[1:])
+            return
+        if words == ["close"]:  # the caller ends the run itself (and removes its files)
+            self.remove_orphaned = False
             return
         if words[0] != "run" or len(words) not in (2, 3):
             self.out.write(f"error unknown command {line!r}\n")
@@ -352,7 +355,7 @@ def _enter(root: str, expected: tuple[int, int] | None = None) -> LocalRunDir:
         raise SystemExit(f"remotemap.worker: {exc}") from None
 
 
-_SERVE_FLAGS = {"--task-dirs", "--no-preload"}
+_SERVE_FLAGS = {"--task-dirs", "--no-preload", "--remove-orphaned"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) >= 2 and args[0] == "serve" and set(args[2:]) <= _SERVE_FLAGS:
         key, identity = read_key_line()
         run = WorkerRun(_enter(args[1], identity), key)
-        _Server(run, task_dirs="--task-dirs" in args[2:],
-                preload="--no-preload" not in args[2:]).serve()
+        _Server(run, task_dirs="--task-dirs" in args[2:], preload="--no-preload" not in args[2:],
+                remove_orphaned="--remove-orphaned" in args[2:]).serve()
         return 0
     if len(args) >= 4 and args[0] in ("run", "pilot") and args[2] == "--key-file":
         try:
@@ -383,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         chunks = [int(c) for c in args[4:] if c != "--fail-exit"]
         ok = run_chunks(WorkerRun(_enter(args[1]), key), chunks)
         return TASK_FAILED_EXIT if fail_exit and not ok else 0
-    usage = ("serve RUN_DIR [--task-dirs] [--no-preload] (key line on stdin) | "
+    usage = ("serve RUN_DIR [--task-dirs] [--no-preload] [--remove-orphaned] (key line on "
+             "stdin) | "
              "run RUN_DIR --key-file PATH [--fail-exit] CHUNK... | "
              "pilot RUN_DIR --key-file PATH --round R --job J --workers N [--walltime S] "
              "[--slots K]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -175,3 +176,57 @@ def test_server_killed_mid_run_loses_only_what_it_was_running() -> None:
     assert exc.failed_indices == [2]
     assert exc.failures[0].kind == "lost"
     assert exc.results == [0, 1, None, 3, 4, 5]
+
+
+def _serve_orphanable(layout: RunLayout) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "remotemap.worker", "serve", layout.root,
+                             "--remove-orphaned"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(f"key {KEY.hex()}\n".encode())
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith(b"ready ")
+    return proc
+
+
+def test_a_server_whose_caller_vanished_removes_the_run_directory(tmp_path: Path) -> None:
+    """``--remove-orphaned``: stdin closing without the caller's ``close`` (a caller killed
+    by SIGKILL) removes the run directory; after ``close`` the caller removes it itself."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    gone = _layout_with(tmp_path / "a", tf.square, [])
+    proc = _serve_orphanable(gone)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0 and not os.path.exists(gone.root)
+    kept = _layout_with(tmp_path / "b", tf.square, [])
+    proc = _serve_orphanable(kept)
+    assert proc.stdin is not None
+    proc.stdin.write(b"close\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0 and os.path.isdir(kept.root)
+
+
+def test_a_killed_callers_local_with_dumps_directory_is_removed(tmp_path: Path) -> None:
+    from tests.test_interrupt import SCRIPT
+
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    markers.mkdir()
+    runs.mkdir()
+    caller = subprocess.Popen([sys.executable, "-c", SCRIPT, str(markers), str(runs),
+                               "local_with_dumps"], cwd=str(Path(__file__).parents[1]))
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(markers.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(runs.iterdir())) == 1  # the run directory, tasks running
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 30
+    while list(runs.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(runs.iterdir()) == []  # its server stopped the tasks and removed it
+    for pid_file in markers.iterdir():  # and no task lives on
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.stem), 0)
+            raise AssertionError(f"task process {pid_file.stem} still runs")

@@ -185,7 +185,8 @@ class DumpsSession(Session):
                SHARED_BY_ENV: shared_by(self.n_jobs)}  # for calls made inside tasks
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotemap.worker", "serve", self.layout.root,
-             *([] if self.preload else ["--no-preload"])],
+             *([] if self.preload else ["--no-preload"]),
+             *([] if self.keep_files else ["--remove-orphaned"])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             # Its own session: a Ctrl-C at the terminal reaches only the caller, which then
             # stops the server in order instead of every process dying at once.
@@ -218,6 +219,9 @@ class DumpsSession(Session):
         proc, self.proc, self.server, self.lines = self.proc, None, None, None
         if proc is None:
             return
+        with contextlib.suppress(OSError, ValueError):  # the run's files are ours to remove
+            if proc.stdin is not None:
+                proc.stdin.write(b"close\n")
         for stream in (proc.stdin, proc.stdout):
             try:
                 if stream is not None:
