@@ -25,14 +25,11 @@ Two ways to run it:
     INLINE`` (``ssh``) caps the children and holds further chunks, and sends small outcomes
     after their ``done`` line (``remotemap.worker_children``).
 
-    Before forking a chunk's child, the server reads the chunk's sealed file (a refused one
-    is left to the child to report) and imports the modules its pickle names
-    (``remotemap.preload`` walks the opcodes, unpickles nothing), so the children inherit
-    them: an ``Executor`` or joblib chunk carries its own callables, which each child would
-    import again. Only modules the tasks import anyway are imported, and one that fails is
-    skipped; but an import that starts threads makes every later fork copy them, one that
-    hangs holds up the server, and one that crashes it ends the chunks it ran.
-    ``--no-preload`` (``preload = false`` in ``[local_with_dumps]`` and ``[ssh]``) turns it off.
+    Before forking a chunk's child, the server reads the chunk's sealed file and imports the
+    modules its pickle names (``remotemap.preload``: no unpickling), so the children inherit
+    them (an ``Executor`` or joblib chunk carries its callables). An import that starts
+    threads makes later forks copy them; one that hangs holds up the server. ``--no-preload``
+    (``preload = false`` in ``[local_with_dumps]`` and ``[ssh]``) turns it off.
 
 Either way the worker enters the run directory only if no other user can change it, reaches
 its files through a descriptor opened once (``remotemap.rundir``), unpickles only files whose
@@ -66,7 +63,7 @@ from remotemap.protocol import chunk_name, log_name
 from remotemap.rundir import LocalRunDir
 from remotemap.worker_children import Slots, die_with_parent, kill_group, load_prctl, wait_to_go
 from remotemap.worker_run import Function, WorkerRun, execute_chunk, load_function, run_chunks
-from remotemap.worker_stdin import StdinReader
+from remotemap.worker_stdin import StdinReader, read_key_line
 
 #: ``run --fail-exit``'s status when a task failed.
 TASK_FAILED_EXIT = 3
@@ -148,16 +145,28 @@ class _Server:
                     if not data:
                         stdin_open = False
                         selector.unregister(0)
+                        self._mute()
                         self.stop_children()
-                        if self.remove_orphaned:  # the caller died without a word
-                            self.run.rundir.remove()
                         continue
                     for line, payload in stdin.feed(data):
                         self.handle(line, payload)
                 self.reap()
                 self.enforce_deadlines()
+        except BrokenPipeError:  # the caller is gone: it no longer reads our answers
+            stdin_open = False
+            self._mute()
         finally:
             self.stop_children()
+            if not stdin_open and self.remove_orphaned:  # gone without its ``close``
+                self.run.rundir.remove()
+
+    def _mute(self) -> None:
+        """Our answers go to /dev/null once no one reads them: neither a ``done`` line of the
+        children stopped now nor the flush at exit then fails (a traceback in the caller's
+        terminal)."""
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self.out.fileno())
+        os.close(null)
 
     def handle(self, line: str, payload: bytes | None = None) -> None:
         words = line.split()
@@ -322,28 +331,6 @@ def _adopt_caller_sys_path() -> None:
 
     paths = json.loads(os.environ.pop(SYS_PATH_ENV, "[]"))
     sys.path[:0] = [p for p in paths if isinstance(p, str) and p not in sys.path]
-
-
-def read_key_line() -> tuple[bytes, tuple[int, int] | None]:
-    """The first line of stdin, ``key HEX [DEV INO]``: the run's key and, when the caller made
-    the directory on this machine, its identity. Read a byte at a time: the rest of stdin is
-    the server's, read unbuffered by its loop."""
-    line = b""
-    while not line.endswith(b"\n") and len(line) < 256:
-        byte = os.read(0, 1)
-        if not byte:
-            break
-        line += byte
-    words = line.decode(errors="replace").split()
-    try:
-        if words[0] != "key" or len(words) not in (2, 4):
-            raise ValueError
-        key = bytes.fromhex(words[1])
-        identity = (int(words[2]), int(words[3])) if len(words) == 4 else None
-    except (IndexError, ValueError):
-        raise SystemExit("remotemap.worker serve: the first line of stdin must be "
-                         "'key HEX [DEV INO]'") from None
-    return key, identity
 
 
 def _enter(root: str, expected: tuple[int, int] | None = None) -> LocalRunDir:

@@ -1,4 +1,5 @@
-"""The worker server's stdin: command lines, and the bytes a ``put`` line announces.
+"""The worker server's stdin: its first line (the run's key), command lines, and the bytes a
+``put`` line announces.
 
 ``put CHUNK SIZE`` and SIZE bytes after it: the chunk's sealed file, which the server writes
 into the run directory itself (the ``ssh`` mode sends small chunks this way, on the channel it
@@ -8,6 +9,7 @@ its number: nothing else of the run directory is named by the caller.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 
@@ -41,3 +43,25 @@ class StdinReader:
                 self._wanted = (line, int(words[2]))
                 continue
             yield line, None
+
+
+def read_key_line() -> tuple[bytes, tuple[int, int] | None]:
+    """The first line of stdin, ``key HEX [DEV INO]``: the run's key and, when the caller made
+    the directory on this machine, its identity. Read a byte at a time: the rest of stdin is
+    the server's, read unbuffered by its loop."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 256:
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    words = line.decode(errors="replace").split()
+    try:
+        if words[0] != "key" or len(words) not in (2, 4):
+            raise ValueError
+        key = bytes.fromhex(words[1])
+        identity = (int(words[2]), int(words[3])) if len(words) == 4 else None
+    except (IndexError, ValueError):
+        raise SystemExit("remotemap.worker serve: the first line of stdin must be "
+                         "'key HEX [DEV INO]'") from None
+    return key, identity
