@@ -76,7 +76,7 @@ def make_markers(root: str, names: list[str], source: str, dir_fd: int | None = 
     links of the empty file ``source``, which this makes first.
 
     Only a marker's name matters, and a link costs a directory entry where a new file costs
-    an inode too: 30 µs against 0.75 ms of kernel time each in this project's crowded
+    an inode too: 30 µs against up to 1 ms of kernel time each in the test machine's crowded
     ``/tmp`` (ext4), and a round of 1,000 tasks has 1,000 markers. Where links cannot be made
     (AFS forbids them across directories, ext4 allows 65,000 to a file) the rest are files."""
     def path(name: str) -> str:

@@ -308,3 +308,27 @@ def test_planted_outcome_fails_its_task_on_cluster(tmp_path: Path,
     assert values == [] and [f.kind for f in failures] == ["tampered"]
     assert "outcomes/000000.pkl failed its integrity check" in failures[0].message
     assert not key_file.exists()
+
+
+@pytest.mark.ssh
+def test_a_remote_parent_is_walked_once_per_connection(sshd_host: Any) -> None:
+    """What the walk checked (owners and modes on the way) no other user can undo, so a
+    connection remembers it; a new connection walks again and sees what changed since."""
+    from remotemap.ssh import Connection
+    from remotemap.ssh.safety import check_remote_parent, remote_uid
+
+    base = Path(sshd_host.user.home) / ".cache" / "remotemap" / "parent-test"
+    parent = ".cache/remotemap/parent-test/runs"
+    config = str(sshd_host.ssh_config)
+    try:
+        with Connection(sshd_host.alias, ssh_config=config).connect() as conn:
+            uid = remote_uid(conn)
+            conn.makedirs_private(parent)
+            first = check_remote_parent(conn, parent, uid)
+            base.chmod(0o777)  # only its owner (or root, here) can do this
+            assert check_remote_parent(conn, parent, uid) == first
+        with Connection(sshd_host.alias, ssh_config=config).connect() as fresh, \
+                pytest.raises(UnsafePath, match="parent-test"):
+            check_remote_parent(fresh, parent, uid)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

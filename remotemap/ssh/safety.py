@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import stat
+import weakref
 from typing import TYPE_CHECKING
 
 from remotemap.errors import UnsafePath
@@ -40,9 +41,24 @@ def expand_remote_home(conn: Connection, path: str) -> str:
     return posixpath.join(home, path[2:].lstrip("/")) if path != "~" else home
 
 
+#: Parents found safe, per connection: (path, uid) -> the absolute path. What was checked
+#: (each directory on the way owned by the login or root, not writable by others unless
+#: sticky) is nothing another user can undo; a new connection checks again. Each warm ``ssh``
+#: call makes a run directory there, and the walk costs 12-20 ms of SFTP round trips.
+_SAFE_PARENTS: weakref.WeakKeyDictionary[Connection, dict[tuple[str, int], str]] = \
+    weakref.WeakKeyDictionary()
+
+
 def check_remote_parent(conn: Connection, path: str, uid: int) -> str:
     """UnsafePath (naming ``host:path``) unless a directory made at ``path`` could not be
     renamed away by another user of the host; ``path`` as an absolute path there."""
+    known = _SAFE_PARENTS.setdefault(conn, {})
+    if (path, uid) not in known:
+        known[(path, uid)] = _walk_parents(conn, path, uid)
+    return known[(path, uid)]
+
+
+def _walk_parents(conn: Connection, path: str, uid: int) -> str:
     target = remote_path(path)
     with conn._sftp_lock:
         sftp = conn.sftp()
