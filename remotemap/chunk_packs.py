@@ -23,6 +23,7 @@ import json
 import posixpath
 import re
 
+from remotemap.errors import TamperedFile
 from remotemap.protocol import CHUNKS, chunk_name
 from remotemap.rundir import LocalRunDir
 
@@ -87,9 +88,19 @@ class PackReader:
         if name not in self._indexes:
             size = int.from_bytes(self.rundir.read_at(name, 0, _HEADER) or b"", "big")
             raw = self.rundir.read_at(name, _HEADER, size) or b"{}"
-            self._indexes[name] = (_HEADER + size, json.loads(raw))
+            try:
+                index = json.loads(raw)
+            except ValueError:
+                index = None
+            if not isinstance(index, dict):  # the seals cover the chunks, not the index
+                raise TamperedFile(self.rundir.path(name))
+            self._indexes[name] = (_HEADER + size, index)
         start, index = self._indexes[name]
         where = index.get(str(file))
         if where is None:
             return None
-        return self.rundir.read_at(name, start + int(where[0]), int(where[1]))
+        try:
+            offset, length = (int(n) for n in where)
+        except (TypeError, ValueError):
+            raise TamperedFile(self.rundir.path(name)) from None
+        return self.rundir.read_at(name, start + offset, length)

@@ -131,6 +131,12 @@ def test_a_packed_chunk_changed_or_moved_is_refused_naming_the_pack(tmp_path: Pa
     pack.write_bytes(bytes(data))
     with pytest.raises(TamperedFile, match=str(pack)):
         run.load_chunk(19)
+    pack.write_bytes(b"\x00" * 7 + b"\x05" + b"[1,2]" + bytes(data[8 + size:]))
+    (tmp_path / "again").mkdir()
+    run, _ = _pack_run(tmp_path / "again", blobs)  # a reader that has not read the index
+    (tmp_path / "again" / pack_name(0, 19)).write_bytes(pack.read_bytes())
+    with pytest.raises(TamperedFile, match="again"):
+        run.load_chunk(3)  # an index that is not one names the pack too
 
 
 def test_a_round_of_worker_jobs_packs_its_chunks_and_links_its_markers(
