@@ -274,8 +274,12 @@ def hand_over(run: ClusterRun) -> bool:
     over = {n: round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds}
     if not all(done or run.files.engine_running(n) for n, done in over.items()):
         return False  # an engine to start again: the caller's wait does that
-    run.files.write_many({REQUEST: request_body([str(run.meta["key_file"]),
-                                                 str(entry_path(run.run_id))])})
+    try:
+        run.files.write_many({REQUEST: request_body([str(run.meta["key_file"]),
+                                                     str(entry_path(run.run_id))])})
+    except OSError as exc:  # a full disk: the caller ends the run itself, as before
+        log.debug("cluster run %s: cannot leave its removal to its engines: %s", run.run_id, exc)
+        return False
     # Read again after the request is written: if every engine exited meanwhile, none may
     # have seen it, and the caller removes the run (see handover's docstring).
     return not all(round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds)
