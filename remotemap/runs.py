@@ -267,7 +267,8 @@ class RunStore:
         values were never pickled before); each value is loaded on its own (``outcomes``)."""
         # Stored as every version stored them, a list (in place: dumps_result may move a value
         # it cannot pickle to the failures, here as in the caller's result).
-        result.indices = list(result.indices)
+        if not isinstance(result.indices, list):
+            result.indices = list(result.indices)
         indices = [*result.indices, *(f.index for f in result.failures)]
         record = {"function": self.fingerprints.function,
                   "tasks": {i: self.fingerprints.tasks[i] for i in indices},

@@ -27,7 +27,6 @@ from remotemap.execution import (
     failure_from_exception,
     run_chunk,
 )
-from remotemap.integrity import TAG_SIZE, check_tag, file_key
 from remotemap.leftovers import Stdio, become_subreaper, kill_children
 from remotemap.protocol import (
     FUNCTION,
@@ -38,6 +37,7 @@ from remotemap.protocol import (
     read_sealed,
     seal_parts,
     set_worker_key,
+    unseal_file,
     write_outcome_parts,
 )
 from remotemap.rundir import LocalRunDir
@@ -74,9 +74,7 @@ class WorkerRun:
             if found is None:
                 raise
         pack, blob = found
-        data = memoryview(blob)[TAG_SIZE:]
-        check_tag(file_key(self.key, name), blob[:TAG_SIZE], data, self.rundir.path(pack))
-        return bytes(data)
+        return bytes(unseal_file(self.key, name, blob, self.rundir.path(pack)))
 
 
 def load_function(run: WorkerRun) -> Function:

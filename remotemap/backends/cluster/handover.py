@@ -16,7 +16,7 @@ is idempotent. Only a run submitted from this machine is handed over, since its 
 reach the caller's registry and key file; an engine that dies leaves the run registered, and
 ``remotemap collect --remove`` finishes it as for any interrupted run.
 
-Standard library only: the engine imports this after its round ended.
+Standard library and ``layout`` only: the engine imports this after its round ended.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import posixpath
-import re
 import shutil
 import stat
 from collections.abc import Mapping
 
+from remotemap.backends.cluster import layout
+
 #: The caller's request, relative to the run directory: JSON ``{"files": [path, ...]}``.
-REQUEST = posixpath.join("rounds", "remove.json")
-_SPEC = re.compile(r"(\d+)\.json")
+REQUEST = f"{layout.ROUNDS}/remove.json"
 
 
 def request_body(files: list[str]) -> bytes:
@@ -57,13 +56,12 @@ def round_over(status: Mapping[str, object] | None) -> bool:
 
 
 def every_round_over(root: str) -> bool:
-    rounds = os.path.join(root, "rounds")
     try:
-        names = os.listdir(rounds)
+        names = os.listdir(os.path.join(root, layout.ROUNDS))
     except OSError:
         return False
-    numbers = [m.group(1) for m in map(_SPEC.fullmatch, names) if m]
-    return all(round_over(_read(os.path.join(rounds, f"{n}.status.json"))) for n in numbers)
+    numbers = [n for n in map(layout.spec_round, names) if n is not None]
+    return all(round_over(_read(os.path.join(root, layout.status_name(n)))) for n in numbers)
 
 
 def remove_if_asked(root: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from remotemap.backends.cluster import layout
 from remotemap.backends.cluster.engine import HEARTBEAT
 from remotemap.backends.cluster.files import ClusterError, RunFiles
+from remotemap.backends.cluster.handover import round_over
 from remotemap.backends.cluster.settings import engine_env, engine_python, poll_interval
 from remotemap.backends.cluster.verdict import stderr_tail
 
@@ -72,11 +73,12 @@ class Round:
     @property
     def exited(self) -> bool:
         """Over, and its engine process gone (or not heard of for a while)."""
-        if not self.status or not self.status.get("ended"):
+        if not self.ended:
             return False
-        if self.status.get("exited") or self.status.get("state") in ("abandoned", "error"):
+        if round_over(self.status):
             return True
-        return time.time() - float(self.status.get("heartbeat") or 0) > STALE_AFTER_END
+        heartbeat = float((self.status or {}).get("heartbeat") or 0)
+        return time.time() - heartbeat > STALE_AFTER_END
 
 
 def watch_engine(rnd: Round, files: RunFiles, run_id: str,

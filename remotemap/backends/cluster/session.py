@@ -271,7 +271,7 @@ def hand_over(run: ClusterRun) -> bool:
     registry), one died, or all exited already."""
     if not isinstance(run.files, LocalFiles) or run.cancelled:
         return False
-    over = {n: round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds}
+    over = _rounds_over(run)
     if not all(done or run.files.engine_running(n) for n, done in over.items()):
         return False  # an engine to start again: the caller's wait does that
     try:
@@ -282,4 +282,9 @@ def hand_over(run: ClusterRun) -> bool:
         return False
     # Read again after the request is written: if every engine exited meanwhile, none may
     # have seen it, and the caller removes the run (see handover's docstring).
-    return not all(round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds)
+    return not all(_rounds_over(run).values())
+
+
+def _rounds_over(run: ClusterRun) -> dict[int, bool]:
+    """Each round's number -> whether its status says it ended and its engine is gone."""
+    return {n: round_over(run.files.read_json(layout.status_name(n))) for n in run.rounds}
